@@ -1,0 +1,37 @@
+"""Time, passed explicitly.
+
+keyward decides a lot by the clock (expiry, grants' ``until``, grace periods).
+Code takes a ``Clock`` argument instead of calling ``datetime.now`` so tests
+drive time without sleeping and the pure core stays pure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    """Now, in UTC.  ``KEYWARD_NOW`` (ISO 8601) overrides it, for tests and drills."""
+    fixed = os.environ.get("KEYWARD_NOW")
+    if fixed:
+        return parse_utc(fixed)
+    return datetime.now(UTC)
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse an ISO 8601 date or timestamp; naive values are taken as UTC."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Normalise a datetime read back from a database (SQLite drops the zone)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
