@@ -23,7 +23,7 @@ ATTESTATION_LEVELS: tuple[Attestation, ...] = ("none", "admin", "proof", "sk")
 def attestation_rank(level: str) -> int:
     """Position of ``level`` on the scale; unknown names raise ``ValueError``."""
     try:
-        return ATTESTATION_LEVELS.index(level)  # type: ignore[arg-type]
+        return ATTESTATION_LEVELS.index(level)  # type: ignore[arg-type,unused-ignore]
     except ValueError:
         raise ValueError(
             f"unknown attestation {level!r}; expected one of {', '.join(ATTESTATION_LEVELS)}"

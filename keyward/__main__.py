@@ -1,0 +1,5 @@
+"""``python -m keyward``."""
+
+from keyward.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The keyward agent: SSH connections to managed hosts and the program run on each of them."""

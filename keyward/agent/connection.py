@@ -1,0 +1,188 @@
+"""Connections to managed hosts: pinned host keys, one identity, and the remote helper.
+
+The agent never trusts a host it has not pinned: host keys come only from the
+inventory's known_hosts file, ``config=[]`` keeps a user's ``~/.ssh/config``
+from weakening anything, and no SSH agent is consulted.  Over each connection
+one ``remote.py`` process serves every request for that host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from keyward.agent.bootstrap import remote_command
+from keyward.errors import HostError
+from keyward.inventory.model import Host
+
+REQUEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What every connection uses: the agent's private key and the pinned host keys."""
+
+    client_key: asyncssh.SSHKey
+    known_hosts: asyncssh.SSHKnownHosts
+    known_hosts_text: str
+    connect_timeout: float
+    python: str = "python3"
+
+    @classmethod
+    def load(
+        cls, identity: Path, known_hosts: Path, connect_timeout: float, python: str = "python3"
+    ) -> Credentials:
+        try:
+            key = asyncssh.read_private_key(str(identity))
+        except (OSError, asyncssh.KeyImportError) as exc:
+            raise HostError(f"cannot load the agent identity {identity}: {exc}") from None
+        try:
+            text = known_hosts.read_text()
+        except OSError as exc:
+            raise HostError(
+                f"cannot read known_hosts {known_hosts}: {exc.strerror}; "
+                "run 'keyward hosts scan --write'"
+            ) from None
+        return cls(key, asyncssh.import_known_hosts(text), text, connect_timeout, python)
+
+
+def _pinned(creds: Credentials, host: Host) -> bool:
+    host_key_list = creds.known_hosts.match(host.address, "", host.port)[0]
+    return bool(host_key_list)
+
+
+class RemoteHelper:
+    """The JSON-lines conversation with ``remote.py`` on one host."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[str], host: str) -> None:
+        self._process = process
+        self._host = host
+        self._next_id = 0
+        self._lock = asyncio.Lock()
+
+    async def call(self, op: str, timeout: float = REQUEST_TIMEOUT, **args: Any) -> dict[str, Any]:
+        async with self._lock:
+            self._next_id += 1
+            request = {"id": self._next_id, "op": op, **args}
+            self._process.stdin.write(json.dumps(request) + "\n")
+            try:
+                line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+            except TimeoutError:
+                raise HostError(f"{self._host}: no answer to {op} within {timeout:.0f}s") from None
+            if not line:
+                raise HostError(f"{self._host}: the remote helper exited (is python3 installed?)")
+            reply: dict[str, Any] = json.loads(line)
+            if reply.get("id") != self._next_id:
+                raise HostError(f"{self._host}: remote helper answered out of order")
+            return reply
+
+    async def read(self, files: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        reply = await self.call(
+            "read", files=[{"account": account, "pattern": pattern} for account, pattern in files]
+        )
+        if not reply.get("ok"):
+            raise HostError(f"{self._host}: read failed: {_error_text(reply)}")
+        result: list[dict[str, Any]] = reply["files"]
+        return result
+
+    async def write(
+        self, account: str, pattern: str, content: bytes, expect_sha256: str | None
+    ) -> dict[str, Any]:
+        return await self.call(
+            "write",
+            account=account,
+            pattern=pattern,
+            content_b64=base64.b64encode(content).decode("ascii"),
+            expect_sha256=expect_sha256,
+            create_dir=True,
+        )
+
+    async def close(self) -> None:
+        try:
+            self._process.stdin.write(json.dumps({"id": 0, "op": "bye"}) + "\n")
+            self._process.stdin.write_eof()
+            await asyncio.wait_for(self._process.wait_closed(), 5)
+        except (OSError, asyncssh.Error, TimeoutError):
+            self._process.close()
+
+
+def _error_text(reply: dict[str, Any]) -> str:
+    error = reply.get("error") or {}
+    return str(error.get("message") or error.get("code") or "unknown error")
+
+
+class HostConnection:
+    """One authenticated SSH connection to a host, with its remote helper."""
+
+    def __init__(self, host: Host, conn: asyncssh.SSHClientConnection, helper: RemoteHelper):
+        self.host = host
+        self.conn = conn
+        self.helper = helper
+
+    @classmethod
+    async def open(cls, host: Host, creds: Credentials, *, keepalive: float = 0) -> HostConnection:
+        if not _pinned(creds, host):
+            raise HostError(
+                f"{host.name}: host key for {host.address}:{host.port} is not pinned; "
+                "run 'keyward hosts scan --write' and review it"
+            )
+        try:
+            conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    host.address,
+                    port=host.port,
+                    username=host.login,
+                    client_keys=[creds.client_key],
+                    known_hosts=creds.known_hosts,
+                    config=[],
+                    agent_path=None,
+                    agent_forwarding=False,
+                    x11_forwarding=False,
+                    preferred_auth="publickey",
+                    connect_timeout=creds.connect_timeout,
+                    login_timeout=creds.connect_timeout,
+                    keepalive_interval=keepalive or None,
+                    keepalive_count_max=3,
+                ),
+                timeout=creds.connect_timeout * 2,
+            )
+        except asyncssh.HostKeyNotVerifiable:
+            raise HostError(
+                f"{host.name}: host key of {host.address}:{host.port} does not match the pinned "
+                "key (changed or spoofed); nothing was written"
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise HostError(
+                f"{host.name}: the agent's key was refused for {host.login}@{host.address}"
+            ) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise HostError(
+                f"{host.name}: cannot connect to {host.address}:{host.port}: {reason}"
+            ) from None
+        try:
+            process = await conn.create_process(remote_command(creds.python), encoding="utf-8")
+            helper = RemoteHelper(process, host.name)
+            hello = await helper.call("hello", timeout=creds.connect_timeout * 3)
+            if not hello.get("ok"):
+                raise HostError(f"{host.name}: remote helper failed: {_error_text(hello)}")
+        except (OSError, asyncssh.Error) as exc:
+            conn.close()
+            raise HostError(f"{host.name}: cannot start the remote helper: {exc}") from None
+        except HostError:
+            conn.close()
+            raise
+        return cls(host, conn, helper)
+
+    async def close(self) -> None:
+        await self.helper.close()
+        self.conn.close()
+        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+            await asyncio.wait_for(self.conn.wait_closed(), 5)

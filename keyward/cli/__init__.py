@@ -1,0 +1,1 @@
+"""The ``keyward`` command line."""

@@ -1,0 +1,384 @@
+"""Agent commands: inventory check, hosts scan, plan, reconcile, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from sqlmodel import select
+
+from keyward.agent.connection import Credentials
+from keyward.agent.lock import reconcile_lock
+from keyward.agent.reconcile import HostResult, RunContext, reconcile_fleet
+from keyward.agent.record import record_host
+from keyward.cli.context import AppContext
+from keyward.cli.output import emit_json, table, ts
+from keyward.desired import DesiredFile, FileTarget, compute_desired
+from keyward.errors import InventoryError, UsageError
+from keyward.inventory import check_inventory, load_inventory, summarize
+from keyward.inventory.model import Host, Inventory
+from keyward.keys import PublicKey, parse_public_key
+from keyward.logs import get_logger
+from keyward.registry.models import HostState
+from keyward.registry.snapshot import load_snapshot
+from keyward.state import RegistrySnapshot
+
+pass_app = click.make_pass_decorator(AppContext)
+
+EXIT_IN_SYNC = 0
+EXIT_FAILED = 1
+EXIT_PENDING = 3
+
+
+# -- inventory ----------------------------------------------------------------
+
+
+@click.group()
+def inventory() -> None:
+    """The inventory: environments, hosts, accounts, access rules."""
+
+
+@inventory.command("check")
+@pass_app
+def inventory_check(app: AppContext) -> None:
+    """Validate the inventory; print a summary, or every problem with its file and key."""
+    root = app.inventory_dir()
+    inv, problems = check_inventory(root)
+    if inv is None:
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise InventoryError(f"{root}: {len(problems)} {noun}")
+    click.echo(summarize(inv))
+
+
+# -- shared preparation -------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    inventory: Inventory
+    hosts: tuple[Host, ...]
+    snapshot: RegistrySnapshot
+    desired: dict[FileTarget, DesiredFile]
+    agent_key: PublicKey
+    now: Any
+
+
+def load_agent_key(inv: Inventory) -> PublicKey:
+    try:
+        text = inv.agent.identity_pub.read_text()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the agent's public key {inv.agent.identity_pub}: {exc.strerror}"
+        ) from None
+    return parse_public_key(text)
+
+
+def prepare(app: AppContext, env: str | None, host: str | None) -> Prepared:
+    inv = load_inventory(app.inventory_dir())
+    hosts = inv.select_hosts(env, host)
+    registry = app.registry()
+    now = registry.clock()
+    with registry.read() as session:
+        snapshot = load_snapshot(session)
+    agent_key = load_agent_key(inv)
+    desired = compute_desired(snapshot, inv, hosts, agent_key, now)
+    return Prepared(inv, hosts, snapshot, desired, agent_key, now)
+
+
+def credentials(inv: Inventory) -> Credentials:
+    return Credentials.load(
+        inv.agent.identity, inv.agent.known_hosts, inv.agent.connect_timeout, inv.agent.python
+    )
+
+
+def result_json(result: HostResult) -> dict[str, Any]:
+    files = []
+    for f in result.files:
+        p = f.plan
+        files.append(
+            {
+                "account": p.target.account,
+                "pattern": p.target.pattern,
+                "path": p.path,
+                "action": p.action,
+                "written": f.written,
+                "error": f.error,
+                "error_code": p.error_code,
+                "changes": [
+                    {
+                        "action": c.action,
+                        "fingerprint": c.fingerprint,
+                        "owner": c.owner,
+                        "reason": c.reason,
+                        "options": list(c.options),
+                    }
+                    for c in p.changes
+                ],
+            }
+        )
+    if result.error or any(f.error for f in result.files):
+        status = "error"
+    elif result.plan is not None and result.plan.pending:
+        status = "pending"
+    else:
+        status = "in-sync"
+    return {
+        "host": result.host.name,
+        "environment": result.host.environment,
+        "status": status,
+        "error": result.error,
+        "files": files,
+    }
+
+
+def print_plan(results: list[HostResult], applied: bool) -> None:
+    for result in results:
+        data = result_json(result)
+        click.echo(f"{data['host']} ({data['environment']}): {data['status']}")
+        if result.error:
+            click.echo(f"  error: {result.error}")
+        for f in data["files"]:
+            if f["action"] == "in-sync" and not f["error"]:
+                continue
+            verb = f["action"] + (" (written)" if f["written"] else "")
+            click.echo(f"  {f['account']}  {f['path'] or f['pattern']}  {verb}")
+            if f["error"]:
+                click.echo(f"    error: {f['error']}")
+            for c in f["changes"]:
+                sign = "+" if c["action"] == "add" else "-"
+                owner = c["owner"] or "(unknown key)"
+                fp = c["fingerprint"] or "(unparsable line)"
+                opts = f"  [{','.join(c['options'])}]" if c["options"] else ""
+                click.echo(f"    {sign} {owner:<14} {fp}  {c['reason']}{opts}")
+
+
+class Progress:
+    """A one-line progress counter on a terminal; silent otherwise (logs say it all)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, result: HostResult) -> None:
+        self.done += 1
+        self.failed += 0 if result.ok else 1
+        if self.enabled:
+            sys.stderr.write(f"\rhosts {self.done}/{self.total}  failed {self.failed}   ")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def run_agent(
+    app: AppContext,
+    env: str | None,
+    host: str | None,
+    concurrency: int | None,
+    dry_run: bool,
+) -> list[HostResult]:
+    prepared = prepare(app, env, host)
+    registry = app.registry()
+    creds = credentials(prepared.inventory)
+    run_id = uuid.uuid4().hex[:12]
+    log = get_logger(run_id=run_id)
+    ctx = RunContext(
+        snapshot=prepared.snapshot,
+        desired=prepared.desired,
+        creds=creds,
+        now=prepared.now,
+        agent_fingerprint=prepared.agent_key.fingerprint,
+        run_id=run_id,
+        dry_run=dry_run,
+        log=get_logger(),
+    )
+    limit = concurrency or prepared.inventory.agent.concurrency
+    progress = Progress(len(prepared.hosts))
+
+    def done(result: HostResult) -> None:
+        progress(result)
+        if not dry_run:
+            record_host(registry, app.actor, result, run_id)
+
+    log.info("run_started", hosts=len(prepared.hosts), dry_run=dry_run, concurrency=limit)
+    results = asyncio.run(reconcile_fleet(prepared.hosts, ctx, limit, done))
+    log.info(
+        "run_finished",
+        hosts=len(results),
+        failed=sum(1 for r in results if not r.ok),
+        changes=sum(r.changes for r in results),
+    )
+    return results
+
+
+def exit_code(results: list[HostResult]) -> int:
+    if any(not r.ok for r in results):
+        return EXIT_FAILED
+    if any(r.plan is not None and r.plan.pending for r in results):
+        return EXIT_PENDING
+    return EXIT_IN_SYNC
+
+
+# -- plan / reconcile ---------------------------------------------------------
+
+
+@click.command()
+@click.option("--env", default=None, help="Only this environment.")
+@click.option("--host", default=None, help="Only this host.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@click.pass_context
+def plan(
+    ctx: click.Context, app: AppContext, env: str | None, host: str | None, as_json: bool
+) -> None:
+    """Show what reconcile would change on each host; change nothing.
+
+    Exit 0: everything in sync; 3: changes pending; 1: a host failed; 2: bad input.
+    """
+    results = run_agent(app, env, host, None, dry_run=True)
+    if as_json:
+        emit_json([result_json(r) for r in results])
+    else:
+        print_plan(results, applied=False)
+    ctx.exit(exit_code(results))
+
+
+@click.command()
+@click.option("--env", default=None, help="Only this environment.")
+@click.option("--host", default=None, help="Only this host.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 2000),
+    default=None,
+    help="Hosts at once (default: [agent] concurrency).",
+)
+@click.option("--dry-run", is_flag=True, help="Plan only; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-host result as JSON.")
+@pass_app
+@click.pass_context
+def reconcile(
+    ctx: click.Context,
+    app: AppContext,
+    env: str | None,
+    host: str | None,
+    concurrency: int | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Make every managed authorized_keys file match the registry and inventory.
+
+    Exit 0: all hosts done; 1: some host failed (the others were still done).
+    """
+    with reconcile_lock(app.registry()):
+        results = run_agent(app, env, host, concurrency, dry_run)
+    if as_json:
+        emit_json([result_json(r) for r in results])
+    else:
+        failed = [r for r in results if not r.ok]
+        changed = sum(1 for r in results if any(f.written for f in r.files))
+        click.echo(
+            f"{len(results)} hosts: {changed} changed, {len(failed)} failed"
+            + (" (dry run)" if dry_run else "")
+        )
+        for r in failed:
+            for problem in r.problems:
+                click.echo(f"  {r.host.name}: {problem}")
+    code = exit_code(results)
+    ctx.exit(EXIT_FAILED if code == EXIT_FAILED else 0)
+
+
+# -- status -------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def status(app: AppContext, as_json: bool) -> None:
+    """Per host: when it was last in sync, what failed, drift found."""
+    with app.registry().read() as session:
+        rows = [
+            {
+                "host": s.host,
+                "environment": s.environment,
+                "last_attempt": ts(s.last_attempt),
+                "last_success": ts(s.last_success),
+                "last_error": s.last_error,
+                "last_run_id": s.last_run_id,
+                "last_changes": s.last_changes,
+                "drift_found": s.drift_found,
+                "files": json.loads(s.files),
+            }
+            for s in session.exec(select(HostState).order_by(HostState.host))
+        ]
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        rows,
+        [
+            ("host", "HOST"),
+            ("environment", "ENV"),
+            ("last_success", "LAST IN SYNC"),
+            ("last_changes", "CHANGES"),
+            ("drift_found", "DRIFT"),
+            ("last_error", "ERROR"),
+        ],
+    )
+
+
+# -- hosts scan ---------------------------------------------------------------
+
+
+@click.group()
+def hosts() -> None:
+    """Hosts and their pinned host keys."""
+
+
+@hosts.command("scan")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--write", is_flag=True, help="Append new keys to the inventory's known_hosts.")
+@pass_app
+def hosts_scan(app: AppContext, names: tuple[str, ...], write: bool) -> None:
+    """Fetch the host keys of NAMES (inventory host names) and print them for review."""
+    from keyward.agent.scan import scan_hosts
+
+    inv = load_inventory(app.inventory_dir())
+    targets = [inv.host(name) for name in names]
+    lines, failures = asyncio.run(scan_hosts(targets, inv.agent.connect_timeout))
+    existing = ""
+    if inv.agent.known_hosts.exists():
+        existing = inv.agent.known_hosts.read_text()
+    known = {line.strip() for line in existing.splitlines()}
+    new_lines = []
+    for host, line, fingerprint in lines:
+        marker = "pinned" if line in known else "new"
+        click.echo(f"# {host.name}: {fingerprint} ({marker})")
+        click.echo(line)
+        if line not in known:
+            new_lines.append(line)
+    for host, error in failures:
+        click.echo(f"# {host.name}: {error}", err=True)
+    if write and new_lines:
+        with open(inv.agent.known_hosts, "a") as handle:
+            if existing and not existing.endswith("\n"):
+                handle.write("\n")
+            handle.write("".join(line + "\n" for line in new_lines))
+        click.echo(f"added {len(new_lines)} host keys to {inv.agent.known_hosts}")
+    if failures:
+        sys.exit(EXIT_FAILED)
+
+
+def register(cli: click.Group) -> None:
+    for command in (inventory, plan, reconcile, status, hosts):
+        cli.add_command(command)
+    from keyward.cli import demo
+
+    cli.add_command(demo.demo)

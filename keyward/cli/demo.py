@@ -1,0 +1,167 @@
+"""``keyward demo``: the whole flow on a machine with nothing set up.
+
+It starts three local SSH hosts on loopback (real OpenSSH ``sshd`` processes),
+registers people, keys and a role in a throw-away registry, reconciles, logs in
+with the granted key, revokes it, reconciles again, shows the login refused,
+verifies the audit chain and cleans everything up.  Every step is printed as
+the keyward command a user would type.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from keyward.errors import KeywardError
+from keyward.localfleet import LocalFleet, can_login, is_root, safe_base_dir
+from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+
+
+class DemoError(KeywardError):
+    exit_code = 1
+
+
+def _find_sshd() -> str | None:
+    for candidate in ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("sshd")
+
+
+class Demo:
+    def __init__(self, work: Path, fleet: LocalFleet, user: str) -> None:
+        self.work = work
+        self.fleet = fleet
+        self.user = user
+        self.inventory = work / "inventory"
+        self.env = {
+            **os.environ,
+            "KEYWARD_DB": str(work / "registry.db"),
+            "KEYWARD_INVENTORY": str(self.inventory),
+            "KEYWARD_ACTOR": "demo-admin",
+        }
+
+    def say(self, text: str) -> None:
+        click.secho(f"\n== {text}", bold=True)
+
+    def run(self, *args: str, actor: str | None = None, check: bool = True) -> int:
+        env = dict(self.env)
+        if actor:
+            env["KEYWARD_ACTOR"] = actor
+        shown = " ".join(args)
+        click.secho(f"$ keyward {shown}", fg="cyan")
+        proc = subprocess.run(
+            [sys.executable, "-m", "keyward", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if proc.stdout:
+            click.echo(proc.stdout.rstrip())
+        if proc.returncode != 0 and check:
+            click.echo(proc.stderr.rstrip(), err=True)
+            raise DemoError(f"demo step failed: keyward {shown} (exit {proc.returncode})")
+        return proc.returncode
+
+    def login(self, key: Path, expect: bool) -> None:
+        known = self.inventory / "known_hosts"
+        for host in self.fleet.hosts:
+            ok = can_login(host, self.user, key, known)
+            verdict = "logged in" if ok else "refused"
+            click.echo(f"  ssh -i {key.name} {self.user}@{host.address} -p {host.port}: {verdict}")
+            if ok != expect:
+                raise DemoError(
+                    f"expected the login on {host.name} to be {'accepted' if expect else 'refused'}"
+                )
+
+
+def run_demo(hosts: int, keep: bool) -> None:
+    if _find_sshd() is None:
+        raise DemoError(
+            "the demo starts real OpenSSH servers on loopback; install openssh-server "
+            "(Debian/Ubuntu: apt-get install openssh-server)"
+        )
+    user = getpass.getuser()
+    base = safe_base_dir("keyward-demo-")
+    work = Path(tempfile.mkdtemp(prefix="keyward-demo-"))
+    try:
+        with LocalFleet(base / "fleet", hosts, name_prefix="demo-") as fleet:
+            demo = Demo(work, fleet, user)
+            keys = work / "keys"
+            agent = make_ed25519(keys / "agent", "keyward-agent")
+            alice = make_ed25519(keys / "alice", "alice@laptop")
+            make_ed25519(keys / "bob", "bob@laptop")
+            # Bootstrap: the agent's own key is placed once, as an operator would.
+            for host in fleet.hosts:
+                path = host.authorized_keys_path(user)
+                path.write_text(Path(f"{agent}.pub").read_text())
+                os.chmod(path, 0o600)
+            spec = InventorySpec(
+                environment="demo",
+                login=user,
+                accounts=(user,),
+                access=(AccessSpec(("devops",), (user,), ("no-agent-forwarding",)),),
+            )
+            write_inventory(demo.inventory, fleet.hosts, spec, agent)
+            addresses = ", ".join(f"{h.address}:{h.port}" for h in fleet.hosts)
+            demo.say(f"{hosts} OpenSSH hosts running on loopback ({addresses}); account {user}")
+            demo.run("inventory", "check")
+            demo.say("Register people, their personal keys and a role")
+            demo.run("init")
+            demo.run("person", "add", "alice", "--name", "Alice Example")
+            demo.run("person", "add", "bob", "--name", "Bob Example")
+            demo.run("key", "add", "alice", str(alice) + ".pub", "--attest", "admin")
+            demo.run("key", "add", "bob", str(keys / "bob.pub"), "--attest", "admin")
+            demo.run("role", "add", "devops", "--description", "production operators")
+            demo.run("role", "grant", "devops", "alice", "--reason", "OPS-42", actor="security")
+            demo.say("Plan, then reconcile every host")
+            demo.run("plan", check=False)
+            demo.run("reconcile")
+            demo.say("alice (devops) logs in; bob (no role) is refused")
+            demo.login(alice, expect=True)
+            demo.login(keys / "bob", expect=False)
+            demo.say("A second reconcile changes nothing")
+            demo.run("reconcile")
+            demo.say("Revoke alice's key and reconcile: her login is refused everywhere")
+            fingerprint = subprocess.run(
+                [sys.executable, "-m", "keyward", "key", "list", "alice", "--json"],
+                env=demo.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            import json
+
+            fp = json.loads(fingerprint)[0]["fingerprint"]
+            demo.run("key", "revoke", fp, "--reason", "laptop stolen (INC-7)")
+            demo.run("reconcile")
+            demo.login(alice, expect=False)
+            demo.say("Who did what: the audit trail, and its hash chain")
+            demo.run("audit", "log")
+            demo.run("audit", "verify")
+            demo.run("status")
+        click.secho("\ndemo finished: all hosts stopped", bold=True)
+    finally:
+        if keep:
+            click.echo(f"kept {work} (registry, inventory, keys)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@click.command()
+@click.option("--hosts", type=click.IntRange(1, 20), default=3, help="How many local hosts.")
+@click.option("--keep", is_flag=True, help="Keep the demo registry, inventory and keys.")
+def demo(hosts: int, keep: bool) -> None:
+    """Run the whole flow against local SSH hosts on loopback; leaves nothing behind."""
+    if not is_root() and os.environ.get("KEYWARD_DEMO_ALLOW_USER") is None:
+        pass  # works as a normal user too: sshd then serves only that user
+    run_demo(hosts, keep)

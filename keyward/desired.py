@@ -1,0 +1,201 @@
+"""The desired state: registry + inventory + now → the exact lines of every managed file.
+
+A pure function.  For each (host, account, file) it lists the lines keyward
+wants there, in a deterministic order: the agent's own key (on the login
+account), break-glass keys, then people's keys.  A person's key is deployed
+when, at ``now``:
+
+- the person is active, the key is neither revoked nor expired,
+- the key's attestation meets the environment's ``min_attestation``,
+- an ``[[access]]`` rule covering the host and account names a role the
+  person holds through a grant that has not lapsed (and whose customer, if
+  any, is the host's customer).
+
+Every person line carries ``expiry-time`` (the key's expiry or the grant's
+``until``, whichever is earlier), so sshd itself refuses it when time is up
+even if the agent never runs again.  The cost is one pass over the registry
+per access rule, not per host: hosts that share rules share the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from keyward.attestation import meets
+from keyward.inventory.model import AccessRule, Host, Inventory, Mode
+from keyward.keys import PublicKey
+from keyward.options import expiry_time_option, render_options
+from keyward.state import KeyRecord, RegistrySnapshot
+
+LineKind = Literal["agent", "break-glass", "person"]
+KIND_ORDER: Mapping[str, int] = {"agent": 0, "break-glass": 1, "person": 2}
+
+HEADER = (
+    "# This file is managed by keyward. Do not edit it by hand: lines that keyward\n"
+    "# did not write are removed at the next reconcile (see 'keyward plan').\n"
+)
+BLOCK_BEGIN = "# keyward:begin (managed by keyward; do not edit inside this block)"
+BLOCK_END = "# keyward:end"
+COMMENT_PREFIX = "keyward:"
+
+
+@dataclass(frozen=True)
+class DesiredLine:
+    """One authorized_keys line keyward wants: a key, its options, and whose it is."""
+
+    key: PublicKey
+    options: tuple[str, ...]
+    owner: str
+    kind: LineKind
+    expires_at: datetime | None = None
+    roles: tuple[str, ...] = ()
+
+    @property
+    def identity(self) -> tuple[bytes, tuple[str, ...]]:
+        """sshd treats lines with the same key but other options as alternatives."""
+        return (self.key.blob, self.options)
+
+    def render(self) -> str:
+        label = "break-glass" if self.kind == "break-glass" else self.owner
+        if self.kind == "agent":
+            label = "agent"
+        comment = f"{COMMENT_PREFIX}{label}:{self.key.short_fingerprint}"
+        body = f"{self.key.openssh()} {comment}"
+        if self.options:
+            return f"{render_options(self.options)} {body}"
+        return body
+
+    def sort_key(self) -> tuple[int, str, str, tuple[str, ...]]:
+        return (KIND_ORDER[self.kind], self.owner, self.key.fingerprint, self.options)
+
+
+@dataclass(frozen=True)
+class FileTarget:
+    """One managed file: an AuthorizedKeysFile pattern for one account on one host."""
+
+    host: str
+    account: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    target: FileTarget
+    mode: Mode
+    lines: tuple[DesiredLine, ...]
+    is_login: bool = False
+
+    def exclusive_content(self) -> bytes:
+        return (HEADER + "".join(line.render() + "\n" for line in self.lines)).encode()
+
+
+def _person_lines(
+    rule: AccessRule,
+    min_attestation: str,
+    customer: str | None,
+    snapshot: RegistrySnapshot,
+    keys_by_owner: Mapping[str, tuple[KeyRecord, ...]],
+    now: datetime,
+) -> tuple[DesiredLine, ...]:
+    """Lines a rule gives, computed once per (rule, customer) and shared by its hosts."""
+    # For each (key, options) the latest end among the grants that give it.
+    best: dict[tuple[bytes, tuple[str, ...]], tuple[KeyRecord, datetime, set[str]]] = {}
+    wanted_roles = set(rule.roles)
+    for grant in snapshot.grants:
+        if grant.role not in wanted_roles or not grant.active_at(now):
+            continue
+        if grant.customer is not None and grant.customer != customer:
+            continue
+        person = snapshot.people.get(grant.username)
+        if person is None or person.status != "active":
+            continue
+        for record in keys_by_owner.get(grant.username, ()):
+            if not record.usable_at(now) or not meets(record.attestation, min_attestation):
+                continue
+            end = record.expires_at if grant.until is None else min(record.expires_at, grant.until)
+            options = rule.options
+            if record.attestation == "sk" and "verify-required" not in options:
+                options = (*options, "verify-required")
+            ident = (record.key.blob, options)
+            previous = best.get(ident)
+            if previous is None:
+                best[ident] = (record, end, {grant.role})
+            else:
+                roles = previous[2] | {grant.role}
+                best[ident] = (record, max(previous[1], end), roles)
+    return tuple(
+        DesiredLine(
+            key=record.key,
+            options=(*options, expiry_time_option(end)),
+            owner=record.owner,
+            kind="person",
+            expires_at=end,
+            roles=tuple(sorted(roles)),
+        )
+        for (_, options), (record, end, roles) in best.items()
+    )
+
+
+def _merge(lines: Iterable[DesiredLine]) -> tuple[DesiredLine, ...]:
+    unique: dict[tuple[bytes, tuple[str, ...]], DesiredLine] = {}
+    for line in lines:
+        unique.setdefault(line.identity, line)
+    return tuple(sorted(unique.values(), key=DesiredLine.sort_key))
+
+
+def compute_desired(
+    snapshot: RegistrySnapshot,
+    inventory: Inventory,
+    hosts: Sequence[Host],
+    agent_key: PublicKey | None,
+    now: datetime,
+) -> dict[FileTarget, DesiredFile]:
+    """Every managed file of ``hosts`` with the lines it must hold at ``now``."""
+    keys_by_owner = snapshot.keys_of()
+    rule_cache: dict[tuple[int, str | None], tuple[DesiredLine, ...]] = {}
+    merged_cache: dict[tuple[object, ...], tuple[DesiredLine, ...]] = {}
+    result: dict[FileTarget, DesiredFile] = {}
+    for host in hosts:
+        env = inventory.environment(host.environment)
+        rules = inventory.access_for(host)
+        glass = inventory.break_glass_for(host)
+        for account in host.managed_accounts:
+            parts: list[tuple[DesiredLine, ...]] = []
+            signature: list[object] = [env.name, host.customer]
+            if agent_key is not None and account == host.login:
+                parts.append((DesiredLine(agent_key, (), "agent", "agent"),))
+                signature.append("agent")
+            for entry in glass:
+                if account in entry.accounts:
+                    parts.append(
+                        (DesiredLine(entry.key, entry.options, "break-glass", "break-glass"),)
+                    )
+                    signature.append(("glass", id(entry)))
+            for rule in rules:
+                if account not in rule.accounts:
+                    continue
+                cache_key = (id(rule), host.customer)
+                if cache_key not in rule_cache:
+                    rule_cache[cache_key] = _person_lines(
+                        rule, env.min_attestation, host.customer, snapshot, keys_by_owner, now
+                    )
+                parts.append(rule_cache[cache_key])
+                signature.append(("rule", id(rule)))
+            sig = tuple(signature)
+            if sig not in merged_cache:
+                merged_cache[sig] = _merge(line for part in parts for line in part)
+            lines = merged_cache[sig]
+            for index, pattern in enumerate(host.authorized_keys):
+                target = FileTarget(host.name, account, pattern)
+                # sshd reads every listed file; keyward puts the lines in the first and
+                # keeps the others empty, so a key hidden in authorized_keys2 is removed.
+                result[target] = DesiredFile(
+                    target=target,
+                    mode=host.mode,
+                    lines=lines if index == 0 else (),
+                    is_login=account == host.login,
+                )
+    return result

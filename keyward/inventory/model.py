@@ -1,0 +1,232 @@
+"""The inventory as frozen values: what exists, and who may reach which account where.
+
+Everything here is immutable (frozen dataclasses, tuples) so that one loaded
+inventory can be shared by the planner, the agent and the CLI without any of
+them changing what the others see.  Validation lives in ``load.py``; these
+classes assume they were built from a checked inventory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from keyward.errors import UsageError
+from keyward.keys import DEFAULT_ALLOWED_TYPES, KeyPolicy, PublicKey
+
+Mode = Literal["exclusive", "managed-block"]
+MODES: tuple[Mode, ...] = ("exclusive", "managed-block")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How the agent connects (``[agent]`` in ``keyward.toml``).
+
+    ``identity_pub`` is the agent's own public key: the planner keeps it on
+    every login account, so no plan can lock the agent out.
+    """
+
+    identity: Path
+    identity_pub: Path
+    known_hosts: Path
+    concurrency: int
+    connect_timeout: float
+    python: str
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Fleet-wide key policy (``[policy]`` in ``keyward.toml``).
+
+    ``allowed_key_types`` is ``None`` for "whatever keyward's key policy allows".
+    """
+
+    max_key_age_days: int
+    min_rsa_bits: int
+    allowed_key_types: tuple[str, ...] | None
+    proof_max_age_days: int = 30
+
+    def key_policy(self) -> KeyPolicy:
+        """The ``keyward.keys.KeyPolicy`` these settings describe, for checking keys."""
+        allowed = (
+            DEFAULT_ALLOWED_TYPES
+            if self.allowed_key_types is None
+            else frozenset(self.allowed_key_types)
+        )
+        return KeyPolicy(
+            allowed_types=allowed,
+            min_rsa_bits=self.min_rsa_bits,
+            max_key_age_days=self.max_key_age_days,
+            proof_max_age_days=self.proof_max_age_days,
+        )
+
+
+@dataclass(frozen=True)
+class Host:
+    """One SSH endpoint and the accounts keyward manages on it.
+
+    ``authorized_keys`` holds sshd ``AuthorizedKeysFile`` patterns (tokens
+    ``%h %u %U %%``), each either absolute or starting with ``%h/``; every
+    listed file is managed for every managed account.
+    """
+
+    name: str
+    environment: str
+    address: str
+    port: int
+    login: str
+    authorized_keys: tuple[str, ...]
+    mode: Mode
+    groups: tuple[str, ...]
+    accounts: tuple[str, ...]
+    customer: str | None = None
+
+    @property
+    def managed_accounts(self) -> tuple[str, ...]:
+        """``accounts`` plus the login account, without duplicates, in order.
+
+        The login account is always managed because the agent's own key must
+        survive there; an account is never managed just because a rule names it.
+        """
+        return tuple(dict.fromkeys((*self.accounts, self.login)))
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """``[[access]]``: members of ``roles`` may log in to ``accounts`` on matching hosts.
+
+    ``groups`` and ``hosts`` are both ``None`` for "every host of the
+    environment"; otherwise a host matches if it is named in ``hosts`` or is in
+    one of ``groups``.  ``source`` locates the rule for messages and audit,
+    e.g. ``production.toml: access[0]``.
+    """
+
+    environment: str
+    roles: tuple[str, ...]
+    accounts: tuple[str, ...]
+    groups: tuple[str, ...] | None
+    hosts: tuple[str, ...] | None
+    options: tuple[str, ...]
+    source: str
+
+    def applies_to(self, host: Host) -> bool:
+        """True when this rule covers ``host`` (same environment, and group/host match)."""
+        return _matches(self.environment, self.groups, self.hosts, host)
+
+
+@dataclass(frozen=True)
+class BreakGlass:
+    """``[[break_glass]]``: a key kept on ``accounts`` of matching hosts, outside the registry.
+
+    Typically an escrowed key whose private half sits in a vault, so that
+    someone can still log in when the registry or the agent is broken.
+    """
+
+    environment: str
+    accounts: tuple[str, ...]
+    key: PublicKey
+    groups: tuple[str, ...] | None
+    hosts: tuple[str, ...] | None
+    options: tuple[str, ...]
+    source: str
+
+    def applies_to(self, host: Host) -> bool:
+        """True when this key belongs on ``host`` (same rule as ``AccessRule.applies_to``)."""
+        return _matches(self.environment, self.groups, self.hosts, host)
+
+
+def _matches(
+    environment: str,
+    groups: tuple[str, ...] | None,
+    hosts: tuple[str, ...] | None,
+    host: Host,
+) -> bool:
+    """Shared matching of access and break-glass rules against one host."""
+    if host.environment != environment:
+        return False
+    if groups is None and hosts is None:
+        return True
+    if hosts is not None and host.name in hosts:
+        return True
+    return groups is not None and any(group in groups for group in host.groups)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One environment file: its hosts, access rules and break-glass keys."""
+
+    name: str
+    min_attestation: str
+    customer: str | None
+    hosts: tuple[Host, ...]
+    access: tuple[AccessRule, ...]
+    break_glass: tuple[BreakGlass, ...]
+    source_file: str
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Every group named by a host of this environment, sorted."""
+        return tuple(sorted({group for host in self.hosts for group in host.groups}))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The whole checked inventory; ``root`` is the directory it was read from."""
+
+    root: Path
+    agent: AgentSettings
+    policy: PolicySettings
+    environments: tuple[Environment, ...]
+
+    def hosts(self) -> tuple[Host, ...]:
+        """Every host, environment by environment, in file order."""
+        return tuple(host for env in self.environments for host in env.hosts)
+
+    def environment(self, name: str) -> Environment:
+        """The environment called ``name``; ``UsageError`` if there is none."""
+        for env in self.environments:
+            if env.name == name:
+                return env
+        known = ", ".join(env.name for env in self.environments) or "none"
+        raise UsageError(f"unknown environment {name!r} (known: {known})")
+
+    def host(self, name: str) -> Host:
+        """The host called ``name`` (names are unique fleet-wide); ``UsageError`` if none."""
+        for host in self.hosts():
+            if host.name == name:
+                return host
+        raise UsageError(f"unknown host {name!r}; see keyward inventory show")
+
+    def select_hosts(self, env: str | None = None, host: str | None = None) -> tuple[Host, ...]:
+        """Hosts named by the CLI's ``--env``/``--host``: all, one environment, or one host.
+
+        With both, the host must be in that environment, so a typo cannot
+        silently widen or move the target.
+        """
+        if host is not None:
+            found = self.host(host)
+            if env is not None:
+                self.environment(env)
+                if found.environment != env:
+                    raise UsageError(
+                        f"host {host!r} is in environment {found.environment!r}, not {env!r}"
+                    )
+            return (found,)
+        if env is not None:
+            return self.environment(env).hosts
+        return self.hosts()
+
+    def access_for(self, host: Host) -> tuple[AccessRule, ...]:
+        """The access rules that cover ``host``, in file order."""
+        return tuple(
+            rule for rule in self.environment(host.environment).access if rule.applies_to(host)
+        )
+
+    def break_glass_for(self, host: Host) -> tuple[BreakGlass, ...]:
+        """The break-glass keys that belong on ``host``, in file order."""
+        return tuple(
+            entry
+            for entry in self.environment(host.environment).break_glass
+            if entry.applies_to(host)
+        )

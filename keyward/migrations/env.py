@@ -1,0 +1,31 @@
+"""Alembic environment: always run with a connection handed in by keyward.
+
+keyward never reads an ``alembic.ini``; ``keyward.registry.schema`` builds the
+configuration in code and passes the open connection through
+``config.attributes["connection"]``.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlmodel import SQLModel
+
+import keyward.registry.models  # noqa: F401  (registers the tables)
+
+config = context.config
+target_metadata = SQLModel.metadata
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes["connection"]
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run_migrations_online()

@@ -1,0 +1,264 @@
+"""The plan: desired files + observed files → exactly what to change, and why.
+
+A pure diff, like Terraform's plan: it can be printed, and the agent's apply
+step executes exactly it.  Every removed line is classified so the log says
+what it means: a ``revoked``, ``expired`` or ``offboarded`` key, access that
+``access-ended``, a line ``replaced`` by the same key with other options, or
+``drift`` (a line keyward never wrote, such as a key added by hand).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from keyward.authorized_keys import AuthorizedLine, parse_authorized_keys
+from keyward.desired import BLOCK_BEGIN, BLOCK_END, COMMENT_PREFIX, DesiredFile, FileTarget
+from keyward.state import RegistrySnapshot
+
+FileState = Literal["present", "missing", "error"]
+FileAction = Literal["in-sync", "create", "update", "fix-mode", "error"]
+
+# Read errors after which a write may still safely replace the directory entry.
+REPLACEABLE = frozenset({"hardlink", "too_large"})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the agent read about one managed file on its host."""
+
+    target: FileTarget
+    state: FileState
+    path: str | None = None
+    content: bytes | None = None
+    sha256: str | None = None
+    owner_ok: bool = True
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class LineChange:
+    action: Literal["add", "remove"]
+    fingerprint: str | None
+    owner: str | None
+    reason: str
+    options: tuple[str, ...] = ()
+    lineno: int | None = None
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    target: FileTarget
+    action: FileAction
+    path: str | None = None
+    changes: tuple[LineChange, ...] = ()
+    new_content: bytes | None = None
+    expect_sha256: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+    @property
+    def writes(self) -> bool:
+        return self.action in ("create", "update", "fix-mode")
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    files: tuple[FilePlan, ...]
+    refused: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return any(f.writes for f in self.files)
+
+    @property
+    def errors(self) -> tuple[FilePlan, ...]:
+        return tuple(f for f in self.files if f.action == "error")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def split_block(content: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a managed-block file into (before, block body, after); no block: (all, b"", b"")."""
+    lines = content.splitlines(keepends=True)
+    begin = end = None
+    for index, raw in enumerate(lines):
+        text = raw.decode("utf-8", "replace").strip()
+        if begin is None and text.startswith("# keyward:begin"):
+            begin = index
+        elif begin is not None and text.startswith(BLOCK_END):
+            end = index
+            break
+    if begin is None or end is None:
+        return content, b"", b""
+    return b"".join(lines[:begin]), b"".join(lines[begin + 1 : end]), b"".join(lines[end + 1 :])
+
+
+def render(desired: DesiredFile, current: bytes | None) -> bytes:
+    """The file's new content: all of it (exclusive) or just the marked block."""
+    if desired.mode == "exclusive":
+        return desired.exclusive_content()
+    body = "".join(line.render() + "\n" for line in desired.lines)
+    block = f"{BLOCK_BEGIN}\n{body}{BLOCK_END}\n".encode()
+    before, _, after = split_block(current or b"")
+    if before and not before.endswith(b"\n"):
+        before += b"\n"
+    return before + block + after
+
+
+def _managed_lines(desired: DesiredFile, current: bytes | None) -> list[AuthorizedLine]:
+    if current is None:
+        return []
+    if desired.mode == "exclusive":
+        return parse_authorized_keys(current)
+    _, block, _ = split_block(current)
+    return parse_authorized_keys(block)
+
+
+def _removal_reason(
+    line: AuthorizedLine,
+    desired_blobs: Mapping[bytes, str],
+    snapshot: RegistrySnapshot,
+    now: datetime,
+) -> tuple[str | None, str]:
+    """(owner, reason) for a line that is going away."""
+    if line.key is None:
+        return None, "unparsable"
+    record = snapshot.by_fingerprint.get(line.key.fingerprint)
+    ours = line.comment.startswith(COMMENT_PREFIX)
+    if record is None:
+        if line.key.blob in desired_blobs:
+            return desired_blobs[line.key.blob], "replaced"
+        return None, "drift"
+    person = snapshot.people.get(record.owner)
+    if record.revoked_at is not None:
+        return record.owner, "revoked"
+    if record.expires_at <= now:
+        return record.owner, "expired"
+    if person is not None and person.status != "active":
+        return record.owner, person.status
+    if line.key.blob in desired_blobs:
+        return record.owner, "replaced"
+    return record.owner, "access-ended" if ours else "drift"
+
+
+def plan_file(
+    desired: DesiredFile, observed: Observed, snapshot: RegistrySnapshot, now: datetime
+) -> FilePlan:
+    """Compare one desired file with what is on the host."""
+    target = desired.target
+    if observed.state == "error" and observed.error_code not in REPLACEABLE:
+        return FilePlan(
+            target,
+            "error",
+            path=observed.path,
+            error=observed.error_message or observed.error_code,
+            error_code=observed.error_code,
+        )
+    current = observed.content if observed.state == "present" else None
+    new_content = render(desired, current)
+    existing = _managed_lines(desired, current)
+    wanted = {line.identity: line for line in desired.lines}
+    desired_blobs = {line.key.blob: line.owner for line in desired.lines}
+    changes: list[LineChange] = []
+    seen: set[tuple[bytes, tuple[str, ...]]] = set()
+    for line in existing:
+        ident = (line.key.blob, line.options) if line.key is not None else None
+        if ident is not None and ident in wanted and ident not in seen:
+            seen.add(ident)
+            continue
+        owner, reason = _removal_reason(line, desired_blobs, snapshot, now)
+        if ident is not None and ident in seen:
+            reason = "duplicate"
+        changes.append(
+            LineChange(
+                "remove",
+                line.key.fingerprint if line.key else None,
+                owner,
+                reason,
+                line.options,
+                line.lineno,
+            )
+        )
+    for ident, want in wanted.items():
+        if ident not in seen:
+            changes.append(
+                LineChange("add", want.key.fingerprint, want.owner, "granted", want.options)
+            )
+    if observed.state == "error":  # replaceable: hard link or too large; content unknown
+        changes.insert(0, LineChange("remove", None, None, observed.error_code or "unreadable"))
+        return FilePlan(
+            target,
+            "update",
+            observed.path,
+            tuple(changes),
+            new_content,
+            "*",
+            error_code=observed.error_code,
+        )
+    if current is None:
+        return FilePlan(target, "create", observed.path, tuple(changes), new_content, None)
+    if new_content != current:
+        return FilePlan(
+            target, "update", observed.path, tuple(changes), new_content, observed.sha256
+        )
+    if not observed.owner_ok:
+        return FilePlan(target, "fix-mode", observed.path, (), new_content, observed.sha256)
+    return FilePlan(target, "in-sync", observed.path)
+
+
+def plan_host(
+    host: str,
+    desired: Sequence[DesiredFile],
+    observed: Mapping[FileTarget, Observed],
+    snapshot: RegistrySnapshot,
+    now: datetime,
+    agent_fingerprint: str | None,
+) -> HostPlan:
+    """Plan every managed file of one host, refusing any plan that would lock the agent out."""
+    files = tuple(
+        plan_file(
+            d,
+            observed.get(
+                d.target,
+                Observed(
+                    d.target, "error", error_code="not_read", error_message="file was not read"
+                ),
+            ),
+            snapshot,
+            now,
+        )
+        for d in desired
+    )
+    for d, f in zip(desired, files, strict=True):
+        if not (d.is_login and f.writes and f.new_content is not None):
+            continue
+        if d.target.pattern != _first_pattern(desired, d):
+            continue
+        fingerprints = {
+            line.key.fingerprint for line in _managed_lines(d, f.new_content) if line.key
+        }
+        if agent_fingerprint is None or agent_fingerprint not in fingerprints:
+            return HostPlan(
+                host,
+                files,
+                refused=(
+                    f"refusing to write {d.target.account}'s {d.target.pattern}: it would no "
+                    "longer hold the agent's own key (lockout)"
+                ),
+            )
+    return HostPlan(host, files)
+
+
+def _first_pattern(desired: Sequence[DesiredFile], d: DesiredFile) -> str:
+    for other in desired:
+        if other.target.account == d.target.account:
+            return other.target.pattern
+    return d.target.pattern

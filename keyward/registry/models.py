@@ -1,0 +1,147 @@
+"""The registry's tables.
+
+Rows are never deleted by normal operations: a key is revoked, a grant is
+ended, a person is offboarded.  History stays queryable, and the audit chain
+refers to rows that still exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from keyward.registry.types import UTCDateTime
+
+
+def _ts(nullable: bool = False) -> Column[datetime]:
+    return Column(UTCDateTime(), nullable=nullable)
+
+
+class Person(SQLModel, table=True):
+    """A member of staff: the one owner of their keys."""
+
+    __tablename__ = "person"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=32)
+    full_name: str = Field(max_length=200)
+    email: str | None = Field(default=None, max_length=254)
+    status: str = Field(default="active", max_length=16)  # active | offboarded
+    created_at: datetime = Field(sa_column=_ts())
+    changed_at: datetime = Field(sa_column=_ts())
+
+
+class SshKey(SQLModel, table=True):
+    """One personal public key, owned by exactly one person.
+
+    The fingerprint is unique across the registry: a key is personal, so the
+    same key under two people is refused.
+    """
+
+    __tablename__ = "ssh_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    person_id: int = Field(foreign_key="person.id", index=True)
+    key_type: str = Field(max_length=64)
+    blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    fingerprint: str = Field(index=True, unique=True, max_length=64)
+    comment: str = Field(default="", max_length=500)
+    added_by: str = Field(max_length=64)
+    added_at: datetime = Field(sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    revoked_by: str | None = Field(default=None, max_length=64)
+    revoke_reason: str | None = Field(default=None, max_length=500)
+    attestation: str = Field(default="none", max_length=16)  # none | admin | proof | sk
+    attested_by: str | None = Field(default=None, max_length=64)
+    proof_date: str | None = Field(default=None, max_length=10)
+    rotated_to_id: int | None = Field(default=None, foreign_key="ssh_key.id")
+
+
+class Role(SQLModel, table=True):
+    """A named set of people (devops, qa, ...) that inventory access rules refer to."""
+
+    __tablename__ = "role"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=64)
+    description: str = Field(default="", max_length=500)
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(sa_column=_ts())
+
+
+class Membership(SQLModel, table=True):
+    """A person in a role: who granted it, when, why, and until when.
+
+    Ended memberships keep their row (``ended_at`` set) for the record.
+    """
+
+    __tablename__ = "membership"
+
+    id: int | None = Field(default=None, primary_key=True)
+    person_id: int = Field(foreign_key="person.id", index=True)
+    role_id: int = Field(foreign_key="role.id", index=True)
+    granted_by: str = Field(max_length=64)
+    granted_at: datetime = Field(sa_column=_ts())
+    reason: str = Field(max_length=500)
+    until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    customer: str | None = Field(default=None, max_length=64)
+    ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    ended_by: str | None = Field(default=None, max_length=64)
+    end_reason: str | None = Field(default=None, max_length=500)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One link of the tamper-evident audit chain.
+
+    ``hash`` covers ``prev_hash`` and this event's content; the details are
+    covered through ``details_digest`` so that personal details can later be
+    redacted (and the redaction recorded) without breaking the chain.
+    """
+
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime = Field(sa_column=_ts())
+    actor: str = Field(max_length=64)
+    action: str = Field(index=True, max_length=64)
+    subject: str = Field(index=True, max_length=200)
+    details: str = Field(sa_column=Column(Text, nullable=False))
+    details_digest: str = Field(max_length=64)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+    redacted: bool = Field(default=False)
+
+
+class AuditHead(SQLModel, table=True):
+    """The single-row head of the audit chain.
+
+    Every registry write updates it in the same transaction, which makes it a
+    lock that serialises writers, a cheap change marker that watchers can poll,
+    and a check that the newest events were not cut off.
+    """
+
+    __tablename__ = "audit_head"
+    __table_args__ = (UniqueConstraint("id"),)
+
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(default=0)
+    hash: str = Field(default="0" * 64, max_length=64)
+
+
+class HostState(SQLModel, table=True):
+    """What the agent last saw and did on a host (``keyward status``)."""
+
+    __tablename__ = "host_state"
+
+    host: str = Field(primary_key=True, max_length=255)
+    environment: str = Field(default="", max_length=64)
+    last_attempt: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_success: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_run_id: str | None = Field(default=None, max_length=32)
+    last_changes: int = Field(default=0)
+    drift_found: int = Field(default=0)
+    files: str = Field(default="{}", sa_column=Column(Text, nullable=False))

@@ -1,0 +1,236 @@
+"""Registry operations: each validates, changes rows, and writes its audit event.
+
+All functions take a ``WriteTx`` (for changes) or a ``Session`` (for reads)
+so the caller decides the transaction boundary; one CLI command is one
+transaction.  Messages never reveal who owns a key to someone registering it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from keyward import attestation as att
+from keyward.errors import RegistryError, UsageError
+from keyward.keys import PublicKey
+from keyward.registry import validate
+from keyward.registry.models import Membership, Person, Role, SshKey
+from keyward.registry.store import WriteTx
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+# -- people -------------------------------------------------------------------
+
+
+def find_person(session: Session, username: str) -> Person:
+    person = session.exec(select(Person).where(Person.username == username)).first()
+    if person is None:
+        raise RegistryError(f"no person {username!r} in the registry")
+    return person
+
+
+def add_person(tx: WriteTx, username: str, full_name: str, email: str | None) -> Person:
+    validate.username(username)
+    full_name = validate.line("full name", full_name, max_length=200)
+    if email is not None:
+        email = validate.email(email)
+    if tx.session.exec(select(Person).where(Person.username == username)).first():
+        raise RegistryError(f"person {username!r} already exists")
+    person = Person(
+        username=username,
+        full_name=full_name,
+        email=email,
+        status="active",
+        created_at=tx.now,
+        changed_at=tx.now,
+    )
+    tx.session.add(person)
+    tx.session.flush()
+    tx.audit("person.add", username, {"full_name": full_name, "email": email})
+    return person
+
+
+def require_active(person: Person) -> None:
+    if person.status != "active":
+        raise RegistryError(f"person {person.username!r} is {person.status}")
+
+
+# -- keys ---------------------------------------------------------------------
+
+
+def find_key(session: Session, fingerprint: str) -> SshKey:
+    key = session.exec(select(SshKey).where(SshKey.fingerprint == fingerprint)).first()
+    if key is None:
+        raise RegistryError(f"no key {fingerprint} in the registry")
+    return key
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """What we know about a key being added: its attestation and expiry."""
+
+    attestation: str
+    expires_at: datetime
+    attested_by: str | None = None
+    proof_date: str | None = None
+
+
+def add_key(tx: WriteTx, username: str, key: PublicKey, claim: KeyClaim) -> SshKey:
+    person = find_person(tx.session, username)
+    require_active(person)
+    att.attestation_rank(claim.attestation)
+    if claim.attestation == "sk" and not key.is_sk:
+        raise UsageError("attestation 'sk' is only for FIDO security keys (sk-* key types)")
+    if claim.expires_at <= tx.now:
+        raise UsageError("the expiry date is in the past")
+    existing = tx.session.exec(select(SshKey).where(SshKey.fingerprint == key.fingerprint)).first()
+    if existing is not None:
+        # Do not say whose it is: keys are personal, and the caller may not know.
+        raise RegistryError(
+            f"key {key.fingerprint} is already registered; keys are personal, "
+            "each person needs their own key"
+        )
+    comment = validate.line("key comment", key.comment, max_length=500, required=False)
+    row = SshKey(
+        person_id=person.id or 0,
+        key_type=key.key_type,
+        blob=key.blob,
+        fingerprint=key.fingerprint,
+        comment=comment,
+        added_by=tx.actor,
+        added_at=tx.now,
+        expires_at=claim.expires_at,
+        attestation=claim.attestation,
+        attested_by=claim.attested_by,
+        proof_date=claim.proof_date,
+    )
+    tx.session.add(row)
+    tx.session.flush()
+    tx.audit(
+        "key.add",
+        username,
+        {
+            "fingerprint": key.fingerprint,
+            "type": key.key_type,
+            "bits": key.bits,
+            "attestation": claim.attestation,
+            "attested_by": claim.attested_by,
+            "proof_date": claim.proof_date,
+            "expires_at": _iso(claim.expires_at),
+        },
+    )
+    return row
+
+
+def revoke_key(tx: WriteTx, fingerprint: str, reason: str) -> SshKey:
+    reason = validate.line("reason", reason)
+    key = find_key(tx.session, fingerprint)
+    if key.revoked_at is not None:
+        raise RegistryError(f"key {fingerprint} is already revoked")
+    person = tx.session.get(Person, key.person_id)
+    assert person is not None
+    key.revoked_at = tx.now
+    key.revoked_by = tx.actor
+    key.revoke_reason = reason
+    tx.session.add(key)
+    tx.audit("key.revoke", person.username, {"fingerprint": fingerprint, "reason": reason})
+    return key
+
+
+# -- roles --------------------------------------------------------------------
+
+
+def find_role(session: Session, name: str) -> Role:
+    role = session.exec(select(Role).where(Role.name == name)).first()
+    if role is None:
+        raise RegistryError(f"no role {name!r} in the registry")
+    return role
+
+
+def add_role(tx: WriteTx, name: str, description: str) -> Role:
+    validate.role_name(name)
+    description = validate.line("description", description, required=False)
+    if tx.session.exec(select(Role).where(Role.name == name)).first():
+        raise RegistryError(f"role {name!r} already exists")
+    role = Role(name=name, description=description, created_by=tx.actor, created_at=tx.now)
+    tx.session.add(role)
+    tx.session.flush()
+    tx.audit("role.add", name, {"description": description})
+    return role
+
+
+def active_membership(session: Session, person: Person, role: Role) -> Membership | None:
+    return session.exec(
+        select(Membership).where(
+            Membership.person_id == person.id,
+            Membership.role_id == role.id,
+            col(Membership.ended_at).is_(None),
+        )
+    ).first()
+
+
+def grant_role(
+    tx: WriteTx,
+    role_name: str,
+    username: str,
+    reason: str,
+    until: datetime | None,
+    customer: str | None = None,
+) -> Membership:
+    reason = validate.line("reason", reason)
+    if customer is not None:
+        validate.customer(customer)
+    if username == tx.actor:
+        raise RegistryError("a person cannot grant a role to themselves")
+    role = find_role(tx.session, role_name)
+    person = find_person(tx.session, username)
+    require_active(person)
+    if until is not None and until <= tx.now:
+        raise UsageError("--until is in the past")
+    current = active_membership(tx.session, person, role)
+    if current is not None and (current.until is None or current.until > tx.now):
+        raise RegistryError(
+            f"{username!r} already has role {role_name!r}; revoke it first to change the grant"
+        )
+    if current is not None:  # lapsed: close it so there is one open row at most
+        current.ended_at = tx.now
+        current.ended_by = tx.actor
+        current.end_reason = "lapsed; replaced by a new grant"
+        tx.session.add(current)
+    membership = Membership(
+        person_id=person.id or 0,
+        role_id=role.id or 0,
+        granted_by=tx.actor,
+        granted_at=tx.now,
+        reason=reason,
+        until=until,
+        customer=customer,
+    )
+    tx.session.add(membership)
+    tx.session.flush()
+    tx.audit(
+        "role.grant",
+        username,
+        {"role": role_name, "reason": reason, "until": _iso(until), "customer": customer},
+    )
+    return membership
+
+
+def revoke_role(tx: WriteTx, role_name: str, username: str, reason: str) -> Membership:
+    reason = validate.line("reason", reason)
+    role = find_role(tx.session, role_name)
+    person = find_person(tx.session, username)
+    membership = active_membership(tx.session, person, role)
+    if membership is None:
+        raise RegistryError(f"{username!r} does not have role {role_name!r}")
+    membership.ended_at = tx.now
+    membership.ended_by = tx.actor
+    membership.end_reason = reason
+    tx.session.add(membership)
+    tx.audit("role.revoke", username, {"role": role_name, "reason": reason})
+    return membership

@@ -1,0 +1,160 @@
+"""The registry handle and its transactions.
+
+Every change goes through ``Registry.write(actor)``: one database
+transaction that holds the audit-chain head, so the change and its audit
+events commit together or not at all, and concurrent administrators are
+serialised (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on the
+head row on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlmodel import Session, select
+
+from keyward.clock import Clock, system_clock
+from keyward.errors import KeywardError, RegistryError, RegistryUnavailable
+from keyward.registry import schema
+from keyward.registry.audit import details_digest, details_text, event_hash
+from keyward.registry.db import describe, make_engine, secure_sqlite_file
+from keyward.registry.models import AuditEvent, AuditHead
+
+NOTIFY_CHANNEL = "keyward_registry"
+
+
+class WriteTx:
+    """One registry transaction: a session, who acts, one ``now``, and the audit head."""
+
+    def __init__(self, session: Session, actor: str, now: datetime, head: AuditHead) -> None:
+        self.session = session
+        self.actor = actor
+        self.now = now
+        self._head = head
+        self.events: list[AuditEvent] = []
+
+    def audit(self, action: str, subject: str, details: Mapping[str, Any]) -> AuditEvent:
+        """Append one event to the chain, in this transaction."""
+        text_ = details_text(details)
+        digest = details_digest(text_)
+        seq = self._head.seq + 1
+        digest_hash = event_hash(
+            seq=seq,
+            at=self.now,
+            actor=self.actor,
+            action=action,
+            subject=subject,
+            digest=digest,
+            prev_hash=self._head.hash,
+        )
+        event = AuditEvent(
+            seq=seq,
+            at=self.now,
+            actor=self.actor,
+            action=action,
+            subject=subject,
+            details=text_,
+            details_digest=digest,
+            prev_hash=self._head.hash,
+            hash=digest_hash,
+        )
+        self.session.add(event)
+        self._head.seq = seq
+        self._head.hash = digest_hash
+        self.session.add(self._head)
+        self.events.append(event)
+        return event
+
+
+def _translate(exc: DBAPIError, where: str) -> KeywardError:
+    message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    if isinstance(exc, IntegrityError):
+        return RegistryError(
+            "the change conflicts with another administrator's change; nothing was changed, "
+            "try again"
+        )
+    if "locked" in message.lower():
+        return RegistryUnavailable(f"the registry {where} is locked by another process ({message})")
+    if "readonly" in message.lower() or "read-only" in message.lower():
+        return RegistryUnavailable(f"the registry {where} is read-only ({message})")
+    return RegistryUnavailable(f"cannot use the registry {where}: {message}")
+
+
+class Registry:
+    """An open registry: engine, where it is, and the clock its records use."""
+
+    def __init__(self, engine: Engine, url: str, clock: Clock = system_clock) -> None:
+        self.engine = engine
+        self.url = url
+        self.where = describe(url)
+        self.clock = clock
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str, clock: Clock = system_clock) -> Registry:
+        """Open an existing registry at the current schema, or explain what to do."""
+        engine = make_engine(url)
+        registry = cls(engine, url, clock)
+        try:
+            schema.require_current(engine, registry.where)
+        except OperationalError as exc:
+            raise _translate(exc, registry.where) from None
+        return registry
+
+    @classmethod
+    def initialise(cls, url: str, clock: Clock = system_clock) -> tuple[Registry, str | None, str]:
+        """Create the registry, or upgrade an older one; idempotent."""
+        engine = make_engine(url, create_dir=True)
+        registry = cls(engine, url, clock)
+        try:
+            before, after = schema.upgrade(engine)
+        except OperationalError as exc:
+            raise _translate(exc, registry.where) from None
+        secure_sqlite_file(url)
+        return registry, before, after
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for queries; nothing is committed."""
+        try:
+            with Session(self.engine) as session:
+                yield session
+        except OperationalError as exc:
+            raise _translate(exc, self.where) from None
+
+    @contextmanager
+    def write(self, actor: str) -> Iterator[WriteTx]:
+        """A transaction that commits the change and its audit events together."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                query = select(AuditHead).where(AuditHead.id == 1)
+                if self.backend == "postgresql":
+                    query = query.with_for_update()
+                head = session.exec(query).one()
+                tx = WriteTx(session, actor, self.clock(), head)
+                yield tx
+                if tx.events and self.backend == "postgresql":
+                    session.execute(
+                        text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": NOTIFY_CHANNEL, "payload": str(head.seq)},
+                    )
+        except DBAPIError as exc:
+            raise _translate(exc, self.where) from None
+
+    def head(self) -> tuple[int, str]:
+        """The chain head: a cheap marker that changes with every registry write."""
+        with self.read() as session:
+            head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
+            return head.seq, head.hash

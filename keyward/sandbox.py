@@ -1,0 +1,135 @@
+"""Throw-away keys and inventories for local fleets: used by the demo, tests and benchmarks.
+
+Nothing here is used in production paths; it lives in the package so that
+``keyward demo`` works on a machine with nothing set up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from keyward.localfleet import FleetHost
+
+
+def make_ed25519(path: Path, comment: str = "") -> Path:
+    """Write an unencrypted OpenSSH ed25519 key pair (``path`` and ``path.pub``), mode 0600."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private)
+    suffix = f" {comment}" if comment else ""
+    Path(f"{path}.pub").write_text(public.decode() + suffix + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class AccessSpec:
+    roles: tuple[str, ...]
+    accounts: tuple[str, ...]
+    options: tuple[str, ...] = ()
+    hosts: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class InventorySpec:
+    """A one-environment inventory over a local fleet."""
+
+    environment: str
+    login: str
+    accounts: tuple[str, ...]
+    access: tuple[AccessSpec, ...]
+    break_glass: tuple[tuple[tuple[str, ...], str], ...] = ()  # (accounts, public key line)
+    min_attestation: str = "none"
+    mode: str = "exclusive"
+    concurrency: int = 50
+    connect_timeout: int = 10
+    extra_hosts: tuple[str, ...] = field(default_factory=tuple)  # raw [[hosts]] TOML blocks
+
+
+def _toml_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def host_pattern(host: FleetHost) -> str:
+    """The inventory ``authorized_keys`` pattern matching the host's sshd AuthorizedKeysFile."""
+    pattern = host.authorized_keys_file
+    if not pattern.startswith(("/", "%h")):
+        pattern = "%h/" + pattern
+    return pattern
+
+
+def write_inventory(
+    root: Path, hosts: Sequence[FleetHost], spec: InventorySpec, identity: Path
+) -> Path:
+    """Write ``keyward.toml``, ``<environment>.toml`` and ``known_hosts`` under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "keyward.toml").write_text(
+        "[agent]\n"
+        f"identity = {_toml_str(str(identity))}\n"
+        'known_hosts = "known_hosts"\n'
+        f"concurrency = {spec.concurrency}\n"
+        f"connect_timeout = {spec.connect_timeout}\n"
+        "\n[policy]\nmax_key_age_days = 365\n"
+    )
+    (root / "known_hosts").write_text("".join(h.known_hosts_line() + "\n" for h in hosts))
+    lines = [
+        "[environment]",
+        f"name = {_toml_str(spec.environment)}",
+        f"min_attestation = {_toml_str(spec.min_attestation)}",
+        "",
+        "[defaults]",
+        f"login = {_toml_str(spec.login)}",
+        f"mode = {_toml_str(spec.mode)}",
+        "",
+    ]
+    for host in hosts:
+        lines += [
+            "[[hosts]]",
+            f"name = {_toml_str(host.name)}",
+            f"address = {_toml_str(host.address)}",
+            f"port = {host.port}",
+            f"authorized_keys = {_toml_str(host_pattern(host))}",
+            f"accounts = {_toml_list(spec.accounts)}",
+            "",
+        ]
+    for block in spec.extra_hosts:
+        lines += [block, ""]
+    for rule in spec.access:
+        lines += [
+            "[[access]]",
+            f"roles = {_toml_list(rule.roles)}",
+            f"accounts = {_toml_list(rule.accounts)}",
+        ]
+        if rule.options:
+            lines.append(f"options = {_toml_list(rule.options)}")
+        if rule.hosts is not None:
+            lines.append(f"hosts = {_toml_list(rule.hosts)}")
+        lines.append("")
+    for accounts, key in spec.break_glass:
+        lines += [
+            "[[break_glass]]",
+            f"accounts = {_toml_list(accounts)}",
+            f"key = {_toml_str(key)}",
+            "",
+        ]
+    (root / f"{spec.environment}.toml").write_text("\n".join(lines))
+    return root

@@ -1,0 +1,185 @@
+"""keyward.authorized_keys follows sshd's reading of authorized_keys files."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyward.authorized_keys import AuthorizedLine, parse_authorized_keys, split_options
+from tests.keygen import SoftSK, dsa_supported, keygen_fingerprint, make_key
+
+
+@pytest.fixture(scope="module")
+def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ak")
+
+
+@pytest.fixture(scope="module")
+def ed(keydir: Path) -> str:
+    return make_key(keydir, "ed25519", comment="alice@laptop")[1].read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def ecdsa(keydir: Path) -> str:
+    return make_key(keydir, "ecdsa", 384, comment="bob")[1].read_text().strip()
+
+
+def _bare(line: str) -> str:
+    return " ".join(line.split()[:2])
+
+
+def _one(data: str | bytes) -> AuthorizedLine:
+    raw = data.encode() if isinstance(data, str) else data
+    lines = parse_authorized_keys(raw)
+    assert len(lines) == 1
+    return lines[0]
+
+
+OPTION_CASES = [
+    ("", ()),
+    ("no-pty ", ("no-pty",)),
+    ('from="10.0.0.0/8",no-pty ', ('from="10.0.0.0/8"', "no-pty")),
+    (
+        'command="echo \\"hi there\\", bye",restrict ',
+        ('command="echo \\"hi there\\", bye"', "restrict"),
+    ),
+    ('environment="A=b c",no-agent-forwarding\t', ('environment="A=b c"', "no-agent-forwarding")),
+    ('  from="a,b"  ', ('from="a,b"',)),
+]
+
+
+@pytest.mark.parametrize(("prefix", "options"), OPTION_CASES)
+def test_options_and_key(ed: str, prefix: str, options: tuple[str, ...]) -> None:
+    line = _one(prefix + ed + "\n")
+    assert line.error is None
+    assert line.options == options
+    assert line.key is not None
+    assert line.key.openssh() == _bare(ed)
+    assert line.comment == "alice@laptop"
+
+
+SPLIT_CASES = [
+    ("no-pty", ("no-pty",)),
+    ('a="x,y",b', ('a="x,y"', "b")),
+    ('c="say \\"a,b\\""', ('c="say \\"a,b\\""',)),
+    ("restrict,pty", ("restrict", "pty")),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SPLIT_CASES)
+def test_split_options(text: str, expected: tuple[str, ...]) -> None:
+    assert split_options(text) == expected
+
+
+@pytest.mark.parametrize("text", ['a="x', "a,,b", ",a", "a,"])
+def test_split_options_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        split_options(text)
+
+
+BAD_LINES = [
+    ("unterminated_quote", lambda k: 'command="oops ' + k, "invalid key option string"),
+    ("no_key", lambda k: "no-pty", "no key found"),
+    ("garbage", lambda k: "hello world", "no key found"),
+    ("bad_b64", lambda k: k.split()[0] + " AA*A", "base64"),
+    ("label_mismatch", lambda k: "ssh-rsa " + k.split()[1], "does not match"),
+    ("truncated", lambda k: k.split()[0] + " " + k.split()[1][:-8], "base64|truncated"),
+    ("options_bad_b64", lambda k: "no-pty ssh-ed25519 AA*A", "base64"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "reason"), BAD_LINES, ids=[b[0] for b in BAD_LINES])
+def test_bad_lines_reported(ed: str, name: str, make: object, reason: str) -> None:
+    assert callable(make)
+    line = _one(make(ed))
+    assert line.key is None
+    assert line.error is not None
+    assert re.search(reason, line.error)
+    assert ed.split()[1][:12] not in line.error
+
+
+def test_whole_file_matches_ssh_keygen(keydir: Path, ed: str, ecdsa: str) -> None:
+    rsa = make_key(keydir, "rsa", 2048, comment="old rsa")[1].read_text().strip()
+    sk = SoftSK().public_line + " token"
+    content = (
+        "# managed by hand\n"
+        "\n"
+        f"{ed}\n"
+        f'from="10.0.0.0/8",command="/bin/echo \\"x y\\"" {ecdsa}\n'
+        "   \t\n"
+        f"no-pty,restrict {rsa}\n"
+        "this line is garbage\n"
+        f"{sk}\r\n"
+        f"rsa-sha2-512 {rsa.split()[1]} alias type\n"
+    )
+    path = keydir / "authorized_keys"
+    path.write_text(content)
+    lines = parse_authorized_keys(content.encode())
+    assert [ln.lineno for ln in lines] == [3, 4, 6, 7, 8, 9]
+    keys = [ln.key for ln in lines if ln.key is not None]
+    assert [ln.error is None for ln in lines] == [True, True, True, False, True, True]
+    assert lines[3].error == "no key found"
+    assert lines[4].comment == "token"
+    assert lines[5].key is not None and lines[5].key.key_type == "ssh-rsa"
+    # ssh-keygen -l reads authorized_keys files (options included) like sshd.
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    expected = re.findall(r"SHA256:[A-Za-z0-9+/]+", out)
+    assert [k.fingerprint for k in keys] == expected
+
+
+def test_dsa_recognised_without_policy(keydir: Path) -> None:
+    if not dsa_supported(keydir):
+        pytest.skip("local ssh-keygen no longer generates DSA keys")
+    pub = make_key(keydir, "dsa", comment="legacy")[1]
+    line = _one(pub.read_bytes())
+    assert line.key is not None
+    assert line.key.key_type == "ssh-dss"
+    assert line.key.fingerprint == keygen_fingerprint(pub)
+
+
+def test_invalid_utf8_and_nul(ed: str) -> None:
+    line = _one(ed.encode() + b" caf\xe9")
+    assert line.key is not None
+    assert line.error == "line is not valid UTF-8"
+    line = _one(b"\xff\xfe garbage")
+    assert line.key is None
+    assert line.error is not None and line.error.startswith("line is not valid UTF-8")
+    # A NUL ends the line for sshd; the key before it still counts.
+    line = _one(ed.encode() + b"\0ssh-ed25519 AAAA")
+    assert line.key is not None and line.error is None
+    assert line.comment == "alice@laptop"
+
+
+def test_comments_and_blank_lines_skipped() -> None:
+    assert parse_authorized_keys(b"") == []
+    assert parse_authorized_keys(b"\n\n  # c\n\t#x\n  \n") == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_never_raises_on_bytes(data: bytes) -> None:
+    for line in parse_authorized_keys(data):
+        if line.key is None:
+            assert line.error
+        else:
+            assert line.key.fingerprint.startswith("SHA256:")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["no-pty", '"', "\\", ",", " ", "\t", "ssh-ed25519", "AAAA", "#", "\n", "x="]
+        ),
+        max_size=20,
+    )
+)
+def test_never_raises_on_option_soup(parts: list[str]) -> None:
+    parse_authorized_keys("".join(parts).encode())

@@ -1,0 +1,812 @@
+"""The on-host program (keyward/agent/remote.py) against real accounts and real traps.
+
+Runs as root: creates local accounts with useradd under a root-owned base directory in /srv,
+plants the traps a user could plant in their own home, and speaks the JSON-lines protocol
+with a real ``python3 remote.py`` subprocess (and through the bootstrap command with sh -c).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import queue
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keyward.agent import remote
+from keyward.agent.bootstrap import remote_command
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, chown, mount)"),
+    pytest.mark.skipif(shutil.which("useradd") is None, reason="needs useradd"),
+]
+
+REMOTE = Path(__file__).resolve().parents[1] / "keyward" / "agent" / "remote.py"
+DEFAULT = "%h/.ssh/authorized_keys"
+KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBYx4Kq2Ua9TqzX5l3q1c2Rk0J4mNvQ6n9k1dY0d0pXw a@b\n"
+REPLY_TIMEOUT = 15.0
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Agent:
+    """A running remote.py speaking JSON lines; every reply is awaited with a timeout."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self.counter = 0
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def send_raw(self, data: bytes, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+        return self.receive(timeout)
+
+    def receive(self, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+        line = self.lines.get(timeout=timeout)
+        assert line is not None, f"agent exited with {self.proc.poll()}"
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def call(self, op: str, timeout: float = REPLY_TIMEOUT, **fields: Any) -> dict[str, Any]:
+        self.counter += 1
+        rid = f"req-{self.counter}"
+        line = json.dumps({"id": rid, "op": op, **fields}).encode() + b"\n"
+        started = time.monotonic()
+        reply = self.send_raw(line, timeout)
+        assert time.monotonic() - started < timeout
+        assert reply["id"] == rid
+        return reply
+
+    def read(self, account: str, pattern: str = DEFAULT) -> dict[str, Any]:
+        reply = self.call("read", files=[{"account": account, "pattern": pattern}])
+        assert reply["ok"] is True
+        assert len(reply["files"]) == 1
+        result: dict[str, Any] = reply["files"][0]
+        return result
+
+    def write(
+        self,
+        account: str,
+        content: bytes,
+        expect: str | None,
+        pattern: str = DEFAULT,
+        create_dir: bool = False,
+    ) -> dict[str, Any]:
+        return self.call(
+            "write",
+            account=account,
+            pattern=pattern,
+            content_b64=b64(content),
+            expect_sha256=expect,
+            create_dir=create_dir,
+        )
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise
+
+
+@dataclass
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    @property
+    def ssh(self) -> Path:
+        return self.home / ".ssh"
+
+    @property
+    def keys(self) -> Path:
+        return self.ssh / "authorized_keys"
+
+    def setup_keys(self, content: bytes = KEY) -> Path:
+        self.ssh.mkdir(mode=0o700)
+        os.chown(self.ssh, self.uid, self.gid)
+        self.keys.write_bytes(content)
+        os.chown(self.keys, self.uid, self.gid)
+        self.keys.chmod(0o600)
+        return self.keys
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="kwtest-", dir="/srv"))
+    os.chown(root, 0, 0)
+    root.chmod(0o755)
+    (root / "home").mkdir(mode=0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def account(base: Path) -> Iterator[Account]:
+    name = "kwr" + secrets.token_hex(4)
+    home = base / "home" / name
+    subprocess.run(
+        ["useradd", "-m", "-d", str(home), "-s", "/bin/sh", name],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    pw = pwd.getpwnam(name)
+    yield Account(name, pw.pw_uid, pw.pw_gid, home)
+    subprocess.run(["usermod", "-d", str(home), name], timeout=60, capture_output=True)
+    subprocess.run(["userdel", "-r", name], timeout=60, capture_output=True)
+    if home.is_symlink() or home.is_file():
+        home.unlink()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"  # the oldest Python remote.py supports
+
+
+@pytest.fixture(scope="module", params=[sys.executable, PY38], ids=["python3", "python3.8"])
+def agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
+    python: str = request.param
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"{python} not installed")
+    proc = Agent([python, str(REMOTE)])
+    yield proc
+    proc.close()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    content: bytes | None
+    mtime_ns: int
+    mode: int
+    uid: int
+    nlink: int
+
+
+def snapshot(path: Path) -> Snapshot:
+    st = path.lstat()
+    content = path.read_bytes() if stat.S_ISREG(st.st_mode) else None
+    return Snapshot(content, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_nlink)
+
+
+def temps(*dirs: Path) -> list[str]:
+    found = []
+    for d in dirs:
+        if d.is_dir() and not d.is_symlink():
+            found += [str(d / n) for n in os.listdir(d) if n.startswith(".keyward-")]
+    return found
+
+
+def root_file(base: Path, content: bytes = b"root:SECRET:19000:0:99999:7:::\n") -> Path:
+    path = base / f"rootfile-{secrets.token_hex(4)}"
+    path.write_bytes(content)
+    os.chown(path, 0, 0)
+    path.chmod(0o600)
+    return path
+
+
+def root_dir(base: Path) -> Path:
+    path = base / f"rootdir-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o755)
+    os.chown(path, 0, 0)
+    return path
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_hello(agent: Agent) -> None:
+    reply = agent.call("hello")
+    assert reply["ok"] is True
+    assert reply["protocol"] == 1
+    assert reply["euid"] == 0
+    assert reply["python"].startswith("3.")
+    assert isinstance(reply["hostname"], str)
+
+
+def test_protocol_errors_keep_serving(agent: Agent) -> None:
+    bad = agent.send_raw(b"{not json\n")
+    assert bad["ok"] is False
+    assert bad["error"]["code"] == "bad_json"
+    assert bad["id"] is None
+    arr = agent.send_raw(b"[1, 2]\n")
+    assert arr["ok"] is False
+    assert arr["error"]["code"] == "bad_request"
+    unknown = agent.call("format_disk")
+    assert unknown["ok"] is False
+    assert unknown["error"]["code"] == "unknown_op"
+    no_files = agent.call("read", files="nope")
+    assert no_files["ok"] is False
+    assert no_files["error"]["code"] == "bad_request"
+    bad_b64 = agent.call("write", account="root", pattern="/x", content_b64="!!", create_dir=False)
+    assert bad_b64["error"]["code"] == "bad_request"
+    binary = agent.send_raw(b'{"id": 1, "op": "\xff"}\n')
+    assert binary["ok"] is False
+    assert agent.call("hello")["ok"] is True
+
+
+def test_overlong_line_is_rejected_and_skipped(agent: Agent) -> None:
+    reply = agent.send_raw(b"x" * (remote.MAX_LINE + 10) + b"\n", timeout=60)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "line_too_long"
+    assert agent.call("hello")["ok"] is True
+
+
+def test_bye_ends_the_process() -> None:
+    proc = Agent([sys.executable, str(REMOTE)])
+    assert proc.call("bye") == {"id": "req-1", "ok": True}
+    assert proc.proc.wait(timeout=10) == 0
+
+
+def test_unexpected_exception_becomes_internal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(req: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("kaboom\nsecond line")
+
+    monkeypatch.setitem(remote.OPS, "hello", boom)
+    reply, stop = remote.handle_line(b'{"id": 7, "op": "hello"}')
+    assert not stop
+    assert reply == {
+        "id": 7,
+        "ok": False,
+        "error": {"code": "internal", "message": "RuntimeError: kaboom second line"},
+    }
+
+
+def _bootstrap_session(python: str) -> list[dict[str, Any]]:
+    requests = [
+        {"id": 1, "op": "hello"},
+        {"id": 2, "op": "read", "files": [{"account": "root", "pattern": "/nonexistent/%u"}]},
+        {"id": 3, "op": "bye"},
+    ]
+    proc = subprocess.run(
+        ["sh", "-c", remote_command(python)],
+        input="".join(json.dumps(r) + "\n" for r in requests).encode(),
+        capture_output=True,
+        timeout=60,
+        check=True,
+        cwd="/",
+    )
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    "python",
+    [sys.executable, "/usr/bin/python3", PY38],
+)
+def test_bootstrap_command_runs_remote(python: str) -> None:
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"{python} not installed")
+    hello, read, bye = _bootstrap_session(python)
+    assert hello["ok"] is True
+    assert hello["protocol"] == 1
+    assert read["files"][0]["state"] == "missing"
+    assert read["files"][0]["path"] == "/nonexistent/root"
+    assert bye == {"id": 3, "ok": True}
+
+
+def test_bootstrap_command_is_one_shell_word_pair() -> None:
+    command = remote_command("python3")
+    assert command.startswith("exec python3 -I -c '")
+    assert command.count("'") == 2
+    assert remote_command() is not None
+
+
+def test_sshd_config(agent: Agent) -> None:
+    reply = agent.call("sshd_config", timeout=60)
+    if reply["ok"]:
+        assert "strictmodes" in reply["settings"]
+        assert "authorizedkeysfile" in reply["settings"]
+    else:
+        assert reply["error"]["code"] in ("sshd_failed", "no_sshd")
+        assert reply["error"]["message"]
+    assert agent.call("hello")["ok"] is True
+
+
+# ---------------------------------------------------------------------- reads, expansion
+
+
+def test_read_present(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    got = agent.read(account.name)
+    assert got["state"] == "present"
+    assert got["error"] is None
+    assert got["path"] == str(account.keys)
+    assert base64.b64decode(got["content_b64"]) == KEY
+    assert got["sha256"] == sha(KEY)
+    assert (got["uid"], got["gid"], got["mode"], got["nlink"]) == (
+        account.uid,
+        account.gid,
+        0o600,
+        1,
+    )
+    assert got["dir_ok"] is True
+
+
+def test_read_many_in_order(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    reply = agent.call(
+        "read",
+        files=[
+            {"account": account.name, "pattern": DEFAULT},
+            {"account": "kwnosuchuser", "pattern": DEFAULT},
+            {"account": account.name, "pattern": "%h/.ssh/authorized_keys2"},
+            {"account": "../etc", "pattern": DEFAULT},
+        ],
+    )
+    states = [(f["state"], f["error"] and f["error"]["code"]) for f in reply["files"]]
+    assert states == [
+        ("present", None),
+        ("error", "no_such_account"),
+        ("missing", None),
+        ("error", "no_such_account"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["Root", "a b", "-x", "x" * 40, "", "root\n"])
+def test_insane_account_names_refused(agent: Agent, name: str) -> None:
+    got = agent.read(name)
+    assert got["state"] == "error"
+    assert got["error"]["code"] == "no_such_account"
+
+
+def test_pattern_expansion(agent: Agent, account: Account) -> None:
+    keys_dir = account.home / "keys"
+    keys_dir.mkdir(mode=0o700)
+    os.chown(keys_dir, account.uid, account.gid)
+    reply = agent.write(account.name, KEY, None, pattern="keys/%u.%U.100%%")
+    assert reply["ok"] is True, reply
+    expected = keys_dir / f"{account.name}.{account.uid}.100%"
+    assert reply["path"] == str(expected)
+    assert expected.read_bytes() == KEY
+    bad = agent.read(account.name, "%h/%x")
+    assert bad["error"]["code"] == "bad_pattern"
+    trailing = agent.read(account.name, "%h/a%")
+    assert trailing["error"]["code"] == "bad_pattern"
+
+
+def test_root_owned_system_symlinks_are_followed(
+    agent: Agent, account: Account, base: Path
+) -> None:
+    account.setup_keys()
+    link = base / f"homes-{account.name}"
+    link.symlink_to("home")  # relative, in a root-owned 0755 directory
+    abs_link = base / f"abs-{account.name}"
+    abs_link.symlink_to(base / "home")
+    for top in (link, abs_link):
+        got = agent.read(account.name, f"{top}/%u/.ssh/authorized_keys")
+        assert got["state"] == "present", got
+        assert got["sha256"] == sha(KEY)
+
+
+def test_symlink_loop_is_bounded(agent: Agent, base: Path) -> None:
+    a = base / f"loop-a-{secrets.token_hex(3)}"
+    b = base / f"loop-b-{secrets.token_hex(3)}"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    got = agent.read("root", f"{a}/x")
+    assert got["error"]["code"] == "symlink"
+    assert "too many" in got["error"]["message"]
+
+
+def test_group_writable_ssh_dir_is_not_ok(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    account.ssh.chmod(0o775)
+    got = agent.read(account.name)
+    assert got["state"] == "present"
+    assert got["dir_ok"] is False
+
+
+# ---------------------------------------------------------------------------- trap table
+
+
+@dataclass(frozen=True)
+class Trap:
+    name: str
+    plant: Callable[[Account, Path], list[Path]]  # returns paths that must not change
+    read_code: str
+    write_code: str
+
+
+def _ssh_symlink_to_root_dir(acct: Account, base: Path) -> list[Path]:
+    target = root_dir(base)
+    secret = target / "authorized_keys"
+    secret.write_bytes(b"root-owned keys\n")
+    acct.ssh.symlink_to(target)
+    return [target, secret]
+
+
+def _keys_symlink_to_root_file(acct: Account, base: Path) -> list[Path]:
+    acct.setup_keys()
+    secret = root_file(base)
+    acct.keys.unlink()
+    acct.keys.symlink_to(secret)
+    return [secret, acct.keys]
+
+
+def _ssh_symlink_relative(acct: Account, base: Path) -> list[Path]:
+    target = root_dir(base)
+    secret = target / "authorized_keys"
+    secret.write_bytes(b"root-owned keys\n")
+    acct.ssh.symlink_to(os.path.relpath(target, acct.home))
+    return [target, secret]
+
+
+def _home_component_symlink(acct: Account, base: Path) -> list[Path]:
+    target = root_dir(base)
+    (target / ".ssh").mkdir(mode=0o700)
+    secret = target / ".ssh" / "authorized_keys"
+    secret.write_bytes(b"root-owned keys\n")
+    inner = acct.home / "inner"
+    inner.symlink_to(target)
+    os.lchown(inner, acct.uid, acct.gid)
+    subprocess.run(["usermod", "-d", str(inner), acct.name], check=True, timeout=60)
+    return [target, secret]
+
+
+def _ssh_is_a_file(acct: Account, base: Path) -> list[Path]:
+    acct.ssh.write_bytes(b"not a directory\n")
+    os.chown(acct.ssh, acct.uid, acct.gid)
+    return [acct.ssh]
+
+
+def _keys_fifo(acct: Account, base: Path) -> list[Path]:
+    acct.setup_keys()
+    acct.keys.unlink()
+    os.mkfifo(acct.keys, 0o600)
+    os.chown(acct.keys, acct.uid, acct.gid)
+    return [acct.keys]
+
+
+def _keys_socket(acct: Account, base: Path) -> list[Path]:
+    import socket
+
+    acct.setup_keys()
+    acct.keys.unlink()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(acct.keys))
+    sock.close()
+    return [acct.keys]
+
+
+def _keys_directory(acct: Account, base: Path) -> list[Path]:
+    acct.ssh.mkdir(mode=0o700)
+    os.chown(acct.ssh, acct.uid, acct.gid)
+    acct.keys.mkdir()
+    return [acct.keys]
+
+
+def _ssh_owned_by_other(acct: Account, base: Path) -> list[Path]:
+    acct.setup_keys()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(acct.ssh, nobody.pw_uid, nobody.pw_gid)
+    return [acct.keys]
+
+
+def _home_world_writable_dir_symlink(acct: Account, base: Path) -> list[Path]:
+    # A root-owned but world-writable (sticky, like /tmp) directory is not trusted either.
+    shared = base / f"shared-{secrets.token_hex(3)}"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = root_dir(base)
+    (target / ".ssh").mkdir(mode=0o700)
+    secret = target / ".ssh" / "authorized_keys"
+    secret.write_bytes(b"root-owned keys\n")
+    link = shared / "link"
+    link.symlink_to(target)
+    subprocess.run(["usermod", "-d", str(link), acct.name], check=True, timeout=60)
+    return [target, secret]
+
+
+TRAPS = [
+    Trap("ssh_symlink_to_root_dir", _ssh_symlink_to_root_dir, "symlink", "symlink"),
+    Trap("ssh_relative_symlink", _ssh_symlink_relative, "symlink", "symlink"),
+    Trap("keys_symlink_to_root_file", _keys_symlink_to_root_file, "symlink", "symlink"),
+    Trap("home_component_symlink", _home_component_symlink, "symlink", "symlink"),
+    Trap("ssh_is_a_file", _ssh_is_a_file, "not_directory", "not_directory"),
+    Trap("keys_fifo", _keys_fifo, "fifo", "fifo"),
+    Trap("keys_socket", _keys_socket, "not_regular", "not_regular"),
+    Trap("keys_directory", _keys_directory, "not_regular", "not_regular"),
+    Trap("ssh_owned_by_other", _ssh_owned_by_other, "", "bad_owner"),
+    Trap("world_writable_hop", _home_world_writable_dir_symlink, "symlink", "symlink"),
+]
+
+
+@pytest.mark.parametrize("trap", TRAPS, ids=[t.name for t in TRAPS])
+def test_trap(agent: Agent, account: Account, base: Path, trap: Trap) -> None:
+    protected = trap.plant(account, base)
+    before = {p: snapshot(p) for p in protected}
+    dirs = [account.home, account.ssh, *(p.parent for p in protected), *protected]
+
+    started = time.monotonic()
+    got = agent.read(account.name)
+    if trap.read_code:
+        assert got["state"] == "error", got
+        assert got["error"]["code"] == trap.read_code, got
+        assert got["content_b64"] is None
+        assert got["sha256"] is None
+    if trap.name not in ("home_component_symlink", "world_writable_hop"):  # they move home
+        assert got["path"] == str(account.keys)
+
+    for expect in ("*", None, sha(KEY)):
+        reply = agent.write(account.name, b"ssh-ed25519 AAAA attacker-wins\n", expect)
+        assert reply["ok"] is False, reply
+        assert reply["error"]["code"] == trap.write_code, reply
+        assert reply["error"]["message"]
+    assert time.monotonic() - started < 10, "traps must not make the agent wait"
+
+    assert {p: snapshot(p) for p in protected} == before
+    assert temps(*dirs) == []
+
+
+# ------------------------------------------------------------------ replaceable problems
+
+
+def test_hardlink_to_root_file(agent: Agent, account: Account, base: Path) -> None:
+    account.ssh.mkdir(mode=0o700)
+    os.chown(account.ssh, account.uid, account.gid)
+    secret = root_file(base)
+    os.link(secret, account.keys)
+    before = snapshot(secret)
+    assert before.nlink == 2
+
+    got = agent.read(account.name)
+    assert got["state"] == "error"
+    assert got["error"]["code"] == "hardlink"
+    assert got["content_b64"] is None
+    assert got["sha256"] is None
+    assert got["nlink"] == 2
+
+    refused = agent.write(account.name, KEY, sha(before.content or b""))
+    assert refused["ok"] is False
+    assert refused["error"]["code"] == "changed"
+    assert snapshot(secret) == before
+
+    reply = agent.write(account.name, KEY, "*")
+    assert reply["ok"] is True, reply
+    assert reply["sha256"] == sha(KEY)
+    assert (reply["uid"], reply["gid"], reply["mode"]) == (account.uid, account.gid, 0o600)
+    after = snapshot(secret)
+    assert after.content == before.content
+    assert after.mtime_ns == before.mtime_ns
+    assert after.mode == before.mode
+    assert after.nlink == 1
+    assert account.keys.read_bytes() == KEY
+    assert account.keys.stat().st_nlink == 1
+    assert temps(account.ssh, base) == []
+
+
+def test_too_large_file(agent: Agent, account: Account) -> None:
+    account.setup_keys(b"A" * (2 << 20))
+    got = agent.read(account.name)
+    assert got["state"] == "error"
+    assert got["error"]["code"] == "too_large"
+    assert got["content_b64"] is None
+    refused = agent.write(account.name, KEY, None)
+    assert refused["error"]["code"] == "changed"
+    assert account.keys.stat().st_size == 2 << 20
+    reply = agent.write(account.name, KEY, "*")
+    assert reply["ok"] is True, reply
+    assert account.keys.read_bytes() == KEY
+    huge = agent.write(account.name, b"B" * ((1 << 20) + 1), "*")
+    assert huge["error"]["code"] == "too_large"
+    assert account.keys.read_bytes() == KEY
+    assert temps(account.ssh) == []
+
+
+# -------------------------------------------------------------------------------- writes
+
+
+def test_non_utf8_round_trip(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    content = b"\xff\xfe\x00 ssh-ed25519 AAAA caf\xe9\n\x80\x81 trailing"
+    reply = agent.write(account.name, content, sha(KEY))
+    assert reply["ok"] is True, reply
+    assert reply["sha256"] == sha(content)
+    got = agent.read(account.name)
+    assert base64.b64decode(got["content_b64"]) == content
+    assert got["sha256"] == sha(content)
+    assert account.keys.read_bytes() == content
+
+
+def test_write_fixes_owner_mode_and_ssh_dir(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    os.chown(account.keys, 0, 0)
+    account.keys.chmod(0o666)
+    account.ssh.chmod(0o777)
+    reply = agent.write(account.name, KEY + KEY, sha(KEY))
+    assert reply["ok"] is True, reply
+    assert reply["fixed_dir_mode"] is True
+    assert reply["dir_ok"] is True
+    st = account.keys.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (account.uid, account.gid, 0o600)
+    assert (reply["uid"], reply["gid"], reply["mode"]) == (account.uid, account.gid, 0o600)
+    assert stat.S_IMODE(account.ssh.stat().st_mode) == 0o700
+    assert account.keys.read_bytes() == KEY + KEY
+    assert temps(account.ssh) == []
+
+
+def test_missing_home(agent: Agent, account: Account) -> None:
+    shutil.rmtree(account.home)
+    got = agent.read(account.name)
+    assert got["state"] == "error"
+    assert got["error"]["code"] == "home_missing"
+    for create_dir in (False, True):
+        reply = agent.write(account.name, KEY, None, create_dir=create_dir)
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "home_missing"
+    assert not account.home.exists()
+
+
+def test_missing_ssh_dir_created(agent: Agent, account: Account) -> None:
+    got = agent.read(account.name)
+    assert got["state"] == "missing"
+    assert got["error"] is None
+
+    refused = agent.write(account.name, KEY, None, create_dir=False)
+    assert refused["error"]["code"] == "not_directory"
+    changed = agent.write(account.name, KEY, sha(KEY), create_dir=True)
+    assert changed["error"]["code"] == "changed"
+    assert not account.ssh.exists()
+
+    reply = agent.write(account.name, KEY, None, create_dir=True)
+    assert reply["ok"] is True, reply
+    assert reply["created_dir"] is True
+    st = account.ssh.lstat()
+    assert stat.S_ISDIR(st.st_mode)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (account.uid, account.gid, 0o700)
+    kst = account.keys.stat()
+    assert (kst.st_uid, kst.st_gid, stat.S_IMODE(kst.st_mode)) == (
+        account.uid,
+        account.gid,
+        0o600,
+    )
+    assert agent.read(account.name)["sha256"] == sha(KEY)
+
+
+def test_only_last_directory_is_created(agent: Agent, account: Account) -> None:
+    reply = agent.write(account.name, KEY, None, pattern="%h/a/b/keys", create_dir=True)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "not_directory"
+    assert not (account.home / "a").exists()
+    got = agent.read(account.name, "%h/a/b/keys")
+    assert got["state"] == "missing"
+
+
+def test_central_layout_root_owned(agent: Agent, account: Account, base: Path) -> None:
+    central = root_dir(base)
+    pattern = f"{central}/%u"
+    reply = agent.write(account.name, KEY, None, pattern=pattern)
+    assert reply["ok"] is True, reply
+    st = (central / account.name).stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o644)
+    assert (reply["uid"], reply["gid"], reply["mode"]) == (0, 0, 0o644)
+    root_reply = agent.write("root", KEY, None, pattern=pattern)
+    assert root_reply["ok"] is True, root_reply
+    rst = (central / "root").stat()
+    assert (rst.st_uid, rst.st_gid, stat.S_IMODE(rst.st_mode)) == (0, 0, 0o600)
+    got = agent.read(account.name, pattern)
+    assert got["state"] == "present"
+    assert got["dir_ok"] is True
+    assert temps(central) == []
+
+
+def test_compare_and_swap(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    before = snapshot(account.keys)
+    for expect in (sha(b"something else"), None):
+        reply = agent.write(account.name, b"new\n", expect)
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "changed"
+        assert reply["sha256"] == sha(KEY)
+    assert snapshot(account.keys) == before
+    assert temps(account.ssh) == []
+    ok = agent.write(account.name, b"new\n", sha(KEY).upper())
+    assert ok["ok"] is True, ok
+    assert account.keys.read_bytes() == b"new\n"
+
+
+def test_stale_temp_files_removed(agent: Agent, account: Account, base: Path) -> None:
+    account.setup_keys()
+    old = time.time() - 3600
+
+    def plant(name: str, uid: int) -> Path:
+        path = account.ssh / name
+        path.write_bytes(b"partial")
+        os.chown(path, uid, uid)
+        os.utime(path, (old, old))
+        return path
+
+    stale_user = plant(".keyward-deadbeef.tmp", account.uid)
+    stale_root = plant(".keyward-0badf00d.tmp", 0)
+    fresh = plant(".keyward-12345678.tmp", account.uid)
+    os.utime(fresh)
+    foreign = plant(".keyward-other.tmp", pwd.getpwnam("nobody").pw_uid)
+    secret = root_file(base)
+    link = account.ssh / ".keyward-link.tmp"
+    link.symlink_to(secret)
+    before = snapshot(secret)
+
+    reply = agent.write(account.name, KEY + b"# two\n", sha(KEY))
+    assert reply["ok"] is True, reply
+    assert reply["removed_temps"] == 2
+    assert not stale_user.exists()
+    assert not stale_root.exists()
+    assert fresh.exists()
+    assert foreign.exists()
+    assert link.is_symlink()
+    assert snapshot(secret) == before
+    assert sorted(temps(account.ssh)) == sorted(str(p) for p in (fresh, foreign, link))
+
+
+def test_full_disk_keeps_old_content(agent: Agent, account: Account, base: Path) -> None:
+    mnt = root_dir(base)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        pattern = f"{mnt}/%u"
+        old = KEY * 20
+        assert agent.write(account.name, old, None, pattern=pattern)["ok"] is True
+        target = mnt / account.name
+        before = snapshot(target)
+        reply = agent.write(account.name, b"#" * (300 << 10), sha(old), pattern=pattern)
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "io"
+        assert "No space left" in reply["error"]["message"]
+        assert snapshot(target) == before
+        assert temps(mnt) == []
+        assert agent.read(account.name, pattern)["sha256"] == sha(old)
+    finally:
+        subprocess.run(["umount", str(mnt)], timeout=30, check=True)
+
+
+def test_write_reads_back_through_fresh_open(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    reply = agent.write(account.name, b"", sha(KEY))
+    assert reply["ok"] is True, reply
+    assert reply["sha256"] == sha(b"")
+    assert account.keys.read_bytes() == b""
+    got = agent.read(account.name)
+    assert got["state"] == "present"
+    assert got["content_b64"] == ""
