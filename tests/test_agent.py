@@ -245,3 +245,46 @@ def test_reconcile_on_each_backend_records_status(env_any_db: AgentEnv) -> None:
     assert {e["details"]["person"] for e in adds} >= {"alice"}
     assert all(e["details"]["run_id"] for e in adds)
     json.dumps(adds)
+
+
+def test_wrong_mode_is_fixed_and_audited(env: AgentEnv) -> None:
+    env.person_with_key("alice", "devops")
+    reconcile(env)
+    path = env.file(env.hosts[0], env.deploy)
+    os.chmod(path, 0o666)
+    results = reconcile(env)
+    actions = {(r["host"], f["account"]): f["action"] for r in results for f in r["files"]}
+    assert actions[(env.hosts[0].name, env.deploy)] == "fix-mode"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert env.kw.ok("audit", "log", "--json", "--action", "host.fix-mode").json()
+
+
+def test_hosts_scan_prints_and_pins_host_keys(env: AgentEnv) -> None:
+    known = env.inventory / "known_hosts"
+    known.write_text("")
+    names = [h.name for h in env.hosts]
+    refused = env.kw("plan", "--host", names[0])
+    assert refused.code == 1 and "not pinned" in refused.out
+    out = env.kw.ok("hosts", "scan", *names).out
+    for host in env.hosts:
+        assert host.known_hosts_line() in out
+    assert known.read_text() == ""  # printing alone pins nothing
+    env.kw.ok("hosts", "scan", "--write", *names)
+    assert sorted(known.read_text().splitlines()) == sorted(h.known_hosts_line() for h in env.hosts)
+    assert "pinned" in env.kw.ok("hosts", "scan", names[0]).out
+    assert env.kw("plan").code == 3
+
+
+def test_inventory_check_through_the_cli(env: AgentEnv) -> None:
+    summary = env.kw.ok("inventory", "check").out
+    assert "1 environment" in summary and "3 hosts" in summary
+    (env.inventory / "test.toml").write_text(
+        (env.inventory / "test.toml").read_text().replace("port =", "portt =", 1)
+    )
+    bad = env.kw("inventory", "check")
+    assert bad.code == 2
+    assert "test.toml: hosts[0]" in bad.err and "portt" in bad.err
+    assert "Traceback" not in bad.err
+    # Commands that need the inventory refuse with the first problem, changing nothing.
+    refused = env.kw("reconcile")
+    assert refused.code == 2 and "unknown field 'portt'" in refused.err

@@ -470,6 +470,7 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
         "mode": None,
         "nlink": None,
         "dir_ok": False,
+        "owner_ok": True,
         "error": None,
     }
     try:
@@ -483,6 +484,7 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
                 result["state"] = "missing"
                 return result
             result["dir_ok"] = target.dir_ok(walker)
+            walker_parent_st = walker.top.st
             current = inspect_file(walker.top, target.name, target.path)
     except Refused as exc:
         result["error"] = exc.as_json()
@@ -491,6 +493,7 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
         result["error"] = _os_refusal(exc, f"reading {result['path']}").as_json()
         return result
     result.update(_stat_fields(current.st))
+    result["owner_ok"] = _owner_matches(target, walker_parent_st, current.st)
     if current.problem is not None:
         result["error"] = current.problem.as_json()
     elif current.data is None:
@@ -500,6 +503,21 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
         result["content_b64"] = base64.b64encode(current.data).decode("ascii")
         result["sha256"] = _sha256(current.data)
     return result
+
+
+def _owner_matches(
+    target: Target, parent_st: os.stat_result, st: os.stat_result | None
+) -> bool:
+    """Whether the file already has the owner and mode a write would give it."""
+    if st is None:
+        return True
+    if parent_st.st_uid == target.uid:
+        wanted = (target.uid, target.gid, 0o600)
+    elif parent_st.st_uid == 0:
+        wanted = (0, 0, 0o644)
+    else:
+        return False
+    return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == wanted
 
 
 def op_read(req: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -153,8 +154,17 @@ def run_demo(hosts: int, keep: bool) -> None:
         if keep:
             click.echo(f"kept {work} (registry, inventory, keys)")
         else:
-            shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(base, ignore_errors=True)
+            _remove_tree(work)
+        _remove_tree(base)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory even while stopped sshd processes finish removing their pid files."""
+    for _ in range(25):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.2)
 
 
 @click.command()
