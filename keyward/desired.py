@@ -109,6 +109,8 @@ def _person_lines(
             continue
         if grant.customer is not None and grant.customer != customer:
             continue
+        if grant.environment is not None and grant.environment != rule.environment:
+            continue
         person = snapshot.people.get(grant.username)
         if person is None or person.status != "active":
             continue

@@ -101,25 +101,51 @@ def split_block(content: bytes) -> tuple[bytes, bytes, bytes]:
     return b"".join(lines[:begin]), b"".join(lines[begin + 1 : end]), b"".join(lines[end + 1 :])
 
 
-def render(desired: DesiredFile, current: bytes | None) -> bytes:
-    """The file's new content: all of it (exclusive) or just the marked block."""
+def _purge(region: bytes, purge: frozenset[str]) -> tuple[bytes, list[AuthorizedLine]]:
+    """Drop lines outside keyward's block that carry a purged fingerprint (offboarding)."""
+    if not purge or not region:
+        return region, []
+    kept: list[bytes] = []
+    dropped: list[AuthorizedLine] = []
+    for raw in region.splitlines(keepends=True):
+        parsed = parse_authorized_keys(raw)
+        if parsed and parsed[0].key is not None and parsed[0].key.fingerprint in purge:
+            dropped.append(parsed[0])
+            continue
+        kept.append(raw)
+    return b"".join(kept), dropped
+
+
+def render(
+    desired: DesiredFile, current: bytes | None, purge: frozenset[str] = frozenset()
+) -> bytes:
+    """The file's new content: all of it (exclusive) or just the marked block.
+
+    In managed-block mode, lines outside the block are the host owner's, except
+    that an offboarded person's keys (``purge``) are removed wherever they are.
+    """
     if desired.mode == "exclusive":
         return desired.exclusive_content()
     body = "".join(line.render() + "\n" for line in desired.lines)
     block = f"{BLOCK_BEGIN}\n{body}{BLOCK_END}\n".encode()
     before, _, after = split_block(current or b"")
+    before, _ = _purge(before, purge)
+    after, _ = _purge(after, purge)
     if before and not before.endswith(b"\n"):
         before += b"\n"
     return before + block + after
 
 
-def _managed_lines(desired: DesiredFile, current: bytes | None) -> list[AuthorizedLine]:
+def _managed_lines(
+    desired: DesiredFile, current: bytes | None, purge: frozenset[str] = frozenset()
+) -> list[AuthorizedLine]:
+    """The lines keyward owns in the file (plus purged ones outside its block)."""
     if current is None:
         return []
     if desired.mode == "exclusive":
         return parse_authorized_keys(current)
-    _, block, _ = split_block(current)
-    return parse_authorized_keys(block)
+    before, block, after = split_block(current)
+    return parse_authorized_keys(block) + _purge(before, purge)[1] + _purge(after, purge)[1]
 
 
 def _removal_reason(
@@ -150,7 +176,11 @@ def _removal_reason(
 
 
 def plan_file(
-    desired: DesiredFile, observed: Observed, snapshot: RegistrySnapshot, now: datetime
+    desired: DesiredFile,
+    observed: Observed,
+    snapshot: RegistrySnapshot,
+    now: datetime,
+    purge: frozenset[str] = frozenset(),
 ) -> FilePlan:
     """Compare one desired file with what is on the host."""
     target = desired.target
@@ -163,8 +193,8 @@ def plan_file(
             error_code=observed.error_code,
         )
     current = observed.content if observed.state == "present" else None
-    new_content = render(desired, current)
-    existing = _managed_lines(desired, current)
+    new_content = render(desired, current, purge)
+    existing = _managed_lines(desired, current, purge)
     wanted = {line.identity: line for line in desired.lines}
     desired_blobs = {line.key.blob: line.owner for line in desired.lines}
     changes: list[LineChange] = []
@@ -221,6 +251,7 @@ def plan_host(
     snapshot: RegistrySnapshot,
     now: datetime,
     agent_fingerprint: str | None,
+    purge: frozenset[str] = frozenset(),
 ) -> HostPlan:
     """Plan every managed file of one host, refusing any plan that would lock the agent out."""
     files = tuple(
@@ -234,6 +265,7 @@ def plan_host(
             ),
             snapshot,
             now,
+            purge,
         )
         for d in desired
     )

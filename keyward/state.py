@@ -49,6 +49,8 @@ class GrantRecord:
     reason: str
     until: datetime | None = None
     customer: str | None = None
+    environment: str | None = None  # set for an approved access request: one environment only
+    request_id: int | None = None
 
     def active_at(self, now: datetime) -> bool:
         return self.until is None or self.until > now

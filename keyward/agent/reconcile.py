@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from keyward.agent.connection import Credentials, HostConnection
+from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
 from keyward.inventory.model import Host
@@ -32,6 +33,19 @@ class FileResult:
 
 
 @dataclass(frozen=True)
+class Confirmation:
+    """Read-back evidence for one offboarding case on one managed file."""
+
+    case_id: int
+    account: str
+    pattern: str
+    path: str | None
+    clean: bool
+    removed: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class HostResult:
     host: Host
     started: datetime
@@ -39,6 +53,7 @@ class HostResult:
     plan: HostPlan | None = None
     files: tuple[FileResult, ...] = ()
     error: str | None = None
+    confirmations: tuple[Confirmation, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -71,6 +86,12 @@ class RunContext:
     run_id: str
     dry_run: bool = False
     log: Any = field(default_factory=get_logger)
+    # Open offboarding cases: case id -> the person's fingerprints, confirmed by read-back.
+    watch: Mapping[int, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def purge(self) -> frozenset[str]:
+        return frozenset().union(*self.watch.values()) if self.watch else frozenset()
 
 
 def observed_from_reply(target: FileTarget, reply: dict[str, Any]) -> Observed:
@@ -163,7 +184,10 @@ async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
                 results.append(await _apply_file(conn, file_plan, ctx))
             else:
                 results.append(FileResult(file_plan))
-        return HostResult(host, started, _now(ctx), plan, tuple(results))
+        confirmations: tuple[Confirmation, ...] = ()
+        if ctx.watch and not ctx.dry_run:
+            confirmations = await _confirm(conn, desired, results, ctx)
+        return HostResult(host, started, _now(ctx), plan, tuple(results), None, confirmations)
     except HostError as exc:
         log.error("host_failed", error=exc.message)
         return HostResult(host, started, _now(ctx), error=exc.message)
@@ -174,6 +198,67 @@ async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
     finally:
         if conn is not None:
             await conn.close()
+
+
+async def _confirm(
+    conn: HostConnection,
+    desired: list[DesiredFile],
+    results: list[FileResult],
+    ctx: RunContext,
+) -> tuple[Confirmation, ...]:
+    """Read every managed file again and check that no watched fingerprint remains."""
+    replies = await conn.helper.read([(d.target.account, d.target.pattern) for d in desired])
+    out: list[Confirmation] = []
+    log = ctx.log.bind(host=conn.host.name, run_id=ctx.run_id)
+    for d, reply, result in zip(desired, replies, results, strict=True):
+        seen = observed_from_reply(d.target, reply)
+        present: set[str] = set()
+        error = None
+        if seen.state == "present" and seen.content is not None:
+            present = {
+                line.key.fingerprint for line in parse_authorized_keys(seen.content) if line.key
+            }
+        elif seen.state == "error":
+            error = seen.error_message or seen.error_code or "unreadable"
+        for case_id, fingerprints in ctx.watch.items():
+            removed = sum(
+                1
+                for c in result.plan.changes
+                if c.action == "remove" and c.fingerprint in fingerprints and result.written
+            )
+            left = present & fingerprints
+            clean = error is None and not left
+            problem = error
+            if left:
+                problem = f"{len(left)} of the person's keys still present"
+            out.append(
+                Confirmation(
+                    case_id,
+                    d.target.account,
+                    d.target.pattern,
+                    seen.path,
+                    clean,
+                    removed,
+                    problem,
+                )
+            )
+            if clean:
+                log.info(
+                    "offboarding_confirmed",
+                    account=d.target.account,
+                    path=seen.path,
+                    case_id=case_id,
+                    removed=removed,
+                )
+            else:
+                log.error(
+                    "offboarding_unconfirmed",
+                    account=d.target.account,
+                    path=seen.path,
+                    case_id=case_id,
+                    error=problem,
+                )
+    return tuple(out)
 
 
 def _now(ctx: RunContext) -> datetime:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from sqlmodel import col, select
+
 from keyward.agent.reconcile import HostResult
-from keyward.registry.models import HostState
-from keyward.registry.store import Registry
+from keyward.registry.models import HostState, OffboardingCase, OffboardingTarget
+from keyward.registry.store import Registry, WriteTx
 
 AUDIT_ACTIONS = {
     "add": "host.add",
@@ -14,7 +16,13 @@ AUDIT_ACTIONS = {
 }
 
 
-def record_host(registry: Registry, actor: str, result: HostResult, run_id: str) -> None:
+def record_host(
+    registry: Registry,
+    actor: str,
+    result: HostResult,
+    run_id: str,
+    open_case_ids: tuple[int, ...] = (),
+) -> None:
     """Update ``host_state`` and append audit events for every change made, in one transaction."""
     with registry.write(actor) as tx:
         state = tx.session.get(HostState, result.host.name) or HostState(host=result.host.name)
@@ -60,3 +68,66 @@ def record_host(registry: Registry, actor: str, result: HostResult, run_id: str)
         else:
             state.last_error = "; ".join(result.problems)[:2000]
         tx.session.add(state)
+        if open_case_ids:
+            _record_confirmations(tx, result, run_id, open_case_ids)
+
+
+def _record_confirmations(
+    tx: WriteTx, result: HostResult, run_id: str, case_ids: tuple[int, ...]
+) -> None:
+    """Store the read-back evidence for open offboarding cases; close the ones now complete."""
+    targets = {
+        (t.case_id, t.account, t.pattern): t
+        for t in tx.session.exec(
+            select(OffboardingTarget).where(
+                OffboardingTarget.host == result.host.name,
+                col(OffboardingTarget.case_id).in_(case_ids),
+            )
+        )
+    }
+    confirmed: dict[int, list[str]] = {}
+    for target in targets.values():
+        if target.confirmed_at is None:
+            target.last_attempt = result.started
+            target.last_error = result.error or "not checked in this run"
+            tx.session.add(target)
+    for c in result.confirmations:
+        found = targets.get((c.case_id, c.account, c.pattern))
+        if found is None or found.confirmed_at is not None:
+            continue
+        target = found
+        target.path = c.path
+        target.removed += c.removed
+        target.last_attempt = result.started
+        if c.clean:
+            target.confirmed_at = result.finished
+            target.confirmed_by_run = run_id
+            target.last_error = None
+            confirmed.setdefault(c.case_id, []).append(f"{c.account}:{c.path}")
+        else:
+            target.last_error = c.error
+        tx.session.add(target)
+    tx.session.flush()
+    for case_id, files in confirmed.items():
+        tx.audit(
+            "offboard.host-confirmed",
+            result.host.name,
+            {"case_id": case_id, "files": sorted(files), "run_id": run_id},
+        )
+    for case_id in case_ids:
+        case = tx.session.get(OffboardingCase, case_id)
+        if case is None or case.status != "open":
+            continue
+        pending = tx.session.exec(
+            select(OffboardingTarget).where(
+                OffboardingTarget.case_id == case_id,
+                col(OffboardingTarget.confirmed_at).is_(None),
+            )
+        ).first()
+        if pending is None:
+            case.status = "confirmed"
+            case.closed_at = result.finished
+            tx.session.add(case)
+            tx.audit(
+                "offboard.confirmed", f"case-{case_id}", {"case_id": case_id, "run_id": run_id}
+            )

@@ -505,9 +505,7 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
     return result
 
 
-def _owner_matches(
-    target: Target, parent_st: os.stat_result, st: os.stat_result | None
-) -> bool:
+def _owner_matches(target: Target, parent_st: os.stat_result, st: os.stat_result | None) -> bool:
     """Whether the file already has the owner and mode a write would give it."""
     if st is None:
         return True

@@ -178,15 +178,28 @@ class Progress:
             sys.stderr.flush()
 
 
+def open_case_watch(app: AppContext) -> dict[int, frozenset[str]]:
+    """Open offboarding cases and the fingerprints each must see gone."""
+    from keyward.registry.lifecycle import open_cases
+
+    with app.registry().read() as session:
+        return {
+            case.id or 0: frozenset(json.loads(case.fingerprints))
+            for case, _ in open_cases(session)
+        }
+
+
 def run_agent(
     app: AppContext,
     env: str | None,
     host: str | None,
     concurrency: int | None,
     dry_run: bool,
+    prepared: Prepared | None = None,
 ) -> list[HostResult]:
-    prepared = prepare(app, env, host)
+    prepared = prepared or prepare(app, env, host)
     registry = app.registry()
+    watch = open_case_watch(app)
     creds = credentials(prepared.inventory)
     run_id = uuid.uuid4().hex[:12]
     log = get_logger(run_id=run_id)
@@ -199,6 +212,7 @@ def run_agent(
         run_id=run_id,
         dry_run=dry_run,
         log=get_logger(),
+        watch=watch,
     )
     limit = concurrency or prepared.inventory.agent.concurrency
     progress = Progress(len(prepared.hosts))
@@ -206,7 +220,7 @@ def run_agent(
     def done(result: HostResult) -> None:
         progress(result)
         if not dry_run:
-            record_host(registry, app.actor, result, run_id)
+            record_host(registry, app.actor, result, run_id, tuple(watch))
 
     log.info("run_started", hosts=len(prepared.hosts), dry_run=dry_run, concurrency=limit)
     results = asyncio.run(reconcile_fleet(prepared.hosts, ctx, limit, done))

@@ -61,6 +61,9 @@ def _register_commands() -> None:
     except ImportError:  # pragma: no cover - during bootstrap of the package
         return
     agent_cmds.register(cli)
+    from keyward.cli import lifecycle_cmds
+
+    lifecycle_cmds.register(cli)
 
 
 _register_commands()

@@ -356,6 +356,9 @@ def key_list(
     if horizon is not None:
         limit = ts(horizon)
         rows = [r for r in rows if r["status"] == "active" and r["expires_at"] <= limit]
+        deployed = deployed_hosts(app)
+        for r in rows:
+            r["hosts"] = deployed.get(r["fingerprint"], [])
     if as_json:
         emit_json(rows)
         return
@@ -368,8 +371,30 @@ def key_list(
             ("attestation", "ATTEST"),
             ("expires_at", "EXPIRES"),
             ("status", "STATUS"),
-        ],
+        ]
+        + ([("hosts", "HOSTS")] if horizon is not None else []),
     )
+
+
+def deployed_hosts(app: AppContext) -> dict[str, list[str]]:
+    """Fingerprint -> the hosts its key is deployed to (empty without an inventory)."""
+    root = app.inventory_dir()
+    if not root.is_dir():
+        return {}
+    from keyward.desired import compute_desired
+    from keyward.inventory import load_inventory
+    from keyward.registry.snapshot import load_snapshot
+
+    inv = load_inventory(root)
+    registry = app.registry()
+    with registry.read() as session:
+        snapshot = load_snapshot(session)
+    desired = compute_desired(snapshot, inv, inv.hosts(), None, registry.clock())
+    out: dict[str, set[str]] = {}
+    for target, d in desired.items():
+        for line in d.lines:
+            out.setdefault(line.key.fingerprint, set()).add(target.host)
+    return {fp: sorted(hosts) for fp, hosts in out.items()}
 
 
 @key.command("revoke")

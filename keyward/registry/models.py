@@ -145,3 +145,62 @@ class HostState(SQLModel, table=True):
     last_changes: int = Field(default=0)
     drift_found: int = Field(default=0)
     files: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class AccessRequest(SQLModel, table=True):
+    """Short-lived access to a role in one environment, asked for by a person.
+
+    It grants nothing until someone other than the requester approves it; from
+    approval it counts for ``duration_seconds`` (``until``).
+    """
+
+    __tablename__ = "access_request"
+
+    id: int | None = Field(default=None, primary_key=True)
+    person_id: int = Field(foreign_key="person.id", index=True)
+    role_id: int = Field(foreign_key="role.id")
+    environment: str = Field(max_length=64)
+    duration_seconds: int
+    reason: str = Field(max_length=500)
+    requested_at: datetime = Field(sa_column=_ts())
+    status: str = Field(default="pending", max_length=16)  # pending|approved|denied|ended
+    decided_by: str | None = Field(default=None, max_length=64)
+    decided_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    end_reason: str | None = Field(default=None, max_length=500)
+
+
+class OffboardingCase(SQLModel, table=True):
+    """A person who left: open until every managed file is confirmed free of their keys."""
+
+    __tablename__ = "offboarding_case"
+
+    id: int | None = Field(default=None, primary_key=True)
+    person_id: int = Field(foreign_key="person.id", index=True)
+    requested_by: str = Field(max_length=64)
+    reason: str = Field(max_length=500)
+    started_at: datetime = Field(sa_column=_ts())
+    fingerprints: str = Field(sa_column=Column(Text, nullable=False))  # JSON list
+    status: str = Field(default="open", max_length=16)  # open | confirmed
+    closed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class OffboardingTarget(SQLModel, table=True):
+    """One managed file that must be confirmed free of the person's keys (the evidence)."""
+
+    __tablename__ = "offboarding_target"
+    __table_args__ = (UniqueConstraint("case_id", "host", "account", "pattern"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="offboarding_case.id", index=True)
+    host: str = Field(max_length=255)
+    account: str = Field(max_length=64)
+    pattern: str = Field(max_length=1024)
+    path: str | None = Field(default=None, max_length=4096)
+    had_access: bool = Field(default=False)
+    removed: int = Field(default=0)
+    confirmed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    confirmed_by_run: str | None = Field(default=None, max_length=32)
+    last_attempt: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -80,7 +80,10 @@ class KeyClaim:
     proof_date: str | None = None
 
 
-def add_key(tx: WriteTx, username: str, key: PublicKey, claim: KeyClaim) -> SshKey:
+def add_key(
+    tx: WriteTx, username: str, key: PublicKey, claim: KeyClaim, *, record: bool = True
+) -> SshKey:
+    """Register a key; ``record=False`` lets a caller (rotation) write one combined event."""
     person = find_person(tx.session, username)
     require_active(person)
     att.attestation_rank(claim.attestation)
@@ -111,6 +114,8 @@ def add_key(tx: WriteTx, username: str, key: PublicKey, claim: KeyClaim) -> SshK
     )
     tx.session.add(row)
     tx.session.flush()
+    if not record:
+        return row
     tx.audit(
         "key.add",
         username,

@@ -1,4 +1,4 @@
-"""Reading the registry into a ``RegistrySnapshot`` with three queries.
+"""Reading the registry into a ``RegistrySnapshot`` with a fixed handful of queries.
 
 The cost is independent of the number of hosts: the desired state for the
 whole fleet is computed from this one snapshot.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from keyward.keys import decode_key
-from keyward.registry.models import AuditHead, Membership, Person, Role, SshKey
+from keyward.registry.models import AccessRequest, AuditHead, Membership, Person, Role, SshKey
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
 
 
@@ -44,5 +44,23 @@ def load_snapshot(session: Session) -> RegistrySnapshot:
             .where(col(Membership.ended_at).is_(None))
         )
     )
+    requests = tuple(
+        GrantRecord(
+            username=ids[a.person_id],
+            role=r.name,
+            granted_by=a.decided_by or "",
+            granted_at=a.decided_at or a.requested_at,
+            reason=a.reason,
+            until=a.until,
+            environment=a.environment,
+            request_id=a.id,
+        )
+        for a, r in session.exec(
+            select(AccessRequest, Role)
+            .join(Role, col(Role.id) == col(AccessRequest.role_id))
+            .where(AccessRequest.status == "approved", col(AccessRequest.ended_at).is_(None))
+        )
+    )
+    grants = grants + requests
     head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
     return RegistrySnapshot(people=people, keys=keys, grants=grants, head_seq=head.seq)

@@ -1,0 +1,311 @@
+"""Reports an auditor can read without knowing keyward: offboarding evidence and access review."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import click
+from sqlmodel import col, select
+
+from keyward.cli.context import AppContext
+from keyward.cli.output import emit_json, ts
+from keyward.desired import FileTarget
+from keyward.plan import sha256
+from keyward.registry import ops
+from keyward.registry.models import (
+    AuditEvent,
+    HostState,
+    OffboardingCase,
+    OffboardingTarget,
+    SshKey,
+)
+
+pass_app = click.make_pass_decorator(AppContext)
+FORMATS = click.Choice(["md", "json", "csv"])
+
+
+@click.group()
+def report() -> None:
+    """Evidence and reviews for auditors."""
+
+
+def _md_escape(value: Any) -> str:
+    text = "-" if value is None or value == "" else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    out = [
+        "| " + " | ".join(h for _, h in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        out.append("| " + " | ".join(_md_escape(row.get(k)) for k, _ in columns) + " |")
+    return "\n".join(out)
+
+
+# -- offboarding evidence -----------------------------------------------------
+
+
+def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
+    with app.registry().read() as session:
+        person = ops.find_person(session, username)
+        cases = session.exec(
+            select(OffboardingCase)
+            .where(OffboardingCase.person_id == person.id)
+            .order_by(col(OffboardingCase.id))
+        ).all()
+        if not cases:
+            from keyward.errors import RegistryError
+
+            raise RegistryError(f"{username!r} has no offboarding case")
+        case = cases[-1]
+        keys = session.exec(select(SshKey).where(SshKey.person_id == person.id)).all()
+        targets = session.exec(
+            select(OffboardingTarget)
+            .where(OffboardingTarget.case_id == case.id)
+            .order_by(col(OffboardingTarget.host), col(OffboardingTarget.account))
+        ).all()
+        events = session.exec(
+            select(AuditEvent)
+            .where(AuditEvent.subject == username, AuditEvent.at >= case.started_at)
+            .order_by(col(AuditEvent.seq))
+        ).all()
+        return {
+            "person": {
+                "username": person.username,
+                "full_name": person.full_name,
+                "status": person.status,
+            },
+            "case": {
+                "id": case.id,
+                "requested_by": case.requested_by,
+                "reason": case.reason,
+                "started_at": ts(case.started_at),
+                "status": case.status,
+                "closed_at": ts(case.closed_at),
+            },
+            "keys": [
+                {
+                    "fingerprint": k.fingerprint,
+                    "type": k.key_type,
+                    "revoked_at": ts(k.revoked_at),
+                    "revoked_by": k.revoked_by,
+                    "revoke_reason": k.revoke_reason,
+                }
+                for k in keys
+            ],
+            "hosts": [
+                {
+                    "host": t.host,
+                    "account": t.account,
+                    "path": t.path or t.pattern,
+                    "had_access": t.had_access,
+                    "keys_removed": t.removed,
+                    "confirmed_at": ts(t.confirmed_at),
+                    "confirmed_by_run": t.confirmed_by_run,
+                    "open_issue": None if t.confirmed_at else (t.last_error or "not yet checked"),
+                }
+                for t in targets
+            ],
+            "audit_events": [
+                {"seq": e.seq, "at": ts(e.at), "actor": e.actor, "action": e.action, "hash": e.hash}
+                for e in events
+            ],
+        }
+
+
+@report.command("offboarding")
+@click.argument("username")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@pass_app
+def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
+    """The evidence that USERNAME's access is gone: who asked, what was revoked, per-host proof."""
+    data = offboarding_evidence(app, username)
+    if fmt == "json":
+        emit_json(data)
+        return
+    case, person = data["case"], data["person"]
+    open_items = [h for h in data["hosts"] if h["confirmed_at"] is None]
+    lines = [
+        f"# Offboarding evidence: {person['full_name']} ({person['username']})",
+        "",
+        f"- Requested by: {case['requested_by']}",
+        f"- Reason: {case['reason']}",
+        f"- Started: {case['started_at']}",
+        f"- Status: {case['status']}"
+        + (f" (closed {case['closed_at']})" if case["closed_at"] else ""),
+        f"- Managed files checked: {len(data['hosts'])}; still open: {len(open_items)}",
+        "",
+        "## Keys revoked",
+        "",
+        _md_table(
+            data["keys"],
+            [
+                ("fingerprint", "Fingerprint"),
+                ("type", "Type"),
+                ("revoked_at", "Revoked at"),
+                ("revoked_by", "By"),
+                ("revoke_reason", "Reason"),
+            ],
+        ),
+        "",
+        "## Removal confirmed per host and account",
+        "",
+        "Each row was confirmed by reading the file back from the host after the change "
+        "and checking that none of the fingerprints above remain.",
+        "",
+        _md_table(
+            data["hosts"],
+            [
+                ("host", "Host"),
+                ("account", "Account"),
+                ("path", "File"),
+                ("had_access", "Had access"),
+                ("keys_removed", "Keys removed"),
+                ("confirmed_at", "Confirmed at"),
+                ("open_issue", "Open issue"),
+            ],
+        ),
+        "",
+        "## Still open",
+        "",
+        "\n".join(f"- {h['host']} {h['account']}: {h['open_issue']}" for h in open_items)
+        or "Nothing: every managed file is confirmed.",
+        "",
+        "## Audit trail",
+        "",
+        _md_table(
+            data["audit_events"],
+            [
+                ("seq", "#"),
+                ("at", "At"),
+                ("actor", "Actor"),
+                ("action", "Action"),
+                ("hash", "Chain hash"),
+            ],
+        ),
+        "",
+    ]
+    click.echo("\n".join(lines))
+
+
+# -- access review ------------------------------------------------------------
+
+
+def access_rows(
+    app: AppContext, env: str | None, customer: str | None = None
+) -> list[dict[str, Any]]:
+    from keyward.cli.agent_cmds import prepare
+
+    prepared = prepare(app, env, None)
+    snapshot = prepared.snapshot
+    with app.registry().read() as session:
+        states = {s.host: s for s in session.exec(select(HostState))}
+    hosts = {h.name: h for h in prepared.hosts}
+    grants: dict[tuple[str, str], list[Any]] = {}
+    for grant in snapshot.grants:
+        grants.setdefault((grant.username, grant.role), []).append(grant)
+    rows: list[dict[str, Any]] = []
+    for target, desired in sorted(
+        prepared.desired.items(), key=lambda i: (i[0].host, i[0].account, i[0].pattern)
+    ):
+        host = hosts[target.host]
+        if customer is not None and host.customer != customer:
+            continue
+        confirmed = _confirmed_at(
+            states.get(target.host),
+            target,
+            desired.exclusive_content() if desired.mode == "exclusive" else None,
+        )
+        for line in desired.lines:
+            if line.kind != "person":
+                continue
+            record = snapshot.by_fingerprint.get(line.key.fingerprint)
+            for role in line.roles:
+                for grant in grants.get((line.owner, role), []):
+                    if not grant.active_at(prepared.now):
+                        continue
+                    rows.append(
+                        {
+                            "environment": host.environment,
+                            "customer": host.customer,
+                            "host": target.host,
+                            "account": target.account,
+                            "person": line.owner,
+                            "role": role,
+                            "via": "access request" if grant.request_id else "grant",
+                            "granted_by": grant.granted_by,
+                            "granted_at": ts(grant.granted_at),
+                            "until": ts(grant.until),
+                            "reason": grant.reason,
+                            "fingerprint": line.key.fingerprint,
+                            "attestation": record.attestation if record else None,
+                            "key_expires_at": ts(record.expires_at) if record else None,
+                            "line_expires_at": ts(line.expires_at),
+                            "confirmed_on_host_at": confirmed,
+                        }
+                    )
+    return rows
+
+
+def _confirmed_at(state: HostState | None, target: FileTarget, content: bytes | None) -> str | None:
+    """When the agent last confirmed this exact file content on the host."""
+    if state is None or content is None or state.last_success is None:
+        return None
+    files = json.loads(state.files or "{}")
+    entry = files.get(f"{target.account}:{target.pattern}")
+    if entry and entry.get("sha256") == sha256(content):
+        return ts(state.last_success)
+    return None
+
+
+ACCESS_COLUMNS = [
+    ("environment", "Env"),
+    ("host", "Host"),
+    ("account", "Account"),
+    ("person", "Person"),
+    ("role", "Role"),
+    ("via", "Via"),
+    ("granted_by", "Granted by"),
+    ("granted_at", "Since"),
+    ("until", "Until"),
+    ("fingerprint", "Key"),
+    ("attestation", "Attestation"),
+    ("key_expires_at", "Key expires"),
+    ("confirmed_on_host_at", "Confirmed on host"),
+]
+
+
+@report.command("access")
+@click.option("--env", default=None, help="Only this environment.")
+@click.option("--customer", default=None, help="Only this customer's hosts.")
+@click.option("--format", "fmt", type=FORMATS, default="md", show_default=True)
+@pass_app
+def report_access(app: AppContext, env: str | None, customer: str | None, fmt: str) -> None:
+    """Access review: who can reach which account on which host, how, since and until when."""
+    rows = access_rows(app, env, customer)
+    if fmt == "json":
+        emit_json(rows)
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(
+            buffer, fieldnames=[k for k, _ in ACCESS_COLUMNS] + ["reason"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        click.echo(buffer.getvalue().rstrip("\n"))
+    else:
+        now = app.registry().clock()
+        scope = f"environment {env}" if env else "all environments"
+        if customer:
+            scope += f", customer {customer}"
+        click.echo(
+            f"# Access review ({scope})\n\nGenerated {ts(now)}. One row per person, "
+            "role, host and account that keyward deploys a key to.\n"
+        )
+        click.echo(_md_table(rows, ACCESS_COLUMNS))

@@ -1,0 +1,259 @@
+"""Lifecycle operations: key rotation, short-lived access, and offboarding.
+
+Each is one registry transaction with its audit events, like ``ops``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from keyward.errors import RegistryError, UsageError
+from keyward.keys import PublicKey
+from keyward.registry import ops, validate
+from keyward.registry.models import (
+    AccessRequest,
+    Membership,
+    OffboardingCase,
+    OffboardingTarget,
+    Person,
+    Role,
+    SshKey,
+)
+from keyward.registry.store import WriteTx
+
+MAX_REQUEST = timedelta(days=7)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+# -- rotation -----------------------------------------------------------------
+
+
+def rotate_key(
+    tx: WriteTx,
+    username: str,
+    new_key: PublicKey,
+    claim: ops.KeyClaim,
+    grace: timedelta,
+    old_fingerprint: str | None = None,
+) -> tuple[SshKey, SshKey]:
+    """Add ``new_key`` and let the old key live only for ``grace``; one event links them."""
+    person = ops.find_person(tx.session, username)
+    ops.require_active(person)
+    active = [
+        k
+        for k in tx.session.exec(select(SshKey).where(SshKey.person_id == person.id))
+        if k.revoked_at is None and k.expires_at > tx.now
+    ]
+    if old_fingerprint is not None:
+        old = next((k for k in active if k.fingerprint == old_fingerprint), None)
+        if old is None:
+            raise RegistryError(f"{username!r} has no active key {old_fingerprint}")
+    elif len(active) == 1:
+        old = active[0]
+    elif not active:
+        raise RegistryError(f"{username!r} has no active key to rotate; use 'key add'")
+    else:
+        raise UsageError(f"{username!r} has {len(active)} active keys; name one with --old")
+    if grace < timedelta(0) or grace > timedelta(days=30):
+        raise UsageError("--grace must be between 0 and 30 days")
+    new = ops.add_key(tx, username, new_key, claim, record=False)
+    old_expiry = old.expires_at
+    old.expires_at = min(old.expires_at, tx.now + grace)
+    old.rotated_to_id = new.id
+    tx.session.add(old)
+    tx.audit(
+        "key.rotate",
+        username,
+        {
+            "old_fingerprint": old.fingerprint,
+            "new_fingerprint": new.fingerprint,
+            "new_type": new.key_type,
+            "new_attestation": new.attestation,
+            "new_expires_at": _iso(new.expires_at),
+            "old_expires_at": _iso(old.expires_at),
+            "old_previous_expires_at": _iso(old_expiry),
+            "grace_seconds": int(grace.total_seconds()),
+        },
+    )
+    return old, new
+
+
+# -- short-lived access -------------------------------------------------------
+
+
+def request_access(
+    tx: WriteTx, role_name: str, environment: str, duration: timedelta, reason: str
+) -> AccessRequest:
+    """The acting person asks for ``role_name`` in ``environment`` for ``duration``."""
+    reason = validate.line("reason", reason)
+    if duration <= timedelta(0) or duration > MAX_REQUEST:
+        raise UsageError("--for must be between 1 minute and 7 days")
+    person = tx.session.exec(select(Person).where(Person.username == tx.actor)).first()
+    if person is None:
+        raise RegistryError(
+            f"the requester {tx.actor!r} is not a person in the registry (set --actor)"
+        )
+    ops.require_active(person)
+    role = ops.find_role(tx.session, role_name)
+    request = AccessRequest(
+        person_id=person.id or 0,
+        role_id=role.id or 0,
+        environment=environment,
+        duration_seconds=int(duration.total_seconds()),
+        reason=reason,
+        requested_at=tx.now,
+    )
+    tx.session.add(request)
+    tx.session.flush()
+    tx.audit(
+        "access.request",
+        person.username,
+        {
+            "request_id": request.id,
+            "role": role_name,
+            "environment": environment,
+            "duration_seconds": request.duration_seconds,
+            "reason": reason,
+        },
+    )
+    return request
+
+
+def decide_access(tx: WriteTx, request_id: int, approve: bool, note: str = "") -> AccessRequest:
+    request = tx.session.get(AccessRequest, request_id)
+    if request is None:
+        raise RegistryError(f"no access request {request_id}")
+    if request.status != "pending":
+        raise RegistryError(f"access request {request_id} is {request.status}, not pending")
+    person = tx.session.get(Person, request.person_id)
+    assert person is not None
+    if person.username == tx.actor:
+        raise RegistryError("a request must be approved by someone other than the requester")
+    ops.require_active(person)
+    request.status = "approved" if approve else "denied"
+    request.decided_by = tx.actor
+    request.decided_at = tx.now
+    if approve:
+        request.until = tx.now + timedelta(seconds=request.duration_seconds)
+    tx.session.add(request)
+    role = tx.session.get(Role, request.role_id)
+    tx.audit(
+        "access.approve" if approve else "access.deny",
+        person.username,
+        {
+            "request_id": request.id,
+            "role": role.name if role else None,
+            "environment": request.environment,
+            "until": _iso(request.until),
+            "note": validate.line("note", note, required=False) or None,
+        },
+    )
+    return request
+
+
+# -- offboarding --------------------------------------------------------------
+
+
+def offboard(
+    tx: WriteTx,
+    username: str,
+    reason: str,
+    targets: Iterable[tuple[str, str, str, bool]],
+) -> OffboardingCase:
+    """Offboard ``username`` in one transaction and open a case over ``targets``.
+
+    ``targets`` are (host, account, pattern, had_access) for every managed file
+    that must be confirmed free of the person's keys.
+    """
+    reason = validate.line("reason", reason)
+    person = ops.find_person(tx.session, username)
+    if person.status == "offboarded":
+        raise RegistryError(f"{username!r} is already offboarded; see 'keyward offboard status'")
+    keys = list(tx.session.exec(select(SshKey).where(SshKey.person_id == person.id)))
+    for key in keys:
+        if key.revoked_at is None:
+            key.revoked_at = tx.now
+            key.revoked_by = tx.actor
+            key.revoke_reason = f"offboarded: {reason}"
+            tx.session.add(key)
+            tx.audit(
+                "key.revoke",
+                username,
+                {"fingerprint": key.fingerprint, "reason": key.revoke_reason},
+            )
+    for membership, role in tx.session.exec(
+        select(Membership, Role)
+        .join(Role, col(Role.id) == col(Membership.role_id))
+        .where(Membership.person_id == person.id, col(Membership.ended_at).is_(None))
+    ):
+        membership.ended_at = tx.now
+        membership.ended_by = tx.actor
+        membership.end_reason = f"offboarded: {reason}"
+        tx.session.add(membership)
+        tx.audit("role.revoke", username, {"role": role.name, "reason": membership.end_reason})
+    for request in tx.session.exec(
+        select(AccessRequest).where(
+            AccessRequest.person_id == person.id,
+            col(AccessRequest.status).in_(["pending", "approved"]),
+            col(AccessRequest.ended_at).is_(None),
+        )
+    ):
+        request.ended_at = tx.now
+        request.end_reason = f"offboarded: {reason}"
+        if request.status == "pending":
+            request.status = "denied"
+        tx.session.add(request)
+        tx.audit("access.end", username, {"request_id": request.id, "reason": request.end_reason})
+    person.status = "offboarded"
+    person.changed_at = tx.now
+    tx.session.add(person)
+    fingerprints = sorted(k.fingerprint for k in keys)
+    case = OffboardingCase(
+        person_id=person.id or 0,
+        requested_by=tx.actor,
+        reason=reason,
+        started_at=tx.now,
+        fingerprints=json.dumps(fingerprints),
+    )
+    tx.session.add(case)
+    tx.session.flush()
+    count = 0
+    for host, account, pattern, had_access in targets:
+        tx.session.add(
+            OffboardingTarget(
+                case_id=case.id or 0,
+                host=host,
+                account=account,
+                pattern=pattern,
+                had_access=had_access,
+            )
+        )
+        count += 1
+    tx.audit(
+        "person.offboard",
+        username,
+        {
+            "case_id": case.id,
+            "reason": reason,
+            "fingerprints": fingerprints,
+            "targets": count,
+        },
+    )
+    return case
+
+
+def open_cases(session: Session) -> list[tuple[OffboardingCase, Person]]:
+    return list(
+        session.exec(
+            select(OffboardingCase, Person)
+            .join(Person, col(Person.id) == col(OffboardingCase.person_id))
+            .where(OffboardingCase.status == "open")
+        )
+    )

@@ -1,0 +1,171 @@
+"""Rotation, time-bound access, offboarding and the auditor's reports, on the real sshd fleet."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+
+from tests.agent_env import AgentEnv
+
+
+def at(delta: timedelta) -> dict[str, str]:
+    when = datetime.now(UTC) + delta
+    return {"KEYWARD_NOW": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def test_rotation_keeps_the_old_key_only_for_the_grace_period(env: AgentEnv) -> None:
+    old_fp = env.person_with_key("alice", "devops")
+    env.kw.ok("reconcile")
+    out = env.kw.ok(
+        "key", "rotate", "alice", str(env.pub("alice-new")), "--grace", "24h", "--attest", "admin"
+    ).out
+    assert old_fp in out
+    env.kw.ok("reconcile")
+    host = env.hosts[0]
+    # During the grace period both keys work, and the old line already carries its end.
+    assert env.can_login(host, env.deploy, "alice")
+    assert env.can_login(host, env.deploy, "alice-new")
+    old_line = next(
+        ln for ln in env.file(host, env.deploy).read_text().splitlines() if old_fp[7:23] in ln
+    )
+    stamp = old_line.split('expiry-time="')[1][:14]
+    end = datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    assert end <= datetime.now(UTC) + timedelta(hours=24, seconds=5)
+    # After it, the next reconcile removes the old key, logged as expired (not drift).
+    result = env.kw("reconcile", "--json", env=at(timedelta(hours=25)))
+    assert result.code == 0, str(result)
+    reasons = {
+        (c["fingerprint"], c["reason"])
+        for r in result.json()
+        for f in r["files"]
+        for c in f["changes"]
+        if c["action"] == "remove"
+    }
+    assert reasons == {(old_fp, "expired")}
+    assert not env.can_login(host, env.deploy, "alice")
+    assert env.can_login(host, env.deploy, "alice-new")
+    rotations = env.kw.ok("audit", "log", "--json", "--action", "key.rotate").json()
+    assert len(rotations) == 1
+    assert rotations[0]["details"]["old_fingerprint"] == old_fp
+    assert (
+        env.kw.ok("audit", "log", "--json", "--action", "key.add").json()[-1]["subject"] == "alice"
+    )
+
+
+def test_rotation_to_someone_elses_or_a_weak_key_changes_nothing(env: AgentEnv, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env.person_with_key("alice", "devops")
+    env.person_with_key("bob")
+    before = env.kw.ok("audit", "log", "--json").json()
+    refused = env.kw.fails("key", "rotate", "alice", str(env.pub("bob")))
+    assert "already registered" in refused.err and "bob" not in refused.err
+    from tests.keygen import make_key
+
+    _, weak = make_key(tmp_path, "rsa", bits=2048)
+    assert "3072" in env.kw.fails("key", "rotate", "alice", str(weak)).err
+    assert env.kw.ok("audit", "log", "--json").json() == before
+    keys = env.kw.ok("key", "list", "alice", "--json").json()
+    assert len(keys) == 1 and keys[0]["status"] == "active"
+
+
+def test_access_request_needs_another_approver_and_runs_out(env: AgentEnv) -> None:
+    env.person_with_key("carol")
+    env.kw.ok("role", "add", "devops")
+    env.kw.ok(
+        "access",
+        "request",
+        "devops",
+        "--env",
+        "test",
+        "--for",
+        "4h",
+        "--reason",
+        "INC-9 disk full",
+        actor="carol",
+    )
+    requests = env.kw.ok("access", "list", "--json").json()
+    assert requests[0]["status"] == "pending"
+    env.kw.ok("reconcile")
+    assert not env.can_login(env.hosts[0], env.deploy, "carol")
+    assert "someone other" in env.kw.fails("access", "approve", "1", actor="carol").err
+    env.kw.ok("access", "approve", "1", actor="dave")
+    env.kw.ok("reconcile")
+    assert env.can_login(env.hosts[0], env.deploy, "carol")
+    line = env.file(env.hosts[0], env.deploy).read_text().splitlines()[-1]
+    stamp = line.split('expiry-time="')[1][:14]
+    end = datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    assert end <= datetime.now(UTC) + timedelta(hours=4, seconds=5)
+    assert [r["id"] for r in env.kw.ok("access", "list", "--open", "--json").json()] == [1]
+    env.kw.ok("reconcile", env=at(timedelta(hours=5)))
+    assert not env.can_login(env.hosts[0], env.deploy, "carol")
+    actions = [e["action"] for e in env.kw.ok("audit", "log", "--json", "--person", "carol").json()]
+    assert "access.request" in actions and "access.approve" in actions
+
+
+def test_offboarding_confirms_everywhere_even_after_a_host_was_down(env: AgentEnv) -> None:
+    fp = env.person_with_key("alice", "devops")
+    env.person_with_key("bob", "devops")
+    env.kw.ok("reconcile")
+    # alice copied her key by hand to an account she was never granted.
+    copied = env.file(env.hosts[1], env.app)
+    copied.parent.mkdir(mode=0o700, exist_ok=True)
+    copied.write_text(env.pub("alice").read_text())
+    shutil.chown(copied, env.app, env.app)
+    shutil.chown(copied.parent, env.app, env.app)
+    assert env.can_login(env.hosts[1], env.app, "alice")
+    down = env.hosts[2]
+    env.fleet.stop_host(down.name)
+
+    result = env.kw("offboard", "alice", "--reason", "left the company", "--json")
+    assert result.code == 1, str(result)
+    case = result.json()
+    assert case["fingerprints"] == [fp]
+    unconfirmed = {t["host"] for t in case["targets"] if t["confirmed_at"] is None}
+    assert unconfirmed == {down.name}
+    copied_row = next(
+        t for t in case["targets"] if t["host"] == env.hosts[1].name and t["account"] == env.app
+    )
+    assert copied_row["removed"] == 1 and not copied_row["had_access"]
+    for host in env.hosts[:2]:
+        for account in (env.deploy, env.app, "root"):
+            assert not env.can_login(host, account, "alice")
+        assert env.can_login(host, env.deploy, "bob")
+    person = env.kw.ok("person", "show", "alice", "--json").json()
+    assert person["status"] == "offboarded"
+    assert {k["status"] for k in person["keys"]} == {"revoked"}
+    assert {r["status"] for r in person["roles"]} == {"ended"}
+    assert env.kw("offboard", "status", "alice").code == 1
+
+    env.fleet.start_host(down.name)
+    env.kw.ok("reconcile")
+    status = env.kw("offboard", "status", "alice", "--json")
+    assert status.code == 0, str(status)
+    assert status.json()["status"] == "confirmed"
+    assert not env.can_login(down, env.deploy, "alice")
+    report = env.kw.ok("report", "offboarding", "alice").out
+    for host in env.hosts:
+        assert f"| {host.name} |" in report
+    assert "left the company" in report and fp in report
+    assert "Nothing: every managed file is confirmed." in report
+    evidence = env.kw.ok("report", "offboarding", "alice", "--format", "json").json()
+    assert all(h["confirmed_at"] for h in evidence["hosts"])
+    assert env.kw.ok("audit", "verify").code == 0
+    # A second offboarding of the same person is refused.
+    assert "already offboarded" in env.kw.fails("offboard", "alice", "--reason", "again").err
+
+
+def test_access_review_and_expiring_keys(env: AgentEnv) -> None:
+    fp = env.person_with_key("alice", "devops")
+    env.kw.ok("reconcile")
+    rows = env.kw.ok("report", "access", "--format", "json").json()
+    mine = {(r["host"], r["account"]) for r in rows if r["person"] == "alice"}
+    assert mine == {(h.name, a) for h in env.hosts for a in (env.deploy, "root")}
+    assert all(r["granted_by"] == "security" and r["fingerprint"] == fp for r in rows)
+    assert all(r["confirmed_on_host_at"] for r in rows)
+    csv_text = env.kw.ok("report", "access", "--format", "csv").out
+    assert csv_text.splitlines()[0].startswith("environment,host,account,person,role")
+    assert len(csv_text.splitlines()) == len(rows) + 1
+    md = env.kw.ok("report", "access").out
+    assert md.startswith("# Access review") and "| alice |" in md
+    expiring = env.kw.ok("key", "list", "--expiring", "400d", "--json").json()
+    assert expiring[0]["hosts"] == sorted(h.name for h in env.hosts)
+    assert env.kw.ok("key", "list", "--expiring", "30d", "--json").json() == []

@@ -1,0 +1,277 @@
+"""The systemd units in ``systemd/``: valid for systemd, hardened, and on a 5-minute timer.
+
+``systemd-analyze`` (Debian package ``systemd``) checks copies of the units offline; no
+systemd needs to run as PID 1. As with the other external tools the tests use, a missing
+install is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
+SERVICE = "keyward-reconcile.service"
+TIMER = "keyward-reconcile.timer"
+DOCUMENTED_EXEC = "/usr/local/bin/keyward"
+
+Unit = dict[str, dict[str, list[str]]]
+
+TRUE = {"yes", "true", "on", "1"}
+
+# directive -> required value (booleans compared as booleans)
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectHome": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "RestrictSUIDSGID": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictNamespaces": "yes",
+    "LockPersonality": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "SystemCallArchitectures": "native",
+    "UMask": "0077",
+    "StateDirectory": "keyward",
+}
+
+
+def parse_unit(text: str) -> Unit:
+    """Sections -> directive -> every value assigned, in order (an empty value resets)."""
+    unit: Unit = {}
+    section: dict[str, list[str]] | None = None
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = unit.setdefault(line[1:-1], {})
+            continue
+        assert section is not None, f"directive outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a key=value line: {line!r}"
+        values = section.setdefault(key.strip(), [])
+        value = value.strip()
+        if value:
+            values.append(value)
+        else:
+            values.clear()
+            values.append("")
+    return unit
+
+
+def last(unit: Unit, section: str, key: str) -> str:
+    values = unit.get(section, {}).get(key)
+    assert values, f"[{section}] {key}= is missing"
+    return values[-1]
+
+
+def same(actual: str, wanted: str) -> bool:
+    if wanted in TRUE:
+        return actual.lower() in TRUE
+    return actual == wanted
+
+
+@pytest.fixture(scope="module")
+def analyze() -> str:
+    path = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+    if not os.access(path, os.X_OK):
+        pytest.fail("systemd-analyze not found: install the Debian package 'systemd'")
+    return path
+
+
+@pytest.fixture(scope="module")
+def service() -> Unit:
+    return parse_unit((UNIT_DIR / SERVICE).read_text())
+
+
+@pytest.fixture(scope="module")
+def timer() -> Unit:
+    return parse_unit((UNIT_DIR / TIMER).read_text())
+
+
+def keyward_script() -> str:
+    """An absolute path to an installed ``keyward`` console script (verify checks ExecStart)."""
+    beside = Path(sys.executable).parent / "keyward"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("keyward")
+    if found is None:
+        pytest.fail("the keyward console script is not installed (pip install -e .)")
+    return str(Path(found).absolute())
+
+
+def unit_copies(tmp_path: Path, service_extra: str = "") -> Path:
+    """Both units in ``tmp_path``, ExecStart pointing at a keyward that exists here."""
+    text = (UNIT_DIR / SERVICE).read_text()
+    assert f"ExecStart={DOCUMENTED_EXEC} " in text
+    text = text.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
+    (tmp_path / SERVICE).write_text(text + service_extra)
+    shutil.copy(UNIT_DIR / TIMER, tmp_path / TIMER)
+    return tmp_path
+
+
+def verify(analyze: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [analyze, "verify", "--man=no", "--generators=no", SERVICE, TIMER],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+
+
+def complaints(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "keyward-reconcile" in line or "ExecStart" in line
+    ]
+
+
+# -- systemd-analyze ----------------------------------------------------------
+
+
+def test_units_verify_cleanly(analyze: str, tmp_path: Path) -> None:
+    proc = verify(analyze, unit_copies(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert complaints(proc) == []
+
+
+def test_verify_check_catches_a_misspelt_directive(analyze: str, tmp_path: Path) -> None:
+    # systemd only warns (exit 0) on unknown keys: the no-complaints check must see them.
+    proc = verify(analyze, unit_copies(tmp_path, "ProtectSytem=strict\n"))
+    assert any("ProtectSytem" in line for line in complaints(proc)), proc.stderr
+
+
+def test_security_exposure_stays_low(analyze: str, tmp_path: Path) -> None:
+    directory = unit_copies(tmp_path)
+    proc = subprocess.run(
+        [analyze, "security", "--offline=true", "--threshold=20", "--no-pager", SERVICE],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "", "TERM": "dumb"},
+    )
+    overall = [line for line in proc.stdout.splitlines() if "Overall exposure" in line]
+    assert proc.returncode == 0, overall or proc.stdout + proc.stderr
+
+
+# -- the service --------------------------------------------------------------
+
+
+def test_service_runs_keyward_reconcile_once(service: Unit) -> None:
+    assert last(service, "Service", "Type") == "oneshot"
+    exec_start = service["Service"]["ExecStart"]
+    assert exec_start == [f"{DOCUMENTED_EXEC} reconcile"]
+    assert Path(exec_start[0].split()[0]).is_absolute()
+    environment = set(service["Service"].get("Environment", []))
+    assert "KEYWARD_INVENTORY=/etc/keyward/inventory" in environment
+    assert "KEYWARD_ACTOR=keyward-agent" in environment
+    assert last(service, "Service", "TimeoutStartSec") == "15min"
+
+
+@pytest.mark.parametrize(("key", "wanted"), sorted(HARDENING.items()))
+def test_service_hardening(service: Unit, key: str, wanted: str) -> None:
+    actual = last(service, "Service", key)
+    assert same(actual, wanted), f"{key}={actual}, want {wanted}"
+
+
+def test_service_has_no_capabilities(service: Unit) -> None:
+    assert service["Service"].get("CapabilityBoundingSet") == [""]
+    assert service["Service"].get("AmbientCapabilities", [""]) == [""]
+
+
+def test_service_writes_only_its_state_directory(service: Unit) -> None:
+    writable = " ".join(service["Service"].get("ReadWritePaths", [])).split()
+    assert writable == ["/var/lib/keyward"]
+    assert "User" not in service["Service"], "runs as root: the agent key is root-owned 0600"
+
+
+def test_service_address_families(service: Unit) -> None:
+    families = " ".join(service["Service"]["RestrictAddressFamilies"]).split()
+    assert sorted(families) == ["AF_INET", "AF_INET6", "AF_UNIX"]
+
+
+# -- the timer ----------------------------------------------------------------
+
+
+def five_minute_schedule(analyze: str, timer: Unit) -> bool:
+    calendars = timer["Timer"].get("OnCalendar", [])
+    if not calendars:
+        active = timer["Timer"].get("OnUnitActiveSec", [])
+        spans = [timespan_us(analyze, value) for value in active]
+        return spans == [5 * 60 * 1_000_000] and "OnBootSec" in timer["Timer"]
+    assert len(calendars) == 1, calendars
+    proc = subprocess.run(
+        [
+            analyze,
+            "calendar",
+            "--iterations=14",
+            "--base-time=2024-01-01 00:57:30 UTC",
+            calendars[0],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TZ": "UTC"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    times = [
+        datetime.strptime(m, "%Y-%m-%d %H:%M:%S")
+        for m in re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\S+ \S+) UTC", proc.stdout)
+    ]
+    assert len(times) == 14, proc.stdout
+    gaps = {b - a for a, b in pairwise(times)}
+    return gaps == {timedelta(minutes=5)}
+
+
+def timespan_us(analyze: str, value: str) -> int:
+    proc = subprocess.run(
+        [analyze, "timespan", value], capture_output=True, text=True, timeout=60, check=True
+    )
+    match = re.search(r"μs: (\d+)", proc.stdout)
+    assert match, proc.stdout
+    return int(match.group(1))
+
+
+def test_timer_every_five_minutes(analyze: str, timer: Unit) -> None:
+    assert five_minute_schedule(analyze, timer)
+
+
+def test_timer_catches_up_and_spreads_load(analyze: str, timer: Unit) -> None:
+    assert last(timer, "Timer", "Persistent").lower() in TRUE
+    assert 0 < timespan_us(analyze, last(timer, "Timer", "RandomizedDelaySec")) <= 5 * 60 * 10**6
+    assert timespan_us(analyze, last(timer, "Timer", "AccuracySec")) == 10**6
+    assert timer["Timer"].get("Unit", [SERVICE]) == [SERVICE]
+    assert last(timer, "Install", "WantedBy") == "timers.target"
+
+
+def test_parser_sees_dropped_directives() -> None:
+    text = (UNIT_DIR / SERVICE).read_text()
+    weakened = parse_unit(text.replace("NoNewPrivileges=yes", "NoNewPrivileges=no"))
+    assert not same(last(weakened, "Service", "NoNewPrivileges"), "yes")
+    dropped = parse_unit(re.sub(r"(?m)^ProtectSystem=.*\n", "", text))
+    assert "ProtectSystem" not in dropped["Service"]
