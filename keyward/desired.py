@@ -19,6 +19,7 @@ per access rule, not per host: hosts that share rules share the work.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,7 @@ HEADER = (
 BLOCK_BEGIN = "# keyward:begin (managed by keyward; do not edit inside this block)"
 BLOCK_END = "# keyward:end"
 COMMENT_PREFIX = "keyward:"
+_LABEL_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class DesiredLine:
         label = "break-glass" if self.kind == "break-glass" else self.owner
         if self.kind == "agent":
             label = "agent"
+        if not _LABEL_RE.fullmatch(label):
+            raise ValueError(f"refusing to render a line for owner {label!r}")
         comment = f"{COMMENT_PREFIX}{label}:{self.key.short_fingerprint}"
         body = f"{self.key.openssh()} {comment}"
         if self.options:

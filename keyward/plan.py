@@ -22,9 +22,6 @@ from keyward.state import RegistrySnapshot
 FileState = Literal["present", "missing", "error"]
 FileAction = Literal["in-sync", "create", "update", "fix-mode", "error"]
 
-# Read errors after which a write may still safely replace the directory entry.
-REPLACEABLE = frozenset({"hardlink", "too_large"})
-
 
 @dataclass(frozen=True)
 class Observed:
@@ -38,6 +35,9 @@ class Observed:
     owner_ok: bool = True
     error_code: str | None = None
     error_message: str | None = None
+    # The problem is only the final directory entry (hard link, symlink, FIFO, a file
+    # owned by someone else, too large): renaming a new file over it is safe.
+    replaceable: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,11 @@ def _purge(region: bytes, purge: frozenset[str]) -> tuple[bytes, list[Authorized
         return region, []
     kept: list[bytes] = []
     dropped: list[AuthorizedLine] = []
-    for raw in region.splitlines(keepends=True):
+    # Split like sshd does: on "\n" only (a "\r" inside a line does not end it).
+    for raw in region.split(b"\n"):
+        if not raw:
+            continue
+        raw += b"\n"
         parsed = parse_authorized_keys(raw)
         if parsed and parsed[0].key is not None and parsed[0].key.fingerprint in purge:
             dropped.append(parsed[0])
@@ -184,7 +188,10 @@ def plan_file(
 ) -> FilePlan:
     """Compare one desired file with what is on the host."""
     target = desired.target
-    if observed.state == "error" and observed.error_code not in REPLACEABLE:
+    # Replacing an unreadable file is only safe when keyward owns all of it: in
+    # managed-block mode the lines outside the block would be lost.
+    replace = observed.replaceable and desired.mode == "exclusive"
+    if observed.state == "error" and not replace:
         return FilePlan(
             target,
             "error",

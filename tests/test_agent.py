@@ -288,3 +288,46 @@ def test_inventory_check_through_the_cli(env: AgentEnv) -> None:
     # Commands that need the inventory refuse with the first problem, changing nothing.
     refused = env.kw("reconcile")
     assert refused.code == 2 and "unknown field 'portt'" in refused.err
+
+
+def test_pins_are_per_address_and_port(env: AgentEnv) -> None:
+    """A key pinned for port 22 or for another port of the same address does not pin this one."""
+    victim = env.hosts[0]
+    known = env.inventory / "known_hosts"
+    lines = [
+        ln for ln in known.read_text().splitlines() if not ln.startswith(f"[{victim.address}]")
+    ]
+    lines.append(f"{victim.address} {victim.host_key_pub}")  # port-22 entry
+    lines.append(f"[{victim.address}]:{victim.port + 1} {victim.host_key_pub}")  # other port
+    known.write_text("\n".join(lines) + "\n")
+    result = env.kw("plan", "--json", "--host", victim.name)
+    assert result.code == 1
+    assert "not pinned" in result.json()[0]["error"]
+
+
+def test_agent_identity_must_match_its_public_key(env: AgentEnv) -> None:
+    env.person_with_key("alice", "devops")
+    other = env.key("not-the-agent")
+    (env.inventory / "keyward.toml").write_text(
+        (env.inventory / "keyward.toml")
+        .read_text()
+        .replace(
+            f'identity = "{env.agent_key}"',
+            f'identity = "{other}"\nidentity_pub = "{env.agent_key}.pub"',
+        )
+    )
+    result = env.kw("reconcile")
+    assert result.code == 2 and "does not match" in result.err
+    assert not env.file(env.hosts[0], env.deploy).exists()
+
+
+def test_hostile_options_in_a_hand_edited_file_are_shown_escaped(env: AgentEnv) -> None:
+    env.person_with_key("alice", "devops")
+    env.kw.ok("reconcile")
+    target = env.file(env.hosts[0], env.deploy)
+    evil = 'command="\x1b[2K\x1b[1A + alice fake granted" ' + env.pub("eve").read_text()
+    with target.open("a") as handle:
+        handle.write(evil)
+    out = env.kw("plan").out
+    assert "\x1b" not in out
+    assert "\\x1b[2K" in out

@@ -60,6 +60,7 @@ def test_person_add_list_show(alice: Keyward) -> None:
     [
         (["person", "add", "Alice", "--name", "A"], "invalid username"),
         (["person", "add", "root;rm", "--name", "A"], "invalid username"),
+        (["person", "add", "alice\n", "--name", "A"], "invalid username"),
         (["person", "add", "carol", "--name", "Carol\nInjected"], "single line"),
         (["person", "add", "carol", "--name", "C", "--email", "not-an-email"], "invalid email"),
         (["person", "add", "alice", "--name", "Again"], "already exists"),
@@ -296,6 +297,7 @@ def _engine(cli: Keyward):  # type: ignore[no-untyped-def]
         ("UPDATE audit_event SET actor = 'someone-else' WHERE seq = 3", 3),
         ("DELETE FROM audit_event WHERE seq = 2", 2),
         ("DELETE FROM audit_event WHERE seq = 4", 4),
+        ("UPDATE audit_event SET details = '{}', redacted = true WHERE seq = 3", 3),
         (
             "UPDATE audit_event SET seq = -seq WHERE seq IN (2, 3);"
             "UPDATE audit_event SET seq = 3 WHERE seq = -2;"
@@ -303,7 +305,14 @@ def _engine(cli: Keyward):  # type: ignore[no-untyped-def]
             2,
         ),
     ],
-    ids=["edit-details", "edit-actor", "delete-middle", "delete-newest", "reorder"],
+    ids=[
+        "edit-details",
+        "edit-actor",
+        "delete-middle",
+        "delete-newest",
+        "fake-redaction",
+        "reorder",
+    ],
 )
 def test_tampering_is_detected(alice: Keyward, tamper: str, first_bad: int) -> None:
     alice.ok("role", "add", "devops")  # events: init, alice, bob, role.add

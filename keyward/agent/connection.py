@@ -35,6 +35,11 @@ class Credentials:
     connect_timeout: float
     python: str = "python3"
 
+    @property
+    def agent_fingerprint(self) -> str:
+        """SHA256 fingerprint of the key the agent really logs in with."""
+        return str(self.client_key.get_fingerprint("sha256"))
+
     @classmethod
     def load(
         cls, identity: Path, known_hosts: Path, connect_timeout: float, python: str = "python3"
@@ -53,9 +58,32 @@ class Credentials:
         return cls(key, asyncssh.import_known_hosts(text), text, connect_timeout, python)
 
 
-def _pinned(creds: Credentials, host: Host) -> bool:
-    host_key_list = creds.known_hosts.match(host.address, "", host.port)[0]
-    return bool(host_key_list)
+def known_hosts_name(host: Host) -> str:
+    """How OpenSSH names this endpoint in known_hosts: ``addr`` or ``[addr]:port``."""
+    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+
+
+def pinned_keys(known_hosts_text: str, host: Host) -> list[asyncssh.SSHKey]:
+    """The host keys pinned for exactly this address and port.
+
+    Only plain lines whose host field names ``known_hosts_name(host)`` count:
+    no wildcard patterns, no fallback from a custom port to port 22, no match
+    by resolved IP address, no ``@cert-authority`` lines.  A host is trusted
+    for what the inventory says it is, nothing wider.
+    """
+    wanted = known_hosts_name(host)
+    keys: list[asyncssh.SSHKey] = []
+    for raw in known_hosts_text.splitlines():
+        fields = raw.split()
+        if len(fields) < 3 or fields[0].startswith(("#", "@", "|")):
+            continue
+        if wanted not in fields[0].split(","):
+            continue
+        try:
+            keys.append(asyncssh.import_public_key(f"{fields[1]} {fields[2]}"))
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+    return keys
 
 
 class RemoteHelper:
@@ -128,7 +156,8 @@ class HostConnection:
 
     @classmethod
     async def open(cls, host: Host, creds: Credentials, *, keepalive: float = 0) -> HostConnection:
-        if not _pinned(creds, host):
+        trusted = pinned_keys(creds.known_hosts_text, host)
+        if not trusted:
             raise HostError(
                 f"{host.name}: host key for {host.address}:{host.port} is not pinned; "
                 "run 'keyward hosts scan --write' and review it"
@@ -140,7 +169,9 @@ class HostConnection:
                     port=host.port,
                     username=host.login,
                     client_keys=[creds.client_key],
-                    known_hosts=creds.known_hosts,
+                    known_hosts=(trusted, [], []),
+                    x509_trusted_certs=None,
+                    x509_trusted_cert_paths=[],
                     config=[],
                     agent_path=None,
                     agent_forwarding=False,

@@ -108,6 +108,7 @@ def observed_from_reply(target: FileTarget, reply: dict[str, Any]) -> Observed:
         owner_ok=bool(reply.get("owner_ok", True)),
         error_code=error.get("code"),
         error_message=error.get("message"),
+        replaceable=bool(reply.get("replaceable", error.get("code") in ("hardlink", "too_large"))),
     )
 
 

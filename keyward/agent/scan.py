@@ -11,11 +11,8 @@ from collections.abc import Sequence
 
 import asyncssh
 
+from keyward.agent.connection import known_hosts_name
 from keyward.inventory.model import Host
-
-
-def known_hosts_name(host: Host) -> str:
-    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
 
 
 async def scan_hosts(

@@ -138,6 +138,13 @@ def result_json(result: HostResult) -> dict[str, Any]:
     }
 
 
+def printable(text: str) -> str:
+    """Show text from hosts safely: control and format characters become escapes."""
+    return "".join(
+        ch if ch.isprintable() and ch not in "\u2028\u2029" else ascii(ch)[1:-1] for ch in text
+    )
+
+
 def print_plan(results: list[HostResult], applied: bool) -> None:
     for result in results:
         data = result_json(result)
@@ -155,7 +162,7 @@ def print_plan(results: list[HostResult], applied: bool) -> None:
                 sign = "+" if c["action"] == "add" else "-"
                 owner = c["owner"] or "(unknown key)"
                 fp = c["fingerprint"] or "(unparsable line)"
-                opts = f"  [{','.join(c['options'])}]" if c["options"] else ""
+                opts = f"  [{printable(','.join(c['options']))}]" if c["options"] else ""
                 click.echo(f"    {sign} {owner:<14} {fp}  {c['reason']}{opts}")
 
 
@@ -201,6 +208,12 @@ def run_agent(
     registry = app.registry()
     watch = open_case_watch(app)
     creds = credentials(prepared.inventory)
+    if creds.agent_fingerprint != prepared.agent_key.fingerprint:
+        raise UsageError(
+            f"the agent identity {prepared.inventory.agent.identity} does not match "
+            f"{prepared.inventory.agent.identity_pub}; refusing to run (it could lock the "
+            "agent out)"
+        )
     run_id = uuid.uuid4().hex[:12]
     log = get_logger(run_id=run_id)
     ctx = RunContext(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from datetime import timedelta
@@ -50,14 +49,7 @@ def key_policy(app: AppContext) -> KeyPolicy:
         return DEFAULT_POLICY
     from keyward.inventory import load_inventory
 
-    inv = load_inventory(root)
-    policy = DEFAULT_POLICY
-    changes: dict[str, Any] = {"max_key_age_days": inv.policy.max_key_age_days}
-    if inv.policy.min_rsa_bits:
-        changes["min_rsa_bits"] = inv.policy.min_rsa_bits
-    if inv.policy.allowed_key_types:
-        changes["allowed_types"] = frozenset(inv.policy.allowed_key_types)
-    return dataclasses.replace(policy, **changes)
+    return load_inventory(root).policy.key_policy()
 
 
 def log_events(tx: WriteTx) -> None:

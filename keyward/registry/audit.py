@@ -7,7 +7,9 @@ changes a hash that a later event (or the chain head) depends on, so
 
 Details are covered by their digest rather than directly: a later redaction of
 personal details replaces the text but keeps the digest, marks the row
-``redacted``, and is itself an event — so the chain still verifies.
+``redacted``, and is itself an ``audit.redact`` event listing the redacted
+events — so the chain still verifies, and a row marked redacted without such
+an event is reported as tampering.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from datetime import datetime
 from typing import Any
 
 GENESIS_HASH = "0" * 64
+REDACT_ACTION = "audit.redact"
+
+
+def _redacted_seqs(details: str) -> list[int]:
+    try:
+        seqs = json.loads(details).get("seqs", [])
+    except (ValueError, AttributeError):
+        return []
+    return [s for s in seqs if isinstance(s, int)]
 
 
 def canonical_json(value: Any) -> str:
@@ -92,8 +103,14 @@ def verify_chain(
     prev = GENESIS_HASH
     expected_seq = 1
     count = 0
+    redacted: list[int] = []
+    authorised: set[int] = set()
     for record in records:
         count += 1
+        if record.redacted:
+            redacted.append(record.seq)
+        if record.action == REDACT_ACTION and not record.redacted:
+            authorised.update(_redacted_seqs(record.details))
         if record.seq != expected_seq:
             return count, ChainProblem(
                 expected_seq, f"missing (found event {record.seq} next): events were deleted"
@@ -117,6 +134,11 @@ def verify_chain(
             return count, ChainProblem(record.seq, "content was edited (hash mismatch)")
         prev = record.hash
         expected_seq += 1
+    for seq in redacted:
+        if seq not in authorised:
+            return count, ChainProblem(
+                seq, "is marked redacted but no later audit.redact event records that"
+            )
     last_seq = expected_seq - 1
     if last_seq != head_seq or prev != head_hash:
         return count, ChainProblem(

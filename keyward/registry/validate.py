@@ -24,7 +24,7 @@ def has_control(text: str) -> bool:
 
 
 def username(value: str) -> str:
-    if not USERNAME_RE.match(value):
+    if not USERNAME_RE.fullmatch(value):
         raise UsageError(
             f"invalid username {value[:40]!r}: use a POSIX login name "
             "(lowercase letter or _, then lowercase letters, digits, _ or -, at most 32)"
@@ -33,7 +33,7 @@ def username(value: str) -> str:
 
 
 def role_name(value: str) -> str:
-    if not ROLE_RE.match(value):
+    if not ROLE_RE.fullmatch(value):
         raise UsageError(
             f"invalid role name {value[:40]!r}: lowercase letter, then lowercase letters, "
             "digits, _ or -"
@@ -42,7 +42,7 @@ def role_name(value: str) -> str:
 
 
 def customer(value: str) -> str:
-    if not CUSTOMER_RE.match(value):
+    if not CUSTOMER_RE.fullmatch(value):
         raise UsageError(f"invalid customer name {value[:40]!r}: letters, digits, _ . -")
     return value
 
@@ -61,6 +61,6 @@ def line(field: str, value: str, *, max_length: int = 500, required: bool = True
 
 def email(value: str) -> str:
     value = line("email", value, max_length=254)
-    if not EMAIL_RE.match(value):
+    if not EMAIL_RE.fullmatch(value):
         raise UsageError(f"invalid email address {value[:60]!r}")
     return value
