@@ -196,10 +196,22 @@ def test_planted_symlinks_are_not_followed(env: AgentEnv) -> None:
         for f in r["files"]
         if f["error"]
     ]
-    hosts_with_errors = {h for h, _, _ in errors}
-    assert env.hosts[0].name in hosts_with_errors
-    assert (env.hosts[0].name, env.deploy, "symlink") in errors
+    # A symlinked .ssh directory is refused and reported; nothing is written through it.
     assert {(a, e) for _, a, e in errors if a == env.app} == {(env.app, "symlink")}
+    assert (env.hosts[0].name, env.deploy, "symlink") not in errors
+    # A symlink as the file itself is replaced by a real file (rename over the entry, never
+    # following it), so sshd cannot keep reading keys through it.
+    assert deploy_file.is_file() and not deploy_file.is_symlink()
+    assert env.can_login(env.hosts[0], env.deploy, "alice")
+    replaced = [
+        c
+        for r in results
+        if r["host"] == env.hosts[0].name
+        for f in r["files"]
+        if f["account"] == env.deploy
+        for c in f["changes"]
+    ]
+    assert replaced[0]["reason"] == "symlink"
     assert target.read_text() == "precious\n"
     assert target.stat().st_mtime_ns == before.st_mtime_ns
     assert sorted(p.name for p in env.base.iterdir() if p.name.startswith("authorized")) == []

@@ -357,6 +357,7 @@ def test_read_present(agent: Agent, account: Account) -> None:
         1,
     )
     assert got["dir_ok"] is True
+    assert got["replaceable"] is False
 
 
 def test_read_many_in_order(agent: Agent, account: Account) -> None:
@@ -371,6 +372,7 @@ def test_read_many_in_order(agent: Agent, account: Account) -> None:
         ],
     )
     states = [(f["state"], f["error"] and f["error"]["code"]) for f in reply["files"]]
+    assert [f["replaceable"] for f in reply["files"]] == [False] * 4
     assert states == [
         ("present", None),
         ("error", "no_such_account"),
@@ -442,6 +444,7 @@ class Trap:
     plant: Callable[[Account, Path], list[Path]]  # returns paths that must not change
     read_code: str
     write_code: str
+    replaceable: bool = False  # only the final entry is wrong: "*" renames over it
 
 
 def _ssh_symlink_to_root_dir(acct: Account, base: Path) -> list[Path]:
@@ -537,11 +540,11 @@ def _home_world_writable_dir_symlink(acct: Account, base: Path) -> list[Path]:
 TRAPS = [
     Trap("ssh_symlink_to_root_dir", _ssh_symlink_to_root_dir, "symlink", "symlink"),
     Trap("ssh_relative_symlink", _ssh_symlink_relative, "symlink", "symlink"),
-    Trap("keys_symlink_to_root_file", _keys_symlink_to_root_file, "symlink", "symlink"),
+    Trap("keys_symlink_to_root_file", _keys_symlink_to_root_file, "symlink", "symlink", True),
     Trap("home_component_symlink", _home_component_symlink, "symlink", "symlink"),
     Trap("ssh_is_a_file", _ssh_is_a_file, "not_directory", "not_directory"),
-    Trap("keys_fifo", _keys_fifo, "fifo", "fifo"),
-    Trap("keys_socket", _keys_socket, "not_regular", "not_regular"),
+    Trap("keys_fifo", _keys_fifo, "fifo", "fifo", True),
+    Trap("keys_socket", _keys_socket, "not_regular", "not_regular", True),
     Trap("keys_directory", _keys_directory, "not_regular", "not_regular"),
     Trap("ssh_owned_by_other", _ssh_owned_by_other, "", "bad_owner"),
     Trap("world_writable_hop", _home_world_writable_dir_symlink, "symlink", "symlink"),
@@ -561,17 +564,35 @@ def test_trap(agent: Agent, account: Account, base: Path, trap: Trap) -> None:
         assert got["error"]["code"] == trap.read_code, got
         assert got["content_b64"] is None
         assert got["sha256"] is None
+    assert got["replaceable"] is trap.replaceable, got
     if trap.name not in ("home_component_symlink", "world_writable_hop"):  # they move home
         assert got["path"] == str(account.keys)
 
-    for expect in ("*", None, sha(KEY)):
+    # A hash or null never replaces a trap; "*" replaces only a replaceable final entry.
+    expects = (None, sha(KEY)) if trap.replaceable else ("*", None, sha(KEY))
+    for expect in expects:
         reply = agent.write(account.name, b"ssh-ed25519 AAAA attacker-wins\n", expect)
         assert reply["ok"] is False, reply
         assert reply["error"]["code"] == trap.write_code, reply
         assert reply["error"]["message"]
-    assert time.monotonic() - started < 10, "traps must not make the agent wait"
-
     assert {p: snapshot(p) for p in protected} == before
+
+    if trap.replaceable:
+        reply = agent.write(account.name, KEY, "*")
+        assert reply["ok"] is True, reply
+        assert reply["sha256"] == sha(KEY)
+        st = account.keys.lstat()
+        assert stat.S_ISREG(st.st_mode)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+            account.uid,
+            account.gid,
+            0o600,
+        )
+        assert account.keys.read_bytes() == KEY
+        # What the old entry pointed at is untouched: rename replaced the entry only.
+        rest = [p for p in protected if p != account.keys]
+        assert {p: snapshot(p) for p in rest} == {p: before[p] for p in rest}
+    assert time.monotonic() - started < 10, "traps must not make the agent wait"
     assert temps(*dirs) == []
 
 
@@ -592,6 +613,7 @@ def test_hardlink_to_root_file(agent: Agent, account: Account, base: Path) -> No
     assert got["content_b64"] is None
     assert got["sha256"] is None
     assert got["nlink"] == 2
+    assert got["replaceable"] is True
 
     refused = agent.write(account.name, KEY, sha(before.content or b""))
     assert refused["ok"] is False
@@ -618,6 +640,7 @@ def test_too_large_file(agent: Agent, account: Account) -> None:
     assert got["state"] == "error"
     assert got["error"]["code"] == "too_large"
     assert got["content_b64"] is None
+    assert got["replaceable"] is True
     refused = agent.write(account.name, KEY, None)
     assert refused["error"]["code"] == "changed"
     assert account.keys.stat().st_size == 2 << 20
@@ -647,8 +670,11 @@ def test_non_utf8_round_trip(agent: Agent, account: Account) -> None:
 
 def test_write_fixes_owner_mode_and_ssh_dir(agent: Agent, account: Account) -> None:
     account.setup_keys()
-    os.chown(account.keys, 0, 0)
+    os.chown(account.keys, account.uid, 0)  # the user's own file: still read and compared
     account.keys.chmod(0o666)
+    got = agent.read(account.name)
+    assert got["state"] == "present"
+    assert got["owner_ok"] is False
     account.ssh.chmod(0o777)
     reply = agent.write(account.name, KEY + KEY, sha(KEY))
     assert reply["ok"] is True, reply
@@ -810,3 +836,296 @@ def test_write_reads_back_through_fresh_open(agent: Agent, account: Account) -> 
     got = agent.read(account.name)
     assert got["state"] == "present"
     assert got["content_b64"] == ""
+
+
+# ------------------------------------------------------------------- security review fixes
+
+
+def _in_process_write(
+    account: Account, content: bytes, expect: str | None, **fields: Any
+) -> dict[str, Any]:
+    req = {
+        "account": account.name,
+        "pattern": DEFAULT,
+        "content_b64": b64(content),
+        "expect_sha256": expect,
+        "create_dir": False,
+    }
+    req.update(fields)
+    return remote.op_write(req)
+
+
+def test_root_file_moved_into_ssh_is_not_read(agent: Agent, account: Account, base: Path) -> None:
+    # The user renames a root-only file (say ~/.viminfo holding a secret) to authorized_keys.
+    account.ssh.mkdir(mode=0o700)
+    os.chown(account.ssh, account.uid, account.gid)
+    secret = root_file(base, b"root-only secret\n")
+    viminfo = account.home / ".viminfo"
+    secret.rename(viminfo)
+    viminfo.rename(account.keys)
+    before = snapshot(account.keys)
+
+    got = agent.read(account.name)
+    assert got["state"] == "error", got
+    assert got["error"]["code"] == "foreign_owner"
+    assert str(account.keys) in got["error"]["message"]
+    assert "uid 0" in got["error"]["message"]
+    assert got["content_b64"] is None
+    assert got["sha256"] is None
+    assert got["uid"] == 0
+    assert got["owner_ok"] is False
+    assert got["replaceable"] is True
+
+    # Not even the right hash gets it compared (let alone kept): the content is never read.
+    for expect in (sha(b"root-only secret\n"), None):
+        refused = agent.write(account.name, KEY, expect)
+        assert refused["ok"] is False
+        assert refused["error"]["code"] == "changed"
+        assert refused["sha256"] is None
+    assert snapshot(account.keys) == before
+
+    reply = agent.write(account.name, KEY, "*")
+    assert reply["ok"] is True, reply
+    assert (reply["uid"], reply["gid"], reply["mode"]) == (account.uid, account.gid, 0o600)
+    assert account.keys.read_bytes() == KEY
+    assert temps(account.ssh) == []
+
+
+def test_foreign_owner_in_root_owned_directory(agent: Agent, account: Account, base: Path) -> None:
+    central = root_dir(base)
+    pattern = f"{central}/%u"
+    keys = central / account.name
+    keys.write_bytes(KEY)
+    os.chown(keys, account.uid, account.gid)  # the account's own: read
+    got = agent.read(account.name, pattern)
+    assert got["state"] == "present"
+    assert got["sha256"] == sha(KEY)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(keys, nobody.pw_uid, nobody.pw_gid)  # someone else's: not read
+    got = agent.read(account.name, pattern)
+    assert got["state"] == "error"
+    assert got["error"]["code"] == "foreign_owner"
+    assert f"uid {nobody.pw_uid}" in got["error"]["message"]
+    assert got["content_b64"] is None
+    assert got["replaceable"] is True
+    os.chown(keys, 0, 0)  # root-owned, as a write would leave it: read
+    assert agent.read(account.name, pattern)["state"] == "present"
+
+
+def test_star_replaces_fifo_without_opening_it(agent: Agent, account: Account) -> None:
+    account.ssh.mkdir(mode=0o700)
+    os.chown(account.ssh, account.uid, account.gid)
+    os.mkfifo(account.keys, 0o600)
+    os.chown(account.keys, account.uid, account.gid)
+    spare = account.home / "fifo-spare"
+    os.link(account.keys, spare)  # the same FIFO, reachable after the entry is replaced
+    opened = threading.Event()
+
+    def writer() -> None:
+        fd = os.open(spare, os.O_WRONLY)  # blocks until someone opens the FIFO for reading
+        opened.set()
+        os.close(fd)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        got = agent.read(account.name)
+        assert got["error"]["code"] == "fifo"
+        assert got["replaceable"] is True
+        for expect in (None, sha(KEY)):
+            assert agent.write(account.name, KEY, expect)["error"]["code"] == "fifo"
+        reply = agent.write(account.name, KEY, "*")
+        assert reply["ok"] is True, reply
+        assert time.monotonic() - started < 10
+        assert not opened.is_set(), "the FIFO was opened"
+        assert account.keys.read_bytes() == KEY
+        assert stat.S_ISFIFO(spare.lstat().st_mode)
+        assert spare.lstat().st_nlink == 1
+    finally:
+        release = os.open(spare, os.O_RDONLY | os.O_NONBLOCK)
+        thread.join(5)
+        os.close(release)
+    assert opened.is_set()  # the writer really was waiting on that FIFO
+    assert temps(account.ssh) == []
+
+
+def test_directory_in_place_of_keys_is_not_replaceable(agent: Agent, account: Account) -> None:
+    account.ssh.mkdir(mode=0o700)
+    os.chown(account.ssh, account.uid, account.gid)
+    account.keys.mkdir()
+    got = agent.read(account.name)
+    assert got["error"]["code"] == "not_regular"
+    assert got["replaceable"] is False
+    assert agent.write(account.name, KEY, "*")["error"]["code"] == "not_regular"
+    assert account.keys.is_dir()
+
+
+@pytest.mark.parametrize("decoy_kind", ["root_not_empty", "root_0755", "user_owned"])
+def test_make_dir_race_is_refused(
+    account: Account, monkeypatch: pytest.MonkeyPatch, decoy_kind: str
+) -> None:
+    decoy = account.home / "decoy"
+    decoy.mkdir(mode=0o700)
+    decoy.chmod(0o755 if decoy_kind == "root_0755" else 0o700)
+    if decoy_kind == "root_not_empty":
+        (decoy / "secret").write_bytes(b"root only\n")
+    if decoy_kind == "user_owned":
+        os.chown(decoy, account.uid, account.gid)
+    before = snapshot(decoy)
+    real_mkdir = os.mkdir
+
+    def racing_mkdir(path: Any, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        os.rename(decoy, account.ssh)  # the user: mv -T ~/decoy ~/.ssh, before our open
+
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
+    reply = _in_process_write(account, KEY, None, create_dir=True)
+    monkeypatch.undo()
+    assert reply["ok"] is False, reply
+    assert reply["error"]["code"] == "race"
+    assert reply["created_dir"] is False
+    after = account.ssh.lstat()
+    assert (after.st_uid, after.st_mode) == (before.uid, before.mode)  # neither chowned nor chmoded
+    names = sorted(os.listdir(account.ssh))
+    assert names == (["secret"] if decoy_kind == "root_not_empty" else [])
+    if decoy_kind == "root_not_empty":
+        assert (account.ssh / "secret").stat().st_uid == 0
+
+
+def test_symlink_is_never_followed_after_a_user_owned_directory(
+    agent: Agent, account: Account, base: Path
+) -> None:
+    # A root-owned 0755 directory inside the user's home (as a FUSE mount could present one)
+    # holding a symlink to a root directory: the walk has already been through the user's home.
+    target = root_dir(base)
+    (target / ".ssh").mkdir(mode=0o700)
+    secret = target / ".ssh" / "authorized_keys"
+    secret.write_bytes(b"root-owned keys\n")
+    inner = account.home / "sys"
+    inner.mkdir()
+    os.chown(inner, 0, 0)
+    inner.chmod(0o755)
+    (inner / "link").symlink_to(target)
+    before = snapshot(secret)
+    pattern = "%h/sys/link/.ssh/authorized_keys"
+    got = agent.read(account.name, pattern)
+    assert got["state"] == "error", got
+    assert got["error"]["code"] == "symlink"
+    assert got["content_b64"] is None
+    assert got["replaceable"] is False
+    for expect in ("*", None):
+        reply = agent.write(account.name, KEY, expect, pattern=pattern, create_dir=True)
+        assert reply["error"]["code"] == "symlink", reply
+    assert snapshot(secret) == before
+    assert temps(target / ".ssh") == []
+
+
+def test_mountinfo_parser(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+        "90 27 0:77 / /home/u/m rw,nosuid shared:5 master:1 - fuse.sshfs u@h:/ rw\n"
+        "91 27 8:1 / /home/u/n rw - fuseblk /dev/sda1 rw\n"
+        "garbage\n"
+    )
+    types = remote.read_mount_types(str(info))
+    assert types == {
+        os.makedev(0, 21): "proc",
+        os.makedev(0, 77): "fuse.sshfs",
+        os.makedev(8, 1): "fuseblk",
+    }
+    assert remote.read_mount_types(str(tmp_path / "absent")) is None
+
+
+def test_fuse_directory_is_not_entered(
+    account: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mnt = account.home / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        pattern = "%h/mnt/keys"
+        assert remote.read_one(account.name, pattern)["state"] == "missing"
+        dev = mnt.stat().st_dev
+        fake = tmp_path / "mountinfo"
+        fake.write_text(
+            f"900 1 {os.major(dev)}:{os.minor(dev)} / {mnt} rw - fuse.sshfs u@h:/ rw,user_id=1\n"
+        )
+        monkeypatch.setattr(remote, "MOUNTINFO", str(fake))
+        got = remote.read_one(account.name, pattern)
+        assert got["state"] == "error"
+        assert got["error"]["code"] == "untrusted_fs"
+        assert str(mnt) in got["error"]["message"]
+        reply = _in_process_write(account, KEY, None, pattern=pattern)
+        assert reply["error"]["code"] == "untrusted_fs"
+        assert os.listdir(mnt) == []
+        monkeypatch.setattr(remote, "MOUNTINFO", str(tmp_path / "no-proc"))  # check skipped
+        assert remote.read_one(account.name, pattern)["state"] == "missing"
+    finally:
+        subprocess.run(["umount", str(mnt)], timeout=30, check=True)
+
+
+def test_stale_temp_sweep_is_capped_and_runs_before_compare(agent: Agent, account: Account) -> None:
+    account.setup_keys()
+    old = time.time() - 3600
+    for i in range(remote.MAX_SWEEP_UNLINK + 5):
+        path = account.ssh / f".keyward-{i:08x}.tmp"
+        path.write_bytes(b"partial")
+        os.chown(path, account.uid, account.gid)
+        os.utime(path, (old, old))
+    refused = agent.write(account.name, b"new\n", sha(b"not what is there"))
+    assert refused["error"]["code"] == "changed"
+    assert refused["removed_temps"] == remote.MAX_SWEEP_UNLINK
+    assert len(temps(account.ssh)) == 5
+    reply = agent.write(account.name, b"new\n", sha(KEY))
+    assert reply["ok"] is True, reply
+    assert reply["removed_temps"] == 5
+    assert temps(account.ssh) == []
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_change_during_write_is_detected_before_rename(
+    account: Account, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    if existing:
+        account.setup_keys()
+    else:
+        account.ssh.mkdir(mode=0o700)
+        os.chown(account.ssh, account.uid, account.gid)
+    real_write_all = remote._write_all
+
+    def user_edits_meanwhile(fd: int, data: bytes) -> None:
+        real_write_all(fd, data)
+        with open(account.keys, "ab") as fh:  # the user edits between the check and the rename
+            fh.write(b"# user edit\n")
+
+    monkeypatch.setattr(remote, "_write_all", user_edits_meanwhile)
+    reply = _in_process_write(account, b"new\n", sha(KEY) if existing else None)
+    assert reply["ok"] is False, reply
+    assert reply["error"]["code"] == "changed"
+    expected = (KEY if existing else b"") + b"# user edit\n"
+    assert account.keys.read_bytes() == expected
+    assert temps(account.ssh) == []
+    forced = _in_process_write(account, b"new\n", "*")  # "*" replaces whatever is there
+    assert forced["ok"] is True, forced
+    assert account.keys.read_bytes() == b"new\n"
+    assert temps(account.ssh) == []
+
+
+def test_read_request_file_count_is_capped(agent: Agent) -> None:
+    assert agent.call("hello")["max_read_files"] == remote.MAX_READ_FILES
+    entry = {"account": "kwnosuchuser", "pattern": DEFAULT}
+    too_many = agent.call("read", files=[entry] * (remote.MAX_READ_FILES + 1))
+    assert too_many["ok"] is False
+    assert too_many["error"]["code"] == "bad_request"
+    at_cap = agent.call("read", timeout=60, files=[entry] * remote.MAX_READ_FILES)
+    assert at_cap["ok"] is True
+    assert len(at_cap["files"]) == remote.MAX_READ_FILES

@@ -8,27 +8,39 @@ request object per line on stdin, one reply object per line on stdout, until EOF
 Every reply carries ``id`` (the request's) and ``ok``. Operations:
 
 ``hello``
-    ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``.
+    ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``, ``max_read_files``.
 ``read``
-    ``files: [{account, pattern}, ...]`` -> ``files: [...]`` in the same order, each with
-    ``account, path, state (present|missing|error), content_b64, sha256, uid, gid, mode,
-    nlink, dir_ok, error``.
+    ``files: [{account, pattern}, ...]`` (at most ``MAX_READ_FILES``, else ``bad_request``)
+    -> ``files: [...]`` in the same order, each with ``account, path, state
+    (present|missing|error), content_b64, sha256, uid, gid, mode, nlink, dir_ok, owner_ok,
+    replaceable, error``. ``replaceable`` is true only for an error that lies in the final
+    directory entry alone (codes ``hardlink``, ``too_large``, ``foreign_owner``, and a final
+    entry that is a ``symlink``, ``fifo`` or a socket/device ``not_regular``, but not a
+    directory), which a write with ``expect_sha256 "*"`` replaces by renaming over the entry
+    without following or opening it. A file owned by neither the account nor the owner a write
+    would give it is never read: ``foreign_owner``.
 ``write``
     ``account, pattern, content_b64, expect_sha256 (hex | null = expect missing | "*"),
     create_dir`` -> ``ok, path, sha256, uid, gid, mode, dir_ok, fixed_dir_mode, created_dir,
     removed_temps, error``. Compare-and-swap: refused with code ``changed`` when the file is
-    not what the caller last saw.
+    not what the caller last saw, checked again (inode, size, mtime, ctime) just before the
+    rename. With a hash or null, a symlink, FIFO or other non-regular entry is refused with its
+    own code, a hard link, oversized or foreign-owned file with ``changed``; ``"*"`` replaces
+    every replaceable entry.
 ``sshd_config``
     ``sshd -T`` as ``settings: {lowercased key: value}`` (repeated keys joined by newlines);
     optional ``user`` evaluates Match blocks for that user (``-C``).
 
 Every path is walked from ``/`` one component at a time through directory file descriptors
 opened with ``O_NOFOLLOW``. A symbolic link is followed only when it sits in a directory owned
-by root and not writable by group or others; anywhere else it is refused. The file itself is
-never followed, never read when it has more than one link, is not a regular file or is larger
-than ``MAX_FILE_SIZE``, and never written in place: the new content goes to a fresh temporary
-file in the same directory, gets its owner and mode through its descriptor, and is renamed over
-the old entry.
+by root and not writable by group or others, and only while every directory entered so far in
+the walk was such a directory; anywhere else it is refused (``symlink``). A directory on a FUSE
+file system (other than the root file system's) is never entered (``untrusted_fs``). The file
+itself is never followed, never read when it has more than one link, is not a regular file, is
+larger than ``MAX_FILE_SIZE`` or has a foreign owner, and never written in place: the new
+content goes to a fresh temporary file in the same directory, gets its owner and mode through
+its descriptor, and is renamed over the old entry. A directory created for the file is taken
+over (chowned) only if it is still the empty root-owned 0700 directory just made (``race``).
 """
 
 from __future__ import annotations
@@ -58,6 +70,10 @@ MAX_LINE = 4 << 20
 MAX_SYMLINK_HOPS = 40
 MAX_PATH = 4096
 STALE_TEMP_AGE = 60.0
+MAX_SWEEP_SCAN = 10_000  # directory entries looked at per stale-temp sweep
+MAX_SWEEP_UNLINK = 100  # stale temp files removed per sweep
+MAX_READ_FILES = 1_000  # files per read request
+MOUNTINFO = "/proc/self/mountinfo"
 SSHD_TIMEOUT = 30.0
 
 ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
@@ -69,8 +85,8 @@ O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
-# A hard link or an oversized file is not read, but a write may replace its directory entry.
-REPLACEABLE = ("hardlink", "too_large")
+# Problems that leave the content unread; a write expecting a hash or null sees "changed".
+UNREAD = ("hardlink", "too_large", "foreign_owner")
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -81,10 +97,12 @@ def _one_line(text: str, limit: int = 500) -> str:
 class Refused(Exception):
     """A per-file failure with a protocol error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, replaceable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = _one_line(message)
+        # Only the final directory entry is at fault; renaming over it replaces it safely.
+        self.replaceable = replaceable
 
     def as_json(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -126,6 +144,38 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _untrusted_fs_type(fstype: str) -> bool:
+    """A file system whose content a user-space daemon (perhaps the user's) makes up."""
+    return fstype in ("fuse", "fuseblk") or fstype.startswith(("fuse.", "fuseblk."))
+
+
+def read_mount_types(path: str | None = None) -> dict[int, str] | None:
+    """``st_dev`` -> file system type, from mountinfo; None when it cannot be read."""
+    try:
+        with open(path or MOUNTINFO, "rb") as fh:
+            text = fh.read(16 << 20).decode("utf-8", "replace")
+    except OSError:
+        return None
+    types: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            major, minor = fields[2].split(":")
+            sep = fields.index("-", 6)
+            dev = os.makedev(int(major), int(minor))
+            fstype = fields[sep + 1]
+        except (IndexError, ValueError):
+            continue
+        if dev not in types or _untrusted_fs_type(fstype):
+            types[dev] = fstype
+    return types
+
+
+def _is_empty_dir(fd: int) -> bool:
+    with os.scandir(fd) as entries:
+        return next(iter(entries), None) is None
+
+
 class _Dir:
     __slots__ = ("fd", "path", "st")
 
@@ -141,6 +191,11 @@ class Walker:
     def __init__(self) -> None:
         fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.stack = [_Dir(fd, "/", os.fstat(fd))]
+        self.root_dev = self.stack[0].st.st_dev
+        # Set for good once the walk has entered a directory a user may change.
+        self.tainted = not _trusted_dir(self.stack[0].st)
+        self.mount_types: dict[int, str] | None = None
+        self.mount_types_read = False
 
     def __enter__(self) -> Walker:
         return self
@@ -166,10 +221,29 @@ class Walker:
     def _push(self, fd: int, path: str) -> None:
         try:
             st = os.fstat(fd)
+            fstype = self._fs_type(st)
         except OSError:
             os.close(fd)
             raise
+        if fstype is not None and _untrusted_fs_type(fstype):
+            os.close(fd)
+            raise Refused(
+                "untrusted_fs", f"{path} is on a {fstype} file system; refusing to enter it"
+            )
+        if not _trusted_dir(st):
+            self.tainted = True
         self.stack.append(_Dir(fd, path, st))
+
+    def _fs_type(self, st: os.stat_result) -> str | None:
+        """The file system type of a directory not on the root file system, if known."""
+        if st.st_dev == self.root_dev:
+            return None  # whoever serves / is trusted already
+        if not self.mount_types_read:
+            self.mount_types = read_mount_types()
+            self.mount_types_read = True
+        if self.mount_types is None:
+            return None  # no /proc: the check is skipped
+        return self.mount_types.get(st.st_dev)
 
     def walk(self, components: list[str]) -> None:
         """Descend through directory ``components``, following only trusted symlinks."""
@@ -218,6 +292,12 @@ class Walker:
                 f"{path} is a symbolic link in {parent.path}, which is not a root-owned directory "
                 "closed to group and others; refusing to follow it",
             )
+        if self.tainted:
+            raise Refused(
+                "symlink",
+                f"{path} is a symbolic link reached through a directory that is not root-owned "
+                "and closed to group and others; refusing to follow it",
+            )
         try:
             target = os.readlink(name, dir_fd=parent.fd)
         except OSError as exc:
@@ -233,7 +313,7 @@ class Walker:
         try:
             os.mkdir(name, 0o700, dir_fd=parent.fd)
         except FileExistsError:
-            pass  # raced with someone: whatever is there now is checked by the open below
+            pass  # raced with someone: whatever is there now is checked after the open below
         except OSError as exc:
             raise _os_refusal(exc, f"cannot create directory {path}") from None
         try:
@@ -242,6 +322,22 @@ class Walker:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                 raise Refused("symlink", f"{path} was replaced while being created") from None
             raise _os_refusal(exc, f"cannot open directory {path}") from None
+        try:
+            st = os.fstat(fd)
+            empty = _is_empty_dir(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise _os_refusal(exc, f"cannot inspect new directory {path}") from None
+        # Only what we just made may be handed over: the user can rename another directory
+        # into its place between the mkdir and the open (setgid may come from the parent).
+        if st.st_uid != 0 or st.st_mode & 0o777 != 0o700 or not empty:
+            os.close(fd)
+            raise Refused(
+                "race",
+                f"{path} was replaced while being created (found owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}, {'empty' if empty else 'not empty'}); "
+                "not taking it over",
+            )
         self._push(fd, path)
         try:
             os.fchown(fd, uid, gid)
@@ -252,20 +348,30 @@ class Walker:
             raise _os_refusal(exc, f"cannot set up directory {path}") from None
 
 
-class Current:
-    """What the final path component is now: missing, unusable (``problem``) or content."""
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What must not change between the compare-and-swap check and the rename."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    __slots__ = ("data", "problem", "st")
+
+class Current:
+    """What the final path component is now: missing, unusable (``problem``) or content.
+
+    ``sig`` is the entry's :func:`_signature` as seen (None when it was absent).
+    """
+
+    __slots__ = ("data", "problem", "sig", "st")
 
     def __init__(
         self,
         st: os.stat_result | None = None,
         data: bytes | None = None,
         problem: Refused | None = None,
+        sig: tuple[int, int, int, int] | None = None,
     ) -> None:
         self.st = st
         self.data = data
         self.problem = problem
+        self.sig = sig
 
     @property
     def missing(self) -> bool:
@@ -275,19 +381,39 @@ class Current:
 def _classify(st: os.stat_result, path: str) -> Refused | None:
     mode = st.st_mode
     if stat.S_ISLNK(mode):
-        return Refused("symlink", f"{path} is a symbolic link; refusing to follow it")
+        return _classify_link(path)
     if stat.S_ISFIFO(mode):
-        return Refused("fifo", f"{path} is a FIFO, not a regular file")
+        return Refused("fifo", f"{path} is a FIFO, not a regular file", replaceable=True)
+    if stat.S_ISDIR(mode):
+        # rename(2) cannot put a file in place of a directory: not replaceable.
+        return Refused("not_regular", f"{path} is a directory, not a regular file")
     if not stat.S_ISREG(mode):
-        return Refused("not_regular", f"{path} is not a regular file")
+        return Refused("not_regular", f"{path} is not a regular file", replaceable=True)
     if st.st_nlink > 1:
-        return Refused("hardlink", f"{path} has {st.st_nlink} hard links; its content is not read")
+        return Refused(
+            "hardlink",
+            f"{path} has {st.st_nlink} hard links; its content is not read",
+            replaceable=True,
+        )
     if st.st_size > MAX_FILE_SIZE:
         return Refused(
             "too_large",
             f"{path} is {st.st_size} bytes, more than the {MAX_FILE_SIZE} allowed",
+            replaceable=True,
         )
     return None
+
+
+def _check_owner(st: os.stat_result, path: str, owners: tuple[int, ...] | None) -> Refused | None:
+    if owners is None or st.st_uid in owners:
+        return None
+    allowed = " or ".join(str(uid) for uid in owners)
+    return Refused(
+        "foreign_owner",
+        f"{path} is owned by uid {st.st_uid}, not by the account or the owner a write would "
+        f"give it (uid {allowed}); its content is not read",
+        replaceable=True,
+    )
 
 
 def _read_bounded(fd: int, limit: int) -> bytes:
@@ -302,17 +428,23 @@ def _read_bounded(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def inspect_file(parent: _Dir, name: str, path: str) -> Current:
-    """Look at ``name`` in ``parent`` without following it; read it only if it is safe."""
+def inspect_file(
+    parent: _Dir, name: str, path: str, owners: tuple[int, ...] | None = None
+) -> Current:
+    """Look at ``name`` in ``parent`` without following it; read it only if it is safe.
+
+    ``owners``: the uids the file may belong to for its content to be read.
+    """
     try:
         lst = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
     except FileNotFoundError:
         return Current()
     except OSError as exc:
         raise _os_refusal(exc, f"cannot inspect {path}") from None
-    problem = _classify(lst, path)
+    problem = _classify(lst, path) or _check_owner(lst, path, owners)
     if problem is not None:
-        return Current(None if problem.code == "symlink" else lst, None, problem)
+        st_out = None if problem.code == "symlink" else lst
+        return Current(st_out, None, problem, _signature(lst))
     try:
         fd = os.open(name, O_READ, dir_fd=parent.fd)
     except FileNotFoundError:
@@ -321,27 +453,29 @@ def inspect_file(parent: _Dir, name: str, path: str) -> Current:
         if exc.errno == errno.ELOOP:
             return Current(None, None, _classify_link(path))
         if exc.errno == errno.ENXIO:
-            return Current(None, None, Refused("not_regular", f"{path} is a socket"))
+            return Current(None, None, Refused("not_regular", f"{path} is a socket", True))
         if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
             return Current(lst, None, Refused("io", f"{path} is locked by a lease"))
         raise _os_refusal(exc, f"cannot open {path}") from None
     try:
+        # The entry may have been swapped since the lstat: judge what was actually opened.
         st = os.fstat(fd)
-        problem = _classify(st, path)
+        problem = _classify(st, path) or _check_owner(st, path, owners)
         if problem is not None:
-            return Current(st, None, problem)
+            return Current(st, None, problem, _signature(st))
         data = _read_bounded(fd, MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise _os_refusal(exc, f"cannot read {path}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_SIZE:
-        return Current(st, None, Refused("too_large", f"{path} grew past {MAX_FILE_SIZE} bytes"))
-    return Current(st, data, None)
+        problem = Refused("too_large", f"{path} grew past {MAX_FILE_SIZE} bytes", True)
+        return Current(st, None, problem, _signature(st))
+    return Current(st, data, None, _signature(st))
 
 
 def _classify_link(path: str) -> Refused:
-    return Refused("symlink", f"{path} is a symbolic link; refusing to follow it")
+    return Refused("symlink", f"{path} is a symbolic link; refusing to follow it", True)
 
 
 class Target:
@@ -471,6 +605,7 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
         "nlink": None,
         "dir_ok": False,
         "owner_ok": True,
+        "replaceable": False,
         "error": None,
     }
     try:
@@ -485,7 +620,8 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
                 return result
             result["dir_ok"] = target.dir_ok(walker)
             walker_parent_st = walker.top.st
-            current = inspect_file(walker.top, target.name, target.path)
+            owners = _allowed_owners(target, walker_parent_st)
+            current = inspect_file(walker.top, target.name, target.path, owners)
     except Refused as exc:
         result["error"] = exc.as_json()
         return result
@@ -496,6 +632,7 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
     result["owner_ok"] = _owner_matches(target, walker_parent_st, current.st)
     if current.problem is not None:
         result["error"] = current.problem.as_json()
+        result["replaceable"] = current.problem.replaceable
     elif current.data is None:
         result["state"] = "missing"
     else:
@@ -503,6 +640,13 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
         result["content_b64"] = base64.b64encode(current.data).decode("ascii")
         result["sha256"] = _sha256(current.data)
     return result
+
+
+def _allowed_owners(target: Target, parent_st: os.stat_result) -> tuple[int, ...]:
+    """Who may own a file whose content is read: the account, or who a write would make it."""
+    if parent_st.st_uid == 0:
+        return (target.uid, 0)
+    return (target.uid,)
 
 
 def _owner_matches(target: Target, parent_st: os.stat_result, st: os.stat_result | None) -> bool:
@@ -522,6 +666,8 @@ def op_read(req: dict[str, Any]) -> dict[str, Any]:
     files = req.get("files")
     if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
         raise BadRequest("files must be a list of {account, pattern} objects")
+    if len(files) > MAX_READ_FILES:
+        raise BadRequest(f"at most {MAX_READ_FILES} files per read request, got {len(files)}")
     return {"ok": True, "files": [read_one(f.get("account"), f.get("pattern")) for f in files]}
 
 
@@ -582,27 +728,34 @@ def _check_expected(target: Target, current: Current, expect: str | None) -> Non
 
 
 def remove_stale_temps(parent: _Dir, uid: int) -> int:
-    """Remove ``.keyward-*.tmp`` files left by a crashed run (regular, ours or the user's)."""
+    """Remove ``.keyward-*.tmp`` files left by a crashed run (regular, ours or the user's).
+
+    Bounded: looks at most at ``MAX_SWEEP_SCAN`` entries and removes at most
+    ``MAX_SWEEP_UNLINK`` files, so a directory stuffed by the user cannot stall a write.
+    """
     removed = 0
+    now = time.time()
     try:
-        names = os.listdir(parent.fd)
+        with os.scandir(parent.fd) as entries:
+            for scanned, entry in enumerate(entries, 1):
+                if scanned > MAX_SWEEP_SCAN or removed >= MAX_SWEEP_UNLINK:
+                    break
+                name = entry.name
+                if not TEMP_RE.fullmatch(name):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+                    if (
+                        stat.S_ISREG(st.st_mode)
+                        and st.st_uid in (0, uid)
+                        and now - st.st_mtime > STALE_TEMP_AGE
+                    ):
+                        os.unlink(name, dir_fd=parent.fd)
+                        removed += 1
+                except OSError:
+                    continue
     except OSError as exc:
         raise _os_refusal(exc, f"cannot list {parent.path}") from None
-    now = time.time()
-    for name in names:
-        if not TEMP_RE.fullmatch(name):
-            continue
-        try:
-            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-            if (
-                stat.S_ISREG(st.st_mode)
-                and st.st_uid in (0, uid)
-                and now - st.st_mtime > STALE_TEMP_AGE
-            ):
-                os.unlink(name, dir_fd=parent.fd)
-                removed += 1
-        except OSError:
-            continue
     return removed
 
 
@@ -615,10 +768,36 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def replace_file(
-    parent: _Dir, name: str, path: str, data: bytes, owner: tuple[int, int, int]
+def entry_unchanged(
+    parent: _Dir, name: str, path: str, sig: tuple[int, int, int, int] | None
 ) -> None:
-    """Write ``data`` to a fresh temp file and rename it over ``name``; all via ``parent.fd``."""
+    """Refuse with ``changed`` unless ``name`` is still what the compare-and-swap saw."""
+    try:
+        lst = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        now = None
+    except OSError as exc:
+        raise _os_refusal(exc, f"cannot inspect {path}") from None
+    else:
+        now = _signature(lst)
+    if now != sig:
+        raise Refused("changed", f"{path} changed while the new content was being written")
+
+
+def replace_file(
+    parent: _Dir,
+    name: str,
+    path: str,
+    data: bytes,
+    owner: tuple[int, int, int],
+    check: bool = False,
+    sig: tuple[int, int, int, int] | None = None,
+) -> None:
+    """Write ``data`` to a fresh temp file and rename it over ``name``; all via ``parent.fd``.
+
+    With ``check``, the entry must still have signature ``sig`` (None: still be absent) right
+    before the rename; otherwise the temp file is removed and the write refused (``changed``).
+    """
     for _ in range(32):
         tmp = f".keyward-{secrets.token_hex(4)}.tmp"
         try:
@@ -642,6 +821,9 @@ def replace_file(
         step = "closing"
         closing, fd = fd, -1
         os.close(closing)
+        step = "checking"
+        if check:
+            entry_unchanged(parent, name, path, sig)
         step = "renaming over"
         os.rename(tmp, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
     except BaseException as exc:
@@ -705,7 +887,6 @@ def _write_in(
 ) -> None:
     try:
         target.open_parent(walker)
-        current = None
     except Missing as exc:
         parent = walker.top
         creatable = (
@@ -717,19 +898,22 @@ def _write_in(
         if not create_dir or not creatable:
             why = "create_dir is false" if not create_dir else "only a directory in home is made"
             raise Refused("not_directory", f"directory {exc.path} does not exist ({why})") from None
-        current = Current()
-        _check_expected(target, current, expect)
+        _check_expected(target, Current(), expect)
         walker.make_dir(exc.path.rsplit("/", 1)[-1], target.uid, target.gid)
         reply["created_dir"] = True
     parent = walker.top
     owner = _owner_for(target, parent)
-    if current is None:
-        current = inspect_file(parent, target.name, target.path)
-        if current.st is not None:
-            reply["sha256"] = None if current.data is None else _sha256(current.data)
-        if current.problem is not None and current.problem.code not in REPLACEABLE:
-            raise current.problem
-        _check_expected(target, current, expect)
+    # Sweep first, so nothing slow sits between the compare-and-swap check and the rename.
+    reply["removed_temps"] = remove_stale_temps(parent, target.uid)
+    current = inspect_file(parent, target.name, target.path, _allowed_owners(target, parent.st))
+    if current.st is not None:
+        reply["sha256"] = None if current.data is None else _sha256(current.data)
+    problem = current.problem
+    if problem is not None and (
+        not problem.replaceable or (expect != "*" and problem.code not in UNREAD)
+    ):
+        raise problem
+    _check_expected(target, current, expect)
     fixable = (
         parent.st.st_uid == target.uid
         and len(walker.stack) >= 2
@@ -743,9 +927,11 @@ def _write_in(
         except OSError as exc:
             raise _os_refusal(exc, f"cannot fix the mode of {parent.path}") from None
         reply["fixed_dir_mode"] = True
-    reply["removed_temps"] = remove_stale_temps(parent, target.uid)
-    replace_file(parent, target.name, target.path, content, owner)
-    after = inspect_file(parent, target.name, target.path)
+    # "*" replaces whatever the entry is by then; otherwise it must still be what was compared.
+    replace_file(
+        parent, target.name, target.path, content, owner, check=expect != "*", sig=current.sig
+    )
+    after = inspect_file(parent, target.name, target.path, _allowed_owners(target, parent.st))
     reply.update({k: v for k, v in _stat_fields(after.st).items() if k != "nlink"})
     reply["dir_ok"] = target.dir_ok(walker)
     if after.problem is not None:
@@ -768,6 +954,7 @@ def op_hello(req: dict[str, Any]) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "euid": os.geteuid(),
         "max_file_size": MAX_FILE_SIZE,
+        "max_read_files": MAX_READ_FILES,
     }
 
 
