@@ -132,7 +132,7 @@ def test_hand_added_key_is_removed_as_drift(env: AgentEnv) -> None:
     assert env.can_login(env.hosts[1], env.deploy, "alice")
     events = env.kw.ok("audit", "log", "--json", "--action", "host.drift-removed").json()
     assert len(events) == 1 and events[0]["subject"] == env.hosts[1].name
-    status = {s["host"]: s for s in env.kw.ok("status", "--json").json()}
+    status = {s["host"]: s for s in env.kw.ok("status", "--json").json()["hosts"]}
     assert status[env.hosts[1].name]["drift_found"] == 1
 
 
@@ -159,7 +159,7 @@ def test_unreachable_host_does_not_stop_the_others(env: AgentEnv) -> None:
     assert result.code == 1
     assert f"{down.name}:" in result.out and "cannot connect" in result.out
     assert env.can_login(env.hosts[0], env.deploy, "alice")
-    status = {s["host"]: s for s in env.kw.ok("status", "--json").json()}
+    status = {s["host"]: s for s in env.kw.ok("status", "--json").json()["hosts"]}
     assert status[down.name]["last_success"] is None
     assert status[down.name]["last_error"]
     assert status[env.hosts[0].name]["last_success"] is not None
@@ -247,7 +247,7 @@ def test_reconcile_on_each_backend_records_status(env_any_db: AgentEnv) -> None:
     env = env_any_db
     env.person_with_key("alice", "devops")
     reconcile(env)
-    status = env.kw.ok("status", "--json").json()
+    status = env.kw.ok("status", "--json").json()["hosts"]
     assert {s["host"] for s in status} == {h.name for h in env.hosts}
     assert all(s["last_error"] is None and s["last_success"] for s in status)
     files = status[0]["files"]

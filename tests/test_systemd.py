@@ -275,3 +275,37 @@ def test_parser_sees_dropped_directives() -> None:
     assert not same(last(weakened, "Service", "NoNewPrivileges"), "yes")
     dropped = parse_unit(re.sub(r"(?m)^ProtectSystem=.*\n", "", text))
     assert "ProtectSystem" not in dropped["Service"]
+
+
+# -- the daemon's service -----------------------------------------------------
+
+DAEMON = "keyward.service"
+
+
+def test_daemon_unit_verifies_cleanly(analyze: str, tmp_path: Path) -> None:
+    text = (UNIT_DIR / DAEMON).read_text()
+    assert f"ExecStart={DOCUMENTED_EXEC} daemon" in text
+    (tmp_path / DAEMON).write_text(
+        text.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
+    )
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", "--generators=no", DAEMON],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [ln for ln in (proc.stdout + proc.stderr).splitlines() if "keyward" in ln] == []
+
+
+def test_daemon_unit_is_hardened_notifying_and_restarting() -> None:
+    unit = parse_unit((UNIT_DIR / DAEMON).read_text())
+    for key, wanted in HARDENING.items():
+        assert same(last(unit, "Service", key), wanted), key
+    assert last(unit, "Service", "Type") == "notify"
+    assert last(unit, "Service", "Restart") == "on-failure"
+    assert last(unit, "Service", "ExecReload").endswith("-HUP $MAINPID")
+    assert last(unit, "Service", "CapabilityBoundingSet") == ""
+    assert "127.0.0.1:" in last(unit, "Service", "ExecStart")  # metrics on loopback only

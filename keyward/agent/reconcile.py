@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import asyncssh
+
 from keyward.agent.connection import Credentials, HostConnection
 from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import DesiredFile, FileTarget
@@ -153,49 +155,71 @@ async def _apply_file(conn: HostConnection, plan: FilePlan, ctx: RunContext) -> 
     return FileResult(plan, written=True, confirmed_sha256=reply.get("sha256"))
 
 
-async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
-    """Plan and (unless dry-run) apply one host; never raises for host problems."""
-    started = ctx.now
+async def sync_files(
+    conn: HostConnection, desired: list[DesiredFile], ctx: RunContext
+) -> HostResult:
+    """Read, plan and (unless dry-run) apply ``desired`` over an open connection.
+
+    Used by one-shot reconciles (all files of a host) and by the daemon (just the
+    files whose desired content changed, or all of them on a verification pass).
+    """
+    host = conn.host
+    started = _now(ctx)
     log = ctx.log.bind(host=host.name, run_id=ctx.run_id)
-    desired = files_of(host, ctx.desired)
+    replies = await conn.helper.read([(d.target.account, d.target.pattern) for d in desired])
+    observed = {
+        d.target: observed_from_reply(d.target, reply)
+        for d, reply in zip(desired, replies, strict=True)
+    }
+    plan = plan_host(
+        host.name, desired, observed, ctx.snapshot, ctx.now, ctx.agent_fingerprint, ctx.purge
+    )
+    if plan.refused:
+        log.error("plan_refused", reason=plan.refused)
+        return HostResult(host, started, _now(ctx), plan, error=plan.refused)
+    results: list[FileResult] = []
+    for file_plan in plan.files:
+        if file_plan.action == "error":
+            log.warning(
+                "file_unsafe",
+                account=file_plan.target.account,
+                path=file_plan.path,
+                code=file_plan.error_code,
+                error=file_plan.error,
+            )
+            results.append(FileResult(file_plan, error=file_plan.error))
+        elif file_plan.writes and not ctx.dry_run:
+            results.append(await _apply_file(conn, file_plan, ctx))
+        else:
+            results.append(FileResult(file_plan))
+    confirmations: tuple[Confirmation, ...] = ()
+    if ctx.watch and not ctx.dry_run:
+        confirmations = await _confirm(conn, desired, results, ctx)
+    return HostResult(host, started, _now(ctx), plan, tuple(results), None, confirmations)
+
+
+def failed(host: Host, started: datetime, ctx: RunContext, exc: Exception) -> HostResult:
+    """A HostResult for a host that could not be handled, logged as ``host_failed``."""
+    if isinstance(exc, HostError):
+        message = exc.message
+    else:
+        message = f"{host.name}: {type(exc).__name__}: {exc}"
+    ctx.log.bind(host=host.name, run_id=ctx.run_id).error("host_failed", error=message)
+    return HostResult(host, started, _now(ctx), error=message)
+
+
+HOST_FAILURES = (HostError, OSError, ValueError, KeyError, asyncssh.Error)
+
+
+async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
+    """Connect, sync every managed file of ``host``, disconnect; never raises for host problems."""
+    started = _now(ctx)
     conn: HostConnection | None = None
     try:
         conn = await HostConnection.open(host, ctx.creds)
-        replies = await conn.helper.read([(d.target.account, d.target.pattern) for d in desired])
-        observed = {
-            d.target: observed_from_reply(d.target, reply)
-            for d, reply in zip(desired, replies, strict=True)
-        }
-        plan = plan_host(host.name, desired, observed, ctx.snapshot, ctx.now, ctx.agent_fingerprint)
-        if plan.refused:
-            log.error("plan_refused", reason=plan.refused)
-            return HostResult(host, started, _now(ctx), plan, error=plan.refused)
-        results: list[FileResult] = []
-        for file_plan in plan.files:
-            if file_plan.action == "error":
-                log.warning(
-                    "file_unsafe",
-                    account=file_plan.target.account,
-                    path=file_plan.path,
-                    code=file_plan.error_code,
-                    error=file_plan.error,
-                )
-                results.append(FileResult(file_plan, error=file_plan.error))
-            elif file_plan.writes and not ctx.dry_run:
-                results.append(await _apply_file(conn, file_plan, ctx))
-            else:
-                results.append(FileResult(file_plan))
-        confirmations: tuple[Confirmation, ...] = ()
-        if ctx.watch and not ctx.dry_run:
-            confirmations = await _confirm(conn, desired, results, ctx)
-        return HostResult(host, started, _now(ctx), plan, tuple(results), None, confirmations)
-    except HostError as exc:
-        log.error("host_failed", error=exc.message)
-        return HostResult(host, started, _now(ctx), error=exc.message)
-    except (OSError, ValueError, KeyError) as exc:
-        message = f"{host.name}: {type(exc).__name__}: {exc}"
-        log.error("host_failed", error=message)
-        return HostResult(host, started, _now(ctx), error=message)
+        return await sync_files(conn, files_of(host, ctx.desired), ctx)
+    except HOST_FAILURES as exc:
+        return failed(host, started, ctx, exc)
     finally:
         if conn is not None:
             await conn.close()

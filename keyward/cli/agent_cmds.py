@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from sqlmodel import select
+from sqlmodel import col, select
 
 from keyward.agent.connection import Credentials
 from keyward.agent.lock import reconcile_lock
@@ -33,6 +33,9 @@ pass_app = click.make_pass_decorator(AppContext)
 EXIT_IN_SYNC = 0
 EXIT_FAILED = 1
 EXIT_PENDING = 3
+# A daemon holds the lock only for a push; a one-shot reconcile waits that long.
+LOCK_WAIT = 120.0
+DAEMON_STALE_AFTER = 20.0  # seconds without a heartbeat before a daemon counts as gone
 
 
 # -- inventory ----------------------------------------------------------------
@@ -304,7 +307,7 @@ def reconcile(
 
     Exit 0: all hosts done; 1: some host failed (the others were still done).
     """
-    with reconcile_lock(app.registry()):
+    with reconcile_lock(app.registry(), wait=LOCK_WAIT):
         results = run_agent(app, env, host, concurrency, dry_run)
     if as_json:
         emit_json([result_json(r) for r in results])
@@ -329,8 +332,16 @@ def reconcile(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
-    """Per host: when it was last in sync, what failed, drift found."""
-    with app.registry().read() as session:
+    """Per host: when it was last in sync, what failed, drift found; and the daemon, if any."""
+    from keyward.registry.models import DaemonStatus
+
+    registry = app.registry()
+    now = registry.clock()
+    with registry.read() as session:
+        beats = session.exec(
+            select(DaemonStatus).order_by(col(DaemonStatus.heartbeat_at).desc())
+        ).all()
+        daemon_row = beats[0] if beats else None
         rows = [
             {
                 "host": s.host,
@@ -342,17 +353,52 @@ def status(app: AppContext, as_json: bool) -> None:
                 "last_changes": s.last_changes,
                 "drift_found": s.drift_found,
                 "files": json.loads(s.files),
+                "connected": None,
             }
             for s in session.exec(select(HostState).order_by(HostState.host))
         ]
+    daemon: dict[str, Any] | None = None
+    if daemon_row is not None:
+        age = (now - daemon_row.heartbeat_at).total_seconds()
+        alive = daemon_row.stopped_at is None and age < DAEMON_STALE_AFTER
+        links = json.loads(daemon_row.hosts)
+        daemon = {
+            "instance": daemon_row.id,
+            "alive": alive,
+            "heartbeat_at": ts(daemon_row.heartbeat_at),
+            "heartbeat_age_seconds": round(age, 1),
+            "started_at": ts(daemon_row.started_at),
+            "stopped_at": ts(daemon_row.stopped_at),
+            "hosts_total": daemon_row.hosts_total,
+            "hosts_connected": daemon_row.hosts_connected,
+            "last_push_at": ts(daemon_row.last_push_at),
+            "propagation_lag_ms": daemon_row.last_lag_ms,
+            "last_verification_at": ts(daemon_row.last_verify_at),
+        }
+        if alive:
+            for row in rows:
+                link = links.get(row["host"])
+                row["connected"] = bool(link and link.get("connected"))
     if as_json:
-        emit_json(rows)
+        emit_json({"daemon": daemon, "hosts": rows})
         return
+    if daemon is None:
+        click.echo("daemon: none has run against this registry")
+    elif not daemon["alive"]:
+        click.echo(f"daemon: NOT running (last heartbeat {daemon['heartbeat_at']})")
+    else:
+        click.echo(
+            f"daemon: alive ({daemon['instance']}), {daemon['hosts_connected']}/"
+            f"{daemon['hosts_total']} hosts connected, last push {daemon['last_push_at'] or '-'} "
+            f"(lag {daemon['propagation_lag_ms']} ms), last verification "
+            f"{daemon['last_verification_at'] or '-'}"
+        )
     table(
         rows,
         [
             ("host", "HOST"),
             ("environment", "ENV"),
+            ("connected", "CONNECTED"),
             ("last_success", "LAST IN SYNC"),
             ("last_changes", "CHANGES"),
             ("drift_found", "DRIFT"),

@@ -345,7 +345,7 @@ def offboard_start(
             f"offboarding case {case.id}: {username} revoked in the registry; "
             f"confirming on {len({t[0] for t in targets})} hosts"
         )
-    with reconcile_lock(registry, wait=True):
+    with reconcile_lock(registry, wait=float("inf")):
         run_agent(app, None, None, None, dry_run=False)
     case, rows = _case_rows(app, username)
     ctx.exit(_print_case(case, rows, as_json))

@@ -204,3 +204,24 @@ class OffboardingTarget(SQLModel, table=True):
     confirmed_by_run: str | None = Field(default=None, max_length=32)
     last_attempt: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class DaemonStatus(SQLModel, table=True):
+    """The daemon's heartbeat and what it holds, for ``keyward status``.
+
+    One row per daemon instance (``host:pid``); not a registry change, so it
+    is written without an audit event.
+    """
+
+    __tablename__ = "daemon_status"
+
+    id: str = Field(primary_key=True, max_length=300)
+    started_at: datetime = Field(sa_column=_ts())
+    heartbeat_at: datetime = Field(sa_column=_ts())
+    hosts_total: int = Field(default=0)
+    hosts_connected: int = Field(default=0)
+    last_push_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_lag_ms: float | None = Field(default=None)
+    last_verify_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    stopped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    hosts: str = Field(default="{}", sa_column=Column(Text, nullable=False))

@@ -1,0 +1,1 @@
+"""The keyward daemon: enforce the registry continuously over connections it keeps open."""

@@ -1,0 +1,552 @@
+"""The daemon's main loop: watch for changes, push only what changed, verify periodically.
+
+Flow, each step reusing the one-shot agent's pieces:
+
+- a registry change (chain head moved; PostgreSQL NOTIFY or SQLite polling)
+  or an inventory change (content hash) or a time-driven change (an expiry,
+  a grant's ``until``) recomputes the desired state with the same pure
+  function as ``plan``;
+- files whose desired content differs from what was last confirmed are
+  synced over the open connections (read, plan, compare-and-swap write,
+  read-back), under the same writers' lock as ``keyward reconcile``;
+- every ``verify_interval`` (with jitter) all files of every host are read
+  and synced, which catches hand edits;
+- a heartbeat row in the registry lets ``keyward status`` see the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from keyward.agent.connection import Credentials
+from keyward.agent.reconcile import (
+    HOST_FAILURES,
+    HostResult,
+    RunContext,
+    failed,
+    files_of,
+    sync_files,
+)
+from keyward.agent.record import record_host
+from keyward.clock import Clock
+from keyward.daemon.links import HostLink
+from keyward.daemon.metrics import Metrics
+from keyward.daemon.support import WriterLock, raise_fd_limit, sd_notify
+from keyward.desired import DesiredFile, FileTarget, compute_desired
+from keyward.errors import KeywardError, UsageError
+from keyward.inventory import check_inventory
+from keyward.inventory.model import Inventory
+from keyward.keys import PublicKey, parse_public_key
+from keyward.logs import get_logger
+from keyward.registry.lifecycle import open_cases
+from keyward.registry.models import AuditEvent, AuditHead, DaemonStatus
+from keyward.registry.snapshot import load_snapshot
+from keyward.registry.store import Registry
+from keyward.state import RegistrySnapshot
+
+HEARTBEAT_EVERY = 5.0
+SYNC_TIMEOUT = 120.0
+MAX_SLEEP = 3600.0
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    verify_interval: float = 300.0
+    poll_interval: float = 0.25
+    inventory_poll: float = 1.0
+    metrics: str | None = None
+    max_connecting: int = 50
+
+
+def signature(desired: DesiredFile) -> str:
+    """What a file must contain, independent of its current content."""
+    body = desired.mode + "\n" + "\n".join(line.render() for line in desired.lines)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def inventory_fingerprint(root: Path) -> str:
+    """Content hash of the inventory files (and the pinned host keys)."""
+    digest = hashlib.sha256()
+    try:
+        names = sorted(p for p in root.iterdir() if p.suffix == ".toml" or p.name == "known_hosts")
+    except OSError as exc:
+        return f"unreadable:{exc.errno}"
+    for path in names:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable:{exc.errno}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def next_time_change(snapshot: RegistrySnapshot, now: datetime) -> datetime | None:
+    """The next moment the desired state changes by itself (an expiry or an ``until``)."""
+    moments = [k.expires_at for k in snapshot.keys if k.revoked_at is None and k.expires_at > now]
+    moments += [g.until for g in snapshot.grants if g.until is not None and g.until > now]
+    return min(moments) if moments else None
+
+
+class Daemon:
+    def __init__(
+        self,
+        registry: Registry,
+        inventory_dir: Path,
+        actor: str,
+        clock: Clock,
+        settings: DaemonSettings,
+    ) -> None:
+        self.registry = registry
+        self.inventory_dir = inventory_dir
+        self.actor = actor
+        self.clock = clock
+        self.settings = settings
+        self.log = get_logger(component="daemon")
+        self.metrics = Metrics()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self.links: dict[str, HostLink] = {}
+        self.inventory: Inventory | None = None
+        self.inventory_hash = ""
+        self.creds: Credentials | None = None
+        self.agent_key: PublicKey | None = None
+        self.snapshot: RegistrySnapshot | None = None
+        self.desired: dict[FileTarget, DesiredFile] = {}
+        self.confirmed: dict[FileTarget, str] = {}
+        self.watch: dict[int, frozenset[str]] = {}
+        self.changed = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.reload = asyncio.Event()
+        self.changed_snapshot = asyncio.Event()  # wakes the expiry timer after a recompute
+        self.beat = asyncio.Event()  # write the heartbeat now (after a push or a connect)
+        self.lock = WriterLock(registry)
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self.started_at = clock()
+        self.last_push_at: datetime | None = None
+        self.last_lag_ms: float | None = None
+        self.last_verify_at: datetime | None = None
+        self.head_seq = -1
+        self.connecting = asyncio.Semaphore(settings.max_connecting)
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _load_inventory(self) -> bool:
+        inventory, problems = check_inventory(self.inventory_dir)
+        if inventory is None:
+            for problem in problems:
+                self.log.error("inventory_invalid", problem=str(problem))
+            return False
+        try:
+            pub = parse_public_key(inventory.agent.identity_pub.read_text())
+            creds = Credentials.load(
+                inventory.agent.identity,
+                inventory.agent.known_hosts,
+                inventory.agent.connect_timeout,
+                inventory.agent.python,
+            )
+        except (OSError, KeywardError) as exc:
+            self.log.error("inventory_invalid", problem=str(exc))
+            return False
+        if creds.agent_fingerprint != pub.fingerprint:
+            self.log.error("inventory_invalid", problem="agent identity does not match its .pub")
+            return False
+        self.inventory, self.creds, self.agent_key = inventory, creds, pub
+        return True
+
+    def _sync_links(self) -> None:
+        assert self.inventory is not None and self.creds is not None
+        wanted = {h.name: h for h in self.inventory.hosts()}
+        for name in list(self.links):
+            link = self.links[name]
+            if name not in wanted or wanted[name] != link.host or link.creds is not self.creds:
+                self._track(link.stop())
+                del self.links[name]
+                self.confirmed = {t: s for t, s in self.confirmed.items() if t.host != name}
+        for name, host in wanted.items():
+            if name not in self.links:
+                link = HostLink(host, self.creds, self.connecting, self.log, self._on_connect)
+                self.links[name] = link
+                link.start()
+        self.metrics.hosts_total.set(len(self.links))
+
+    def _track(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        return task
+
+    # -- the registry side ----------------------------------------------------
+
+    def _read_state(self) -> tuple[RegistrySnapshot, dict[int, frozenset[str]], datetime | None]:
+        with Session(self.registry.engine) as session:
+            snapshot = load_snapshot(session)
+            watch = {
+                case.id or 0: frozenset(json.loads(case.fingerprints))
+                for case, _ in open_cases(session)
+            }
+            last = session.exec(
+                select(AuditEvent.at).where(AuditEvent.seq == snapshot.head_seq)
+            ).first()
+        return snapshot, watch, last
+
+    def _head(self) -> int:
+        with Session(self.registry.engine) as session:
+            head = session.exec(select(AuditHead.seq).where(AuditHead.id == 1)).one()
+            return int(head)
+
+    async def watch_registry(self) -> None:
+        """Poll the chain head (cheap, one row); PostgreSQL NOTIFY wakes it sooner."""
+        if self.registry.backend == "postgresql":
+            self._track(self._listen())
+        while not self.stopping.is_set():
+            try:
+                seq = await asyncio.to_thread(self._head)
+                if seq != self.head_seq:
+                    self.head_seq = seq
+                    self.changed.set()
+            except Exception as exc:
+                self.log.warning("registry_unavailable", error=str(exc).splitlines()[0][:300])
+            await self._sleep(self.settings.poll_interval)
+
+    async def _listen(self) -> None:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        dsn = (
+            make_url(self.registry.url)
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
+        while not self.stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute("LISTEN keyward_registry")
+                    async for _ in conn.notifies():
+                        self.changed.set()
+                        if self.stopping.is_set():
+                            return
+            except Exception as exc:
+                self.log.warning("registry_listen_failed", error=str(exc).splitlines()[0][:300])
+                await self._sleep(2.0)
+
+    async def watch_inventory(self) -> None:
+        while not self.stopping.is_set():
+            await self._sleep(self.settings.inventory_poll, self.reload)
+            forced = self.reload.is_set()
+            self.reload.clear()
+            current = await asyncio.to_thread(inventory_fingerprint, self.inventory_dir)
+            if current == self.inventory_hash and not forced:
+                continue
+            self.inventory_hash = current
+            if await asyncio.to_thread(self._load_inventory):
+                self.log.info("inventory_reloaded", hosts=len(self.inventory.hosts()))  # type: ignore[union-attr]
+                self._sync_links()
+                self.confirmed.clear()
+                self.changed.set()
+            else:
+                self.log.error(
+                    "inventory_kept",
+                    reason="new inventory does not validate; enforcing the last good one",
+                )
+
+    async def watch_time(self) -> None:
+        """Wake up when a key expires or a grant runs out, not at the next full pass."""
+        while not self.stopping.is_set():
+            wake: float = MAX_SLEEP
+            if self.snapshot is not None:
+                moment = next_time_change(self.snapshot, self.clock())
+                if moment is not None:
+                    wake = max(0.0, (moment - self.clock()).total_seconds()) + 0.05
+            if await self._sleep(min(wake, MAX_SLEEP), self.changed_snapshot):
+                continue
+            if wake < MAX_SLEEP:
+                self.log.info("time_change_due")
+                self.changed.set()
+
+    # -- pushing --------------------------------------------------------------
+
+    async def apply_changes(self) -> None:
+        while not self.stopping.is_set():
+            await self.changed.wait()
+            self.changed.clear()
+            if self.inventory is None:
+                continue
+            try:
+                await self._apply_once()
+            except Exception as exc:
+                self.log.error("push_round_failed", error=str(exc).splitlines()[0][:300])
+                await self._sleep(1.0)
+                self.changed.set()
+
+    async def _apply_once(self) -> None:
+        assert self.inventory is not None
+        started = time.monotonic()
+        snapshot, watch, committed_at = await asyncio.to_thread(self._read_state)
+        now = self.clock()
+        hosts = self.inventory.hosts()
+        desired = compute_desired(snapshot, self.inventory, hosts, self.agent_key, now)
+        new_cases = set(watch) - set(self.watch)
+        self.snapshot, self.desired, self.watch = snapshot, desired, watch
+        self.changed_snapshot.set()
+        pending: dict[str, list[DesiredFile]] = {}
+        for target, d in desired.items():
+            if new_cases or self.confirmed.get(target) != signature(d):
+                pending.setdefault(target.host, []).append(d)
+        self.metrics.pending.set(sum(len(v) for v in pending.values()))
+        ready = [self.links[h] for h in pending if h in self.links and self.links[h].connected]
+        if not ready:
+            return
+        self.log.info(
+            "change_detected",
+            seq=snapshot.head_seq,
+            hosts=len(ready),
+            files=sum(len(pending[link.host.name]) for link in ready),
+        )
+        results = await self._sync_many(
+            [
+                (link, files_of(link.host, desired) if new_cases else pending[link.host.name])
+                for link in ready
+            ]
+        )
+        elapsed = time.monotonic() - started
+        lag = None
+        if committed_at is not None:
+            lag = max(0.0, (self.clock() - committed_at).total_seconds())
+            self.metrics.propagation.observe(lag)
+        self.last_push_at = self.clock()
+        self.last_lag_ms = round((lag if lag is not None else elapsed) * 1000, 1)
+        self.log.info(
+            "push_done",
+            hosts=len(results),
+            failed=sum(1 for r in results if not r.ok),
+            seconds=round(elapsed, 3),
+            lag_ms=self.last_lag_ms,
+        )
+        self.metrics.pending.set(
+            sum(1 for t, d in self.desired.items() if self.confirmed.get(t) != signature(d))
+        )
+
+    async def _sync_many(
+        self, work: Iterable[tuple[HostLink, list[DesiredFile]]]
+    ) -> list[HostResult]:
+        assert self.snapshot is not None and self.creds is not None and self.agent_key is not None
+        ctx = RunContext(
+            snapshot=self.snapshot,
+            desired=self.desired,
+            creds=self.creds,
+            now=self.clock(),
+            agent_fingerprint=self.agent_key.fingerprint,
+            run_id="d" + uuid.uuid4().hex[:11],
+            log=get_logger(),
+            watch=dict(self.watch),
+        )
+        await self.lock.acquire()
+        try:
+            tasks = [self._track(self._sync(link, files, ctx)) for link, files in work]
+            results: list[HostResult] = list(await asyncio.gather(*tasks))
+        finally:
+            await self.lock.release()
+        return results
+
+    async def _sync(self, link: HostLink, files: list[DesiredFile], ctx: RunContext) -> HostResult:
+        async with link.busy:
+            conn = link.connection
+            started = self.clock()
+            if conn is None:
+                return failed(
+                    link.host, started, ctx, KeywardError(f"{link.host.name}: not connected")
+                )
+            try:
+                result = await asyncio.wait_for(sync_files(conn, files, ctx), SYNC_TIMEOUT)
+            except (TimeoutError, *HOST_FAILURES) as exc:
+                link.broken(str(exc) or type(exc).__name__)
+                result = failed(link.host, started, ctx, exc)
+        if result.ok:
+            for f in result.files:
+                self.confirmed[f.plan.target] = (
+                    signature(self.desired[f.plan.target])
+                    if (f.plan.target in self.desired)
+                    else ""
+                )
+        else:
+            self.metrics.failures.inc()
+            for f in result.files:
+                self.confirmed.pop(f.plan.target, None)
+        try:
+            await asyncio.to_thread(
+                record_host, self.registry, self.actor, result, ctx.run_id, tuple(self.watch)
+            )
+        except Exception as exc:
+            self.log.error(
+                "record_failed", host=link.host.name, error=str(exc).splitlines()[0][:300]
+            )
+        return result
+
+    async def _on_connect(self, link: HostLink) -> None:
+        """A (re)connected host gets every file synced: it may have missed changes."""
+        self.metrics.hosts_connected.set(sum(1 for x in self.links.values() if x.connected))
+        self.beat.set()
+        if self.snapshot is None or self.inventory is None:
+            self.changed.set()
+            return
+        for target in [t for t in self.confirmed if t.host == link.host.name]:
+            del self.confirmed[target]
+        await self._sync_many([(link, files_of(link.host, self.desired))])
+
+    async def verify(self) -> None:
+        """Full verification: read every managed file over the open connections."""
+        interval = self.settings.verify_interval
+        while not self.stopping.is_set():
+            if await self._sleep(interval * random.uniform(0.9, 1.1)):  # noqa: S311
+                return
+            if self.snapshot is None:
+                continue
+            # Recompute first so the pass checks against the state at this moment.
+            try:
+                await self._apply_once()
+            except Exception as exc:
+                self.log.error("verification_failed", error=str(exc).splitlines()[0][:300])
+                continue
+            links = [link for link in self.links.values() if link.connected]
+            random.shuffle(links)
+            started = time.monotonic()
+            results = await self._sync_many(
+                (link, files_of(link.host, self.desired)) for link in links
+            )
+            self.last_verify_at = self.clock()
+            self.metrics.last_verification = time.time()
+            drift = sum(
+                1
+                for r in results
+                for f in r.files
+                for c in f.plan.changes
+                if c.action == "remove" and c.reason == "drift"
+            )
+            self.log.info(
+                "verification_done",
+                hosts=len(results),
+                drift=drift,
+                failed=sum(1 for r in results if not r.ok),
+                seconds=round(time.monotonic() - started, 3),
+            )
+
+    # -- heartbeat ------------------------------------------------------------
+
+    def _write_heartbeat(self, stopped: bool = False) -> None:
+        hosts = {
+            name: {
+                "connected": link.connected,
+                "error": link.last_error,
+                "confirmed_files": sum(1 for t in self.confirmed if t.host == name),
+            }
+            for name, link in self.links.items()
+        }
+        with Session(self.registry.engine) as session, session.begin():
+            row = session.get(DaemonStatus, self.instance) or DaemonStatus(
+                id=self.instance, started_at=self.started_at, heartbeat_at=self.clock()
+            )
+            row.heartbeat_at = self.clock()
+            row.hosts_total = len(self.links)
+            row.hosts_connected = sum(1 for link in self.links.values() if link.connected)
+            row.last_push_at = self.last_push_at
+            row.last_lag_ms = self.last_lag_ms
+            row.last_verify_at = self.last_verify_at
+            row.stopped_at = self.clock() if stopped else None
+            row.hosts = json.dumps(hosts, sort_keys=True)
+            session.add(row)
+
+    async def heartbeat(self) -> None:
+        while not self.stopping.is_set():
+            self.metrics.hosts_connected.set(sum(1 for x in self.links.values() if x.connected))
+            try:
+                await asyncio.to_thread(self._write_heartbeat)
+            except Exception as exc:
+                self.log.warning("heartbeat_failed", error=str(exc).splitlines()[0][:300])
+            connected = sum(1 for x in self.links.values() if x.connected)
+            sd_notify(f"STATUS=connected {connected}/{len(self.links)} hosts")
+            await self._sleep(HEARTBEAT_EVERY, self.beat)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def _sleep(self, seconds: float, event: asyncio.Event | None = None) -> bool:
+        """Sleep, waking early when stopping (returns True) or ``event`` is set."""
+        waits = [asyncio.ensure_future(self.stopping.wait())]
+        if event is not None:
+            waits.append(asyncio.ensure_future(event.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if event is not None and event.is_set():
+            event.clear()
+        return self.stopping.is_set()
+
+    def request_stop(self) -> None:
+        self.log.info("daemon_stopping")
+        sd_notify("STOPPING=1")
+        self.stopping.set()
+        self.changed.set()
+
+    async def run(self) -> int:
+        if not self._load_inventory():
+            raise UsageError(
+                f"the inventory in {self.inventory_dir} does not validate; "
+                "run 'keyward inventory check'"
+            )
+        self.inventory_hash = inventory_fingerprint(self.inventory_dir)
+        assert self.inventory is not None
+        soft, _ = raise_fd_limit(len(self.inventory.hosts()) * 4 + 256)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+        if self.settings.metrics:
+            host, port = self.metrics.serve(self.settings.metrics)
+            self.log.info("metrics_listening", address=f"{host}:{port}")
+        self.log.info(
+            "daemon_started",
+            hosts=len(self.inventory.hosts()),
+            fd_limit=soft,
+            verify_interval=self.settings.verify_interval,
+        )
+        self._sync_links()
+        workers = [
+            asyncio.create_task(self.watch_registry()),
+            asyncio.create_task(self.watch_inventory()),
+            asyncio.create_task(self.watch_time()),
+            asyncio.create_task(self.apply_changes()),
+            asyncio.create_task(self.verify()),
+            asyncio.create_task(self.heartbeat()),
+        ]
+        sd_notify("READY=1")
+        await self.stopping.wait()
+        # Finish what is in flight (writes are atomic on the hosts anyway), then close.
+        pending = [t for t in self.inflight if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
+        with contextlib.suppress(Exception):  # best effort on the way out
+            await asyncio.to_thread(self._write_heartbeat, True)
+        self.lock.close()
+        self.log.info("daemon_stopped")
+        return 0

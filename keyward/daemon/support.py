@@ -1,0 +1,96 @@
+"""Small operating-system helpers for the daemon: fd limits, systemd notify, writer lock."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import resource
+import socket
+from typing import Any
+
+from sqlalchemy import text
+
+from keyward.agent.lock import ADVISORY_LOCK_ID
+from keyward.registry.db import sqlite_path
+from keyward.registry.store import Registry
+
+
+def raise_fd_limit(needed: int) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards ``needed`` (never above the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft, hard
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd about readiness/status (Type=notify); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        return True
+    except OSError:
+        return False
+
+
+class WriterLock:
+    """The same lock as ``keyward reconcile`` takes, acquired without blocking the event loop."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._fd: int | None = None
+        self._conn: Any = None
+
+    async def acquire(self) -> None:
+        while not await asyncio.to_thread(self._try):
+            await asyncio.sleep(0.05)
+
+    def _try(self) -> bool:
+        if self._registry.backend == "postgresql":
+            if self._conn is None:
+                self._conn = self._registry.engine.connect()
+            got = bool(
+                self._conn.execute(
+                    text("SELECT pg_try_advisory_lock(:id)"), {"id": ADVISORY_LOCK_ID}
+                ).scalar()
+            )
+            self._conn.commit()
+            return got
+        path = sqlite_path(self._registry.url)
+        assert path is not None
+        if self._fd is None:
+            self._fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        if self._registry.backend == "postgresql":
+            if self._conn is not None:
+                self._conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ADVISORY_LOCK_ID})
+                self._conn.commit()
+            return
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
