@@ -1,7 +1,9 @@
 """``keyward demo``: the whole flow on a machine with nothing set up.
 
-It starts three local SSH hosts on loopback (real OpenSSH ``sshd`` processes),
-registers people, keys and a role in a throw-away registry, reconciles, logs in
+It starts three local SSH hosts on loopback (real OpenSSH ``sshd`` processes when
+``sshd`` is installed, otherwise asyncssh servers inside this process that enforce the
+authorized_keys files the agent writes; ``KEYWARD_DEMO_BACKEND=openssh|embedded`` forces
+one), registers people, keys and a role in a throw-away registry, reconciles, logs in
 with the granted key, revokes it, reconciles again, shows the login refused,
 verifies the audit chain and cleans everything up.  Every step is printed as
 the keyward command a user would type.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from keyward.embedded_ssh import EmbeddedFleet, asyncssh_can_login
 from keyward.errors import KeywardError
 from keyward.localfleet import LocalFleet, can_login, is_root, safe_base_dir
 from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
@@ -36,11 +39,38 @@ def _find_sshd() -> str | None:
     return shutil.which("sshd")
 
 
+OPENSSH = "openssh"
+EMBEDDED = "embedded"
+BACKEND_ENV = "KEYWARD_DEMO_BACKEND"
+
+
+def choose_backend() -> str:
+    """``openssh`` when sshd is installed, else ``embedded``; ``$KEYWARD_DEMO_BACKEND`` forces."""
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced == OPENSSH:
+        if _find_sshd() is None:
+            raise DemoError(
+                f"{BACKEND_ENV}=openssh but OpenSSH's sshd is not installed "
+                "(Debian/Ubuntu: apt-get install openssh-server)"
+            )
+        return OPENSSH
+    if forced == EMBEDDED:
+        return EMBEDDED
+    if forced:
+        raise DemoError(f"{BACKEND_ENV} must be 'openssh' or 'embedded', not {forced!r}")
+    return OPENSSH if _find_sshd() is not None else EMBEDDED
+
+
 class Demo:
-    def __init__(self, work: Path, fleet: LocalFleet, user: str) -> None:
+    def __init__(
+        self, work: Path, fleet: LocalFleet | EmbeddedFleet, user: str, backend: str
+    ) -> None:
         self.work = work
         self.fleet = fleet
         self.user = user
+        self.backend = backend
+        # The real ssh client proves logins to real sshd; otherwise an asyncssh client does.
+        self.use_ssh_client = backend == OPENSSH and shutil.which("ssh") is not None
         self.inventory = work / "inventory"
         self.env = {
             **os.environ,
@@ -75,7 +105,10 @@ class Demo:
     def login(self, key: Path, expect: bool) -> None:
         known = self.inventory / "known_hosts"
         for host in self.fleet.hosts:
-            ok = can_login(host, self.user, key, known)
+            if self.use_ssh_client:
+                ok = can_login(host, self.user, key, known)
+            else:
+                ok = asyncssh_can_login(host, self.user, key, known)
             verdict = "logged in" if ok else "refused"
             click.echo(f"  ssh -i {key.name} {self.user}@{host.address} -p {host.port}: {verdict}")
             if ok != expect:
@@ -84,18 +117,20 @@ class Demo:
                 )
 
 
+def _fleet(backend: str, base: Path, hosts: int) -> LocalFleet | EmbeddedFleet:
+    if backend == OPENSSH:
+        return LocalFleet(base / "fleet", hosts, name_prefix="demo-")
+    return EmbeddedFleet(base / "fleet", hosts, name_prefix="demo-")
+
+
 def run_demo(hosts: int, keep: bool) -> None:
-    if _find_sshd() is None:
-        raise DemoError(
-            "the demo starts real OpenSSH servers on loopback; install openssh-server "
-            "(Debian/Ubuntu: apt-get install openssh-server)"
-        )
+    backend = choose_backend()
     user = getpass.getuser()
     base = safe_base_dir("keyward-demo-")
     work = Path(tempfile.mkdtemp(prefix="keyward-demo-"))
     try:
-        with LocalFleet(base / "fleet", hosts, name_prefix="demo-") as fleet:
-            demo = Demo(work, fleet, user)
+        with _fleet(backend, base, hosts) as fleet:
+            demo = Demo(work, fleet, user, backend)
             keys = work / "keys"
             agent = make_ed25519(keys / "agent", "keyward-agent")
             alice = make_ed25519(keys / "alice", "alice@laptop")
@@ -113,7 +148,13 @@ def run_demo(hosts: int, keep: bool) -> None:
             )
             write_inventory(demo.inventory, fleet.hosts, spec, agent)
             addresses = ", ".join(f"{h.address}:{h.port}" for h in fleet.hosts)
-            demo.say(f"{hosts} OpenSSH hosts running on loopback ({addresses}); account {user}")
+            if backend == OPENSSH:
+                kind = "OpenSSH sshd"
+            else:
+                kind = "embedded asyncssh (no OpenSSH sshd used)"
+            client = "ssh" if demo.use_ssh_client else "asyncssh client"
+            click.echo(f"backend: {kind}; logins checked with: {client}")
+            demo.say(f"{hosts} SSH hosts running on loopback ({addresses}); account {user}")
             demo.run("inventory", "check")
             demo.say("Register people, their personal keys and a role")
             demo.run("init")
