@@ -118,11 +118,20 @@ def _person_lines(
         person = snapshot.people.get(grant.username)
         if person is None or person.status != "active":
             continue
+        allowed_from = snapshot.restricted.get(grant.username)
+        if allowed_from is not None and not allowed_from:
+            continue  # failure mode "suspend" (or "restrict" with no known address)
         for record in keys_by_owner.get(grant.username, ()):
             if not record.usable_at(now) or not meets(record.attestation, min_attestation):
                 continue
             end = record.expires_at if grant.until is None else min(record.expires_at, grant.until)
             options = rule.options
+            if allowed_from:
+                # Failure mode "restrict": only the addresses this person was seen using.
+                options = (
+                    *(o for o in options if not o.lower().startswith("from=")),
+                    'from="' + ",".join(sorted(allowed_from)) + '"',
+                )
             if record.attestation == "sk" and "verify-required" not in options:
                 options = (*options, "verify-required")
             ident = (record.key.blob, options)

@@ -59,6 +59,8 @@ class InventorySpec:
     concurrency: int = 50
     connect_timeout: int = 10
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)  # raw [[hosts]] TOML blocks
+    auth_logs: bool = True  # read each host's sshd log from the fleet's log file
+    policy: tuple[str, ...] = ()  # extra [policy] lines, e.g. 'failure_mode = "suspend"'
 
 
 def _toml_list(values: Sequence[str]) -> str:
@@ -88,7 +90,7 @@ def write_inventory(
         'known_hosts = "known_hosts"\n'
         f"concurrency = {spec.concurrency}\n"
         f"connect_timeout = {spec.connect_timeout}\n"
-        "\n[policy]\nmax_key_age_days = 365\n"
+        "\n[policy]\nmax_key_age_days = 365\n" + "".join(line + "\n" for line in spec.policy)
     )
     (root / "known_hosts").write_text("".join(h.known_hosts_line() + "\n" for h in hosts))
     lines = [
@@ -109,8 +111,11 @@ def write_inventory(
             f"port = {host.port}",
             f"authorized_keys = {_toml_str(host_pattern(host))}",
             f"accounts = {_toml_list(spec.accounts)}",
-            "",
         ]
+        if spec.auth_logs:
+            lines.append(f"auth_log = {_toml_str(str(host.log_file))}")
+            lines.append(f"sshd_config = {_toml_str(str(host.sshd_config))}")
+        lines.append("")
     for block in spec.extra_hosts:
         lines += [block, ""]
     for rule in spec.access:

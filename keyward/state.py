@@ -64,6 +64,9 @@ class RegistrySnapshot:
     keys: tuple[KeyRecord, ...]
     grants: tuple[GrantRecord, ...]
     head_seq: int = 0
+    # People in failure mode: username -> addresses they may still log in from
+    # (an empty set means suspended: none of their keys is deployed).
+    restricted: Mapping[str, frozenset[str]] = field(default_factory=dict)
     by_fingerprint: Mapping[str, KeyRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -183,3 +183,14 @@ def test_offboarding_with_a_daemon_running(env: AgentEnv, daemon: Daemon) -> Non
     assert result.code == 0, str(result)
     assert not any(env.can_login(h, env.deploy, "alice") for h in env.hosts)
     assert env.kw("offboard", "status", "alice").code == 0
+
+
+def test_daemon_collects_logins_on_its_verification_passes(env: AgentEnv, daemon: Daemon) -> None:
+    env.person_with_key("alice", "devops")
+    wait_until(everywhere(env, env.deploy, "alice", True), what="first push")
+
+    def attributed() -> bool:
+        rows = env.kw.ok("logins", "--json", "--person", "alice").json()
+        return any(r["account"] == env.deploy for r in rows)
+
+    wait_until(attributed, what="alice's logins to be collected by a verification pass")

@@ -21,6 +21,7 @@ from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
 from keyward.inventory.model import Host
+from keyward.logins import LogLine
 from keyward.logs import get_logger
 from keyward.plan import FilePlan, HostPlan, Observed, plan_host, sha256
 from keyward.state import RegistrySnapshot
@@ -48,6 +49,16 @@ class Confirmation:
 
 
 @dataclass(frozen=True)
+class AuthBatch:
+    """New sshd log lines from one host and where reading stopped."""
+
+    source: str
+    lines: tuple[LogLine, ...]
+    position: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class HostResult:
     host: Host
     started: datetime
@@ -56,6 +67,8 @@ class HostResult:
     files: tuple[FileResult, ...] = ()
     error: str | None = None
     confirmations: tuple[Confirmation, ...] = ()
+    auth: AuthBatch | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -90,6 +103,10 @@ class RunContext:
     log: Any = field(default_factory=get_logger)
     # Open offboarding cases: case id -> the person's fingerprints, confirmed by read-back.
     watch: Mapping[int, frozenset[str]] = field(default_factory=dict)
+    # Login collection: host -> saved read position ({"cursor": ...} or {"inode", "offset"}).
+    collect: bool = False
+    auth_positions: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    check_sshd: bool = False  # plan: warn about sshd settings keyward relies on
 
     @property
     def purge(self) -> frozenset[str]:
@@ -195,7 +212,62 @@ async def sync_files(
     confirmations: tuple[Confirmation, ...] = ()
     if ctx.watch and not ctx.dry_run:
         confirmations = await _confirm(conn, desired, results, ctx)
-    return HostResult(host, started, _now(ctx), plan, tuple(results), None, confirmations)
+    auth = await collect_auth_log(conn, ctx) if ctx.collect and not ctx.dry_run else None
+    warnings = await sshd_warnings(conn) if ctx.check_sshd else ()
+    return HostResult(
+        host, started, _now(ctx), plan, tuple(results), None, confirmations, auth, warnings
+    )
+
+
+async def sshd_warnings(conn: HostConnection) -> tuple[str, ...]:
+    """What in the host's effective sshd configuration undermines keyward's guarantees."""
+    reply = await conn.helper.call(
+        "sshd_config", user=conn.host.login, config=conn.host.sshd_config
+    )
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        return (f"cannot read sshd's configuration (sshd -T): {error.get('message')}",)
+    settings = reply.get("settings") or {}
+    out: list[str] = []
+    level = str(settings.get("loglevel", "")).upper()
+    if level not in ("VERBOSE", "DEBUG", "DEBUG1", "DEBUG2", "DEBUG3"):
+        out.append(
+            f"sshd LogLevel is {level or 'unknown'}: it does not log which key logged in; "
+            "set LogLevel VERBOSE"
+        )
+    if str(settings.get("strictmodes", "yes")).lower() != "yes":
+        out.append("sshd StrictModes is off: users' file permissions are not checked")
+    if str(settings.get("permituserenvironment", "no")).lower() not in ("no", ""):
+        out.append("sshd PermitUserEnvironment is on: users can set variables like LD_PRELOAD")
+    return tuple(out)
+
+
+async def collect_auth_log(conn: HostConnection, ctx: RunContext) -> AuthBatch:
+    """Read sshd's log lines that are new since the saved position, over the open connection."""
+    saved = ctx.auth_positions.get(conn.host.name, {})
+    reply = await conn.helper.call(
+        "auth_log",
+        source=conn.host.auth_log,
+        cursor=saved.get("cursor"),
+        position=saved.get("position"),
+    )
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        message = str(error.get("message") or error.get("code") or "auth log unreadable")
+        ctx.log.bind(host=conn.host.name).warning("auth_log_unreadable", error=message)
+        return AuthBatch(conn.host.auth_log, (), None, message)
+    lines = tuple(
+        LogLine(str(item.get("text", "")), item.get("ts"), item.get("pos"))
+        for item in reply.get("lines", [])
+        if isinstance(item, dict)
+    )
+    position: dict[str, Any] = {"source": reply.get("source")}
+    if reply.get("source") == "journal":
+        position["cursor"] = reply.get("cursor")
+    else:
+        position["position"] = reply.get("position")
+        position["path"] = reply.get("path")
+    return AuthBatch(str(reply.get("source")), lines, position)
 
 
 def failed(host: Host, started: datetime, ctx: RunContext, exc: Exception) -> HostResult:

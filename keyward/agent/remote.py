@@ -973,6 +973,11 @@ def op_sshd_config(req: dict[str, Any]) -> dict[str, Any]:
     if sshd is None:
         return {"ok": False, "error": {"code": "no_sshd", "message": "sshd not found"}}
     argv = [sshd, "-T"]
+    config = req.get("config")
+    if config is not None:
+        if not isinstance(config, str) or not config.startswith("/") or "\0" in config:
+            raise BadRequest("config must be an absolute path")
+        argv += ["-f", config]
     if user is not None:
         argv += ["-C", f"user={user},host=localhost,addr=127.0.0.1"]
     try:
@@ -1002,11 +1007,176 @@ def op_sshd_config(req: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- loop
 
+
+# ------------------------------------------------------------------------------ auth log
+
+MAX_LOG_LINES = 50_000  # lines returned per auth_log request; the rest comes next time
+MAX_LOG_BYTES = 16 << 20
+AUTH_LOG_FILES = ("/var/log/auth.log", "/var/log/secure")
+
+
+def _journal_has_sshd() -> bool:
+    if shutil.which("journalctl") is None:
+        return False
+    try:
+        proc = subprocess.run(
+            ["journalctl", "-q", "--no-pager", "-n", "1", "-o", "cat", "_COMM=sshd"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def _read_journal(cursor: object) -> dict[str, Any]:
+    argv = [
+        "journalctl",
+        "-q",
+        "--no-pager",
+        "-o",
+        "json",
+        "-n",
+        str(MAX_LOG_LINES),
+        "--show-cursor",
+        "_COMM=sshd",
+        "_COMM=sshd-session",
+    ]
+    if isinstance(cursor, str) and cursor:
+        argv = [a for a in argv if a not in ("-n", str(MAX_LOG_LINES))]
+        argv += ["--after-cursor", cursor]
+    proc = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise Refused(
+            "io", "journalctl failed: " + _one_line(proc.stderr.decode("utf-8", "replace"))
+        )
+    lines: list[dict[str, Any]] = []
+    new_cursor = cursor if isinstance(cursor, str) else None
+    for raw in proc.stdout.splitlines()[: MAX_LOG_LINES + 1]:
+        text = raw.decode("utf-8", "replace")
+        if text.startswith("-- cursor: "):
+            new_cursor = text[len("-- cursor: ") :].strip()
+            continue
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            continue
+        message = entry.get("MESSAGE")
+        if not isinstance(message, str):
+            continue
+        stamp = entry.get("__REALTIME_TIMESTAMP")
+        ts = int(stamp) / 1e6 if isinstance(stamp, str) and stamp.isdigit() else None
+        pos = entry.get("__CURSOR")
+        if isinstance(pos, str):
+            new_cursor = pos
+        lines.append({"ts": ts, "text": message, "pos": pos})
+    return {"ok": True, "source": "journal", "lines": lines, "cursor": new_cursor}
+
+
+def _read_file_from(path: str, offset: int, budget: int) -> tuple[list[dict[str, Any]], int]:
+    """Whole lines of ``path`` from ``offset`` (never a trailing partial line)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("not_regular", f"{path} is not a regular file")
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = b""
+        while len(data) < budget:
+            chunk = os.read(fd, min(1 << 20, budget - len(data)))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    data = data[: end + 1]
+    lines: list[dict[str, Any]] = []
+    pos = offset
+    for raw in data.split(b"\n")[:-1]:
+        lines.append({"ts": None, "text": raw.decode("utf-8", "replace"), "pos": f"{pos}"})
+        pos += len(raw) + 1
+    return lines[:MAX_LOG_LINES], offset + len(data)
+
+
+def _read_auth_file(path: str, position: object) -> dict[str, Any]:
+    """New lines since ``position`` ({inode, offset}), following one rotation."""
+    saved = position if isinstance(position, dict) else {}
+    inode = saved.get("inode")
+    raw_offset = saved.get("offset")
+    offset: int = raw_offset if isinstance(raw_offset, int) and raw_offset >= 0 else 0
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise Refused("missing", f"auth log {path} does not exist") from None
+    lines: list[dict[str, Any]] = []
+    budget = MAX_LOG_BYTES
+    if inode is not None and inode != st.st_ino:
+        # Rotated: finish the old file (now path.1) from where we stopped, if it is there.
+        rotated = path + ".1"
+        try:
+            old = os.stat(rotated, follow_symlinks=False)
+            if old.st_ino == inode and old.st_size > offset:
+                more, _ = _read_file_from(rotated, offset, budget)
+                lines += more
+        except FileNotFoundError:
+            pass
+        offset = 0
+    elif st.st_size < offset:
+        offset = 0  # truncated in place
+    more, new_offset = _read_file_from(path, offset, budget)
+    for line in more:
+        line["pos"] = f"{st.st_ino}:{line['pos']}"
+    lines += more
+    return {
+        "ok": True,
+        "source": "file",
+        "path": path,
+        "lines": lines[:MAX_LOG_LINES],
+        "position": {"inode": st.st_ino, "offset": new_offset},
+    }
+
+
+def op_auth_log(req: dict[str, Any]) -> dict[str, Any]:
+    """sshd's log lines since the last read: journald (cursor) or an auth log file (offset)."""
+    source = req.get("source", "auto")
+    if not isinstance(source, str):
+        raise BadRequest("source must be a string")
+    try:
+        if source == "journal" or (source == "auto" and _journal_has_sshd()):
+            return _read_journal(req.get("cursor"))
+        if source == "auto":
+            for candidate in AUTH_LOG_FILES:
+                if os.path.exists(candidate):
+                    return _read_auth_file(candidate, req.get("position"))
+            raise Refused("missing", "no journal with sshd entries and no auth log file")
+        if not source.startswith("/"):
+            raise BadRequest("source must be auto, journal or an absolute path")
+        return _read_auth_file(source, req.get("position"))
+    except Refused as exc:
+        return {"ok": False, "error": exc.as_json()}
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"ok": False, "error": {"code": "io", "message": _one_line(str(exc))}}
+
+
 OPS = {
     "hello": op_hello,
     "read": op_read,
     "write": op_write,
     "sshd_config": op_sshd_config,
+    "auth_log": op_auth_log,
 }
 
 

@@ -137,6 +137,7 @@ def result_json(result: HostResult) -> dict[str, Any]:
         "environment": result.host.environment,
         "status": status,
         "error": result.error,
+        "warnings": list(result.warnings),
         "files": files,
     }
 
@@ -154,6 +155,8 @@ def print_plan(results: list[HostResult], applied: bool) -> None:
         click.echo(f"{data['host']} ({data['environment']}): {data['status']}")
         if result.error:
             click.echo(f"  error: {result.error}")
+        for warning in result.warnings:
+            click.echo(f"  warning: {warning}")
         for f in data["files"]:
             if f["action"] == "in-sync" and not f["error"]:
                 continue
@@ -199,6 +202,15 @@ def open_case_watch(app: AppContext) -> dict[int, frozenset[str]]:
         }
 
 
+def service_keys(prepared: Prepared) -> dict[str, str]:
+    """Keys that are not people's: the agent's own and break-glass keys, named in login logs."""
+    known = {prepared.agent_key.fingerprint: "keyward-agent"}
+    for env in prepared.inventory.environments:
+        for entry in env.break_glass:
+            known[entry.key.fingerprint] = "break-glass"
+    return known
+
+
 def run_agent(
     app: AppContext,
     env: str | None,
@@ -206,7 +218,16 @@ def run_agent(
     concurrency: int | None,
     dry_run: bool,
     prepared: Prepared | None = None,
+    collect: bool = True,
+    check_sshd: bool = False,
 ) -> list[HostResult]:
+    """One pass over the hosts; with ``collect``, also read and attribute new sshd logins.
+
+    When the logins put someone into failure mode, a second pass applies the
+    stricter options at once instead of at the next run.
+    """
+    from keyward.agent.attribution import notify, record_logins, saved_positions
+
     prepared = prepared or prepare(app, env, host)
     registry = app.registry()
     watch = open_case_watch(app)
@@ -219,6 +240,7 @@ def run_agent(
         )
     run_id = uuid.uuid4().hex[:12]
     log = get_logger(run_id=run_id)
+    collecting = collect and not dry_run
     ctx = RunContext(
         snapshot=prepared.snapshot,
         desired=prepared.desired,
@@ -229,14 +251,34 @@ def run_agent(
         dry_run=dry_run,
         log=get_logger(),
         watch=watch,
+        collect=collecting,
+        auth_positions=saved_positions(registry) if collecting else {},
+        check_sshd=check_sshd,
     )
     limit = concurrency or prepared.inventory.agent.concurrency
     progress = Progress(len(prepared.hosts))
+    alerts: list[int] = []
+    failure_modes = 0
+    known_keys = service_keys(prepared)
 
     def done(result: HostResult) -> None:
+        nonlocal failure_modes
         progress(result)
-        if not dry_run:
-            record_host(registry, app.actor, result, run_id, tuple(watch))
+        if dry_run:
+            return
+        record_host(registry, app.actor, result, run_id, tuple(watch))
+        if result.auth is not None:
+            collected = record_logins(
+                registry,
+                app.actor,
+                result,
+                prepared.snapshot,
+                prepared.inventory.policy,
+                registry.clock(),
+                known_keys,
+            )
+            alerts.extend(collected.alerts)
+            failure_modes += collected.failure_modes
 
     log.info("run_started", hosts=len(prepared.hosts), dry_run=dry_run, concurrency=limit)
     results = asyncio.run(reconcile_fleet(prepared.hosts, ctx, limit, done))
@@ -246,6 +288,11 @@ def run_agent(
         failed=sum(1 for r in results if not r.ok),
         changes=sum(r.changes for r in results),
     )
+    if alerts:
+        notify(registry, app.actor, tuple(alerts), prepared.inventory.policy.alert_command)
+    if failure_modes:
+        log.warning("failure_mode_applied", people=failure_modes)
+        return run_agent(app, env, host, concurrency, dry_run, None, collect=False)
     return results
 
 
@@ -273,7 +320,7 @@ def plan(
 
     Exit 0: everything in sync; 3: changes pending; 1: a host failed; 2: bad input.
     """
-    results = run_agent(app, env, host, None, dry_run=True)
+    results = run_agent(app, env, host, None, dry_run=True, check_sshd=True)
     if as_json:
         emit_json([result_json(r) for r in results])
     else:

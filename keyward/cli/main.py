@@ -64,9 +64,15 @@ def _register_commands() -> None:
     from keyward.cli import lifecycle_cmds
 
     lifecycle_cmds.register(cli)
+    from keyward.cli import backup_cmds
+
+    backup_cmds.register(cli)
     from keyward.cli import daemon_cmds
 
     daemon_cmds.register(cli)
+    from keyward.cli import login_cmds
+
+    login_cmds.register(cli)
 
 
 _register_commands()

@@ -203,8 +203,25 @@ def access_rows(
 
     prepared = prepare(app, env, None)
     snapshot = prepared.snapshot
+    from sqlalchemy import func
+
+    from keyward.registry.models import LoginEvent
+
     with app.registry().read() as session:
         states = {s.host: s for s in session.exec(select(HostState))}
+        last_logins = {
+            (person, host, account): at
+            for person, host, account, at in session.exec(
+                select(
+                    LoginEvent.person,
+                    LoginEvent.host,
+                    LoginEvent.account,
+                    func.max(LoginEvent.at),
+                )
+                .where(LoginEvent.outcome == "accepted", col(LoginEvent.person).is_not(None))
+                .group_by(col(LoginEvent.person), col(LoginEvent.host), col(LoginEvent.account))
+            )
+        }
     hosts = {h.name: h for h in prepared.hosts}
     grants: dict[tuple[str, str], list[Any]] = {}
     for grant in snapshot.grants:
@@ -247,6 +264,9 @@ def access_rows(
                             "key_expires_at": ts(record.expires_at) if record else None,
                             "line_expires_at": ts(line.expires_at),
                             "confirmed_on_host_at": confirmed,
+                            "last_login": ts(
+                                last_logins.get((line.owner, target.host, target.account))
+                            ),
                         }
                     )
     return rows
@@ -277,6 +297,7 @@ ACCESS_COLUMNS = [
     ("attestation", "Attestation"),
     ("key_expires_at", "Key expires"),
     ("confirmed_on_host_at", "Confirmed on host"),
+    ("last_login", "Last login"),
 ]
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from keyward.agent.attribution import notify, record_logins, saved_positions
 from keyward.agent.connection import Credentials
 from keyward.agent.reconcile import (
     HOST_FAILURES,
@@ -143,6 +144,7 @@ class Daemon:
         self.last_verify_at: datetime | None = None
         self.head_seq = -1
         self.connecting = asyncio.Semaphore(settings.max_connecting)
+        self.auth_positions: dict[str, dict[str, Any]] = {}
 
     # -- set-up ---------------------------------------------------------------
 
@@ -343,7 +345,7 @@ class Daemon:
         )
 
     async def _sync_many(
-        self, work: Iterable[tuple[HostLink, list[DesiredFile]]]
+        self, work: Iterable[tuple[HostLink, list[DesiredFile]]], collect: bool = False
     ) -> list[HostResult]:
         assert self.snapshot is not None and self.creds is not None and self.agent_key is not None
         ctx = RunContext(
@@ -355,6 +357,8 @@ class Daemon:
             run_id="d" + uuid.uuid4().hex[:11],
             log=get_logger(),
             watch=dict(self.watch),
+            collect=collect,
+            auth_positions=dict(self.auth_positions),
         )
         await self.lock.acquire()
         try:
@@ -393,10 +397,40 @@ class Daemon:
                 record_host, self.registry, self.actor, result, ctx.run_id, tuple(self.watch)
             )
         except Exception as exc:
-            self.log.error(
-                "record_failed", host=link.host.name, error=str(exc).splitlines()[0][:300]
-            )
+            self.log.error("record_failed", host=link.host.name, error=str(exc)[:300])
+        if result.auth is not None and result.auth.position is not None:
+            await self._record_logins(result)
         return result
+
+    async def _record_logins(self, result: HostResult) -> None:
+        assert self.snapshot is not None and self.inventory is not None
+        known = {self.agent_key.fingerprint: "keyward-agent"} if self.agent_key else {}
+        for env in self.inventory.environments:
+            for entry in env.break_glass:
+                known[entry.key.fingerprint] = "break-glass"
+        try:
+            collected = await asyncio.to_thread(
+                record_logins,
+                self.registry,
+                self.actor,
+                result,
+                self.snapshot,
+                self.inventory.policy,
+                self.clock(),
+                known,
+            )
+            assert result.auth is not None and result.auth.position is not None
+            self.auth_positions[result.host.name] = result.auth.position
+            if collected.alerts:
+                await asyncio.to_thread(
+                    notify,
+                    self.registry,
+                    self.actor,
+                    collected.alerts,
+                    self.inventory.policy.alert_command,
+                )
+        except Exception as exc:
+            self.log.error("logins_record_failed", host=result.host.name, error=str(exc)[:300])
 
     async def _on_connect(self, link: HostLink) -> None:
         """A (re)connected host gets every file synced: it may have missed changes."""
@@ -407,7 +441,7 @@ class Daemon:
             return
         for target in [t for t in self.confirmed if t.host == link.host.name]:
             del self.confirmed[target]
-        await self._sync_many([(link, files_of(link.host, self.desired))])
+        await self._sync_many([(link, files_of(link.host, self.desired))], collect=True)
 
     async def verify(self) -> None:
         """Full verification: read every managed file over the open connections."""
@@ -427,7 +461,7 @@ class Daemon:
             random.shuffle(links)
             started = time.monotonic()
             results = await self._sync_many(
-                (link, files_of(link.host, self.desired)) for link in links
+                ((link, files_of(link.host, self.desired)) for link in links), collect=True
             )
             self.last_verify_at = self.clock()
             self.metrics.last_verification = time.time()
@@ -511,6 +545,7 @@ class Daemon:
                 "run 'keyward inventory check'"
             )
         self.inventory_hash = inventory_fingerprint(self.inventory_dir)
+        self.auth_positions = await asyncio.to_thread(saved_positions, self.registry)
         assert self.inventory is not None
         soft, _ = raise_fd_limit(len(self.inventory.hosts()) * 4 + 256)
         loop = asyncio.get_running_loop()

@@ -69,10 +69,30 @@ _AGENT_FIELDS = (
     "connect_timeout",
     "python",
 )
-_POLICY_FIELDS = ("max_key_age_days", "min_rsa_bits", "allowed_key_types", "proof_max_age_days")
+_POLICY_FIELDS = (
+    "max_key_age_days",
+    "min_rsa_bits",
+    "allowed_key_types",
+    "proof_max_age_days",
+    "failed_login_threshold",
+    "failed_login_window_minutes",
+    "multi_source_window_minutes",
+    "failure_mode",
+    "alert_command",
+)
+FAILURE_MODES = ("off", "suspend", "restrict")
+DEFAULT_SSHD_CONFIG = "/etc/ssh/sshd_config"
 _ENV_FILE_FIELDS = ("environment", "defaults", "hosts", "access", "break_glass")
 _ENV_FIELDS = ("name", "min_attestation", "customer")
-_DEFAULT_FIELDS = ("login", "port", "authorized_keys", "mode", "accounts")
+_DEFAULT_FIELDS = (
+    "login",
+    "port",
+    "authorized_keys",
+    "mode",
+    "accounts",
+    "auth_log",
+    "sshd_config",
+)
 _HOST_FIELDS = (
     "name",
     "address",
@@ -83,6 +103,8 @@ _HOST_FIELDS = (
     "groups",
     "accounts",
     "customer",
+    "auth_log",
+    "sshd_config",
 )
 _ACCESS_FIELDS = ("roles", "accounts", "groups", "hosts", "options")
 _BREAK_GLASS_FIELDS = ("accounts", "key", "groups", "hosts", "options")
@@ -422,8 +444,44 @@ class _Loader:
             proof_max_age_days=reader.integer(
                 policy, "policy", "proof_max_age_days", DEFAULT_PROOF_MAX_AGE_DAYS, 0, 3650
             ),
+            failed_login_threshold=reader.integer(
+                policy, "policy", "failed_login_threshold", 5, 1, 100000
+            ),
+            failed_login_window_minutes=reader.integer(
+                policy, "policy", "failed_login_window_minutes", 10, 1, 10080
+            ),
+            multi_source_window_minutes=reader.integer(
+                policy, "policy", "multi_source_window_minutes", 60, 1, 10080
+            ),
+            failure_mode=self._failure_mode(reader, policy),
+            alert_command=reader.string(policy, "policy", "alert_command"),
         )
         return agent_settings, self.policy
+
+    def _failure_mode(self, reader: _Reader, policy: Mapping[str, Any]) -> str:
+        value = reader.string(policy, "policy", "failure_mode", "off") or "off"
+        if value not in FAILURE_MODES:
+            reader.add("policy.failure_mode", f"must be one of {', '.join(FAILURE_MODES)}")
+            return "off"
+        return value
+
+    def _auth_log(self, reader: _Reader, table: Mapping[str, Any], where: str, default: str) -> str:
+        value = reader.string(table, where, "auth_log", default) or default
+        if value not in ("auto", "journal") and not (
+            value.startswith("/") and not _has_unsafe_char(value) and " " not in value
+        ):
+            reader.add(_join(where, "auth_log"), "must be auto, journal or an absolute file path")
+            return default
+        return value
+
+    def _sshd_config(
+        self, reader: _Reader, table: Mapping[str, Any], where: str, default: str
+    ) -> str:
+        value = reader.string(table, where, "sshd_config", default) or default
+        if not value.startswith("/") or _has_unsafe_char(value) or " " in value:
+            reader.add(_join(where, "sshd_config"), "must be an absolute file path")
+            return default
+        return value
 
     def _path(self, reader: _Reader, table: Mapping[str, Any], field: str, default: str) -> Path:
         """A path setting; relative paths are relative to the inventory directory."""
@@ -535,6 +593,8 @@ class _Loader:
         d_files = self._authorized_keys(reader, defaults, "defaults", DEFAULT_AUTHORIZED_KEYS)
         d_mode = self._mode(reader, defaults, "defaults", DEFAULT_MODE)
         d_accounts = self._accounts(reader, defaults, "defaults", required=False)
+        d_auth_log = self._auth_log(reader, defaults, "defaults", "auto")
+        d_sshd_config = self._sshd_config(reader, defaults, "defaults", DEFAULT_SSHD_CONFIG)
 
         hosts: list[Host] = []
         for where, table in reader.tables(data, "hosts"):
@@ -564,6 +624,8 @@ class _Loader:
                 groups=reader.names(table, where, "groups", NAME_RE, "group name") or (),
                 accounts=accounts,
                 customer=reader.string(table, where, "customer", customer),
+                auth_log=self._auth_log(reader, table, where, d_auth_log),
+                sshd_config=self._sshd_config(reader, table, where, d_sshd_config),
             )
             if len(host.managed_accounts) > 1:
                 for pattern in host.authorized_keys:

@@ -46,6 +46,11 @@ class PolicySettings:
     min_rsa_bits: int
     allowed_key_types: tuple[str, ...] | None
     proof_max_age_days: int = 30
+    failed_login_threshold: int = 5
+    failed_login_window_minutes: int = 10
+    multi_source_window_minutes: int = 60
+    failure_mode: str = "off"  # off | suspend | restrict
+    alert_command: str | None = None
 
     def key_policy(self) -> KeyPolicy:
         """The ``keyward.keys.KeyPolicy`` these settings describe, for checking keys."""
@@ -81,6 +86,8 @@ class Host:
     groups: tuple[str, ...]
     accounts: tuple[str, ...]
     customer: str | None = None
+    auth_log: str = "auto"  # where sshd logs: auto, journal, or an absolute file path
+    sshd_config: str = "/etc/ssh/sshd_config"  # what `keyward plan` checks with sshd -T
 
     @property
     def managed_accounts(self) -> tuple[str, ...]:

@@ -225,3 +225,72 @@ class DaemonStatus(SQLModel, table=True):
     last_verify_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     stopped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     hosts: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class LoginEvent(SQLModel, table=True):
+    """One sshd authentication event on a managed host, attributed to a person by fingerprint."""
+
+    __tablename__ = "login_event"
+    __table_args__ = (UniqueConstraint("host", "pos"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str = Field(index=True, max_length=255)
+    account: str = Field(max_length=64)
+    at: datetime = Field(sa_column=_ts())
+    outcome: str = Field(max_length=16)  # accepted | failed | disconnected | invalid_user
+    addr: str = Field(max_length=64)
+    port: int
+    fingerprint: str | None = Field(default=None, index=True, max_length=64)
+    person: str | None = Field(default=None, index=True, max_length=32)
+    pos: str = Field(max_length=300)
+    ordinal: int = Field(default=0)
+    session_end: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    session_end_ordinal: int | None = Field(default=None)
+    collected_at: datetime = Field(sa_column=_ts())
+
+
+class AuthLogPosition(SQLModel, table=True):
+    """Where reading a host's sshd log stopped (journal cursor or file inode and offset)."""
+
+    __tablename__ = "auth_log_position"
+
+    host: str = Field(primary_key=True, max_length=255)
+    source: str = Field(max_length=16)
+    position: str = Field(sa_column=Column(Text, nullable=False))  # JSON
+    updated_at: datetime = Field(sa_column=_ts())
+
+
+class Alert(SQLModel, table=True):
+    """Something an administrator must look at: multi-computer use, new source, failed logins."""
+
+    __tablename__ = "alert"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    person: str | None = Field(default=None, index=True, max_length=32)
+    host: str | None = Field(default=None, max_length=255)
+    account: str | None = Field(default=None, max_length=64)
+    summary: str = Field(sa_column=Column(Text, nullable=False))
+    details: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=_ts())
+    status: str = Field(default="open", max_length=16)  # open | cleared
+    cleared_by: str | None = Field(default=None, max_length=64)
+    cleared_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    clear_reason: str | None = Field(default=None, max_length=500)
+    notified_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    notify_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class FailureMode(SQLModel, table=True):
+    """A person whose keys are deployed with stricter options (or not at all) until cleared."""
+
+    __tablename__ = "failure_mode"
+
+    id: int | None = Field(default=None, primary_key=True)
+    person_id: int = Field(foreign_key="person.id", index=True)
+    mode: str = Field(max_length=16)  # suspend | restrict
+    addresses: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    alert_id: int | None = Field(default=None, foreign_key="alert.id")
+    since: datetime = Field(sa_column=_ts())
+    cleared_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    cleared_by: str | None = Field(default=None, max_length=64)

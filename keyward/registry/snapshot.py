@@ -6,10 +6,20 @@ whole fleet is computed from this one snapshot.
 
 from __future__ import annotations
 
+import json
+
 from sqlmodel import Session, col, select
 
 from keyward.keys import decode_key
-from keyward.registry.models import AccessRequest, AuditHead, Membership, Person, Role, SshKey
+from keyward.registry.models import (
+    AccessRequest,
+    AuditHead,
+    FailureMode,
+    Membership,
+    Person,
+    Role,
+    SshKey,
+)
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
 
 
@@ -62,5 +72,13 @@ def load_snapshot(session: Session) -> RegistrySnapshot:
         )
     )
     grants = grants + requests
+    restricted = {
+        ids[f.person_id]: frozenset(json.loads(f.addresses))
+        if f.mode == "restrict"
+        else frozenset()
+        for f in session.exec(select(FailureMode).where(col(FailureMode.cleared_at).is_(None)))
+    }
     head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
-    return RegistrySnapshot(people=people, keys=keys, grants=grants, head_seq=head.seq)
+    return RegistrySnapshot(
+        people=people, keys=keys, grants=grants, head_seq=head.seq, restricted=restricted
+    )

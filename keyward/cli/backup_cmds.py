@@ -1,0 +1,340 @@
+"""Backup commands: create, list, prune, restore (see keyward.registry.backup)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keyward.cli.context import AppContext
+from keyward.cli.output import emit_json, table, ts
+from keyward.cli.registry_cmds import log_events
+from keyward.errors import AuditChainBroken, KeywardError
+from keyward.logs import get_logger
+from keyward.registry import backup as bk
+from keyward.registry.db import describe, make_engine
+from keyward.registry.schema import head_revision
+from keyward.registry.store import Registry
+
+pass_app = click.make_pass_decorator(AppContext)
+
+DIR_HELP = "Backup directory [default: <state dir>/backups, e.g. /var/lib/keyward/backups]."
+
+
+def backup_dir(directory: str | None) -> Path:
+    if directory:
+        return Path(directory).expanduser().absolute()
+    return bk.default_backup_dir(dict(os.environ), os.geteuid()).absolute()
+
+
+@click.group()
+def backup() -> None:
+    """Snapshots of the registry: take, list, prune, restore."""
+
+
+# -- create -----------------------------------------------------------------------
+
+
+@backup.command("create")
+@click.argument("directory", required=False, metavar="[DIR]")
+@click.option(
+    "--copy-command",
+    envvar=bk.COPY_ENV,
+    metavar="COMMAND",
+    help="Copy each new file elsewhere, e.g. 'rclone copyto {path} remote:keyward/{name}'; "
+    "run without a shell for the snapshot and for its .sha256 file ({path} and {name} are "
+    "quoted by keyward: do not quote them). A failure exits 1 and is "
+    f"recorded as a backup.copy-failed audit event [env {bk.COPY_ENV}]",
+)
+@click.option(
+    "--copy-timeout",
+    type=click.FloatRange(min=1),
+    default=bk.COPY_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="Kill the copy command after this long (and fail).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def backup_create(
+    app: AppContext,
+    directory: str | None,
+    copy_command: str | None,
+    copy_timeout: float,
+    as_json: bool,
+) -> None:
+    """Write a consistent, verified, checksummed snapshot of the registry into DIR.
+
+    SQLite registries are copied with SQLite's online backup API, PostgreSQL ones with
+    pg_dump -Fc; other administrators and the agent can keep writing meanwhile. The
+    snapshot is then opened and its audit chain verified. The backup.create audit event
+    is written to the live registry afterwards, so a snapshot never contains its own event.
+    """
+    log = get_logger()
+    target = backup_dir(directory)
+    if copy_command:
+        bk.parse_copy_command(copy_command)
+    registry = app.registry()
+    now = registry.clock()
+    try:
+        created = bk.take_snapshot(registry.url, registry.backend, target, now)
+    except AuditChainBroken as exc:
+        log.error("backup_verify_failed", directory=str(target), error=exc.message)
+        raise AuditChainBroken(f"no snapshot kept: {exc.message}") from None
+    except KeywardError as exc:
+        log.error("backup_failed", directory=str(target), error=exc.message)
+        raise
+    failures: list[bk.CopyFailure] = []
+    if copy_command:
+        for path in (created.path, created.checksum):
+            failure = bk.run_copy(copy_command, path, copy_timeout)
+            if failure is not None:
+                failures.append(failure)
+                break
+    with registry.write(app.actor) as tx:
+        tx.audit(
+            "backup.create",
+            created.path.name,
+            {
+                "backend": created.backend,
+                "bytes": created.size,
+                "sha256": created.sha256,
+                "events_verified": created.events,
+                "directory": str(target),
+                "copied": bool(copy_command) and not failures,
+            },
+        )
+        for failure in failures:
+            tx.audit(
+                "backup.copy-failed",
+                created.path.name,
+                {
+                    "file": failure.file,
+                    "program": failure.program,
+                    "exit_code": failure.exit_code,
+                    "timed_out": failure.timed_out,
+                    "error": failure.error,
+                },
+            )
+    log_events(tx)
+    log.info(
+        "backup_created",
+        path=str(created.path),
+        sha256=created.sha256,
+        bytes=created.size,
+        events=created.events,
+    )
+    for failure in failures:
+        log.error(
+            "backup_copy_failed",
+            path=str(created.path),
+            file=failure.file,
+            program=failure.program,
+            exit_code=failure.exit_code,
+            timed_out=failure.timed_out,
+            error=failure.error,
+        )
+    if as_json:
+        emit_json(
+            {
+                "path": str(created.path),
+                "name": created.path.name,
+                "checksum_file": str(created.checksum),
+                "backend": created.backend,
+                "taken_at": ts(now),
+                "bytes": created.size,
+                "sha256": created.sha256,
+                "events_verified": created.events,
+                "copied": bool(copy_command) and not failures,
+                "copy_error": str(failures[0]) if failures else None,
+            }
+        )
+    else:
+        click.echo(
+            f"backup {created.path} ({created.size} bytes, sha256 {created.sha256[:16]}); "
+            f"audit chain ok: {created.events} events"
+        )
+    if failures:
+        raise bk.BackupFailed(f"snapshot {created.path.name} was written, but {failures[0]}")
+    if copy_command and not as_json:
+        click.echo(f"copied {created.path.name} and {created.checksum.name}")
+
+
+# -- list -------------------------------------------------------------------------
+
+
+@backup.command("list")
+@click.argument("directory", required=False, metavar="[DIR]")
+@click.option("--check", is_flag=True, help="Also recompute each snapshot's checksum.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def backup_list(directory: str | None, check: bool, as_json: bool) -> None:
+    """List keyward's snapshots in DIR, oldest first."""
+    target = backup_dir(directory)
+    rows: list[dict[str, Any]] = []
+    for snap in bk.list_snapshots(target):
+        recorded = bk.read_checksum(snap.path)
+        if recorded is None:
+            status = "missing"
+        elif not check:
+            status = "unchecked"
+        else:
+            status = "ok" if bk.sha256_file(snap.path) == recorded else "mismatch"
+        rows.append(
+            {
+                "name": snap.name,
+                "path": str(snap.path),
+                "kind": snap.kind,
+                "taken_at": ts(snap.taken_at),
+                "bytes": snap.path.stat().st_size,
+                "sha256": recorded,
+                "checksum": status,
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        rows,
+        [("name", "SNAPSHOT"), ("taken_at", "TAKEN"), ("bytes", "BYTES"), ("checksum", "CHECKSUM")],
+    )
+    if check and any(r["checksum"] != "ok" for r in rows):
+        raise bk.BackupFailed("some snapshots do not match their checksum (or have none)")
+
+
+# -- prune ------------------------------------------------------------------------
+
+
+@backup.command("prune")
+@click.argument("directory", required=False, metavar="[DIR]")
+@click.option(
+    "--keep-days",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Keep snapshots taken within this many days (the newest is always kept).",
+)
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def backup_prune(
+    app: AppContext, directory: str | None, keep_days: int, dry_run: bool, as_json: bool
+) -> None:
+    """Delete snapshots older than --keep-days (by the time in their name).
+
+    Only files named like keyward's own snapshots (and their .sha256 files) are touched.
+    """
+    target = backup_dir(directory)
+    registry = None if dry_run else app.registry()
+    now = app.clock()
+    keep, delete = bk.prune_plan(bk.list_snapshots(target), now, keep_days)
+    stale: list[str] = []
+    if not dry_run:
+        for snap in delete:
+            bk.delete_snapshot(snap)
+        stale = bk.remove_stale_temp_files(target)
+        assert registry is not None
+        with registry.write(app.actor) as tx:
+            tx.audit(
+                "backup.prune",
+                "backups",
+                {
+                    "directory": str(target),
+                    "keep_days": keep_days,
+                    "deleted": [s.name for s in delete],
+                    "kept": len(keep),
+                    **({"half_written": stale} if stale else {}),
+                },
+            )
+        log_events(tx)
+        get_logger().info(
+            "backup_pruned", directory=str(target), deleted=len(delete), kept=len(keep)
+        )
+    if as_json:
+        emit_json(
+            {
+                "directory": str(target),
+                "keep_days": keep_days,
+                "dry_run": dry_run,
+                "deleted": [s.name for s in delete],
+                "kept": [s.name for s in keep],
+                "half_written_deleted": stale,
+            }
+        )
+        return
+    for name in stale:
+        click.echo(f"deleted half-written {name}")
+    verb = "would delete" if dry_run else "deleted"
+    for snap in delete:
+        click.echo(f"{verb} {snap.name}")
+    click.echo(f"{len(keep)} snapshots kept, {len(delete)} {verb.split()[-1]} ({target})")
+
+
+# -- restore ----------------------------------------------------------------------
+
+
+@backup.command("restore")
+@click.argument("file", metavar="FILE")
+@click.option("--force", is_flag=True, help="Replace a registry that is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def backup_restore(app: AppContext, file: str, force: bool, as_json: bool) -> None:
+    """Restore snapshot FILE into the registry (--db / KEYWARD_DB), then verify it.
+
+    FILE's .sha256 file must be next to it and match. The registry must be empty (new,
+    or only initialised) unless --force. Exit 1 if the restored audit chain is broken.
+    """
+    url = app.url
+    path = Path(file).expanduser().absolute()
+    restored = bk.restore_snapshot(path, url, force=force)
+    registry = Registry(make_engine(url), url, app.clock)
+    try:
+        revision = bk.schema_revision(registry.engine)
+        with registry.write(app.actor) as tx:
+            details: dict[str, Any] = {
+                "file": path.name,
+                "sha256": restored.sha256,
+                "forced": force,
+                "events_verified": restored.events,
+            }
+            if not restored.replaced.empty:
+                details["replaced"] = {
+                    "people": restored.replaced.people,
+                    "keys": restored.replaced.keys,
+                    "roles": restored.replaced.roles,
+                    "events": restored.replaced.events,
+                }
+            tx.audit("backup.restore", path.name, details)
+        log_events(tx)
+    finally:
+        registry.dispose()
+    get_logger().info(
+        "backup_restored", path=str(path), registry=describe(url), events=restored.events
+    )
+    current = revision == head_revision()
+    if as_json:
+        emit_json(
+            {
+                "file": str(path),
+                "registry": describe(url),
+                "sha256": restored.sha256,
+                "events_verified": restored.events,
+                "schema": revision,
+                "schema_current": current,
+                "replaced": None if restored.replaced.empty else str(restored.replaced),
+            }
+        )
+        return
+    click.echo(
+        f"restored {path.name} into {describe(url)}; audit chain ok: {restored.events} events"
+    )
+    if not current:
+        click.echo(
+            f"the snapshot is at schema {revision}, this keyward uses {head_revision()}: "
+            "run 'keyward init' to bring it to the installed schema"
+        )
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(backup)

@@ -1,0 +1,294 @@
+"""Turning sshd's log lines into login events, and login events into alerts.
+
+Pure functions: text and plain values in, frozen values out.  With
+``LogLevel VERBOSE`` sshd names the key behind every login::
+
+    Accepted publickey for deploy from 203.0.113.7 port 51702 ssh2: ED25519 SHA256:...
+    Failed publickey for deploy from 203.0.113.7 port 51708 ssh2: ED25519 SHA256:...
+    Invalid user admin from 203.0.113.9 port 40022
+    Disconnected from user deploy 203.0.113.7 port 51702
+
+and keyward knows whose key each fingerprint is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+Outcome = Literal["accepted", "failed", "disconnected", "invalid_user"]
+
+_ADDR = r"(?P<addr>[0-9A-Fa-f:.]+)"
+_PATTERNS: tuple[tuple[Outcome, re.Pattern[str]], ...] = (
+    (
+        "accepted",
+        re.compile(
+            r"Accepted publickey for (?P<user>\S+) from "
+            + _ADDR
+            + r" port (?P<port>\d+) ssh2: \S+ (?P<fp>SHA256:[A-Za-z0-9+/]{43})"
+        ),
+    ),
+    (
+        "failed",
+        re.compile(
+            r"Failed publickey for (?:invalid user )?(?P<user>\S+) from "
+            + _ADDR
+            + r" port (?P<port>\d+) ssh2: \S+ (?P<fp>SHA256:[A-Za-z0-9+/]{43})"
+        ),
+    ),
+    (
+        "invalid_user",
+        re.compile(r"Invalid user (?P<user>\S*) from " + _ADDR + r" port (?P<port>\d+)"),
+    ),
+    (
+        "disconnected",
+        re.compile(r"Disconnected from user (?P<user>\S+) " + _ADDR + r" port (?P<port>\d+)"),
+    ),
+)
+_SSHD_TAG = re.compile(r"\bsshd(?:-session)?\[\d+\]:\s?")
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s")
+_TRADITIONAL = re.compile(r"^([A-Z][a-z]{2}\s+\d{1,2} \d\d:\d\d:\d\d)\s")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line as collected from a host: its text, its time if the source had one,
+    and its position in the source (a journal cursor or inode:offset) for de-duplication."""
+
+    text: str
+    ts: float | None
+    pos: str | None
+
+
+@dataclass(frozen=True)
+class LoginEvent:
+    host: str
+    account: str
+    at: datetime
+    outcome: Outcome
+    addr: str
+    port: int
+    fingerprint: str | None
+    person: str | None
+    pos: str | None
+    order: int = 0  # position within its batch, to order events that share a timestamp
+
+
+def _line_time(text: str, ts: float | None, fallback: datetime) -> datetime:
+    if ts is not None:
+        return datetime.fromtimestamp(ts, UTC)
+    match = _RFC3339.match(text)
+    if match:
+        try:
+            value = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        except ValueError:
+            return fallback
+    match = _TRADITIONAL.match(text)
+    if match:
+        try:
+            value = datetime.strptime(f"{fallback.year} {match.group(1)}", "%Y %b %d %H:%M:%S")
+        except ValueError:
+            return fallback
+        value = value.replace(tzinfo=UTC)
+        # Syslog omits the year; a date "in the future" belongs to last year.
+        if value > fallback + timedelta(days=1):
+            value = value.replace(year=value.year - 1)
+        return value
+    return fallback
+
+
+def parse_lines(
+    host: str,
+    lines: Sequence[LogLine],
+    owners: Mapping[str, str],
+    collected_at: datetime,
+) -> list[LoginEvent]:
+    """Login events in ``lines``; ``owners`` maps fingerprints to usernames."""
+    events: list[LoginEvent] = []
+    for index, line in enumerate(lines):
+        text = line.text
+        tag = _SSHD_TAG.search(text)
+        message = text[tag.end() :] if tag else text
+        for outcome, pattern in _PATTERNS:
+            match = pattern.search(message)
+            if match is None:
+                continue
+            fields = match.groupdict()
+            fingerprint = fields.get("fp")
+            events.append(
+                LoginEvent(
+                    host=host,
+                    account=fields["user"][:64],
+                    at=_line_time(text, line.ts, collected_at),
+                    outcome=outcome,
+                    addr=fields["addr"],
+                    port=int(fields["port"]),
+                    fingerprint=fingerprint,
+                    person=owners.get(fingerprint) if fingerprint else None,
+                    pos=line.pos,
+                    order=index,
+                )
+            )
+            break
+    return events
+
+
+@dataclass(frozen=True)
+class Session:
+    """An accepted login, closed when its disconnect was seen.
+
+    Times from a log without timestamps are the collection time; the order of
+    lines within one collection then decides what overlapped.
+    """
+
+    host: str
+    account: str
+    person: str | None
+    fingerprint: str | None
+    addr: str
+    port: int
+    start: datetime
+    end: datetime | None
+    start_order: int = 0
+    end_order: int = 0
+
+    @property
+    def begins(self) -> tuple[datetime, int]:
+        return (self.start, self.start_order)
+
+    @property
+    def ends(self) -> tuple[datetime, int] | None:
+        return None if self.end is None else (self.end, self.end_order)
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: Literal["multi_source", "new_source", "failed_logins"]
+    person: str | None
+    host: str | None
+    account: str | None
+    summary: str
+    details: Mapping[str, object]
+
+
+def multi_source_alerts(
+    sessions: Iterable[Session], new: Iterable[Session], window: timedelta
+) -> list[Alert]:
+    """A person with sessions open at the same time from two or more source addresses."""
+    history = [s for s in sessions if s.person]
+    alerts: list[Alert] = []
+    seen: set[tuple[str, frozenset[str]]] = set()
+    for s in new:
+        if s.person is None:
+            continue
+        overlapping = [
+            o
+            for o in history
+            if o.person == s.person
+            and o.addr != s.addr
+            and abs((o.start - s.start).total_seconds()) <= window.total_seconds()
+            and (o.ends is None or o.ends > s.begins)
+            and (s.ends is None or s.ends > o.begins)
+        ]
+        if not overlapping:
+            continue
+        addrs = frozenset({s.addr, *(o.addr for o in overlapping)})
+        if (s.person, addrs) in seen:
+            continue
+        seen.add((s.person, addrs))
+        alerts.append(
+            Alert(
+                "multi_source",
+                s.person,
+                s.host,
+                s.account,
+                f"{s.person} has sessions open at the same time from {len(addrs)} addresses: "
+                + ", ".join(sorted(addrs)),
+                {
+                    "addresses": sorted(addrs),
+                    "hosts": sorted({s.host, *(o.host for o in overlapping)}),
+                },
+            )
+        )
+    return alerts
+
+
+def new_source_alerts(
+    known: Mapping[str, frozenset[str]], new: Iterable[LoginEvent]
+) -> list[Alert]:
+    """A key that has logged in before now used from an address never seen for it."""
+    alerts: list[Alert] = []
+    seen: dict[str, set[str]] = {fp: set(addrs) for fp, addrs in known.items()}
+    for event in new:
+        if event.outcome != "accepted" or event.fingerprint is None:
+            continue
+        addrs = seen.setdefault(event.fingerprint, set())
+        if addrs and event.addr not in addrs:
+            alerts.append(
+                Alert(
+                    "new_source",
+                    event.person,
+                    event.host,
+                    event.account,
+                    f"key {event.fingerprint} ({event.person or 'unknown key'}) used from a new "
+                    f"address {event.addr} on {event.account}@{event.host}",
+                    {
+                        "fingerprint": event.fingerprint,
+                        "address": event.addr,
+                        "known_addresses": sorted(addrs),
+                    },
+                )
+            )
+        addrs.add(event.addr)
+    return alerts
+
+
+def failed_login_alerts(
+    failures: Sequence[LoginEvent], threshold: int, window: timedelta, now: datetime
+) -> list[Alert]:
+    """More than ``threshold`` failures for a person's key, or for an account, within ``window``."""
+    recent = [
+        f for f in failures if f.outcome in ("failed", "invalid_user") and f.at >= now - window
+    ]
+    alerts: list[Alert] = []
+    by_person: dict[str, list[LoginEvent]] = {}
+    by_account: dict[tuple[str, str], list[LoginEvent]] = {}
+    for f in recent:
+        if f.person:
+            by_person.setdefault(f.person, []).append(f)
+        by_account.setdefault((f.host, f.account), []).append(f)
+    for person, events in sorted(by_person.items()):
+        if len(events) > threshold:
+            alerts.append(
+                Alert(
+                    "failed_logins",
+                    person,
+                    None,
+                    None,
+                    f"{len(events)} failed logins with {person}'s keys within "
+                    f"{int(window.total_seconds() // 60)} minutes",
+                    {
+                        "count": len(events),
+                        "addresses": sorted({e.addr for e in events}),
+                        "hosts": sorted({e.host for e in events}),
+                    },
+                )
+            )
+    for (host, account), events in sorted(by_account.items()):
+        if len(events) > threshold and not any(e.person for e in events):
+            alerts.append(
+                Alert(
+                    "failed_logins",
+                    None,
+                    host,
+                    account,
+                    f"{len(events)} failed logins for {account}@{host} within "
+                    f"{int(window.total_seconds() // 60)} minutes",
+                    {"count": len(events), "addresses": sorted({e.addr for e in events})},
+                )
+            )
+    return alerts
