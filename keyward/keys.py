@@ -320,11 +320,12 @@ def _safe_type(name: str) -> str:
 
 
 def _has_control(text: str) -> bool:
-    """True if ``text`` holds a control, line/paragraph separator or bidi override."""
+    """True if ``text`` holds a control, format (bidi override, zero-width, BOM) or
+    line/paragraph separator character: the same set the registry and options refuse."""
     for ch in text:
         if ch == "\t":
             continue
-        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
+        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
             return True
     return False
 

@@ -61,6 +61,7 @@ class InventorySpec:
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)  # raw [[hosts]] TOML blocks
     auth_logs: bool = True  # read each host's sshd log from the fleet's log file
     policy: tuple[str, ...] = ()  # extra [policy] lines, e.g. 'failure_mode = "suspend"'
+    customers: tuple[tuple[str, str], ...] = ()  # (host name, customer)
 
 
 def _toml_list(values: Sequence[str]) -> str:
@@ -112,6 +113,9 @@ def write_inventory(
             f"authorized_keys = {_toml_str(host_pattern(host))}",
             f"accounts = {_toml_list(spec.accounts)}",
         ]
+        customer = dict(spec.customers).get(host.name)
+        if customer:
+            lines.append(f"customer = {_toml_str(customer)}")
         if spec.auth_logs:
             lines.append(f"auth_log = {_toml_str(str(host.log_file))}")
             lines.append(f"sshd_config = {_toml_str(str(host.sshd_config))}")

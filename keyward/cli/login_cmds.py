@@ -11,7 +11,7 @@ from sqlmodel import col, select
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
 from keyward.cli.parsing import start_of_day
-from keyward.cli.registry_cmds import log_events, person
+from keyward.cli.registry_cmds import customer_hosts, log_events, person
 from keyward.errors import RegistryError
 from keyward.registry import ops, validate
 from keyward.registry.models import Alert, FailureMode, LoginEvent
@@ -24,6 +24,7 @@ pass_app = click.make_pass_decorator(AppContext)
 @click.option("--host", default=None, help="Only this host.")
 @click.option("--since", default=None, metavar="DATE", help="Only from this date (UTC).")
 @click.option("--failed", is_flag=True, help="Only failed attempts.")
+@click.option("--customer", default=None, help="Only this customer's hosts.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
@@ -33,6 +34,7 @@ def logins(
     host: str | None,
     since: str | None,
     failed: bool,
+    customer: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -47,6 +49,8 @@ def logins(
             query = query.where(LoginEvent.at >= start_of_day(since, "--since"))
         if failed:
             query = query.where(col(LoginEvent.outcome).in_(["failed", "invalid_user"]))
+        if customer is not None:
+            query = query.where(col(LoginEvent.host).in_(sorted(customer_hosts(app, customer))))
         rows = [
             {
                 "at": ts(e.at),
@@ -168,6 +172,21 @@ def person_clear_alert(app: AppContext, username: str, reason: str) -> None:
         f"cleared {len(open_alerts)} alert(s) for {username}"
         + ("; failure mode ended (deployed at the next reconcile)" if modes else "")
     )
+
+
+@person.command("purge")
+@click.argument("username")
+@pass_app
+def person_purge(app: AppContext, username: str) -> None:
+    """Reduce an offboarded person to what the audit chain needs (after purge_after_days)."""
+    from keyward.cli.registry_cmds import key_policy_settings
+    from keyward.registry.lifecycle import purge_person
+
+    keep = key_policy_settings(app).purge_after_days
+    with app.registry().write(app.actor) as tx:
+        seqs = purge_person(tx, username, keep)
+    log_events(tx)
+    click.echo(f"purged {username}: {len(seqs)} audit events redacted; the chain still verifies")
 
 
 def register(cli: click.Group) -> None:

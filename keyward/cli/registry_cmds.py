@@ -15,6 +15,7 @@ from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration, end_of_day, start_of_day
 from keyward.errors import UsageError
+from keyward.inventory.model import PolicySettings
 from keyward.keys import DEFAULT_POLICY, KeyPolicy, decode_key, parse_public_key
 from keyward.logs import get_logger
 from keyward.registry import ops
@@ -50,6 +51,24 @@ def key_policy(app: AppContext) -> KeyPolicy:
     from keyward.inventory import load_inventory
 
     return load_inventory(root).policy.key_policy()
+
+
+def key_policy_settings(app: AppContext) -> PolicySettings:
+    """The inventory's ``[policy]`` (defaults without an inventory)."""
+    root = app.inventory_dir()
+    if not root.is_dir():
+        return PolicySettings(DEFAULT_POLICY.max_key_age_days, DEFAULT_POLICY.min_rsa_bits, None)
+    from keyward.inventory import load_inventory
+
+    return load_inventory(root).policy
+
+
+def customer_hosts(app: AppContext, customer: str) -> set[str]:
+    """Names of the inventory's hosts that belong to ``customer``."""
+    from keyward.inventory import load_inventory
+
+    inv = load_inventory(app.inventory_dir())
+    return {h.name for h in inv.hosts() if h.customer == customer}
 
 
 def log_events(tx: WriteTx) -> None:
@@ -564,10 +583,18 @@ def audit() -> None:
 @click.option("--since", default=None, metavar="DATE", help="Only events from this date (UTC).")
 @click.option("--person", "username", default=None, help="Only events about this person.")
 @click.option("--action", default=None, help="Only this action (e.g. key.revoke).")
+@click.option(
+    "--customer", default=None, help="Only events about this customer's hosts and grants."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def audit_log(
-    app: AppContext, since: str | None, username: str | None, action: str | None, as_json: bool
+    app: AppContext,
+    since: str | None,
+    username: str | None,
+    action: str | None,
+    customer: str | None,
+    as_json: bool,
 ) -> None:
     """Show audit events, oldest first."""
     with app.registry().read() as session:
@@ -589,6 +616,11 @@ def audit_log(
                 "hash": e.hash,
             }
             for e in session.exec(query)
+        ]
+    if customer is not None:
+        hosts = customer_hosts(app, customer)
+        rows = [
+            r for r in rows if r["subject"] in hosts or r["details"].get("customer") == customer
         ]
     if as_json:
         emit_json(rows)

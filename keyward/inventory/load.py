@@ -79,6 +79,7 @@ _POLICY_FIELDS = (
     "multi_source_window_minutes",
     "failure_mode",
     "alert_command",
+    "purge_after_days",
 )
 FAILURE_MODES = ("off", "suspend", "restrict")
 DEFAULT_SSHD_CONFIG = "/etc/ssh/sshd_config"
@@ -455,6 +456,7 @@ class _Loader:
             ),
             failure_mode=self._failure_mode(reader, policy),
             alert_command=reader.string(policy, "policy", "alert_command"),
+            purge_after_days=reader.integer(policy, "policy", "purge_after_days", 365, 0, 36500),
         )
         return agent_settings, self.policy
 
@@ -780,6 +782,15 @@ class _Loader:
             if not dangling:
                 reader.add(where, "matches no host")
             return
+        # Hosts without a customer are the fleet owner's own; only two different named
+        # customers behind one rule is a crossing.
+        customers = sorted({host.customer for host in matched if host.customer})
+        if len(customers) > 1 and isinstance(rule, AccessRule):
+            reader.add(
+                where,
+                f"crosses customers ({', '.join(customers)}): one rule would give the same "
+                "people access to several customers' hosts; split it with groups/hosts",
+            )
         for account in rule.accounts:
             missing = [host.name for host in matched if account not in host.managed_accounts]
             if missing:

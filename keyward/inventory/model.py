@@ -51,6 +51,7 @@ class PolicySettings:
     multi_source_window_minutes: int = 60
     failure_mode: str = "off"  # off | suspend | restrict
     alert_command: str | None = None
+    purge_after_days: int = 365  # how long an offboarded person's details are kept
 
     def key_policy(self) -> KeyPolicy:
         """The ``keyward.keys.KeyPolicy`` these settings describe, for checking keys."""

@@ -257,3 +257,61 @@ def open_cases(session: Session) -> list[tuple[OffboardingCase, Person]]:
             .where(OffboardingCase.status == "open")
         )
     )
+
+
+# -- retention ----------------------------------------------------------------
+
+PURGED_NAME = "(purged)"
+
+
+def purge_person(tx: WriteTx, username: str, keep_days: int) -> list[int]:
+    """Reduce an offboarded person to what the audit chain needs; returns redacted event seqs.
+
+    The person's name, email and key comments are blanked, the source addresses of
+    their logins removed, and the details of every audit event about them
+    redacted.  The chain stays verifiable: each event keeps its details digest,
+    and one ``audit.redact`` event (itself in the chain) lists what was redacted.
+    """
+    from keyward.registry.audit import REDACT_ACTION
+    from keyward.registry.models import AuditEvent, LoginEvent
+
+    person = ops.find_person(tx.session, username)
+    if person.status != "offboarded":
+        raise RegistryError(f"{username!r} is {person.status}; only offboarded people are purged")
+    if person.full_name == PURGED_NAME:
+        raise RegistryError(f"{username!r} is already purged")
+    cases = tx.session.exec(
+        select(OffboardingCase).where(OffboardingCase.person_id == person.id)
+    ).all()
+    if any(c.status != "confirmed" for c in cases):
+        raise RegistryError(
+            f"{username!r} still has an unconfirmed offboarding case; its evidence is needed"
+        )
+    left = max((c.closed_at or c.started_at for c in cases), default=person.changed_at)
+    if tx.now < left + timedelta(days=keep_days):
+        raise RegistryError(
+            f"{username!r} left on {left:%Y-%m-%d}; details are kept for {keep_days} days "
+            f"(until {left + timedelta(days=keep_days):%Y-%m-%d}, policy purge_after_days)"
+        )
+    person.full_name = PURGED_NAME
+    person.email = None
+    person.changed_at = tx.now
+    tx.session.add(person)
+    for key in tx.session.exec(select(SshKey).where(SshKey.person_id == person.id)):
+        key.comment = ""
+        tx.session.add(key)
+    for login in tx.session.exec(select(LoginEvent).where(LoginEvent.person == username)):
+        login.addr = "redacted"
+        tx.session.add(login)
+    seqs: list[int] = []
+    for event in tx.session.exec(
+        select(AuditEvent).where(AuditEvent.subject == username, AuditEvent.redacted == False)  # noqa: E712
+    ):
+        event.details = json.dumps({"redacted": True})
+        event.redacted = True
+        tx.session.add(event)
+        seqs.append(event.seq)
+    tx.session.flush()
+    tx.audit(REDACT_ACTION, username, {"seqs": sorted(seqs), "reason": "person purge"})
+    tx.audit("person.purge", username, {"kept_days": keep_days})
+    return sorted(seqs)
