@@ -10,7 +10,7 @@ from tests.agent_env import AgentEnv
 
 
 def two_customers(env: AgentEnv) -> None:
-    acme, globex, own = env.hosts
+    acme, globex, _own = env.hosts
     env.rewrite_inventory(
         dataclasses.replace(
             env.spec,
