@@ -16,7 +16,7 @@ import pytest
 from keyward.authorized_keys import parse_authorized_keys
 from tests.agent_env import AgentEnv
 
-WAIT = 20.0
+WAIT = 40.0
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> float:

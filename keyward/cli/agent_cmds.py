@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from keyward.agent.record import record_host
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
 from keyward.desired import DesiredFile, FileTarget, compute_desired
-from keyward.errors import InventoryError, UsageError
+from keyward.errors import InventoryError, KeywardError, RegistryUnavailable, UsageError
 from keyward.inventory import check_inventory, load_inventory, summarize
 from keyward.inventory.model import Host, Inventory
 from keyward.keys import PublicKey, parse_public_key
@@ -259,6 +260,7 @@ def run_agent(
     progress = Progress(len(prepared.hosts))
     alerts: list[int] = []
     failure_modes = 0
+    unrecorded: list[HostResult] = []
     known_keys = service_keys(prepared)
 
     def done(result: HostResult) -> None:
@@ -266,17 +268,28 @@ def run_agent(
         progress(result)
         if dry_run:
             return
-        record_host(registry, app.actor, result, run_id, tuple(watch))
+        try:
+            record_host(registry, app.actor, result, run_id, tuple(watch))
+        except KeywardError as exc:
+            # The host is already written; never lose its audit record: retry after the run.
+            log.error("record_failed", host=result.host.name, error=exc.message)
+            unrecorded.append(result)
+            return
         if result.auth is not None:
-            collected = record_logins(
-                registry,
-                app.actor,
-                result,
-                prepared.snapshot,
-                prepared.inventory.policy,
-                registry.clock(),
-                known_keys,
-            )
+            try:
+                collected = record_logins(
+                    registry,
+                    app.actor,
+                    result,
+                    prepared.snapshot,
+                    prepared.inventory.policy,
+                    registry.clock(),
+                    known_keys,
+                )
+            except KeywardError as exc:
+                # Not stored means the read position was not saved: the next run re-reads.
+                log.error("logins_record_failed", host=result.host.name, error=exc.message)
+                return
             alerts.extend(collected.alerts)
             failure_modes += collected.failure_modes
 
@@ -288,6 +301,22 @@ def run_agent(
         failed=sum(1 for r in results if not r.ok),
         changes=sum(r.changes for r in results),
     )
+    for attempt in range(10):
+        pending, unrecorded[:] = list(unrecorded), []
+        for result in pending:
+            try:
+                record_host(registry, app.actor, result, run_id, tuple(watch))
+            except KeywardError:
+                unrecorded.append(result)
+        if not unrecorded:
+            break
+        time.sleep(min(30.0, 2.0**attempt))
+    if unrecorded:
+        names = ", ".join(r.host.name for r in unrecorded)
+        raise RegistryUnavailable(
+            f"hosts {names} were reconciled but their changes could not be recorded in the "
+            "registry; see the JSON log (record_failed) and run keyward reconcile again"
+        )
     if alerts:
         notify(registry, app.actor, tuple(alerts), prepared.inventory.policy.alert_command)
     if failure_modes:
