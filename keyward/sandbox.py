@@ -62,6 +62,16 @@ class InventorySpec:
     auth_logs: bool = True  # read each host's sshd log from the fleet's log file
     policy: tuple[str, ...] = ()  # extra [policy] lines, e.g. 'failure_mode = "suspend"'
     customers: tuple[tuple[str, str], ...] = ()  # (host name, customer)
+    # The hosts' interpreter: an absolute path skips the login shell's PATH (and, on
+    # machines with pyenv, its shims, which cost more than the work done over SSH).
+    python: str = field(default_factory=lambda: _system_python())
+
+
+def _system_python() -> str:
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return "python3"
 
 
 def _toml_list(values: Sequence[str]) -> str:
@@ -91,6 +101,7 @@ def write_inventory(
         'known_hosts = "known_hosts"\n'
         f"concurrency = {spec.concurrency}\n"
         f"connect_timeout = {spec.connect_timeout}\n"
+        f"python = {_toml_str(spec.python)}\n"
         "\n[policy]\nmax_key_age_days = 365\n" + "".join(line + "\n" for line in spec.policy)
     )
     (root / "known_hosts").write_text("".join(h.known_hosts_line() + "\n" for h in hosts))
