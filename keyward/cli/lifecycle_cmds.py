@@ -14,8 +14,8 @@ from keyward.cli.agent_cmds import EXIT_FAILED, prepare, run_agent
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration
-from keyward.cli.registry_cmds import key, key_policy, log_events, read_small_file
-from keyward.errors import RegistryError, UsageError
+from keyward.cli.registry_cmds import key, key_claim, key_policy, log_events, read_small_file
+from keyward.errors import RegistryError
 from keyward.keys import parse_public_key
 from keyward.registry import lifecycle, ops
 from keyward.registry.models import (
@@ -75,8 +75,6 @@ def key_rotate(
     """Replace USERNAME's key: the new one is deployed at once, the old one lapses after --grace."""
     from datetime import timedelta
 
-    from keyward.sshsig import verify_proof
-
     policy = key_policy(app)
     grace_period = duration(grace, "--grace") if grace != "0" else timedelta(0)
     text = read_small_file(new_pubkey_file, "public key file").decode("utf-8", errors="replace")
@@ -84,20 +82,7 @@ def key_rotate(
     registry = app.registry()
     now = registry.clock()
     expires_at = now + timedelta(days=policy.max_key_age_days)
-    if proof_file and attest:
-        raise UsageError("give either --proof or --attest, not both")
-    claim = ops.KeyClaim("none", expires_at)
-    if proof_file:
-        signed = verify_proof(
-            read_small_file(proof_file, "proof file"),
-            username,
-            public,
-            now.date(),
-            policy.proof_max_age_days,
-        )
-        claim = ops.KeyClaim("proof", expires_at, proof_date=signed.isoformat())
-    elif attest:
-        claim = ops.KeyClaim(attest, expires_at, attested_by=app.actor)
+    claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
     with registry.write(app.actor) as tx:
         old, new = lifecycle.rotate_key(tx, username, public, claim, grace_period, old_fingerprint)
     log_events(tx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,11 @@ from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration, end_of_day, start_of_day
 from keyward.errors import UsageError
 from keyward.inventory.model import PolicySettings
-from keyward.keys import DEFAULT_POLICY, KeyPolicy, decode_key, parse_public_key
+from keyward.keys import DEFAULT_POLICY, KeyPolicy, PublicKey, decode_key, parse_public_key
 from keyward.logs import get_logger
 from keyward.registry import ops
-from keyward.registry.audit import ChainRecord, verify_chain
 from keyward.registry.db import describe, resolve_url
-from keyward.registry.models import AuditEvent, AuditHead, Membership, Person, Role, SshKey
+from keyward.registry.models import AuditEvent, Membership, Person, Role, SshKey
 from keyward.registry.store import Registry, WriteTx
 
 MAX_INPUT_BYTES = 64 * 1024
@@ -82,6 +81,35 @@ def log_events(tx: WriteTx) -> None:
             seq=event.seq,
             details=json.loads(event.details),
         )
+
+
+def key_claim(
+    app: AppContext,
+    username: str,
+    public: PublicKey,
+    policy: KeyPolicy,
+    now: datetime,
+    expires_at: datetime,
+    proof_file: str | None,
+    attest: str | None,
+) -> ops.KeyClaim:
+    """What we can honestly say about a new key: a verified proof, a voucher, or nothing."""
+    from keyward.sshsig import verify_proof
+
+    if proof_file and attest:
+        raise UsageError("give either --proof or --attest, not both")
+    if proof_file:
+        signed = verify_proof(
+            read_small_file(proof_file, "proof file"),
+            username,
+            public,
+            now.date(),
+            policy.proof_max_age_days,
+        )
+        return ops.KeyClaim("proof", expires_at, proof_date=signed.isoformat())
+    if attest:
+        return ops.KeyClaim(attest, expires_at, attested_by=app.actor)
+    return ops.KeyClaim("none", expires_at)
 
 
 def key_status(key: SshKey, now: Any) -> str:
@@ -276,8 +304,6 @@ def key_add(
     attest: str | None,
 ) -> None:
     """Register USERNAME's public key from PUBKEY_FILE ('-' for stdin)."""
-    from keyward.sshsig import verify_proof
-
     policy = key_policy(app)
     text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
     public = parse_public_key(text, policy)
@@ -292,20 +318,7 @@ def key_add(
                 f"--expires is later than the policy allows ({policy.max_key_age_days} days)"
             )
         expires_at = min(expires_at, latest)
-    if proof_file and attest:
-        raise UsageError("give either --proof or --attest, not both")
-    claim = ops.KeyClaim(attestation="none", expires_at=expires_at)
-    if proof_file:
-        signed = verify_proof(
-            read_small_file(proof_file, "proof file"),
-            username,
-            public,
-            now.date(),
-            policy.proof_max_age_days,
-        )
-        claim = ops.KeyClaim("proof", expires_at, proof_date=signed.isoformat())
-    elif attest:
-        claim = ops.KeyClaim(attest, expires_at, attested_by=app.actor)
+    claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
     with registry.write(app.actor) as tx:
         ops.add_key(tx, username, public, claim)
     log_events(tx)
@@ -640,25 +653,12 @@ def audit_log(
 @pass_app
 def audit_verify(app: AppContext, as_json: bool) -> None:
     """Check the whole audit chain; exit 1 naming the first bad event."""
+    from keyward.registry.verify import verify_session
+
     with app.registry().read() as session:
-        head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
-        records = (
-            ChainRecord(
-                seq=e.seq,
-                at=e.at,
-                actor=e.actor,
-                action=e.action,
-                subject=e.subject,
-                details=e.details,
-                details_digest=e.details_digest,
-                prev_hash=e.prev_hash,
-                hash=e.hash,
-                redacted=e.redacted,
-            )
-            for e in session.exec(select(AuditEvent).order_by(col(AuditEvent.seq)))
-        )
-        _count, problem = verify_chain(records, head.seq, head.hash)
-        head_seq, head_hash = head.seq, head.hash
+        verified = verify_session(session)
+    assert verified is not None  # Registry.open checked the schema, so the head row exists
+    head_seq, head_hash, problem = verified
     if as_json:
         emit_json(
             {

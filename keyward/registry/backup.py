@@ -43,9 +43,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from keyward.errors import AuditChainBroken, KeywardError, RegistryError, UsageError
-from keyward.registry.audit import ChainProblem, ChainRecord, verify_chain
+from keyward.registry.audit import ChainProblem
 from keyward.registry.db import default_state_dir, sqlite_path
-from keyward.registry.models import AuditEvent, AuditHead, Person, Role, SshKey
+from keyward.registry.models import AuditEvent, Person, Role, SshKey
 
 PREFIX = "keyward-registry-"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -211,27 +211,15 @@ def verify_registry(engine: Engine) -> tuple[int, ChainProblem | None]:
     The same check as ``keyward audit verify``, for any registry: the live one, a
     snapshot opened read-only, a restored copy.
     """
+    from keyward.registry.verify import verify_session
+
     try:
         with Session(engine) as session:
-            head = session.exec(select(AuditHead).where(AuditHead.id == 1)).first()
-            if head is None:
+            verified = verify_session(session)
+            if verified is None:
                 raise BackupFailed("it has no audit chain head: not a keyward registry")
-            records = (
-                ChainRecord(
-                    seq=e.seq,
-                    at=e.at,
-                    actor=e.actor,
-                    action=e.action,
-                    subject=e.subject,
-                    details=e.details,
-                    details_digest=e.details_digest,
-                    prev_hash=e.prev_hash,
-                    hash=e.hash,
-                    redacted=e.redacted,
-                )
-                for e in session.exec(select(AuditEvent).order_by(col(AuditEvent.seq)))
-            )
-            return verify_chain(records, head.seq, head.hash)
+            head_seq, _head_hash, problem = verified
+            return head_seq, problem
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise BackupFailed(f"cannot read its audit chain: {first}") from None
