@@ -19,6 +19,7 @@ per access rule, not per host: hosts that share rules share the work.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class DesiredLine:
         return (self.key.blob, self.options)
 
     def render(self) -> str:
+        return self.rendered
+
+    @functools.cached_property
+    def rendered(self) -> str:
+        """The line as written to hosts (computed once: many files share one line object)."""
         label = "break-glass" if self.kind == "break-glass" else self.owner
         if self.kind == "agent":
             label = "agent"
@@ -93,7 +99,13 @@ class DesiredFile:
     is_login: bool = False
 
     def exclusive_content(self) -> bytes:
-        return (HEADER + "".join(line.render() + "\n" for line in self.lines)).encode()
+        return render_lines(self.lines)
+
+
+@functools.lru_cache(maxsize=2048)
+def render_lines(lines: tuple[DesiredLine, ...]) -> bytes:
+    """Header plus lines; hosts with the same access share one tuple, so one rendering."""
+    return (HEADER + "".join(line.render() + "\n" for line in lines)).encode()
 
 
 def _person_lines(

@@ -9,6 +9,7 @@ what it means: a ``revoked``, ``expired`` or ``offboarded`` key, access that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(content: bytes) -> tuple[AuthorizedLine, ...]:
+    """Files are read again on every verification pass; unchanged ones parse once."""
+    return tuple(parse_authorized_keys(content))
+
+
 def split_block(content: bytes) -> tuple[bytes, bytes, bytes]:
     """Split a managed-block file into (before, block body, after); no block: (all, b"", b"")."""
     lines = content.splitlines(keepends=True)
@@ -147,7 +154,7 @@ def _managed_lines(
     if current is None:
         return []
     if desired.mode == "exclusive":
-        return parse_authorized_keys(current)
+        return list(_parse_cached(current))
     before, block, after = split_block(current)
     return parse_authorized_keys(block) + _purge(before, purge)[1] + _purge(after, purge)[1]
 

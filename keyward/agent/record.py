@@ -24,52 +24,70 @@ def record_host(
     open_case_ids: tuple[int, ...] = (),
 ) -> None:
     """Update ``host_state`` and append audit events for every change made, in one transaction."""
+    record_hosts(registry, actor, [result], run_id, open_case_ids)
+
+
+def record_hosts(
+    registry: Registry,
+    actor: str,
+    results: list[HostResult],
+    run_id: str,
+    open_case_ids: tuple[int, ...] = (),
+) -> None:
+    """The same for many hosts in one transaction (one disk sync): the daemon's push rounds."""
+    if not results:
+        return
     with registry.write(actor) as tx:
-        state = tx.session.get(HostState, result.host.name) or HostState(host=result.host.name)
-        state.environment = result.host.environment
-        state.last_attempt = result.started
-        state.last_run_id = run_id
-        drift = 0
-        files: dict[str, dict[str, str | None]] = json.loads(state.files or "{}")
-        for file_result in result.files:
-            plan = file_result.plan
-            key = f"{plan.target.account}:{plan.target.pattern}"
-            drift += sum(1 for c in plan.changes if c.action == "remove" and c.reason == "drift")
-            if file_result.written:
-                files[key] = {"path": plan.path, "sha256": file_result.confirmed_sha256}
-                if plan.action == "fix-mode":
-                    tx.audit(
-                        "host.fix-mode",
-                        result.host.name,
-                        {"account": plan.target.account, "path": plan.path, "run_id": run_id},
-                    )
-                for change in plan.changes:
-                    action = AUDIT_ACTIONS[change.action]
-                    if change.action == "remove" and change.reason == "drift":
-                        action = "host.drift-removed"
-                    tx.audit(
-                        action,
-                        result.host.name,
-                        {
-                            "account": plan.target.account,
-                            "path": plan.path,
-                            "fingerprint": change.fingerprint,
-                            "person": change.owner,
-                            "reason": change.reason,
-                            "run_id": run_id,
-                        },
-                    )
-        state.files = json.dumps(files, sort_keys=True)
-        state.drift_found = drift
-        state.last_changes = result.changes
-        if result.ok:
-            state.last_success = result.finished
-            state.last_error = None
-        else:
-            state.last_error = "; ".join(result.problems)[:2000]
-        tx.session.add(state)
-        if open_case_ids:
-            _record_confirmations(tx, result, run_id, open_case_ids)
+        for result in results:
+            _record(tx, result, run_id, open_case_ids)
+
+
+def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[int, ...]) -> None:
+    state = tx.session.get(HostState, result.host.name) or HostState(host=result.host.name)
+    state.environment = result.host.environment
+    state.last_attempt = result.started
+    state.last_run_id = run_id
+    drift = 0
+    files: dict[str, dict[str, str | None]] = json.loads(state.files or "{}")
+    for file_result in result.files:
+        plan = file_result.plan
+        key = f"{plan.target.account}:{plan.target.pattern}"
+        drift += sum(1 for c in plan.changes if c.action == "remove" and c.reason == "drift")
+        if file_result.written:
+            files[key] = {"path": plan.path, "sha256": file_result.confirmed_sha256}
+            if plan.action == "fix-mode":
+                tx.audit(
+                    "host.fix-mode",
+                    result.host.name,
+                    {"account": plan.target.account, "path": plan.path, "run_id": run_id},
+                )
+            for change in plan.changes:
+                action = AUDIT_ACTIONS[change.action]
+                if change.action == "remove" and change.reason == "drift":
+                    action = "host.drift-removed"
+                tx.audit(
+                    action,
+                    result.host.name,
+                    {
+                        "account": plan.target.account,
+                        "path": plan.path,
+                        "fingerprint": change.fingerprint,
+                        "person": change.owner,
+                        "reason": change.reason,
+                        "run_id": run_id,
+                    },
+                )
+    state.files = json.dumps(files, sort_keys=True)
+    state.drift_found = drift
+    state.last_changes = result.changes
+    if result.ok:
+        state.last_success = result.finished
+        state.last_error = None
+    else:
+        state.last_error = "; ".join(result.problems)[:2000]
+    tx.session.add(state)
+    if open_case_ids:
+        _record_confirmations(tx, result, run_id, open_case_ids)
 
 
 def _record_confirmations(

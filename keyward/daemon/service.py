@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -44,12 +45,12 @@ from keyward.agent.reconcile import (
     files_of,
     sync_files,
 )
-from keyward.agent.record import record_host
+from keyward.agent.record import record_hosts
 from keyward.clock import Clock
 from keyward.daemon.links import HostLink
 from keyward.daemon.metrics import Metrics
 from keyward.daemon.support import WriterLock, raise_fd_limit, sd_notify
-from keyward.desired import DesiredFile, FileTarget, compute_desired
+from keyward.desired import DesiredFile, FileTarget, compute_desired, render_lines
 from keyward.errors import KeywardError, UsageError
 from keyward.inventory import check_inventory
 from keyward.inventory.model import Inventory
@@ -77,8 +78,13 @@ class DaemonSettings:
 
 def signature(desired: DesiredFile) -> str:
     """What a file must contain, independent of its current content."""
-    body = desired.mode + "\n" + "\n".join(line.render() for line in desired.lines)
-    return hashlib.sha256(body.encode()).hexdigest()
+    return _signature(desired.mode, desired.lines)
+
+
+@functools.lru_cache(maxsize=2048)
+def _signature(mode: str, lines: tuple[Any, ...]) -> str:
+    body = mode.encode() + b"\n" + render_lines(lines)
+    return hashlib.sha256(body).hexdigest()
 
 
 def inventory_fingerprint(root: Path) -> str:
@@ -145,6 +151,7 @@ class Daemon:
         self.head_seq = -1
         self.connecting = asyncio.Semaphore(settings.max_connecting)
         self.auth_positions: dict[str, dict[str, Any]] = {}
+        self.confirmed_at = self.clock()
 
     # -- set-up ---------------------------------------------------------------
 
@@ -329,7 +336,7 @@ class Daemon:
         elapsed = time.monotonic() - started
         lag = None
         if committed_at is not None:
-            lag = max(0.0, (self.clock() - committed_at).total_seconds())
+            lag = max(0.0, (self.confirmed_at - committed_at).total_seconds())
             self.metrics.propagation.observe(lag)
         self.last_push_at = self.clock()
         self.last_lag_ms = round((lag if lag is not None else elapsed) * 1000, 1)
@@ -366,6 +373,17 @@ class Daemon:
             results: list[HostResult] = list(await asyncio.gather(*tasks))
         finally:
             await self.lock.release()
+        self.confirmed_at = self.clock()  # every file of the round is read back by now
+        # One registry transaction for the whole round: one disk sync, not one per host.
+        try:
+            await asyncio.to_thread(
+                record_hosts, self.registry, self.actor, results, ctx.run_id, tuple(self.watch)
+            )
+        except Exception as exc:
+            self.log.error("record_failed", hosts=len(results), error=str(exc)[:300])
+        for result in results:
+            if result.auth is not None and result.auth.position is not None:
+                await self._record_logins(result)
         return results
 
     async def _sync(self, link: HostLink, files: list[DesiredFile], ctx: RunContext) -> HostResult:
@@ -392,14 +410,6 @@ class Daemon:
             self.metrics.failures.inc()
             for f in result.files:
                 self.confirmed.pop(f.plan.target, None)
-        try:
-            await asyncio.to_thread(
-                record_host, self.registry, self.actor, result, ctx.run_id, tuple(self.watch)
-            )
-        except Exception as exc:
-            self.log.error("record_failed", host=link.host.name, error=str(exc)[:300])
-        if result.auth is not None and result.auth.position is not None:
-            await self._record_logins(result)
         return result
 
     async def _record_logins(self, result: HostResult) -> None:
