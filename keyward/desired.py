@@ -20,18 +20,20 @@ per access rule, not per host: hosts that share rules share the work.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from keyward.attestation import meets
+from keyward.attestation import ATTESTATION_LEVELS, attestation_rank
 from keyward.inventory.model import AccessRule, Host, Inventory, Mode
 from keyward.keys import PublicKey
 from keyward.options import expiry_time_option, render_options
-from keyward.state import KeyRecord, RegistrySnapshot
+from keyward.state import GrantRecord, KeyRecord, RegistrySnapshot
 
+RANKS: dict[str, int] = {level: rank for rank, level in enumerate(ATTESTATION_LEVELS)}
 LineKind = Literal["agent", "break-glass", "person"]
 KIND_ORDER: Mapping[str, int] = {"agent": 0, "break-glass": 1, "person": 2}
 
@@ -56,7 +58,7 @@ class DesiredLine:
     expires_at: datetime | None = None
     roles: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property
     def identity(self) -> tuple[bytes, tuple[str, ...]]:
         """sshd treats lines with the same key but other options as alternatives."""
         return (self.key.blob, self.options)
@@ -75,11 +77,16 @@ class DesiredLine:
         comment = f"{COMMENT_PREFIX}{label}:{self.key.short_fingerprint}"
         body = f"{self.key.openssh()} {comment}"
         if self.options:
-            return f"{render_options(self.options)} {body}"
+            return f"{_render_options(self.options)} {body}"
         return body
 
-    def sort_key(self) -> tuple[int, str, str, tuple[str, ...]]:
+    @functools.cached_property
+    def order(self) -> tuple[int, str, str, tuple[str, ...]]:
+        """Deterministic file order: agent, break-glass, then people by name and key."""
         return (KIND_ORDER[self.kind], self.owner, self.key.fingerprint, self.options)
+
+    def sort_key(self) -> tuple[int, str, str, tuple[str, ...]]:
+        return self.order
 
 
 @dataclass(frozen=True)
@@ -97,9 +104,39 @@ class DesiredFile:
     mode: Mode
     lines: tuple[DesiredLine, ...]
     is_login: bool = False
+    # Rendered once per distinct set of lines by compute_desired and shared by every file
+    # with that set; computed on demand when a DesiredFile is built by hand.
+    rendered: bytes | None = field(default=None, compare=False, repr=False)
+    digest: str | None = field(default=None, compare=False, repr=False)
 
     def exclusive_content(self) -> bytes:
-        return render_lines(self.lines)
+        return self.rendered if self.rendered is not None else render_lines(self.lines)
+
+    def content_digest(self) -> str:
+        """SHA-256 of the exclusive content: what the file must hold, in constant time."""
+        if self.digest is not None:
+            return self.digest
+        return hashlib.sha256(self.exclusive_content()).hexdigest()
+
+
+_EXPIRY_RE = re.compile(r'expiry-time="\d{14}Z"')
+
+
+def _render_options(options: tuple[str, ...]) -> str:
+    """``render_options`` with the allowlist check done once per distinct option set.
+
+    keyward appends its own ``expiry-time`` last; that value is generated, not
+    user input, and differs per key, so it is checked by a strict pattern instead.
+    """
+    if options and _EXPIRY_RE.fullmatch(options[-1]):
+        head = options[:-1]
+        return (_render_checked(head) + "," if head else "") + options[-1]
+    return _render_checked(options)
+
+
+@functools.lru_cache(maxsize=1024)
+def _render_checked(options: tuple[str, ...]) -> str:
+    return render_options(options)
 
 
 @functools.lru_cache(maxsize=2048)
@@ -114,14 +151,15 @@ def _person_lines(
     customer: str | None,
     snapshot: RegistrySnapshot,
     keys_by_owner: Mapping[str, tuple[KeyRecord, ...]],
+    grants_by_role: Mapping[str, tuple[GrantRecord, ...]],
     now: datetime,
 ) -> tuple[DesiredLine, ...]:
     """Lines a rule gives, computed once per (rule, customer) and shared by its hosts."""
+    minimum = attestation_rank(min_attestation)
     # For each (key, options) the latest end among the grants that give it.
     best: dict[tuple[bytes, tuple[str, ...]], tuple[KeyRecord, datetime, set[str]]] = {}
-    wanted_roles = set(rule.roles)
-    for grant in snapshot.grants:
-        if grant.role not in wanted_roles or not grant.active_at(now):
+    for grant in (g for role in dict.fromkeys(rule.roles) for g in grants_by_role.get(role, ())):
+        if not grant.active_at(now):
             continue
         if grant.customer is not None and grant.customer != customer:
             continue
@@ -134,7 +172,7 @@ def _person_lines(
         if allowed_from is not None and not allowed_from:
             continue  # failure mode "suspend" (or "restrict" with no known address)
         for record in keys_by_owner.get(grant.username, ()):
-            if not record.usable_at(now) or not meets(record.attestation, min_attestation):
+            if not record.usable_at(now) or RANKS.get(record.attestation, -1) < minimum:
                 continue
             end = record.expires_at if grant.until is None else min(record.expires_at, grant.until)
             options = rule.options
@@ -170,7 +208,7 @@ def _merge(lines: Iterable[DesiredLine]) -> tuple[DesiredLine, ...]:
     unique: dict[tuple[bytes, tuple[str, ...]], DesiredLine] = {}
     for line in lines:
         unique.setdefault(line.identity, line)
-    return tuple(sorted(unique.values(), key=DesiredLine.sort_key))
+    return tuple(sorted(unique.values(), key=lambda line: line.order))
 
 
 def compute_desired(
@@ -182,8 +220,12 @@ def compute_desired(
 ) -> dict[FileTarget, DesiredFile]:
     """Every managed file of ``hosts`` with the lines it must hold at ``now``."""
     keys_by_owner = snapshot.keys_of()
+    grants_by_role: dict[str, list[GrantRecord]] = {}
+    for grant in snapshot.grants:
+        grants_by_role.setdefault(grant.role, []).append(grant)
+    by_role = {role: tuple(grants) for role, grants in grants_by_role.items()}
     rule_cache: dict[tuple[int, str | None], tuple[DesiredLine, ...]] = {}
-    merged_cache: dict[tuple[object, ...], tuple[DesiredLine, ...]] = {}
+    merged_cache: dict[tuple[object, ...], tuple[tuple[DesiredLine, ...], bytes, str]] = {}
     result: dict[FileTarget, DesiredFile] = {}
     for host in hosts:
         env = inventory.environment(host.environment)
@@ -207,22 +249,39 @@ def compute_desired(
                 cache_key = (id(rule), host.customer)
                 if cache_key not in rule_cache:
                     rule_cache[cache_key] = _person_lines(
-                        rule, env.min_attestation, host.customer, snapshot, keys_by_owner, now
+                        rule,
+                        env.min_attestation,
+                        host.customer,
+                        snapshot,
+                        keys_by_owner,
+                        by_role,
+                        now,
                     )
                 parts.append(rule_cache[cache_key])
                 signature.append(("rule", id(rule)))
             sig = tuple(signature)
             if sig not in merged_cache:
-                merged_cache[sig] = _merge(line for part in parts for line in part)
-            lines = merged_cache[sig]
+                merged_cache[sig] = _rendered(_merge(line for part in parts for line in part))
+            lines, rendered, digest = merged_cache[sig]
             for index, pattern in enumerate(host.authorized_keys):
                 target = FileTarget(host.name, account, pattern)
                 # sshd reads every listed file; keyward puts the lines in the first and
                 # keeps the others empty, so a key hidden in authorized_keys2 is removed.
+                first = index == 0
                 result[target] = DesiredFile(
                     target=target,
                     mode=host.mode,
-                    lines=lines if index == 0 else (),
+                    lines=lines if first else (),
                     is_login=account == host.login,
+                    rendered=rendered if first else EMPTY[1],
+                    digest=digest if first else EMPTY[2],
                 )
     return result
+
+
+def _rendered(lines: tuple[DesiredLine, ...]) -> tuple[tuple[DesiredLine, ...], bytes, str]:
+    content = (HEADER + "".join(line.render() + "\n" for line in lines)).encode()
+    return lines, content, hashlib.sha256(content).hexdigest()
+
+
+EMPTY = _rendered(())

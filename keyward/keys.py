@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import struct
@@ -198,9 +199,12 @@ class PublicKey:
     def __repr__(self) -> str:
         return f"PublicKey({self.key_type} {self.fingerprint})"
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """``SHA256:`` + unpadded base64 of the blob's SHA-256, as ``ssh-keygen -lf`` prints."""
+        """``SHA256:`` + unpadded base64 of the blob's SHA-256, as ``ssh-keygen -lf`` prints.
+
+        Computed once per key object: desired-state sorting asks for it very often.
+        """
         digest = hashlib.sha256(self.blob).digest()
         return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
@@ -209,7 +213,7 @@ class PublicKey:
         """The first 16 characters after ``SHA256:``, for tables and messages."""
         return self.fingerprint[len("SHA256:") :][:16]
 
-    @property
+    @functools.cached_property
     def base64(self) -> str:
         """Standard (padded) base64 of the blob, the middle field of a key line."""
         return base64.b64encode(self.blob).decode("ascii")

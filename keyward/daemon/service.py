@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -50,7 +49,7 @@ from keyward.clock import Clock
 from keyward.daemon.links import HostLink
 from keyward.daemon.metrics import Metrics
 from keyward.daemon.support import WriterLock, raise_fd_limit, sd_notify
-from keyward.desired import DesiredFile, FileTarget, compute_desired, render_lines
+from keyward.desired import DesiredFile, FileTarget, compute_desired
 from keyward.errors import KeywardError, UsageError
 from keyward.inventory import check_inventory
 from keyward.inventory.model import Inventory
@@ -77,14 +76,8 @@ class DaemonSettings:
 
 
 def signature(desired: DesiredFile) -> str:
-    """What a file must contain, independent of its current content."""
-    return _signature(desired.mode, desired.lines)
-
-
-@functools.lru_cache(maxsize=2048)
-def _signature(mode: str, lines: tuple[Any, ...]) -> str:
-    body = mode.encode() + b"\n" + render_lines(lines)
-    return hashlib.sha256(body).hexdigest()
+    """What a file must contain, independent of its current content (constant time)."""
+    return f"{desired.mode}:{desired.content_digest()}"
 
 
 def inventory_fingerprint(root: Path) -> str:
@@ -309,7 +302,11 @@ class Daemon:
         snapshot, watch, committed_at = await asyncio.to_thread(self._read_state)
         now = self.clock()
         hosts = self.inventory.hosts()
-        desired = compute_desired(snapshot, self.inventory, hosts, self.agent_key, now)
+        # Off the event loop: at thousands of hosts this takes a while, and keepalives,
+        # heartbeats and other hosts' I/O must go on meanwhile.
+        desired = await asyncio.to_thread(
+            compute_desired, snapshot, self.inventory, hosts, self.agent_key, now
+        )
         new_cases = set(watch) - set(self.watch)
         self.snapshot, self.desired, self.watch = snapshot, desired, watch
         self.changed_snapshot.set()
