@@ -178,42 +178,61 @@ class Alert:
 def multi_source_alerts(
     sessions: Iterable[Session], new: Iterable[Session], window: timedelta
 ) -> list[Alert]:
-    """A person with sessions open at the same time from two or more source addresses."""
-    history = [s for s in sessions if s.person]
+    """A person with sessions open at the same time from two or more source addresses.
+
+    A sweep over each person's sessions in time order (O(n log n)): when a session
+    starts while sessions from other addresses are open, and one of them is new, alert.
+    """
+    fresh = {id(s) for s in new}
+    by_person: dict[str, list[Session]] = {}
+    for s in [*sessions, *new]:
+        if s.person:
+            by_person.setdefault(s.person, []).append(s)
     alerts: list[Alert] = []
-    seen: set[tuple[str, frozenset[str]]] = set()
-    for s in new:
-        if s.person is None:
+    far = datetime.max.replace(tzinfo=UTC)
+    for person, items in sorted(by_person.items()):
+        unique = list({id(s): s for s in items}.values())
+        if not any(id(s) in fresh for s in unique):
             continue
-        overlapping = [
-            o
-            for o in history
-            if o.person == s.person
-            and o.addr != s.addr
-            and abs((o.start - s.start).total_seconds()) <= window.total_seconds()
-            and (o.ends is None or o.ends > s.begins)
-            and (s.ends is None or s.ends > o.begins)
-        ]
-        if not overlapping:
-            continue
-        addrs = frozenset({s.addr, *(o.addr for o in overlapping)})
-        if (s.person, addrs) in seen:
-            continue
-        seen.add((s.person, addrs))
-        alerts.append(
-            Alert(
-                "multi_source",
-                s.person,
-                s.host,
-                s.account,
-                f"{s.person} has sessions open at the same time from {len(addrs)} addresses: "
-                + ", ".join(sorted(addrs)),
-                {
-                    "addresses": sorted(addrs),
-                    "hosts": sorted({s.host, *(o.host for o in overlapping)}),
-                },
+        points: list[tuple[tuple[datetime, int], int, int]] = []
+        for index, s in enumerate(unique):
+            points.append((s.begins, 1, index))
+            points.append((s.ends or (far, 0), 0, index))  # ends sort before starts
+        points.sort()
+        active: dict[int, Session] = {}
+        reported: set[frozenset[str]] = set()
+        for _key, is_start, index in points:
+            s = unique[index]
+            if not is_start:
+                active.pop(index, None)
+                continue
+            others = [
+                o
+                for o in active.values()
+                if o.addr != s.addr
+                and abs((o.start - s.start).total_seconds()) <= window.total_seconds()
+            ]
+            active[index] = s
+            if not others or not (id(s) in fresh or any(id(o) in fresh for o in others)):
+                continue
+            addrs = frozenset({s.addr, *(o.addr for o in others)})
+            if addrs in reported:
+                continue
+            reported.add(addrs)
+            alerts.append(
+                Alert(
+                    "multi_source",
+                    person,
+                    s.host,
+                    s.account,
+                    f"{person} has sessions open at the same time from {len(addrs)} addresses: "
+                    + ", ".join(sorted(addrs)),
+                    {
+                        "addresses": sorted(addrs),
+                        "hosts": sorted({s.host, *(o.host for o in others)}),
+                    },
+                )
             )
-        )
     return alerts
 
 

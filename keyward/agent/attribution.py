@@ -130,6 +130,9 @@ def _store(tx: WriteTx, host: str, events: list[LoginEvent], now: datetime) -> l
             ).all()
         )
     fresh: list[LoginEvent] = []
+    # Sessions opened in this batch are paired in memory; only a disconnect whose accept
+    # came in an earlier batch costs a query.
+    opened: dict[tuple[str, int], LoginRow] = {}
     for event in events:
         pos = event.pos or f"{event.at.isoformat()}:{event.order}"
         if pos in existing:
@@ -137,36 +140,39 @@ def _store(tx: WriteTx, host: str, events: list[LoginEvent], now: datetime) -> l
         existing.add(pos)
         fresh.append(event)
         if event.outcome == "disconnected":
-            open_row = tx.session.exec(
-                select(LoginRow)
-                .where(
-                    LoginRow.host == host,
-                    LoginRow.outcome == "accepted",
-                    LoginRow.addr == event.addr,
-                    LoginRow.port == event.port,
-                    col(LoginRow.session_end).is_(None),
-                )
-                .order_by(col(LoginRow.id).desc())
-            ).first()
+            open_row = opened.pop((event.addr, event.port), None)
+            if open_row is None:
+                open_row = tx.session.exec(
+                    select(LoginRow)
+                    .where(
+                        LoginRow.host == host,
+                        LoginRow.outcome == "accepted",
+                        LoginRow.addr == event.addr,
+                        LoginRow.port == event.port,
+                        col(LoginRow.session_end).is_(None),
+                    )
+                    .order_by(col(LoginRow.id).desc())
+                ).first()
             if open_row is not None:
                 open_row.session_end = event.at
                 open_row.session_end_ordinal = event.order
                 tx.session.add(open_row)
-        tx.session.add(
-            LoginRow(
-                host=host,
-                account=event.account,
-                at=event.at,
-                outcome=event.outcome,
-                addr=event.addr,
-                port=event.port,
-                fingerprint=event.fingerprint,
-                person=event.person,
-                pos=pos,
-                ordinal=event.order,
-                collected_at=now,
-            )
+        row = LoginRow(
+            host=host,
+            account=event.account,
+            at=event.at,
+            outcome=event.outcome,
+            addr=event.addr,
+            port=event.port,
+            fingerprint=event.fingerprint,
+            person=event.person,
+            pos=pos,
+            ordinal=event.order,
+            collected_at=now,
         )
+        if event.outcome == "accepted":
+            opened[(event.addr, event.port)] = row
+        tx.session.add(row)
     tx.session.flush()
     return fresh
 
@@ -195,7 +201,7 @@ def _alerts(
             select(LoginRow).where(
                 col(LoginRow.person).in_(people),
                 LoginRow.outcome == "accepted",
-                LoginRow.at >= now - window - timedelta(days=1),
+                LoginRow.at >= now - window,
             )
         ).all()
         sessions = [_session(r) for r in rows]
@@ -307,12 +313,10 @@ def _enter_failure_mode(
 def notify(registry: Registry, actor: str, alert_ids: tuple[int, ...], command: str | None) -> None:
     """Log every new alert and hand it to the configured command as JSON on stdin."""
     log = get_logger()
-    for alert_id in alert_ids:
-        with registry.read() as session:
-            row = session.get(AlertRow, alert_id)
-            if row is None:
-                continue
-            payload = {
+    with registry.read() as session:
+        rows = session.exec(select(AlertRow).where(col(AlertRow.id).in_(list(alert_ids)))).all()
+        payloads = [
+            {
                 "id": row.id,
                 "kind": row.kind,
                 "person": row.person,
@@ -322,6 +326,10 @@ def notify(registry: Registry, actor: str, alert_ids: tuple[int, ...], command: 
                 "details": json.loads(row.details),
                 "created_at": row.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
+            for row in rows
+        ]
+    errors: dict[int, str | None] = {}
+    for payload in payloads:
         log.warning("alert_raised", **{k: v for k, v in payload.items() if k != "details"})
         error = None
         if command:
@@ -341,10 +349,12 @@ def notify(registry: Registry, actor: str, alert_ids: tuple[int, ...], command: 
             except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
                 error = f"alert command failed: {exc}"
             if error:
-                log.error("alert_notify_failed", alert_id=alert_id, error=error)
-        with registry.write(actor) as tx:
-            row = tx.session.get(AlertRow, alert_id)
-            if row is not None:
-                row.notified_at = tx.now
-                row.notify_error = error
-                tx.session.add(row)
+                log.error("alert_notify_failed", alert_id=payload["id"], error=error)
+        errors[int(payload["id"] or 0)] = error
+    if not errors:
+        return
+    with registry.write(actor) as tx:  # one transaction for the whole batch
+        for row in tx.session.exec(select(AlertRow).where(col(AlertRow.id).in_(list(errors)))):
+            row.notified_at = tx.now
+            row.notify_error = errors.get(row.id or 0)
+            tx.session.add(row)

@@ -367,6 +367,7 @@ def plan(
     help="Hosts at once (default: [agent] concurrency).",
 )
 @click.option("--dry-run", is_flag=True, help="Plan only; write nothing.")
+@click.option("--no-logins", is_flag=True, help="Do not collect sshd login events in this run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-host result as JSON.")
 @pass_app
 @click.pass_context
@@ -377,6 +378,7 @@ def reconcile(
     host: str | None,
     concurrency: int | None,
     dry_run: bool,
+    no_logins: bool,
     as_json: bool,
 ) -> None:
     """Make every managed authorized_keys file match the registry and inventory.
@@ -384,7 +386,7 @@ def reconcile(
     Exit 0: all hosts done; 1: some host failed (the others were still done).
     """
     with reconcile_lock(app.registry(), wait=LOCK_WAIT):
-        results = run_agent(app, env, host, concurrency, dry_run)
+        results = run_agent(app, env, host, concurrency, dry_run, collect=not no_logins)
     if as_json:
         emit_json([result_json(r) for r in results])
     else:
