@@ -117,3 +117,108 @@ def test_a_burst_of_a_thousand_changes(env: AgentEnv, daemon: Daemon) -> None:
     assert daemon.alive()
     assert peak < baseline + 100 * 1024, (baseline, peak, burst_seconds)
     assert env.kw.ok("audit", "verify").code == 0
+
+
+class StallingProxy:
+    """A loopback TCP proxy whose connections can go silent without closing (half-open)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.upstream = upstream
+        self.stalled = threading.Event()
+        self.stop = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.stalled.is_set():  # a stalled network: accept, then say nothing
+                self.threads.append(threading.Thread(target=self._hold, args=(client,)))
+            else:
+                self.threads.append(threading.Thread(target=self._pump, args=(client,)))
+            self.threads[-1].daemon = True
+            self.threads[-1].start()
+
+    def _hold(self, client: object) -> None:
+        with client:  # type: ignore[attr-defined]
+            self.stop.wait(120)
+
+    def _pump(self, client: object) -> None:
+        import selectors
+        import socket
+
+        server = socket.create_connection(self.upstream, timeout=5)
+        with selectors.DefaultSelector() as sel, client, server:  # type: ignore[attr-defined]
+            sel.register(client, selectors.EVENT_READ, server)  # type: ignore[arg-type]
+            sel.register(server, selectors.EVENT_READ, client)
+            while not self.stop.is_set():
+                for key, _ in sel.select(timeout=0.2):
+                    try:
+                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    if not self.stalled.is_set():  # stalled: swallow everything, close nothing
+                        key.data.sendall(data)
+
+
+def test_a_half_open_connection_is_dropped_and_converged(env: AgentEnv, tmp_path: Path) -> None:
+    import dataclasses
+
+    from keyward.sandbox import write_inventory
+
+    victim = env.hosts[0]
+    proxy = StallingProxy((victim.address, victim.port))
+    proxied = [
+        dataclasses.replace(h, address="127.0.0.1", port=proxy.port) if h.name == victim.name else h
+        for h in env.hosts
+    ]
+    write_inventory(env.inventory, proxied, env.spec, env.agent_key)
+    with (env.inventory / "known_hosts").open("a") as handle:  # the test's own direct logins
+        handle.write(victim.known_hosts_line() + "\n")
+    d = Daemon(env, tmp_path / "daemon.log", "--verify-interval", "3", "--keepalive", "1")
+    d.start()
+    try:
+        fp = env.person_with_key("alice", "devops")
+        wait_until(everywhere(env, env.deploy, "alice", True), what="first push")
+        proxy.stalled.set()  # the victim's connection goes silent, nothing is closed
+        env.kw.ok("key", "revoke", fp, "--reason", "left")
+        others = env.hosts[1:]
+        wait_until(
+            lambda: not any(env.can_login(h, env.deploy, "alice") for h in others),
+            what="revocation on the hosts that still answer",
+        )
+        wait_until(lambda: "host_disconnected" in d.logs(), what="the stalled link to be dropped")
+        proxy.stalled.clear()
+        wait_until(
+            lambda: not env.can_login(victim, env.deploy, "alice"),
+            timeout=120,
+            what="the stalled host to converge once the network is back",
+        )
+        assert d.alive()
+    finally:
+        d.stop()
+        proxy.close()

@@ -41,6 +41,13 @@ pass_app = click.make_pass_decorator(AppContext)
     show_default=True,
     help="Connection attempts at once.",
 )
+@click.option(
+    "--keepalive",
+    type=click.FloatRange(0.5, 3600),
+    default=15.0,
+    show_default=True,
+    help="Seconds between SSH keepalives; three unanswered ones drop a stalled connection.",
+)
 @pass_app
 @click.pass_context
 def daemon(
@@ -50,6 +57,7 @@ def daemon(
     poll_interval: float,
     metrics: str | None,
     max_connecting: int,
+    keepalive: float,
 ) -> None:
     """Keep one connection per host and push every registry change within a second.
 
@@ -60,6 +68,7 @@ def daemon(
         poll_interval=poll_interval,
         metrics=metrics,
         max_connecting=max_connecting,
+        keepalive=keepalive,
     )
     service = Daemon(app.registry(), app.inventory_dir(), app.actor, app.clock, settings)
     ctx.exit(asyncio.run(service.run()))

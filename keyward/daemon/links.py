@@ -33,12 +33,14 @@ class HostLink:
         attempts: asyncio.Semaphore,
         log: Any,
         on_connect: Callable[[HostLink], Awaitable[None]],
+        keepalive: float = KEEPALIVE,
     ) -> None:
         self.host = host
         self.creds = creds
         self._attempts = attempts
         self._log = log.bind(host=host.name)
         self._on_connect = on_connect
+        self._keepalive = keepalive
         self.connection: HostConnection | None = None
         self.last_error: str | None = None
         self.failures = 0
@@ -78,7 +80,9 @@ class HostLink:
         while not self._stopping:
             try:
                 async with self._attempts:
-                    conn = await HostConnection.open(self.host, self.creds, keepalive=KEEPALIVE)
+                    conn = await HostConnection.open(
+                        self.host, self.creds, keepalive=self._keepalive
+                    )
             except HostError as exc:
                 self.failures += 1
                 self.last_error = exc.message

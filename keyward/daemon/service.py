@@ -73,6 +73,7 @@ class DaemonSettings:
     inventory_poll: float = 1.0
     metrics: str | None = None
     max_connecting: int = 50
+    keepalive: float = 15.0  # seconds; three unanswered keepalives drop a connection
 
 
 def signature(desired: DesiredFile) -> str:
@@ -182,7 +183,14 @@ class Daemon:
                 self.confirmed = {t: s for t, s in self.confirmed.items() if t.host != name}
         for name, host in wanted.items():
             if name not in self.links:
-                link = HostLink(host, self.creds, self.connecting, self.log, self._on_connect)
+                link = HostLink(
+                    host,
+                    self.creds,
+                    self.connecting,
+                    self.log,
+                    self._on_connect,
+                    self.settings.keepalive,
+                )
                 self.links[name] = link
                 link.start()
         self.metrics.hosts_total.set(len(self.links))
