@@ -662,7 +662,7 @@ def ssh_command(
         "-o",
         "GlobalKnownHostsFile=/dev/null",
         "-o",
-        "ConnectTimeout=5",
+        "ConnectTimeout=20",
         "-p",
         str(host.port),
         f"{user}@{host.address}",
@@ -676,7 +676,7 @@ def ssh_login(
     identity: Path,
     known_hosts: Path,
     command: str = "true",
-    timeout: float = 15,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     """Log in with the real OpenSSH client and run ``command``.
 
@@ -700,7 +700,7 @@ def can_login(
     identity: Path,
     known_hosts: Path,
     command: str = "true",
-    timeout: float = 15,
+    timeout: float = 60,
 ) -> bool:
     """Whether the real ``ssh`` client logs in and ``command`` exits 0."""
     return ssh_login(host, user, identity, known_hosts, command, timeout).returncode == 0
