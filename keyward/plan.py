@@ -255,7 +255,9 @@ def plan_file(
         )
     if not observed.owner_ok:
         return FilePlan(target, "fix-mode", observed.path, (), new_content, observed.sha256)
-    return FilePlan(target, "in-sync", observed.path)
+    # In sync: new_content is what the host holds (lets the record step notice content that
+    # an interrupted earlier run wrote but never recorded).
+    return FilePlan(target, "in-sync", observed.path, new_content=new_content)
 
 
 def plan_host(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from typing import Any
 
 from sqlmodel import col, select
 
 from keyward.agent.reconcile import HostResult
+from keyward.authorized_keys import parse_authorized_keys
+from keyward.desired import COMMENT_PREFIX
 from keyward.registry.models import HostState, OffboardingCase, OffboardingTarget
 from keyward.registry.store import Registry, WriteTx
 
@@ -48,13 +52,28 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[i
     state.last_attempt = result.started
     state.last_run_id = run_id
     drift = 0
-    files: dict[str, dict[str, str | None]] = json.loads(state.files or "{}")
+    files: dict[str, dict[str, Any]] = json.loads(state.files or "{}")
     for file_result in result.files:
         plan = file_result.plan
         key = f"{plan.target.account}:{plan.target.pattern}"
         drift += sum(1 for c in plan.changes if c.action == "remove" and c.reason == "drift")
+        if not file_result.written and plan.action == "in-sync" and plan.new_content is not None:
+            _record_late(
+                tx,
+                result.host.name,
+                plan.path,
+                plan.target.account,
+                key,
+                plan.new_content,
+                files,
+                run_id,
+            )
         if file_result.written:
-            files[key] = {"path": plan.path, "sha256": file_result.confirmed_sha256}
+            files[key] = {
+                "path": plan.path,
+                "sha256": file_result.confirmed_sha256,
+                "keys": _keys_of(plan.new_content or b""),
+            }
             if plan.action == "fix-mode":
                 tx.audit(
                     "host.fix-mode",
@@ -88,6 +107,61 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[i
     tx.session.add(state)
     if open_case_ids:
         _record_confirmations(tx, result, run_id, open_case_ids)
+
+
+def _keys_of(content: bytes) -> list[list[str | None]]:
+    """(fingerprint, owner) of every key line, owner from keyward's own comment."""
+    out: list[list[str | None]] = []
+    for line in parse_authorized_keys(content):
+        if line.key is None:
+            continue
+        owner = None
+        if line.comment.startswith(COMMENT_PREFIX):
+            owner = line.comment[len(COMMENT_PREFIX) :].split(":", 1)[0] or None
+        out.append([line.key.fingerprint, owner])
+    return sorted(out, key=lambda item: (item[0] or "", item[1] or ""))
+
+
+def _record_late(
+    tx: WriteTx,
+    host: str,
+    path: str | None,
+    account: str,
+    key: str,
+    content: bytes,
+    files: dict[str, dict[str, Any]],
+    run_id: str,
+) -> None:
+    """Record changes an interrupted earlier run made on the host but never recorded.
+
+    A file that is in sync but whose content is not what the registry last recorded for
+    it was written by a run that was killed between writing and recording. Its key
+    changes are recorded now (reason ``recorded-late``), so no key reaches or leaves a
+    host without an audit event.
+    """
+    digest = hashlib.sha256(content).hexdigest()
+    before = files.get(key, {})
+    if before.get("sha256") == digest:
+        return
+    current = _keys_of(content)
+    previous = before.get("keys") or []
+    now_set = {tuple(item) for item in current}
+    was_set = {tuple(item) for item in previous}
+    for action, items in (("host.add", now_set - was_set), ("host.remove", was_set - now_set)):
+        for fingerprint, owner in sorted(items, key=lambda i: (i[0] or "", i[1] or "")):
+            tx.audit(
+                action,
+                host,
+                {
+                    "account": account,
+                    "path": path,
+                    "fingerprint": fingerprint,
+                    "person": owner,
+                    "reason": "recorded-late",
+                    "run_id": run_id,
+                },
+            )
+    files[key] = {"path": path, "sha256": digest, "keys": current}
 
 
 def _record_confirmations(
