@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,3 +58,13 @@ def env(tmp_path: Path, sqlite_url: str) -> Iterator[AgentEnv]:
 def env_any_db(tmp_path: Path, db_url: str) -> Iterator[AgentEnv]:
     """The same fleet, on each registry backend."""
     yield from agent_env(db_url, tmp_path)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI every test must run: a skip there (say, sshd or PostgreSQL missing) is a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
