@@ -28,7 +28,6 @@ Authentication results are appended to ``{dir}/sshd.log``.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import os
 import pwd
@@ -39,13 +38,12 @@ import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import asyncssh
 
 from keyward.authorized_keys import parse_authorized_keys
-from keyward.localfleet import FleetError, FleetHost, fleet_address
+from keyward.localfleet import FleetError, FleetHost, _FleetBase, fleet_address
 
 START_TIMEOUT = 15.0
 """Seconds to wait for the loop thread and every listener to come up."""
@@ -313,7 +311,7 @@ async def _kill_child(child: asyncio.subprocess.Process) -> None:
             await asyncio.wait_for(child.wait(), STOP_TIMEOUT)
 
 
-class EmbeddedFleet:
+class EmbeddedFleet(_FleetBase):
     """``count`` in-process asyncssh servers on loopback, started by ``start()``.
 
     The surface mirrors ``LocalFleet`` for what the demo needs.  ``authorized_keys_file``
@@ -341,21 +339,6 @@ class EmbeddedFleet:
         self._runtimes: dict[str, _HostRuntime] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._atexit_registered = False
-
-    # -- context manager ------------------------------------------------------------
-
-    def __enter__(self) -> EmbeddedFleet:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -377,9 +360,7 @@ class EmbeddedFleet:
         if not ready.wait(START_TIMEOUT):
             self.stop()
             raise FleetError("the embedded SSH loop did not start")
-        if not self._atexit_registered:
-            atexit.register(self.stop)
-            self._atexit_registered = True
+        self._register_atexit()
         try:
             self.base_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
             for i in range(self.count):
@@ -402,9 +383,7 @@ class EmbeddedFleet:
             loop.close()
         self._loop = None
         self._thread = None
-        if self._atexit_registered:
-            atexit.unregister(self.stop)
-            self._atexit_registered = False
+        self._unregister_atexit()
 
     # -- queries --------------------------------------------------------------------
 
@@ -419,17 +398,6 @@ class EmbeddedFleet:
             return self._runtimes[name].host
         except KeyError:
             raise FleetError(f"no fleet host named {name!r}") from None
-
-    def known_hosts_text(self) -> str:
-        """A known_hosts file pinning every host's real key."""
-        return "".join(host.known_hosts_line() + "\n" for host in self.hosts)
-
-    def write_known_hosts(self, path: Path) -> Path:
-        """Write ``known_hosts_text()`` to ``path`` (0644) and return ``path``."""
-        path = Path(path)
-        path.write_text(self.known_hosts_text())
-        path.chmod(0o644)
-        return path
 
     # -- internals ------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from keyward.errors import KeywardError
 
@@ -277,7 +278,60 @@ class _Server:
         self.known_children: set[int] = set()
 
 
-class LocalFleet:
+class _FleetBase:
+    """What every local fleet offers: context management, pins, and clean-up at exit.
+
+    Subclasses provide ``start``, ``stop`` and ``hosts``.
+    """
+
+    _atexit_registered = False
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def hosts(self) -> list[FleetHost]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def known_hosts_text(self) -> str:
+        """A known_hosts file pinning every host's real key."""
+        return "".join(host.known_hosts_line() + "\n" for host in self.hosts)
+
+    def write_known_hosts(self, path: Path) -> Path:
+        """Write ``known_hosts_text()`` to ``path`` (0644) and return ``path``."""
+        path = Path(path)
+        path.write_text(self.known_hosts_text())
+        path.chmod(0o644)
+        return path
+
+    def _register_atexit(self) -> None:
+        """Stop the fleet even if the interpreter exits without calling ``stop()``."""
+        if not self._atexit_registered:
+            atexit.register(self.stop)
+            self._atexit_registered = True
+
+    def _unregister_atexit(self) -> None:
+        if self._atexit_registered:
+            atexit.unregister(self.stop)
+            self._atexit_registered = False
+
+
+class LocalFleet(_FleetBase):
     """``count`` real sshd processes on loopback, set up on ``start()`` and killed on ``stop()``.
 
     Use as a context manager.  ``authorized_keys_file`` is a template: ``{dir}`` is the
@@ -308,21 +362,6 @@ class LocalFleet:
         self.log_level = log_level
         self.extra_config = extra_config
         self._servers: dict[str, _Server] = {}
-        self._atexit_registered = False
-
-    # -- context manager ------------------------------------------------------------
-
-    def __enter__(self) -> LocalFleet:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -359,9 +398,7 @@ class LocalFleet:
             except Exception as exc:  # keep stopping the others; report at the end
                 errors.append(f"{server.host.name}: {exc}")
         self._servers.clear()
-        if self._atexit_registered:
-            atexit.unregister(self.stop)
-            self._atexit_registered = False
+        self._unregister_atexit()
         if errors:
             raise FleetError("could not stop fleet cleanly: " + "; ".join(errors))
 
@@ -397,17 +434,6 @@ class LocalFleet:
         """The host called ``name``."""
         return self._server(name).host
 
-    def known_hosts_text(self) -> str:
-        """A known_hosts file pinning every host's real key."""
-        return "".join(host.known_hosts_line() + "\n" for host in self.hosts)
-
-    def write_known_hosts(self, path: Path) -> Path:
-        """Write ``known_hosts_text()`` to ``path`` (0644) and return ``path``."""
-        path = Path(path)
-        path.write_text(self.known_hosts_text())
-        path.chmod(0o644)
-        return path
-
     # -- internals ------------------------------------------------------------------
 
     def _server(self, name: str) -> _Server:
@@ -415,12 +441,6 @@ class LocalFleet:
             return self._servers[name]
         except KeyError:
             raise FleetError(f"no fleet host named {name!r}") from None
-
-    def _register_atexit(self) -> None:
-        """Kill our sshds even if the interpreter exits without calling ``stop()``."""
-        if not self._atexit_registered:
-            atexit.register(self.stop)
-            self._atexit_registered = True
 
     def _setup_host(self, i: int) -> FleetHost:
         """Create the host's directory, host key and sshd_config (not yet started)."""
