@@ -324,7 +324,7 @@ def test_bootstrap_command_runs_remote(python: str) -> None:
 
 def test_bootstrap_command_is_one_shell_word_pair() -> None:
     command = remote_command("python3")
-    assert command.startswith("exec python3 -I -c '")
+    assert command.startswith("exec python3 -I -S -c '")
     assert command.count("'") == 2
     assert remote_command() is not None
 

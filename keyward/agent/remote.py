@@ -51,18 +51,19 @@ import errno
 import hashlib
 import json
 import os
-import platform
 import posixpath
 import pwd
 import re
-import secrets
-import shutil
-import socket
 import stat
-import subprocess
 import sys
 import time
-from typing import Any, BinaryIO
+
+# Start-up time is paid on every host at every connection, so modules needed only by rare
+# requests (subprocess for sshd -T and journalctl) are imported where used, and typing is
+# never imported at run time (mypy still sees it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 PROTOCOL = 1
 MAX_FILE_SIZE = 1 << 20
@@ -799,7 +800,7 @@ def replace_file(
     before the rename; otherwise the temp file is removed and the write refused (``changed``).
     """
     for _ in range(32):
-        tmp = f".keyward-{secrets.token_hex(4)}.tmp"
+        tmp = f".keyward-{os.urandom(4).hex()}.tmp"
         try:
             fd = os.open(tmp, O_TEMP, 0o600, dir_fd=parent.fd)
         except FileExistsError:
@@ -950,22 +951,33 @@ def op_hello(req: dict[str, Any]) -> dict[str, Any]:
     return {
         "ok": True,
         "protocol": PROTOCOL,
-        "python": platform.python_version(),
-        "hostname": socket.gethostname(),
+        "python": ".".join(str(part) for part in sys.version_info[:3]),
+        "hostname": os.uname().nodename,
         "euid": os.geteuid(),
         "max_file_size": MAX_FILE_SIZE,
         "max_read_files": MAX_READ_FILES,
     }
 
 
+def _which(name: str) -> str | None:
+    """``shutil.which`` without importing shutil (and its compression modules) at start-up."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def _find_sshd() -> str | None:
     for candidate in SSHD_CANDIDATES:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
-    return shutil.which("sshd")
+    return _which("sshd")
 
 
 def op_sshd_config(req: dict[str, Any]) -> dict[str, Any]:
+    import subprocess
+
     user = req.get("user")
     if user is not None and (not isinstance(user, str) or not ACCOUNT_RE.fullmatch(user)):
         raise BadRequest("user must be a valid account name")
@@ -1016,7 +1028,9 @@ AUTH_LOG_FILES = ("/var/log/auth.log", "/var/log/secure")
 
 
 def _journal_has_sshd() -> bool:
-    if shutil.which("journalctl") is None:
+    import subprocess
+
+    if _which("journalctl") is None:
         return False
     try:
         proc = subprocess.run(
@@ -1033,6 +1047,8 @@ def _journal_has_sshd() -> bool:
 
 
 def _read_journal(cursor: object) -> dict[str, Any]:
+    import subprocess
+
     argv = [
         "journalctl",
         "-q",
@@ -1048,13 +1064,16 @@ def _read_journal(cursor: object) -> dict[str, Any]:
     if isinstance(cursor, str) and cursor:
         argv = [a for a in argv if a not in ("-n", str(MAX_LOG_LINES))]
         argv += ["--after-cursor", cursor]
-    proc = subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise Refused("io", "journalctl timed out") from None
     if proc.returncode != 0:
         raise Refused(
             "io", "journalctl failed: " + _one_line(proc.stderr.decode("utf-8", "replace"))
@@ -1167,7 +1186,7 @@ def op_auth_log(req: dict[str, Any]) -> dict[str, Any]:
         return _read_auth_file(source, req.get("position"))
     except Refused as exc:
         return {"ok": False, "error": exc.as_json()}
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except OSError as exc:
         return {"ok": False, "error": {"code": "io", "message": _one_line(str(exc))}}
 
 
