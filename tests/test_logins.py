@@ -105,6 +105,31 @@ def test_same_key_from_two_computers_at_once_raises_a_warning(env: AgentEnv) -> 
     assert [a["kind"] for a in env.kw.ok("alerts", "--open", "--json").json()] == []
 
 
+def test_a_key_used_from_a_new_address_raises_one_alert(env: AgentEnv) -> None:
+    env.person_with_key("alice", "devops")
+    env.kw.ok("reconcile")
+    h1, h2 = env.hosts[0], env.hosts[1]
+    assert login(env, h1, env.deploy, "alice", "127.0.0.2") == 0
+    env.kw.ok("reconcile")
+    assert env.kw.ok("alerts", "--open", "--json").json() == []  # a key's first address
+    # Another host, same address: known. Then a new address, in a later collection.
+    assert login(env, h2, env.deploy, "alice", "127.0.0.2") == 0
+    env.kw.ok("reconcile")
+    assert env.kw.ok("alerts", "--open", "--json").json() == []
+    assert login(env, h2, "root", "alice", "127.0.0.6") == 0
+    env.kw.ok("reconcile")
+    alerts = env.kw.ok("alerts", "--open", "--json").json()
+    assert [(a["kind"], a["person"], a["details"]["address"]) for a in alerts] == [
+        ("new_source", "alice", "127.0.0.6")
+    ]
+    assert alerts[0]["details"]["known_addresses"] == ["127.0.0.2"]
+    # The address is remembered: using it again raises nothing new.
+    env.kw.ok("person", "clear-alert", "alice", "--reason", "alice's new laptop")
+    assert login(env, h1, env.deploy, "alice", "127.0.0.6") == 0
+    env.kw.ok("reconcile")
+    assert env.kw.ok("alerts", "--open", "--json").json() == []
+
+
 def test_failed_logins_alert_notify_and_suspend_until_cleared(
     env: AgentEnv, tmp_path: Path
 ) -> None:

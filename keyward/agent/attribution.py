@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
+from sqlalchemy import Connection, Table, bindparam, insert, or_, update
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from keyward.agent.reconcile import HostResult
+from keyward.agent.reconcile import AuthBatch, HostResult
 from keyward.inventory.model import PolicySettings
 from keyward.logins import (
     Alert,
@@ -31,12 +35,16 @@ from keyward.logins import (
 )
 from keyward.logs import get_logger
 from keyward.registry.models import Alert as AlertRow
-from keyward.registry.models import AuthLogPosition, FailureMode, Person
+from keyward.registry.models import AuthLogPosition, FailureMode, LoginSource, Person
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.store import Registry, WriteTx
 from keyward.state import RegistrySnapshot
 
 NOTIFY_TIMEOUT = 30
+CHUNK = 500  # values per IN (...) list: well below every backend's bound-parameter limit
+LOGIN_TABLE: Table = LoginRow.__table__  # type: ignore[attr-defined]
+SOURCE_TABLE: Table = LoginSource.__table__  # type: ignore[attr-defined]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -51,49 +59,37 @@ def saved_positions(registry: Registry) -> dict[str, dict[str, object]]:
         return {row.host: json.loads(row.position) for row in session.exec(select(AuthLogPosition))}
 
 
-def _session(row: LoginRow) -> Session:
-    return Session(
-        row.host,
-        row.account,
-        row.person,
-        row.fingerprint,
-        row.addr,
-        row.port,
-        row.at,
-        row.session_end,
-        row.ordinal,
-        row.session_end_ordinal or 0,
-    )
-
-
 def record_logins(
     registry: Registry,
     actor: str,
-    result: HostResult,
+    results: Sequence[HostResult],
     snapshot: RegistrySnapshot,
     policy: PolicySettings,
     now: datetime,
-    extra_owners: dict[str, str] | None = None,
+    extra_owners: Mapping[str, str] | None = None,
 ) -> Collected:
-    """Store one host's new login events and raise alerts, in one transaction."""
-    batch = result.auth
-    if batch is None or batch.position is None:
+    """Store the new login events of many hosts and raise alerts, in one transaction.
+
+    One transaction per batch of hosts (one disk sync), and queries that read only what
+    the new events can touch: known sources of their keys, sessions still open or closed
+    since the earliest new one, and recent failures. Collecting thus costs in proportion
+    to the new lines, not to the hosts times the stored history.
+    """
+    batches = [
+        (r.host.name, r.auth) for r in results if r.auth is not None and r.auth.position is not None
+    ]
+    if not batches:
         return Collected(0, (), 0)
     owners = {record.fingerprint: record.owner for record in snapshot.keys}
     owners.update(extra_owners or {})
-    events = parse_lines(result.host.name, batch.lines, owners, now)
+    parsed = [(host, batch, parse_lines(host, batch.lines, owners, now)) for host, batch in batches]
     alert_ids: list[int] = []
     modes = 0
     with registry.write(actor) as tx:
-        fresh = _store(tx, result.host.name, events, now)
-        position = tx.session.get(AuthLogPosition, result.host.name) or AuthLogPosition(
-            host=result.host.name, source=batch.source, position="{}", updated_at=now
-        )
-        position.source = batch.source
-        position.position = json.dumps(batch.position, sort_keys=True)
-        position.updated_at = now
-        tx.session.add(position)
-        tx.session.flush()
+        fresh: list[LoginEvent] = []
+        for host, _batch, events in parsed:
+            fresh += _store(tx, host, events, now)
+        _save_positions(tx, [(host, batch) for host, batch, _ in parsed], now)
         for alert in _alerts(tx, fresh, policy, now):
             row = AlertRow(
                 kind=alert.kind,
@@ -114,25 +110,51 @@ def record_logins(
             )
             if alert.kind == "failed_logins" and alert.person and policy.failure_mode != "off":
                 modes += _enter_failure_mode(tx, alert.person, row, policy, now)
-    return Collected(len(events), tuple(alert_ids), modes)
+    return Collected(sum(len(events) for _, _, events in parsed), tuple(alert_ids), modes)
+
+
+def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _save_positions(tx: WriteTx, batches: list[tuple[str, AuthBatch]], now: datetime) -> None:
+    hosts = [host for host, _ in batches]
+    saved: dict[str, AuthLogPosition] = {}
+    for chunk in _chunks(hosts):
+        for row in tx.session.exec(
+            select(AuthLogPosition).where(col(AuthLogPosition.host).in_(chunk))
+        ):
+            saved[row.host] = row
+    for host, batch in batches:
+        position = saved.get(host) or AuthLogPosition(
+            host=host, source=batch.source, position="{}", updated_at=now
+        )
+        position.source = batch.source
+        position.position = json.dumps(batch.position, sort_keys=True)
+        position.updated_at = now
+        tx.session.add(position)
+    tx.session.flush()
 
 
 def _store(tx: WriteTx, host: str, events: list[LoginEvent], now: datetime) -> list[LoginEvent]:
-    """Insert events not stored before; pair disconnects with their accepted session."""
+    """Insert events not stored before; pair disconnects with their accepted session.
+
+    Rows go in with one multi-row insert. Sessions opened in this batch are paired in
+    memory; disconnects whose accept came in an earlier batch cost one query per host.
+    """
     positions = [e.pos for e in events if e.pos]
     existing: set[str] = set()
-    for chunk in range(0, len(positions), 500):
+    for chunk in _chunks(positions):
         existing.update(
             tx.session.exec(
-                select(LoginRow.pos).where(
-                    LoginRow.host == host, col(LoginRow.pos).in_(positions[chunk : chunk + 500])
-                )
+                select(LoginRow.pos).where(LoginRow.host == host, col(LoginRow.pos).in_(chunk))
             ).all()
         )
     fresh: list[LoginEvent] = []
-    # Sessions opened in this batch are paired in memory; only a disconnect whose accept
-    # came in an earlier batch costs a query.
-    opened: dict[tuple[str, int], LoginRow] = {}
+    rows: list[dict[str, Any]] = []
+    opened: dict[tuple[str, int], dict[str, Any]] = {}
+    unpaired: list[LoginEvent] = []
     for event in events:
         pos = event.pos or f"{event.at.isoformat()}:{event.order}"
         if pos in existing:
@@ -142,97 +164,197 @@ def _store(tx: WriteTx, host: str, events: list[LoginEvent], now: datetime) -> l
         if event.outcome == "disconnected":
             open_row = opened.pop((event.addr, event.port), None)
             if open_row is None:
-                open_row = tx.session.exec(
-                    select(LoginRow)
-                    .where(
-                        LoginRow.host == host,
-                        LoginRow.outcome == "accepted",
-                        LoginRow.addr == event.addr,
-                        LoginRow.port == event.port,
-                        col(LoginRow.session_end).is_(None),
-                    )
-                    .order_by(col(LoginRow.id).desc())
-                ).first()
-            if open_row is not None:
-                open_row.session_end = event.at
-                open_row.session_end_ordinal = event.order
-                tx.session.add(open_row)
-        row = LoginRow(
-            host=host,
-            account=event.account,
-            at=event.at,
-            outcome=event.outcome,
-            addr=event.addr,
-            port=event.port,
-            fingerprint=event.fingerprint,
-            person=event.person,
-            pos=pos,
-            ordinal=event.order,
-            collected_at=now,
-        )
+                unpaired.append(event)
+            else:
+                open_row["session_end"] = event.at
+                open_row["session_end_ordinal"] = event.order
+        row = {
+            "host": host,
+            "account": event.account,
+            "at": event.at,
+            "outcome": event.outcome,
+            "addr": event.addr,
+            "port": event.port,
+            "fingerprint": event.fingerprint,
+            "person": event.person,
+            "pos": pos,
+            "ordinal": event.order,
+            "session_end": None,
+            "session_end_ordinal": None,
+            "collected_at": now,
+        }
         if event.outcome == "accepted":
             opened[(event.addr, event.port)] = row
-        tx.session.add(row)
-    tx.session.flush()
+        rows.append(row)
+    connection = tx.session.connection()
+    if unpaired:
+        _close_earlier_sessions(connection, host, unpaired)
+    if rows:
+        connection.execute(insert(LOGIN_TABLE), rows)
     return fresh
+
+
+def _close_earlier_sessions(
+    connection: Connection, host: str, disconnects: list[LoginEvent]
+) -> None:
+    """End sessions accepted in an earlier batch: the newest open one per address and port."""
+    open_ids: dict[tuple[str, int], list[int]] = {}
+    addrs = sorted({e.addr for e in disconnects})
+    for chunk in _chunks(addrs):
+        for row_id, addr, port in connection.execute(
+            sa_select(LOGIN_TABLE.c.id, LOGIN_TABLE.c.addr, LOGIN_TABLE.c.port)
+            .where(
+                LOGIN_TABLE.c.host == host,
+                LOGIN_TABLE.c.outcome == "accepted",
+                LOGIN_TABLE.c.session_end.is_(None),
+                LOGIN_TABLE.c.addr.in_(chunk),
+            )
+            .order_by(LOGIN_TABLE.c.id.desc())
+        ):
+            open_ids.setdefault((addr, port), []).append(row_id)
+    updates = []
+    for event in disconnects:
+        ids = open_ids.get((event.addr, event.port))
+        if ids:
+            updates.append({"b_id": ids.pop(0), "b_end": event.at, "b_order": event.order})
+    if updates:
+        connection.execute(
+            update(LOGIN_TABLE)
+            .where(LOGIN_TABLE.c.id == bindparam("b_id"))
+            .values(session_end=bindparam("b_end"), session_end_ordinal=bindparam("b_order")),
+            updates,
+        )
+
+
+def _new_sources(tx: WriteTx, accepted: list[LoginEvent]) -> list[Alert]:
+    """Alerts for keys used from an address never seen for them; remember the addresses."""
+    connection = tx.session.connection()
+    fingerprints = sorted({e.fingerprint for e in accepted if e.fingerprint})
+    known: dict[str, set[str]] = {}
+    for chunk in _chunks(fingerprints):
+        for fingerprint, addr in connection.execute(
+            sa_select(SOURCE_TABLE.c.fingerprint, SOURCE_TABLE.c.addr).where(
+                SOURCE_TABLE.c.fingerprint.in_(chunk)
+            )
+        ):
+            known.setdefault(fingerprint, set()).add(addr)
+    alerts = new_source_alerts({k: frozenset(v) for k, v in known.items()}, accepted)
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in accepted:
+        if e.fingerprint is None:
+            continue
+        entry = seen.setdefault(
+            (e.fingerprint, e.addr),
+            {"fingerprint": e.fingerprint, "addr": e.addr, "person": e.person, "first": e.at},
+        )
+        entry["first"] = min(entry["first"], e.at)
+        entry["last"] = max(entry.get("last", e.at), e.at)
+    added = [
+        {
+            "fingerprint": v["fingerprint"],
+            "addr": v["addr"],
+            "person": v["person"],
+            "first_seen": v["first"],
+            "last_seen": v["last"],
+        }
+        for (fp, addr), v in seen.items()
+        if addr not in known.get(fp, ())
+    ]
+    again = [
+        {"b_fp": fp, "b_addr": addr, "b_last": v["last"]}
+        for (fp, addr), v in seen.items()
+        if addr in known.get(fp, ())
+    ]
+    if added:
+        connection.execute(insert(SOURCE_TABLE), added)
+    if again:
+        connection.execute(
+            update(SOURCE_TABLE)
+            .where(
+                SOURCE_TABLE.c.fingerprint == bindparam("b_fp"),
+                SOURCE_TABLE.c.addr == bindparam("b_addr"),
+                SOURCE_TABLE.c.last_seen < bindparam("b_last"),
+            )
+            .values(last_seen=bindparam("b_last")),
+            again,
+        )
+    return alerts
 
 
 def _alerts(
     tx: WriteTx, fresh: list[LoginEvent], policy: PolicySettings, now: datetime
 ) -> list[Alert]:
     alerts: list[Alert] = []
+    connection = tx.session.connection()
     accepted = [e for e in fresh if e.outcome == "accepted"]
-    fingerprints = sorted({e.fingerprint for e in accepted if e.fingerprint})
-    if fingerprints:
-        fresh_pos = {e.pos for e in accepted}
-        known: dict[str, set[str]] = {}
-        for fp, addr, pos in tx.session.exec(
-            select(LoginRow.fingerprint, LoginRow.addr, LoginRow.pos).where(
-                col(LoginRow.fingerprint).in_(fingerprints), LoginRow.outcome == "accepted"
-            )
-        ):
-            if fp and pos not in fresh_pos:
-                known.setdefault(fp, set()).add(addr)
-        alerts += new_source_alerts({k: frozenset(v) for k, v in known.items()}, accepted)
+    if accepted:
+        alerts += _new_sources(tx, accepted)
     people = sorted({e.person for e in accepted if e.person})
     if people:
         window = timedelta(minutes=policy.multi_source_window_minutes)
-        rows = tx.session.exec(
-            select(LoginRow).where(
-                col(LoginRow.person).in_(people),
-                LoginRow.outcome == "accepted",
-                LoginRow.at >= now - window,
-            )
-        ).all()
-        sessions = [_session(r) for r in rows]
-        new_sessions = [
-            s
-            for s in sessions
-            if any(s.host == e.host and s.port == e.port and s.addr == e.addr for e in accepted)
-        ]
+        earliest = min(e.at for e in accepted)
+        fresh_keys = {(e.host, e.pos) for e in accepted}
+        t = LOGIN_TABLE.c
+        sessions: list[Session] = []
+        new_sessions: list[Session] = []
+        for chunk in _chunks(people):
+            for row in connection.execute(
+                sa_select(
+                    t.host,
+                    t.account,
+                    t.person,
+                    t.fingerprint,
+                    t.addr,
+                    t.port,
+                    t.at,
+                    t.session_end,
+                    t.ordinal,
+                    t.session_end_ordinal,
+                    t.pos,
+                ).where(
+                    t.outcome == "accepted",
+                    t.at >= now - window,
+                    or_(t.session_end.is_(None), t.session_end >= earliest),
+                    t.person.in_(chunk),
+                )
+            ):
+                session = Session(
+                    row.host,
+                    row.account,
+                    row.person,
+                    row.fingerprint,
+                    row.addr,
+                    row.port,
+                    row.at,
+                    row.session_end,
+                    row.ordinal,
+                    row.session_end_ordinal or 0,
+                )
+                sessions.append(session)
+                if (row.host, row.pos) in fresh_keys:
+                    new_sessions.append(session)
         alerts += multi_source_alerts(sessions, new_sessions, window)
     failed = [e for e in fresh if e.outcome in ("failed", "invalid_user")]
     if failed:
         window = timedelta(minutes=policy.failed_login_window_minutes)
-        rows = tx.session.exec(
-            select(LoginRow).where(
-                col(LoginRow.outcome).in_(["failed", "invalid_user"]),
-                LoginRow.at >= now - window,
-            )
-        ).all()
+        t = LOGIN_TABLE.c
         recent = [
             LoginEvent(
-                r.host,
-                r.account,
-                r.at,
-                r.outcome,  # type: ignore[arg-type]
-                r.addr,
-                r.port,
-                r.fingerprint,
-                r.person,
-                r.pos,
+                r.host, r.account, r.at, r.outcome, r.addr, r.port, r.fingerprint, r.person, r.pos
             )
-            for r in rows
+            for r in connection.execute(
+                sa_select(
+                    t.host,
+                    t.account,
+                    t.at,
+                    t.outcome,
+                    t.addr,
+                    t.port,
+                    t.fingerprint,
+                    t.person,
+                    t.pos,
+                ).where(t.outcome.in_(["failed", "invalid_user"]), t.at >= now - window)
+            )
         ]
         for alert in failed_login_alerts(recent, policy.failed_login_threshold, window, now):
             last = _last_alert(tx, alert)

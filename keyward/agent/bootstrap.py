@@ -25,7 +25,8 @@ def remote_command(python: str = "python3") -> str:
 
     ``-I`` isolates the interpreter from PYTHON* variables, user site-packages and the current
     directory; ``-S`` skips the ``site`` module (the helper is stdlib-only), which saves a few
-    milliseconds of CPU on every host at every connection. The source travels zlib-compressed and base64-encoded inside single quotes.
+    milliseconds of CPU on every host at every connection. The source travels zlib-compressed
+    and base64-encoded inside single quotes.
     """
     code = f'import base64,zlib;exec(zlib.decompress(base64.b64decode("{_payload()}")))'
     return f"exec {shlex.quote(python)} -I -S -c {shlex.quote(code)}"

@@ -20,17 +20,6 @@ AUDIT_ACTIONS = {
 }
 
 
-def record_host(
-    registry: Registry,
-    actor: str,
-    result: HostResult,
-    run_id: str,
-    open_case_ids: tuple[int, ...] = (),
-) -> None:
-    """Update ``host_state`` and append audit events for every change made, in one transaction."""
-    record_hosts(registry, actor, [result], run_id, open_case_ids)
-
-
 def record_hosts(
     registry: Registry,
     actor: str,
@@ -38,7 +27,8 @@ def record_hosts(
     run_id: str,
     open_case_ids: tuple[int, ...] = (),
 ) -> None:
-    """The same for many hosts in one transaction (one disk sync): the daemon's push rounds."""
+    """Update ``host_state`` and append one audit event per change on a host, for many hosts
+    in one transaction (one disk sync)."""
     if not results:
         return
     with registry.write(actor) as tx:

@@ -16,7 +16,8 @@ from sqlmodel import col, select
 from keyward.agent.connection import Credentials
 from keyward.agent.lock import reconcile_lock
 from keyward.agent.reconcile import HostResult, RunContext, reconcile_fleet
-from keyward.agent.record import record_host
+from keyward.agent.record import record_hosts
+from keyward.agent.recorder import BatchRecorder
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
 from keyward.desired import DesiredFile, FileTarget, compute_desired
@@ -263,38 +264,54 @@ def run_agent(
     unrecorded: list[HostResult] = []
     known_keys = service_keys(prepared)
 
-    def done(result: HostResult) -> None:
+    def record(batch: list[HostResult]) -> None:
+        """Runs on the recorder's thread: host state and audit first, then the logins."""
         nonlocal failure_modes
-        progress(result)
-        if dry_run:
+        try:
+            record_hosts(registry, app.actor, batch, run_id, tuple(watch))
+        except KeywardError as exc:
+            # The hosts are already written; never lose their audit record: retry after the run.
+            log.error("record_failed", hosts=[r.host.name for r in batch], error=exc.message)
+            unrecorded.extend(batch)
+            return
+        with_logins = [r for r in batch if r.auth is not None]
+        if not with_logins:
             return
         try:
-            record_host(registry, app.actor, result, run_id, tuple(watch))
+            collected = record_logins(
+                registry,
+                app.actor,
+                with_logins,
+                prepared.snapshot,
+                prepared.inventory.policy,
+                registry.clock(),
+                known_keys,
+            )
         except KeywardError as exc:
-            # The host is already written; never lose its audit record: retry after the run.
-            log.error("record_failed", host=result.host.name, error=exc.message)
-            unrecorded.append(result)
+            # Not stored means the read positions were not saved: the next run re-reads.
+            log.error(
+                "logins_record_failed", hosts=[r.host.name for r in with_logins], error=exc.message
+            )
             return
-        if result.auth is not None:
-            try:
-                collected = record_logins(
-                    registry,
-                    app.actor,
-                    result,
-                    prepared.snapshot,
-                    prepared.inventory.policy,
-                    registry.clock(),
-                    known_keys,
-                )
-            except KeywardError as exc:
-                # Not stored means the read position was not saved: the next run re-reads.
-                log.error("logins_record_failed", host=result.host.name, error=exc.message)
-                return
-            alerts.extend(collected.alerts)
-            failure_modes += collected.failure_modes
+        alerts.extend(collected.alerts)
+        failure_modes += collected.failure_modes
+
+    async def run_and_record() -> list[HostResult]:
+        recorder: BatchRecorder[HostResult] = BatchRecorder(record)
+
+        def done(result: HostResult) -> None:
+            progress(result)
+            if not dry_run:
+                recorder.add(result)
+
+        recorder.start()
+        try:
+            return await reconcile_fleet(prepared.hosts, ctx, limit, done)
+        finally:
+            await recorder.close()
 
     log.info("run_started", hosts=len(prepared.hosts), dry_run=dry_run, concurrency=limit)
-    results = asyncio.run(reconcile_fleet(prepared.hosts, ctx, limit, done))
+    results = asyncio.run(run_and_record())
     log.info(
         "run_finished",
         hosts=len(results),
@@ -305,7 +322,7 @@ def run_agent(
         pending, unrecorded[:] = list(unrecorded), []
         for result in pending:
             try:
-                record_host(registry, app.actor, result, run_id, tuple(watch))
+                record_hosts(registry, app.actor, [result], run_id, tuple(watch))
             except KeywardError:
                 unrecorded.append(result)
         if not unrecorded:

@@ -386,9 +386,9 @@ class Daemon:
             )
         except Exception as exc:
             self.log.error("record_failed", hosts=len(results), error=str(exc)[:300])
-        for result in results:
-            if result.auth is not None and result.auth.position is not None:
-                await self._record_logins(result)
+        collected = [r for r in results if r.auth is not None and r.auth.position is not None]
+        if collected:
+            await self._record_logins(collected)
         return results
 
     async def _sync(self, link: HostLink, files: list[DesiredFile], ctx: RunContext) -> HostResult:
@@ -417,7 +417,8 @@ class Daemon:
                 self.confirmed.pop(f.plan.target, None)
         return result
 
-    async def _record_logins(self, result: HostResult) -> None:
+    async def _record_logins(self, results: list[HostResult]) -> None:
+        """Store the round's new logins in one transaction; positions advance only if stored."""
         assert self.snapshot is not None and self.inventory is not None
         known = {self.agent_key.fingerprint: "keyward-agent"} if self.agent_key else {}
         for env in self.inventory.environments:
@@ -428,14 +429,15 @@ class Daemon:
                 record_logins,
                 self.registry,
                 self.actor,
-                result,
+                results,
                 self.snapshot,
                 self.inventory.policy,
                 self.clock(),
                 known,
             )
-            assert result.auth is not None and result.auth.position is not None
-            self.auth_positions[result.host.name] = result.auth.position
+            for result in results:
+                assert result.auth is not None and result.auth.position is not None
+                self.auth_positions[result.host.name] = result.auth.position
             if collected.alerts:
                 await asyncio.to_thread(
                     notify,
@@ -445,7 +447,7 @@ class Daemon:
                     self.inventory.policy.alert_command,
                 )
         except Exception as exc:
-            self.log.error("logins_record_failed", host=result.host.name, error=str(exc)[:300])
+            self.log.error("logins_record_failed", hosts=len(results), error=str(exc)[:300])
 
     async def _on_connect(self, link: HostLink) -> None:
         """A (re)connected host gets every file synced: it may have missed changes."""

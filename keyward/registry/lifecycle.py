@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from keyward.errors import RegistryError, UsageError
 from keyward.keys import PublicKey
@@ -273,7 +273,7 @@ def purge_person(tx: WriteTx, username: str, keep_days: int) -> list[int]:
     and one ``audit.redact`` event (itself in the chain) lists what was redacted.
     """
     from keyward.registry.audit import REDACT_ACTION
-    from keyward.registry.models import AuditEvent, LoginEvent
+    from keyward.registry.models import AuditEvent, LoginEvent, LoginSource
 
     person = ops.find_person(tx.session, username)
     if person.status != "offboarded":
@@ -297,12 +297,22 @@ def purge_person(tx: WriteTx, username: str, keep_days: int) -> list[int]:
     person.email = None
     person.changed_at = tx.now
     tx.session.add(person)
+    fingerprints: list[str] = []
     for key in tx.session.exec(select(SshKey).where(SshKey.person_id == person.id)):
         key.comment = ""
+        fingerprints.append(key.fingerprint)
         tx.session.add(key)
     for login in tx.session.exec(select(LoginEvent).where(LoginEvent.person == username)):
         login.addr = "redacted"
         tx.session.add(login)
+    # The addresses the person's keys came from are theirs too; the new-address memory
+    # forgets them (their keys are revoked, so it is never consulted for them again).
+    for source in tx.session.exec(
+        select(LoginSource).where(
+            or_(col(LoginSource.person) == username, col(LoginSource.fingerprint).in_(fingerprints))
+        )
+    ):
+        tx.session.delete(source)
     seqs: list[int] = []
     for event in tx.session.exec(
         select(AuditEvent).where(AuditEvent.subject == username, AuditEvent.redacted == False)  # noqa: E712

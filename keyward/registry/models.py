@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from keyward.registry.types import UTCDateTime
@@ -231,7 +231,11 @@ class LoginEvent(SQLModel, table=True):
     """One sshd authentication event on a managed host, attributed to a person by fingerprint."""
 
     __tablename__ = "login_event"
-    __table_args__ = (UniqueConstraint("host", "pos"),)
+    __table_args__ = (
+        UniqueConstraint("host", "pos"),
+        # The multi-computer check reads only sessions still open or closed recently.
+        Index("ix_login_event_open", "outcome", "session_end", "at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     host: str = Field(index=True, max_length=255)
@@ -247,6 +251,22 @@ class LoginEvent(SQLModel, table=True):
     session_end: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     session_end_ordinal: int | None = Field(default=None)
     collected_at: datetime = Field(sa_column=_ts())
+
+
+class LoginSource(SQLModel, table=True):
+    """Every source address a key has logged in from: the memory of the new-address alert.
+
+    Kept apart from ``login_event`` so that checking a batch of logins costs one lookup
+    per key and address, however long the login history grows.
+    """
+
+    __tablename__ = "login_source"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    addr: str = Field(primary_key=True, max_length=64)
+    person: str | None = Field(default=None, index=True, max_length=32)
+    first_seen: datetime = Field(sa_column=_ts())
+    last_seen: datetime = Field(sa_column=_ts())
 
 
 class AuthLogPosition(SQLModel, table=True):
