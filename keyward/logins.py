@@ -22,9 +22,12 @@ from typing import Literal
 Outcome = Literal["accepted", "failed", "disconnected", "invalid_user"]
 
 _ADDR = r"(?P<addr>[0-9A-Fa-f:.]+)"
-_PATTERNS: tuple[tuple[Outcome, re.Pattern[str]], ...] = (
+# (outcome, a literal every matching line contains, the pattern): the cheap substring test
+# skips the regular expressions that cannot match, which matters at 100,000 lines a run.
+_PATTERNS: tuple[tuple[Outcome, str, re.Pattern[str]], ...] = (
     (
         "accepted",
+        "Accepted publickey",
         re.compile(
             r"Accepted publickey for (?P<user>\S+) from "
             + _ADDR
@@ -33,6 +36,7 @@ _PATTERNS: tuple[tuple[Outcome, re.Pattern[str]], ...] = (
     ),
     (
         "failed",
+        "Failed publickey",
         re.compile(
             r"Failed publickey for (?:invalid user )?(?P<user>\S+) from "
             + _ADDR
@@ -41,10 +45,12 @@ _PATTERNS: tuple[tuple[Outcome, re.Pattern[str]], ...] = (
     ),
     (
         "invalid_user",
+        "Invalid user",
         re.compile(r"Invalid user (?P<user>\S*) from " + _ADDR + r" port (?P<port>\d+)"),
     ),
     (
         "disconnected",
+        "Disconnected from user",
         re.compile(r"Disconnected from user (?P<user>\S+) " + _ADDR + r" port (?P<port>\d+)"),
     ),
 )
@@ -113,7 +119,9 @@ def parse_lines(
         text = line.text
         tag = _SSHD_TAG.search(text)
         message = text[tag.end() :] if tag else text
-        for outcome, pattern in _PATTERNS:
+        for outcome, marker, pattern in _PATTERNS:
+            if marker not in message:
+                continue
             match = pattern.search(message)
             if match is None:
                 continue

@@ -13,21 +13,31 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, bindparam, insert, or_, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import Connection
 from sqlmodel import col, select
 
+from keyward.agent.login_store import (
+    LOGIN_TABLE,
+    HostLogins,
+    chunks,
+    close_earlier_sessions,
+    fresh_logins,
+    insert_many,
+    known_sources,
+    recent_failures,
+    recent_sessions,
+    remember_sources,
+    session_of,
+)
 from keyward.agent.reconcile import AuthBatch, HostResult
 from keyward.inventory.model import PolicySettings
 from keyward.logins import (
     Alert,
     LoginEvent,
-    Session,
     failed_login_alerts,
     multi_source_alerts,
     new_source_alerts,
@@ -35,16 +45,12 @@ from keyward.logins import (
 )
 from keyward.logs import get_logger
 from keyward.registry.models import Alert as AlertRow
-from keyward.registry.models import AuthLogPosition, FailureMode, LoginSource, Person
+from keyward.registry.models import AuthLogPosition, FailureMode, Person
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.store import Registry, WriteTx
 from keyward.state import RegistrySnapshot
 
 NOTIFY_TIMEOUT = 30
-CHUNK = 500  # values per IN (...) list: well below every backend's bound-parameter limit
-LOGIN_TABLE: Table = LoginRow.__table__  # type: ignore[attr-defined]
-SOURCE_TABLE: Table = LoginSource.__table__  # type: ignore[attr-defined]
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,16 @@ def record_logins(
     alert_ids: list[int] = []
     modes = 0
     with registry.write(actor) as tx:
-        fresh: list[LoginEvent] = []
-        for host, _batch, events in parsed:
-            fresh += _store(tx, host, events, now)
+        connection = tx.session.connection()
+        stored = [fresh_logins(connection, host, events, now) for host, _, events in parsed]
+        # Older sessions closed by this batch first, so the alert rules see them closed;
+        # the rules read the stored history before the new rows go in.
+        for logins in stored:
+            close_earlier_sessions(connection, logins.host, logins.unpaired)
+        alerts = _alerts(tx, stored, policy, now)
+        insert_many(connection, LOGIN_TABLE, [row for logins in stored for row in logins.rows])
         _save_positions(tx, [(host, batch) for host, batch, _ in parsed], now)
-        for alert in _alerts(tx, fresh, policy, now):
+        for alert in alerts:
             row = AlertRow(
                 kind=alert.kind,
                 person=alert.person,
@@ -113,15 +124,10 @@ def record_logins(
     return Collected(sum(len(events) for _, _, events in parsed), tuple(alert_ids), modes)
 
 
-def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _save_positions(tx: WriteTx, batches: list[tuple[str, AuthBatch]], now: datetime) -> None:
     hosts = [host for host, _ in batches]
     saved: dict[str, AuthLogPosition] = {}
-    for chunk in _chunks(hosts):
+    for chunk in chunks(hosts):
         for row in tx.session.exec(
             select(AuthLogPosition).where(col(AuthLogPosition.host).in_(chunk))
         ):
@@ -137,225 +143,23 @@ def _save_positions(tx: WriteTx, batches: list[tuple[str, AuthBatch]], now: date
     tx.session.flush()
 
 
-def _store(tx: WriteTx, host: str, events: list[LoginEvent], now: datetime) -> list[LoginEvent]:
-    """Insert events not stored before; pair disconnects with their accepted session.
-
-    Rows go in with one multi-row insert. Sessions opened in this batch are paired in
-    memory; disconnects whose accept came in an earlier batch cost one query per host.
-    """
-    positions = [e.pos for e in events if e.pos]
-    existing: set[str] = set()
-    for chunk in _chunks(positions):
-        existing.update(
-            tx.session.exec(
-                select(LoginRow.pos).where(LoginRow.host == host, col(LoginRow.pos).in_(chunk))
-            ).all()
-        )
-    fresh: list[LoginEvent] = []
-    rows: list[dict[str, Any]] = []
-    opened: dict[tuple[str, int], dict[str, Any]] = {}
-    unpaired: list[LoginEvent] = []
-    for event in events:
-        pos = event.pos or f"{event.at.isoformat()}:{event.order}"
-        if pos in existing:
-            continue
-        existing.add(pos)
-        fresh.append(event)
-        if event.outcome == "disconnected":
-            open_row = opened.pop((event.addr, event.port), None)
-            if open_row is None:
-                unpaired.append(event)
-            else:
-                open_row["session_end"] = event.at
-                open_row["session_end_ordinal"] = event.order
-        row = {
-            "host": host,
-            "account": event.account,
-            "at": event.at,
-            "outcome": event.outcome,
-            "addr": event.addr,
-            "port": event.port,
-            "fingerprint": event.fingerprint,
-            "person": event.person,
-            "pos": pos,
-            "ordinal": event.order,
-            "session_end": None,
-            "session_end_ordinal": None,
-            "collected_at": now,
-        }
-        if event.outcome == "accepted":
-            opened[(event.addr, event.port)] = row
-        rows.append(row)
-    connection = tx.session.connection()
-    if unpaired:
-        _close_earlier_sessions(connection, host, unpaired)
-    if rows:
-        connection.execute(insert(LOGIN_TABLE), rows)
-    return fresh
-
-
-def _close_earlier_sessions(
-    connection: Connection, host: str, disconnects: list[LoginEvent]
-) -> None:
-    """End sessions accepted in an earlier batch: the newest open one per address and port."""
-    open_ids: dict[tuple[str, int], list[int]] = {}
-    addrs = sorted({e.addr for e in disconnects})
-    for chunk in _chunks(addrs):
-        for row_id, addr, port in connection.execute(
-            sa_select(LOGIN_TABLE.c.id, LOGIN_TABLE.c.addr, LOGIN_TABLE.c.port)
-            .where(
-                LOGIN_TABLE.c.host == host,
-                LOGIN_TABLE.c.outcome == "accepted",
-                LOGIN_TABLE.c.session_end.is_(None),
-                LOGIN_TABLE.c.addr.in_(chunk),
-            )
-            .order_by(LOGIN_TABLE.c.id.desc())
-        ):
-            open_ids.setdefault((addr, port), []).append(row_id)
-    updates = []
-    for event in disconnects:
-        ids = open_ids.get((event.addr, event.port))
-        if ids:
-            updates.append({"b_id": ids.pop(0), "b_end": event.at, "b_order": event.order})
-    if updates:
-        connection.execute(
-            update(LOGIN_TABLE)
-            .where(LOGIN_TABLE.c.id == bindparam("b_id"))
-            .values(session_end=bindparam("b_end"), session_end_ordinal=bindparam("b_order")),
-            updates,
-        )
-
-
-def _new_sources(tx: WriteTx, accepted: list[LoginEvent]) -> list[Alert]:
-    """Alerts for keys used from an address never seen for them; remember the addresses."""
-    connection = tx.session.connection()
-    fingerprints = sorted({e.fingerprint for e in accepted if e.fingerprint})
-    known: dict[str, set[str]] = {}
-    for chunk in _chunks(fingerprints):
-        for fingerprint, addr in connection.execute(
-            sa_select(SOURCE_TABLE.c.fingerprint, SOURCE_TABLE.c.addr).where(
-                SOURCE_TABLE.c.fingerprint.in_(chunk)
-            )
-        ):
-            known.setdefault(fingerprint, set()).add(addr)
-    alerts = new_source_alerts({k: frozenset(v) for k, v in known.items()}, accepted)
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for e in accepted:
-        if e.fingerprint is None:
-            continue
-        entry = seen.setdefault(
-            (e.fingerprint, e.addr),
-            {"fingerprint": e.fingerprint, "addr": e.addr, "person": e.person, "first": e.at},
-        )
-        entry["first"] = min(entry["first"], e.at)
-        entry["last"] = max(entry.get("last", e.at), e.at)
-    added = [
-        {
-            "fingerprint": v["fingerprint"],
-            "addr": v["addr"],
-            "person": v["person"],
-            "first_seen": v["first"],
-            "last_seen": v["last"],
-        }
-        for (fp, addr), v in seen.items()
-        if addr not in known.get(fp, ())
-    ]
-    again = [
-        {"b_fp": fp, "b_addr": addr, "b_last": v["last"]}
-        for (fp, addr), v in seen.items()
-        if addr in known.get(fp, ())
-    ]
-    if added:
-        connection.execute(insert(SOURCE_TABLE), added)
-    if again:
-        connection.execute(
-            update(SOURCE_TABLE)
-            .where(
-                SOURCE_TABLE.c.fingerprint == bindparam("b_fp"),
-                SOURCE_TABLE.c.addr == bindparam("b_addr"),
-                SOURCE_TABLE.c.last_seen < bindparam("b_last"),
-            )
-            .values(last_seen=bindparam("b_last")),
-            again,
-        )
-    return alerts
-
-
 def _alerts(
-    tx: WriteTx, fresh: list[LoginEvent], policy: PolicySettings, now: datetime
+    tx: WriteTx, stored: list[HostLogins], policy: PolicySettings, now: datetime
 ) -> list[Alert]:
-    alerts: list[Alert] = []
+    """The alert rules over the batch's new events and the stored history they can touch."""
     connection = tx.session.connection()
+    fresh = [e for logins in stored for e in logins.fresh]
     accepted = [e for e in fresh if e.outcome == "accepted"]
+    alerts: list[Alert] = []
     if accepted:
-        alerts += _new_sources(tx, accepted)
-    people = sorted({e.person for e in accepted if e.person})
-    if people:
-        window = timedelta(minutes=policy.multi_source_window_minutes)
-        earliest = min(e.at for e in accepted)
-        fresh_keys = {(e.host, e.pos) for e in accepted}
-        t = LOGIN_TABLE.c
-        sessions: list[Session] = []
-        new_sessions: list[Session] = []
-        for chunk in _chunks(people):
-            for row in connection.execute(
-                sa_select(
-                    t.host,
-                    t.account,
-                    t.person,
-                    t.fingerprint,
-                    t.addr,
-                    t.port,
-                    t.at,
-                    t.session_end,
-                    t.ordinal,
-                    t.session_end_ordinal,
-                    t.pos,
-                ).where(
-                    t.outcome == "accepted",
-                    t.at >= now - window,
-                    or_(t.session_end.is_(None), t.session_end >= earliest),
-                    t.person.in_(chunk),
-                )
-            ):
-                session = Session(
-                    row.host,
-                    row.account,
-                    row.person,
-                    row.fingerprint,
-                    row.addr,
-                    row.port,
-                    row.at,
-                    row.session_end,
-                    row.ordinal,
-                    row.session_end_ordinal or 0,
-                )
-                sessions.append(session)
-                if (row.host, row.pos) in fresh_keys:
-                    new_sessions.append(session)
-        alerts += multi_source_alerts(sessions, new_sessions, window)
+        known = known_sources(connection, list({e.fingerprint for e in accepted if e.fingerprint}))
+        alerts += new_source_alerts({k: frozenset(v) for k, v in known.items()}, accepted)
+        remember_sources(connection, accepted, known)
+    alerts += _multi_source(connection, stored, accepted, policy, now)
     failed = [e for e in fresh if e.outcome in ("failed", "invalid_user")]
     if failed:
         window = timedelta(minutes=policy.failed_login_window_minutes)
-        t = LOGIN_TABLE.c
-        recent = [
-            LoginEvent(
-                r.host, r.account, r.at, r.outcome, r.addr, r.port, r.fingerprint, r.person, r.pos
-            )
-            for r in connection.execute(
-                sa_select(
-                    t.host,
-                    t.account,
-                    t.at,
-                    t.outcome,
-                    t.addr,
-                    t.port,
-                    t.fingerprint,
-                    t.person,
-                    t.pos,
-                ).where(t.outcome.in_(["failed", "invalid_user"]), t.at >= now - window)
-            )
-        ]
+        recent = recent_failures(connection, now - window) + failed
         for alert in failed_login_alerts(recent, policy.failed_login_threshold, window, now):
             last = _last_alert(tx, alert)
             if last is None:
@@ -376,6 +180,42 @@ def _alerts(
             if len(newer) > policy.failed_login_threshold:
                 alerts.append(alert)
     return alerts
+
+
+def _multi_source(
+    connection: Connection,
+    stored: list[HostLogins],
+    accepted: list[LoginEvent],
+    policy: PolicySettings,
+    now: datetime,
+) -> list[Alert]:
+    """Sessions open at once from several addresses, for the people who logged in now.
+
+    Only people seen from two or more addresses (stored or new) can trigger it, so the
+    sweep runs over just their sessions.
+    """
+    people = sorted({e.person for e in accepted if e.person})
+    if not people:
+        return []
+    window = timedelta(minutes=policy.multi_source_window_minutes)
+    earliest = min(e.at for e in accepted)
+    old = recent_sessions(connection, people, now - window, earliest)
+    fresh_rows = [
+        r
+        for logins in stored
+        for r in logins.rows
+        if r["outcome"] == "accepted" and r["person"] and r["at"] >= now - window
+    ]
+    addresses: dict[str, set[str]] = {}
+    pairs = [(s.person, s.addr) for s in old] + [(r["person"], r["addr"]) for r in fresh_rows]
+    for person, addr in pairs:
+        if person:
+            addresses.setdefault(person, set()).add(addr)
+    several = {person for person, addrs in addresses.items() if len(addrs) > 1}
+    if not several:
+        return []
+    new = [session_of(r) for r in fresh_rows if r["person"] in several]
+    return multi_source_alerts([s for s in old if s.person in several], new, window)
 
 
 def _last_alert(tx: WriteTx, alert: Alert) -> AlertRow | None:
