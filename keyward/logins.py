@@ -54,6 +54,9 @@ _PATTERNS: tuple[tuple[Outcome, str, re.Pattern[str]], ...] = (
         re.compile(r"Disconnected from user (?P<user>\S+) " + _ADDR + r" port (?P<port>\d+)"),
     ),
 )
+# What the host helper filters sshd's log by, so that only lines that can be login events
+# travel (a VERBOSE log has several other lines per login).
+LOGIN_MARKERS: tuple[str, ...] = tuple(marker for _, marker, _ in _PATTERNS)
 _SSHD_TAG = re.compile(r"\bsshd(?:-session)?\[\d+\]:\s?")
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s")
 _TRADITIONAL = re.compile(r"^([A-Z][a-z]{2}\s+\d{1,2} \d\d:\d\d:\d\d)\s")

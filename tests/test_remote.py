@@ -1130,3 +1130,75 @@ def test_read_request_file_count_is_capped(agent: Agent) -> None:
     at_cap = agent.call("read", timeout=60, files=[entry] * remote.MAX_READ_FILES)
     assert at_cap["ok"] is True
     assert len(at_cap["files"]) == remote.MAX_READ_FILES
+
+
+# ------------------------------------------------------------------------------ auth log
+
+LOGIN = "sshd[1]: Accepted publickey for deploy from 203.0.113.7 port {} ssh2: ED25519 SHA256:x"
+NOISE = "sshd[1]: Connection from 203.0.113.7 port {} on 127.0.0.1 port 22"
+MARKERS = ["Accepted publickey", "Disconnected from user"]
+
+
+def auth_log(path: Path, position: object = None, match: object = MARKERS) -> dict[str, Any]:
+    reply, _ = remote.handle_request(
+        {"id": 1, "op": "auth_log", "source": str(path), "position": position, "match": match}
+    )
+    return reply
+
+
+def test_auth_log_sends_only_matching_lines_and_advances_past_the_rest(tmp_path: Path) -> None:
+    log = tmp_path / "auth.log"
+    log.write_text("".join(f"{NOISE.format(i)}\n{LOGIN.format(i)}\n" for i in range(3)))
+    first = auth_log(log)
+    assert [line["text"] for line in first["lines"]] == [LOGIN.format(i) for i in range(3)]
+    assert first["position"]["offset"] == log.stat().st_size
+    with log.open("a") as handle:
+        handle.write(NOISE.format(9) + "\n" + LOGIN.format(9) + "\npartial line")
+    second = auth_log(log, first["position"])
+    assert [line["text"] for line in second["lines"]] == [LOGIN.format(9)]
+    assert auth_log(log, second["position"])["lines"] == []  # the partial line waits
+    every = auth_log(log, None, None)  # without match: every whole line
+    assert len(every["lines"]) == 8
+
+
+def test_auth_log_over_the_line_limit_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote, "MAX_LOG_LINES", 4)
+    log = tmp_path / "auth.log"
+    log.write_text("".join(f"{LOGIN.format(i)}\n{NOISE.format(i)}\n" for i in range(10)))
+    seen: list[str] = []
+    position = None
+    for _ in range(5):
+        reply = auth_log(log, position)
+        assert len(reply["lines"]) <= 4
+        seen += [line["text"] for line in reply["lines"]]
+        position = reply["position"]
+    assert seen == [LOGIN.format(i) for i in range(10)]
+
+
+def test_auth_log_finishes_the_rotated_file_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote, "MAX_LOG_LINES", 2)
+    log = tmp_path / "auth.log"
+    log.write_text(LOGIN.format(1) + "\n")
+    position = auth_log(log)["position"]
+    with log.open("a") as handle:  # written before the rotation, read after it
+        handle.write("".join(LOGIN.format(i) + "\n" for i in range(2, 5)))
+    log.rename(tmp_path / "auth.log.1")
+    log.write_text(LOGIN.format(5) + "\n")
+    ports: list[str] = []
+    for _ in range(3):
+        reply = auth_log(log, position)
+        ports += [line["text"].split(" port ")[1].split()[0] for line in reply["lines"]]
+        position = reply["position"]
+    assert ports == ["2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize("match", ["Accepted", [], [""], [1], ["x"] * 17])
+def test_auth_log_match_must_be_a_short_list_of_strings(tmp_path: Path, match: object) -> None:
+    log = tmp_path / "auth.log"
+    log.write_text(LOGIN.format(1) + "\n")
+    reply = auth_log(log, None, match)
+    assert reply["ok"] is False and reply["error"]["code"] == "bad_request"

@@ -21,7 +21,7 @@ from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
 from keyward.inventory.model import Host
-from keyward.logins import LogLine
+from keyward.logins import LOGIN_MARKERS, LogLine
 from keyward.logs import get_logger
 from keyward.plan import FilePlan, HostPlan, Observed, plan_host, sha256
 from keyward.state import RegistrySnapshot
@@ -250,6 +250,7 @@ async def collect_auth_log(conn: HostConnection, ctx: RunContext) -> AuthBatch:
         source=conn.host.auth_log,
         cursor=saved.get("cursor"),
         position=saved.get("position"),
+        match=list(LOGIN_MARKERS),
     )
     if not reply.get("ok"):
         error = reply.get("error") or {}

@@ -1046,7 +1046,7 @@ def _journal_has_sshd() -> bool:
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
-def _read_journal(cursor: object) -> dict[str, Any]:
+def _read_journal(cursor: object, match: tuple[bytes, ...] | None) -> dict[str, Any]:
     import subprocess
 
     argv = [
@@ -1080,29 +1080,47 @@ def _read_journal(cursor: object) -> dict[str, Any]:
         )
     lines: list[dict[str, Any]] = []
     new_cursor = cursor if isinstance(cursor, str) else None
+    shown_cursor = None
+    last_skipped: bytes | None = None  # the newest entry not sent: its cursor is the position
     for raw in proc.stdout.splitlines()[: MAX_LOG_LINES + 1]:
-        text = raw.decode("utf-8", "replace")
-        if text.startswith("-- cursor: "):
-            new_cursor = text[len("-- cursor: ") :].strip()
+        if raw.startswith(b"-- cursor: "):
+            shown_cursor = raw[len(b"-- cursor: ") :].decode("utf-8", "replace").strip()
             continue
-        try:
-            entry = json.loads(text)
-        except ValueError:
+        if match is not None and not any(m in raw for m in match):
+            last_skipped = raw
             continue
+        last_skipped = None
+        entry = _journal_entry(raw)
         message = entry.get("MESSAGE")
+        pos = entry.get("__CURSOR")
+        if isinstance(pos, str):
+            new_cursor = pos
         if not isinstance(message, str):
             continue
         stamp = entry.get("__REALTIME_TIMESTAMP")
         ts = int(stamp) / 1e6 if isinstance(stamp, str) and stamp.isdigit() else None
-        pos = entry.get("__CURSOR")
-        if isinstance(pos, str):
-            new_cursor = pos
         lines.append({"ts": ts, "text": message, "pos": pos})
+    if shown_cursor:
+        new_cursor = shown_cursor
+    elif last_skipped is not None:
+        skipped = _journal_entry(last_skipped).get("__CURSOR")
+        new_cursor = skipped if isinstance(skipped, str) else new_cursor
     return {"ok": True, "source": "journal", "lines": lines, "cursor": new_cursor}
 
 
-def _read_file_from(path: str, offset: int, budget: int) -> tuple[list[dict[str, Any]], int]:
-    """Whole lines of ``path`` from ``offset`` (never a trailing partial line)."""
+def _journal_entry(raw: bytes) -> dict[str, Any]:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
+def _read_file_from(
+    path: str, offset: int, budget: int, limit: int, match: tuple[bytes, ...] | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Whole lines of ``path`` from ``offset`` that contain one of ``match`` (all without it),
+    at most ``limit`` of them, and the offset of the first line not yet looked at."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
@@ -1121,16 +1139,18 @@ def _read_file_from(path: str, offset: int, budget: int) -> tuple[list[dict[str,
     end = data.rfind(b"\n")
     if end < 0:
         return [], offset
-    data = data[: end + 1]
     lines: list[dict[str, Any]] = []
     pos = offset
-    for raw in data.split(b"\n")[:-1]:
-        lines.append({"ts": None, "text": raw.decode("utf-8", "replace"), "pos": f"{pos}"})
+    for raw in data[:end].split(b"\n"):
+        if len(lines) >= limit:
+            break  # the rest is read next time, from ``pos``
+        if match is None or any(m in raw for m in match):
+            lines.append({"ts": None, "text": raw.decode("utf-8", "replace"), "pos": f"{pos}"})
         pos += len(raw) + 1
-    return lines[:MAX_LOG_LINES], offset + len(data)
+    return lines, pos
 
 
-def _read_auth_file(path: str, position: object) -> dict[str, Any]:
+def _read_auth_file(path: str, position: object, match: tuple[bytes, ...] | None) -> dict[str, Any]:
     """New lines since ``position`` ({inode, offset}), following one rotation."""
     saved = position if isinstance(position, dict) else {}
     inode = saved.get("inode")
@@ -1141,21 +1161,32 @@ def _read_auth_file(path: str, position: object) -> dict[str, Any]:
     except FileNotFoundError:
         raise Refused("missing", f"auth log {path} does not exist") from None
     lines: list[dict[str, Any]] = []
-    budget = MAX_LOG_BYTES
     if inode is not None and inode != st.st_ino:
         # Rotated: finish the old file (now path.1) from where we stopped, if it is there.
         rotated = path + ".1"
         try:
             old = os.stat(rotated, follow_symlinks=False)
             if old.st_ino == inode and old.st_size > offset:
-                more, _ = _read_file_from(rotated, offset, budget)
+                more, stop = _read_file_from(rotated, offset, MAX_LOG_BYTES, MAX_LOG_LINES, match)
+                for line in more:
+                    line["pos"] = f"{inode}:{line['pos']}"
                 lines += more
+                if stop < old.st_size:  # a limit was reached: go on in the old file next time
+                    return {
+                        "ok": True,
+                        "source": "file",
+                        "path": path,
+                        "lines": lines,
+                        "position": {"inode": inode, "offset": stop},
+                    }
         except FileNotFoundError:
             pass
         offset = 0
     elif st.st_size < offset:
         offset = 0  # truncated in place
-    more, new_offset = _read_file_from(path, offset, budget)
+    more, new_offset = _read_file_from(
+        path, offset, MAX_LOG_BYTES, MAX_LOG_LINES - len(lines), match
+    )
     for line in more:
         line["pos"] = f"{st.st_ino}:{line['pos']}"
     lines += more
@@ -1163,9 +1194,22 @@ def _read_auth_file(path: str, position: object) -> dict[str, Any]:
         "ok": True,
         "source": "file",
         "path": path,
-        "lines": lines[:MAX_LOG_LINES],
+        "lines": lines,
         "position": {"inode": st.st_ino, "offset": new_offset},
     }
+
+
+def _match_arg(value: object) -> tuple[bytes, ...] | None:
+    """The request's ``match``: substrings a line must contain to be sent (None: every line)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not 0 < len(value) <= 16
+        or not all(isinstance(m, str) and 0 < len(m) <= 200 for m in value)
+    ):
+        raise BadRequest("match must be a list of 1 to 16 non-empty strings")
+    return tuple(m.encode("utf-8") for m in value)
 
 
 def op_auth_log(req: dict[str, Any]) -> dict[str, Any]:
@@ -1173,17 +1217,18 @@ def op_auth_log(req: dict[str, Any]) -> dict[str, Any]:
     source = req.get("source", "auto")
     if not isinstance(source, str):
         raise BadRequest("source must be a string")
+    match = _match_arg(req.get("match"))
     try:
         if source == "journal" or (source == "auto" and _journal_has_sshd()):
-            return _read_journal(req.get("cursor"))
+            return _read_journal(req.get("cursor"), match)
         if source == "auto":
             for candidate in AUTH_LOG_FILES:
                 if os.path.exists(candidate):
-                    return _read_auth_file(candidate, req.get("position"))
+                    return _read_auth_file(candidate, req.get("position"), match)
             raise Refused("missing", "no journal with sshd entries and no auth log file")
         if not source.startswith("/"):
             raise BadRequest("source must be auto, journal or an absolute path")
-        return _read_auth_file(source, req.get("position"))
+        return _read_auth_file(source, req.get("position"), match)
     except Refused as exc:
         return {"ok": False, "error": exc.as_json()}
     except OSError as exc:
