@@ -35,3 +35,9 @@ def test_migrated_schema_matches_the_models(db_url: str) -> None:
             assert [d for d in diffs if not _redundant(d)] == []
     finally:
         engine.dispose()
+
+
+def test_the_head_revision_every_command_checks_is_the_newest_script() -> None:
+    from keyward.registry.schema import HEAD_REVISION, script_head
+
+    assert script_head() == HEAD_REVISION

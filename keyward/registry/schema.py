@@ -7,38 +7,56 @@ made by an older keyward is upgraded in place by ``keyward init``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 import keyward.migrations
 from keyward.errors import RegistryUnavailable
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(keyward.migrations.__file__).parent
+# The newest revision in keyward/migrations/versions. Every command checks the registry
+# against it; reading it from the scripts would import Alembic and every migration on each
+# run. tests/test_migrations.py checks that it matches the scripts.
+HEAD_REVISION = "0006"
 
 
 def _config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None
-    return head
+    return HEAD_REVISION
+
+
+def script_head() -> str | None:
+    """The head revision according to the migration scripts themselves."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The registry's schema revision (Alembic's version table), None if there is none."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return rows[0] if len(rows) == 1 else None
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the schema to the newest revision; return (before, after)."""
+    from alembic import command
+
     before = current_revision(engine)
     config = _config()
     with engine.begin() as conn:
