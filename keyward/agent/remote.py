@@ -48,7 +48,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import posixpath
@@ -62,8 +61,18 @@ import time
 # requests (subprocess for sshd -T and journalctl) are imported where used, and typing is
 # never imported at run time (mypy still sees it).
 TYPE_CHECKING = False
+
 if TYPE_CHECKING:
+    from hashlib import sha256 as _sha256_hash
     from typing import Any, BinaryIO
+else:  # the interpreter's built-in SHA-256: importing hashlib (and OpenSSL) costs ~3 ms
+    try:
+        from _sha2 import sha256 as _sha256_hash  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256 as _sha256_hash  # Python 3.8 - 3.11
+        except ImportError:  # a Python built without them
+            from hashlib import sha256 as _sha256_hash
 
 PROTOCOL = 1
 MAX_FILE_SIZE = 1 << 20
@@ -142,7 +151,7 @@ def _trusted_dir(st: os.stat_result) -> bool:
 
 
 def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return _sha256_hash(data).hexdigest()
 
 
 def _untrusted_fs_type(fstype: str) -> bool:
