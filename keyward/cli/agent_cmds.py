@@ -14,6 +14,7 @@ import click
 from sqlmodel import col, select
 
 from keyward.agent.connection import Credentials
+from keyward.agent.limits import fds_needed, raise_fd_limit
 from keyward.agent.lock import reconcile_lock
 from keyward.agent.reconcile import HostResult, RunContext, reconcile_fleet
 from keyward.agent.record import record_hosts
@@ -258,6 +259,8 @@ def run_agent(
         check_sshd=check_sshd,
     )
     limit = concurrency or prepared.inventory.agent.concurrency
+    # Concurrency bounds the open connections; the soft fd limit must cover them.
+    fd_soft, _ = raise_fd_limit(fds_needed(limit))
     progress = Progress(len(prepared.hosts))
     alerts: list[int] = []
     failure_modes = 0
@@ -310,7 +313,13 @@ def run_agent(
         finally:
             await recorder.close()
 
-    log.info("run_started", hosts=len(prepared.hosts), dry_run=dry_run, concurrency=limit)
+    log.info(
+        "run_started",
+        hosts=len(prepared.hosts),
+        dry_run=dry_run,
+        concurrency=limit,
+        fd_limit=fd_soft,
+    )
     results = asyncio.run(run_and_record())
     log.info(
         "run_finished",

@@ -36,6 +36,7 @@ from sqlmodel import Session, select
 
 from keyward.agent.attribution import notify, record_logins, saved_positions
 from keyward.agent.connection import Credentials
+from keyward.agent.limits import fds_needed, raise_fd_limit
 from keyward.agent.reconcile import (
     HOST_FAILURES,
     HostResult,
@@ -48,7 +49,7 @@ from keyward.agent.record import record_hosts
 from keyward.clock import Clock
 from keyward.daemon.links import HostLink
 from keyward.daemon.metrics import Metrics
-from keyward.daemon.support import WriterLock, raise_fd_limit, sd_notify
+from keyward.daemon.support import WriterLock, sd_notify
 from keyward.desired import DesiredFile, FileTarget, compute_desired
 from keyward.errors import KeywardError, UsageError
 from keyward.inventory import check_inventory
@@ -564,7 +565,7 @@ class Daemon:
         self.inventory_hash = inventory_fingerprint(self.inventory_dir)
         self.auth_positions = await asyncio.to_thread(saved_positions, self.registry)
         assert self.inventory is not None
-        soft, _ = raise_fd_limit(len(self.inventory.hosts()) * 4 + 256)
+        soft, _ = raise_fd_limit(fds_needed(len(self.inventory.hosts())))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)

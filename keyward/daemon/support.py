@@ -1,11 +1,10 @@
-"""Small operating-system helpers for the daemon: fd limits, systemd notify, writer lock."""
+"""Small operating-system helpers for the daemon: systemd notify, writer lock."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
 import os
-import resource
 import socket
 from typing import Any
 
@@ -14,16 +13,6 @@ from sqlalchemy import text
 from keyward.agent.lock import ADVISORY_LOCK_ID
 from keyward.registry.db import sqlite_path
 from keyward.registry.store import Registry
-
-
-def raise_fd_limit(needed: int) -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE towards ``needed`` (never above the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft, hard
 
 
 def sd_notify(state: str) -> bool:
