@@ -665,50 +665,75 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def targets(cells: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets at each N, from the median wall times."""
+def targets(cells: list[dict[str, Any]], run: str = "", across: list[dict[str, Any]] | None = None) -> list[str]:
+    """The issue's targets at each N, from the median wall times of one run (``cells``).
+
+    With ``across`` (the cells of every run), a ratio whose two sides are not both in
+    ``cells`` is taken across runs and marked so.
+    """
     by = {(c["n"], c["scenario"], c["tool"]): c for c in cells}
-    out = ["| N | target | measured | met |", "| --- | --- | --- | --- |"]
+    other: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for c in across or []:
+        key = (c["n"], c["scenario"], c["tool"])
+        if key not in other or c["ok_runs"] > other[key]["ok_runs"]:
+            other[key] = c
+    out: list[str] = []
     for n in sorted({c["n"] for c in cells}):
-        def w(s: str, t: str) -> float | None:
-            c = by.get((n, s, t))
+        def w(s: str, t: str, mixed: bool = False) -> float | None:
+            c = by.get((n, s, t)) or (other.get((n, s, t)) if mixed else None)
             return c["wall_median_s"] if c else None
 
-        def row(name: str, num: float | None, den: float | None, limit: float, above: bool) -> None:
+        def row(name: str, num: float | None, den: float | None, limit: float, above: bool, note: str = "") -> None:
             if num is None or den is None or den == 0:
                 return
             r = num / den
             ok = r >= limit if above else r <= limit
-            out.append(f"| {n} | {name} | {r:.2f}x ({num:.2f} s / {den:.2f} s) | {'yes' if ok else '**no**'} |")
+            out.append(f"| {run} | {n} | {name}{note} | {r:.2f}x ({num:.2f} s / {den:.2f} s) | {'yes' if ok else '**no**'} |")
 
         row("keyward no-change ≤ 1.2x OpenSSH floor", w("nochange", "keyward"), w("nochange", "ssh"), 1.2, False)
         row("keyward first fill ≤ 1.5x OpenSSH floor", w("fill", "keyward"), w("fill", "ssh"), 1.5, False)
+        row("keyward one-shot offboarding ≤ 1.3x OpenSSH floor", w("offboard", "keyward"), w("offboard", "ssh"), 1.3, False)
         for s in ALL_SCENARIOS:
             row(f"keyward beats Ansible+Mitogen ({s}): Mitogen / keyward > 1", w(s, "mitogen"), w(s, "keyward"), 1.0, True)
-        row("daemon verification ≥ 50x faster than tuned Ansible no-change", w("nochange", "ansible"), w("nochange", "daemon"), 50.0, True)
-        row("(context) daemon verification vs Ansible+Mitogen no-change", w("nochange", "mitogen"), w("nochange", "daemon"), 50.0, True)
+        for tool, name, limit in (("ansible", "daemon verification ≥ 50x faster than tuned Ansible no-change", 50.0),
+                                  ("mitogen", "(context) daemon verification vs Ansible+Mitogen no-change", 50.0)):
+            if w("nochange", tool) is not None and w("nochange", "daemon") is not None:
+                row(name, w("nochange", tool), w("nochange", "daemon"), limit, True)
+            elif across is not None and (w("nochange", tool) is not None or w("nochange", "daemon") is not None):
+                row(name, w("nochange", tool, True), w("nochange", "daemon", True), limit, True, " (across runs)")
     return out
 
 
 def report(paths: list[Path], png: Path) -> str:
-    cells: list[dict[str, Any]] = []
+    """One table of every run's cells, the targets per run, and the plot (best-sampled cell)."""
+    per_run: list[tuple[str, list[dict[str, Any]]]] = []
     for p in paths:
-        cells += json.loads(p.read_text())["summary"]
+        per_run.append((p.stem, json.loads(p.read_text())["summary"]))
     lines = [
-        "| N | scenario | tool | runs | wall median (min–max) s | controller CPU s | host CPU s | total CPU s | peak RSS MB | same keys |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | N | scenario | tool | runs | wall median (min–max) s | controller CPU s | host CPU s | total CPU s | peak RSS MB | same keys |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {t: i for i, t in enumerate(ALL_TOOLS)}
     sorder = {s: i for i, s in enumerate(ALL_SCENARIOS)}
-    for c in sorted(cells, key=lambda c: (c["n"], sorder[c["scenario"]], order[c["tool"]])):
+    every = [(run, c) for run, cs in per_run for c in cs]
+    for run, c in sorted(every, key=lambda rc: (rc[1]["n"], sorder[rc[1]["scenario"]], order[rc[1]["tool"]], rc[0])):
         correct = "yes" if c["tool"] in WRITERS and c["correct"] else ("—" if c["tool"] not in WRITERS else "**NO**")
         lines.append(
-            f"| {c['n']} | {c['scenario']} | {c['tool']} | {c['ok_runs']}/{c['runs']} | "
+            f"| {run} | {c['n']} | {c['scenario']} | {c['tool']} | {c['ok_runs']}/{c['runs']} | "
             f"{c['wall_median_s']:.2f} ({c['wall_min_s']:.2f}–{c['wall_max_s']:.2f}) | "
             f"{c['controller_cpu_median_s']:.2f} | {c['host_cpu_median_s']:.2f} | {c['total_cpu_median_s']:.2f} | "
             f"{c['peak_rss_mb']:.0f} | {correct} |"
         )
-    lines += ["", *targets(cells)]
+    lines += ["", "| run | N | target | measured | met |", "| --- | --- | --- | --- | --- |"]
+    all_cells = [c for _, c in every]
+    for run, cs in per_run:
+        lines += targets(cs, run, all_cells)
+    best: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for c in all_cells:
+        key = (c["n"], c["scenario"], c["tool"])
+        if key not in best or c["ok_runs"] > best[key]["ok_runs"]:
+            best[key] = c
+    cells = list(best.values())
     import matplotlib
 
     matplotlib.use("Agg")
