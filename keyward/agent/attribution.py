@@ -26,7 +26,6 @@ from keyward.agent.login_store import (
     chunks,
     close_earlier_sessions,
     fresh_logins,
-    insert_many,
     known_sources,
     recent_failures,
     recent_sessions,
@@ -44,6 +43,7 @@ from keyward.logins import (
     parse_lines,
 )
 from keyward.logs import get_logger
+from keyward.registry.bulk import insert_many
 from keyward.registry.models import Alert as AlertRow
 from keyward.registry.models import AuthLogPosition, FailureMode, Person
 from keyward.registry.models import LoginEvent as LoginRow

@@ -9,7 +9,7 @@ converted once). Everything runs inside the caller's registry transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Table, bindparam, select, update
 
 from keyward.logins import LoginEvent, Session
+from keyward.registry.bulk import insert_many
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.models import LoginSource
 
@@ -139,52 +140,6 @@ def close_earlier_sessions(
             .values(session_end=bindparam("b_end"), session_end_ordinal=bindparam("b_order")),
             updates,
         )
-
-
-def insert_many(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """One executemany of ``rows`` (all with the same keys) straight to the database driver.
-
-    SQLAlchemy's own executemany processes every parameter of every row (three timestamps
-    per login row); here each column's bind processor runs once per distinct value, which
-    makes inserting 100,000 rows several times faster. The values are exactly what
-    SQLAlchemy would send.
-    """
-    if not rows:
-        return
-    dialect = connection.dialect
-    names = list(rows[0])
-    placeholder = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
-    if placeholder is None:  # pragma: no cover - every supported backend has one of these
-        raise RuntimeError(f"unsupported DBAPI paramstyle {dialect.paramstyle}")
-    quote = dialect.identifier_preparer.quote
-    statement = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
-        f"VALUES ({', '.join([placeholder] * len(names))})"
-    )
-    columns: list[list[Any]] = []
-    for name in names:
-        values = [row[name] for row in rows]
-        # The dialect's own implementation of the column type, as SQLAlchemy would use.
-        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        if processor is not None:
-            convert = _memoized(processor)
-            values = [None if v is None else convert(v) for v in values]
-        columns.append(values)
-    params = list(zip(*columns, strict=True))
-    connection.exec_driver_sql(statement, params)
-
-
-def _memoized(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    cache: dict[Any, Any] = {}
-
-    def convert(value: Any) -> Any:
-        try:
-            return cache[value]
-        except KeyError:
-            cache[value] = converted = processor(value)
-            return converted
-
-    return convert
 
 
 def known_sources(connection: Connection, fingerprints: Sequence[str]) -> dict[str, set[str]]:

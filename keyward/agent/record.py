@@ -70,12 +70,12 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[i
                     result.host.name,
                     {"account": plan.target.account, "path": plan.path, "run_id": run_id},
                 )
-            for change in plan.changes:
-                action = AUDIT_ACTIONS[change.action]
-                if change.action == "remove" and change.reason == "drift":
-                    action = "host.drift-removed"
-                tx.audit(
-                    action,
+            # One event per key added or removed: thousands in a first fill, so in one insert.
+            tx.audit_many(
+                (
+                    "host.drift-removed"
+                    if change.action == "remove" and change.reason == "drift"
+                    else AUDIT_ACTIONS[change.action],
                     result.host.name,
                     {
                         "account": plan.target.account,
@@ -86,6 +86,8 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[i
                         "run_id": run_id,
                     },
                 )
+                for change in plan.changes
+            )
     state.files = json.dumps(files, sort_keys=True)
     state.drift_found = drift
     state.last_changes = result.changes
