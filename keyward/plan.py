@@ -87,8 +87,12 @@ def sha256(data: bytes) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_cached(content: bytes) -> tuple[AuthorizedLine, ...]:
-    """Files are read again on every verification pass; unchanged ones parse once."""
+def parse_cached(content: bytes) -> tuple[AuthorizedLine, ...]:
+    """``parse_authorized_keys`` once per distinct content.
+
+    Files are read again on every verification pass, and hosts with the same access
+    hold byte-identical files: each distinct content parses (and decodes its keys) once.
+    """
     return tuple(parse_authorized_keys(content))
 
 
@@ -154,7 +158,7 @@ def _managed_lines(
     if current is None:
         return []
     if desired.mode == "exclusive":
-        return list(_parse_cached(current))
+        return list(parse_cached(current))
     before, block, after = split_block(current)
     return parse_authorized_keys(block) + _purge(before, purge)[1] + _purge(after, purge)[1]
 

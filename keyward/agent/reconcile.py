@@ -17,13 +17,12 @@ from typing import Any
 import asyncssh
 
 from keyward.agent.connection import Credentials, HostConnection
-from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
 from keyward.inventory.model import Host
 from keyward.logins import LOGIN_MARKERS, LogLine
 from keyward.logs import get_logger
-from keyward.plan import FilePlan, HostPlan, Observed, plan_host, sha256
+from keyward.plan import FilePlan, HostPlan, Observed, parse_cached, plan_host, sha256
 from keyward.state import RegistrySnapshot
 
 
@@ -313,9 +312,7 @@ async def _confirm(
         present: set[str] = set()
         error = None
         if seen.state == "present" and seen.content is not None:
-            present = {
-                line.key.fingerprint for line in parse_authorized_keys(seen.content) if line.key
-            }
+            present = {line.key.fingerprint for line in parse_cached(seen.content) if line.key}
         elif seen.state == "error":
             error = seen.error_message or seen.error_code or "unreadable"
         for case_id, fingerprints in ctx.watch.items():

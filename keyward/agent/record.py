@@ -9,8 +9,8 @@ from typing import Any
 from sqlmodel import col, select
 
 from keyward.agent.reconcile import HostResult
-from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import COMMENT_PREFIX
+from keyward.plan import parse_cached
 from keyward.registry.models import HostState, OffboardingCase, OffboardingTarget
 from keyward.registry.store import Registry, WriteTx
 
@@ -104,7 +104,7 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[i
 def _keys_of(content: bytes) -> list[list[str | None]]:
     """(fingerprint, owner) of every key line, owner from keyward's own comment."""
     out: list[list[str | None]] = []
-    for line in parse_authorized_keys(content):
+    for line in parse_cached(content):
         if line.key is None:
             continue
         owner = None
