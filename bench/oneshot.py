@@ -43,26 +43,30 @@ def sample(pid: int) -> tuple[int, float, int | None]:
 
 
 def reconcile(bench: Bench, label: str) -> dict[str, Any]:
+    # Output goes to files: a first fill logs one line per key per file, far more than a
+    # pipe holds, and the agent would block writing its log while nobody reads the pipe.
+    out_path, err_path = bench.base / f"{label}.out", bench.base / f"{label}.err"
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "keyward", "reconcile"],
-        env=bench.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    peak_fds, peak_rss, limits = 0, 0.0, set()
-    while proc.poll() is None:
-        fds, rss, soft = sample(proc.pid)
-        peak_fds, peak_rss = max(peak_fds, fds), max(peak_rss, rss)
-        if soft is not None:
-            limits.add(soft)
-        time.sleep(0.2)
-        if time.perf_counter() - start > 1800:
-            proc.kill()
-            break
-    out, err = proc.communicate(timeout=60)
+    with out_path.open("w") as out_file, err_path.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keyward", "reconcile"],
+            env=bench.env(),
+            stdout=out_file,
+            stderr=err_file,
+        )
+        peak_fds, peak_rss, limits = 0, 0.0, set()
+        while proc.poll() is None:
+            fds, rss, soft = sample(proc.pid)
+            peak_fds, peak_rss = max(peak_fds, fds), max(peak_rss, rss)
+            if soft is not None:
+                limits.add(soft)
+            time.sleep(0.2)
+            if time.perf_counter() - start > 1800:
+                proc.kill()
+                break
+        proc.wait(timeout=60)
     wall = time.perf_counter() - start
+    out, err = out_path.read_text(), err_path.read_text()
     summary = next((line for line in out.splitlines() if " hosts: " in line), out[-300:])
     row = {
         "run": label,
