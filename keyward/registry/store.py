@@ -42,34 +42,40 @@ class WriteTx:
         self.events: list[AuditEvent] = []
         self.bulk_events = 0  # appended by audit_many, not in ``events``
 
-    def audit(self, action: str, subject: str, details: Mapping[str, Any]) -> AuditEvent:
-        """Append one event to the chain, in this transaction."""
+    def _link(
+        self, seq: int, prev: str, action: str, subject: str, details: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The stored fields of chain event ``seq`` that follows the event hashed ``prev``."""
         text_ = details_text(details)
         digest = details_digest(text_)
-        seq = self._head.seq + 1
-        digest_hash = event_hash(
-            seq=seq,
-            at=self.now,
-            actor=self.actor,
-            action=action,
-            subject=subject,
-            digest=digest,
-            prev_hash=self._head.hash,
-        )
+        return {
+            "seq": seq,
+            "at": self.now,
+            "actor": self.actor,
+            "action": action,
+            "subject": subject,
+            "details": text_,
+            "details_digest": digest,
+            "prev_hash": prev,
+            "hash": event_hash(
+                seq=seq,
+                at=self.now,
+                actor=self.actor,
+                action=action,
+                subject=subject,
+                digest=digest,
+                prev_hash=prev,
+            ),
+        }
+
+    def audit(self, action: str, subject: str, details: Mapping[str, Any]) -> AuditEvent:
+        """Append one event to the chain, in this transaction."""
         event = AuditEvent(
-            seq=seq,
-            at=self.now,
-            actor=self.actor,
-            action=action,
-            subject=subject,
-            details=text_,
-            details_digest=digest,
-            prev_hash=self._head.hash,
-            hash=digest_hash,
+            **self._link(self._head.seq + 1, self._head.hash, action, subject, details)
         )
         self.session.add(event)
-        self._head.seq = seq
-        self._head.hash = digest_hash
+        self._head.seq = event.seq
+        self._head.hash = event.hash
         self.session.add(self._head)
         self.events.append(event)
         return event
@@ -83,33 +89,11 @@ class WriteTx:
         rows: list[dict[str, Any]] = []
         seq, prev = self._head.seq, self._head.hash
         for action, subject, details in events:
-            text_ = details_text(details)
-            digest = details_digest(text_)
             seq += 1
-            digest_hash = event_hash(
-                seq=seq,
-                at=self.now,
-                actor=self.actor,
-                action=action,
-                subject=subject,
-                digest=digest,
-                prev_hash=prev,
-            )
-            rows.append(
-                {
-                    "seq": seq,
-                    "at": self.now,
-                    "actor": self.actor,
-                    "action": action,
-                    "subject": subject,
-                    "details": text_,
-                    "details_digest": digest,
-                    "prev_hash": prev,
-                    "hash": digest_hash,
-                    "redacted": False,
-                }
-            )
-            prev = digest_hash
+            row = self._link(seq, prev, action, subject, details)
+            row["redacted"] = False
+            rows.append(row)
+            prev = row["hash"]
         if not rows:
             return 0
         insert_many(self.session.connection(), AUDIT_TABLE, rows)
