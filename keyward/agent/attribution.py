@@ -33,7 +33,7 @@ from keyward.agent.login_store import (
     session_of,
 )
 from keyward.agent.reconcile import AuthBatch, HostResult
-from keyward.inventory.model import PolicySettings
+from keyward.inventory.model import Inventory, PolicySettings
 from keyward.logins import (
     Alert,
     LoginEvent,
@@ -58,6 +58,15 @@ class Collected:
     events: int
     alerts: tuple[int, ...]
     failure_modes: int
+
+
+def service_keys(inventory: Inventory, agent_fingerprint: str | None) -> dict[str, str]:
+    """Keys that are not people's: the agent's own and break-glass keys, named in login logs."""
+    known = {agent_fingerprint: "keyward-agent"} if agent_fingerprint else {}
+    for env in inventory.environments:
+        for entry in env.break_glass:
+            known[entry.key.fingerprint] = "break-glass"
+    return known
 
 
 def saved_positions(registry: Registry) -> dict[str, dict[str, object]]:

@@ -205,15 +205,6 @@ def open_case_watch(app: AppContext) -> dict[int, frozenset[str]]:
         }
 
 
-def service_keys(prepared: Prepared) -> dict[str, str]:
-    """Keys that are not people's: the agent's own and break-glass keys, named in login logs."""
-    known = {prepared.agent_key.fingerprint: "keyward-agent"}
-    for env in prepared.inventory.environments:
-        for entry in env.break_glass:
-            known[entry.key.fingerprint] = "break-glass"
-    return known
-
-
 def run_agent(
     app: AppContext,
     env: str | None,
@@ -229,7 +220,7 @@ def run_agent(
     When the logins put someone into failure mode, a second pass applies the
     stricter options at once instead of at the next run.
     """
-    from keyward.agent.attribution import notify, record_logins, saved_positions
+    from keyward.agent.attribution import notify, record_logins, saved_positions, service_keys
 
     prepared = prepared or prepare(app, env, host)
     registry = app.registry()
@@ -265,7 +256,7 @@ def run_agent(
     alerts: list[int] = []
     failure_modes = 0
     unrecorded: list[HostResult] = []
-    known_keys = service_keys(prepared)
+    known_keys = service_keys(prepared.inventory, prepared.agent_key.fingerprint)
 
     def record(batch: list[HostResult]) -> None:
         """Runs on the recorder's thread: host state and audit first, then the logins."""

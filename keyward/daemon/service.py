@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from keyward.agent.attribution import notify, record_logins, saved_positions
+from keyward.agent.attribution import notify, record_logins, saved_positions, service_keys
 from keyward.agent.connection import Credentials
 from keyward.agent.limits import fds_needed, raise_fd_limit
 from keyward.agent.reconcile import (
@@ -421,10 +421,7 @@ class Daemon:
     async def _record_logins(self, results: list[HostResult]) -> None:
         """Store the round's new logins in one transaction; positions advance only if stored."""
         assert self.snapshot is not None and self.inventory is not None
-        known = {self.agent_key.fingerprint: "keyward-agent"} if self.agent_key else {}
-        for env in self.inventory.environments:
-            for entry in env.break_glass:
-                known[entry.key.fingerprint] = "break-glass"
+        known = service_keys(self.inventory, self.agent_key.fingerprint if self.agent_key else None)
         try:
             collected = await asyncio.to_thread(
                 record_logins,
