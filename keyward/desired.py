@@ -22,14 +22,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Literal
 
 from keyward.attestation import ATTESTATION_LEVELS, attestation_rank
 from keyward.inventory.model import AccessRule, Host, Inventory, Mode
 from keyward.keys import PublicKey
+from keyward.memo import computed_once
 from keyward.options import expiry_time_option, render_options
 from keyward.state import GrantRecord, KeyRecord, RegistrySnapshot
 
@@ -47,7 +49,7 @@ COMMENT_PREFIX = "keyward:"
 _LABEL_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DesiredLine:
     """One authorized_keys line keyward wants: a key, its options, and whose it is."""
 
@@ -55,10 +57,25 @@ class DesiredLine:
     options: tuple[str, ...]
     owner: str
     kind: LineKind
-    expires_at: datetime | None = None
-    roles: tuple[str, ...] = ()
+    expires_at: datetime | None
+    roles: tuple[str, ...]
 
-    @functools.cached_property
+    def __init__(
+        self,
+        key: PublicKey,
+        options: tuple[str, ...],
+        owner: str,
+        kind: LineKind,
+        expires_at: datetime | None = None,
+        roles: tuple[str, ...] = (),
+    ) -> None:
+        # One dict update instead of the six ``object.__setattr__`` calls a frozen
+        # dataclass makes: a large fleet builds one of these per key per access rule.
+        self.__dict__.update(
+            key=key, options=options, owner=owner, kind=kind, expires_at=expires_at, roles=roles
+        )
+
+    @computed_once
     def identity(self) -> tuple[bytes, tuple[str, ...]]:
         """sshd treats lines with the same key but other options as alternatives."""
         return (self.key.blob, self.options)
@@ -66,7 +83,7 @@ class DesiredLine:
     def render(self) -> str:
         return self.rendered
 
-    @functools.cached_property
+    @computed_once
     def rendered(self) -> str:
         """The line as written to hosts (computed once: many files share one line object)."""
         label = "break-glass" if self.kind == "break-glass" else self.owner
@@ -80,7 +97,7 @@ class DesiredLine:
             return f"{_render_options(self.options)} {body}"
         return body
 
-    @functools.cached_property
+    @computed_once
     def order(self) -> tuple[int, str, str, tuple[str, ...]]:
         """Deterministic file order: agent, break-glass, then people by name and key."""
         return (KIND_ORDER[self.kind], self.owner, self.key.fingerprint, self.options)
@@ -191,24 +208,42 @@ def _person_lines(
             else:
                 roles = previous[2] | {grant.role}
                 best[ident] = (record, max(previous[1], end), roles)
-    return tuple(
+    lines = [
         DesiredLine(
             key=record.key,
-            options=(*options, expiry_time_option(end)),
+            options=(*options, _expiry_option(end)),
             owner=record.owner,
             kind="person",
             expires_at=end,
             roles=tuple(sorted(roles)),
         )
         for (_, options), (record, end, roles) in best.items()
-    )
+    ]
+    lines.sort(key=_ORDER)
+    return tuple(lines)
 
 
-def _merge(lines: Iterable[DesiredLine]) -> tuple[DesiredLine, ...]:
+# Many keys share an end (a grant's ``until``, keys added the same day): format each once.
+_expiry_option = functools.lru_cache(maxsize=4096)(expiry_time_option)
+
+
+_ORDER = attrgetter("order")
+_RENDERED = attrgetter("rendered")
+
+
+def _merge(parts: Sequence[tuple[DesiredLine, ...]]) -> tuple[DesiredLine, ...]:
+    """One file's lines: the parts' union without repeated identities, in file order.
+
+    Each part is already in file order (``_person_lines`` sorts once per rule), so
+    a single part needs no work and several are merged from sorted runs.
+    """
+    if len(parts) == 1:
+        return parts[0]
     unique: dict[tuple[bytes, tuple[str, ...]], DesiredLine] = {}
-    for line in lines:
-        unique.setdefault(line.identity, line)
-    return tuple(sorted(unique.values(), key=lambda line: line.order))
+    for part in parts:
+        for line in part:
+            unique.setdefault(line.identity, line)
+    return tuple(sorted(unique.values(), key=_ORDER))
 
 
 def compute_desired(
@@ -261,7 +296,7 @@ def compute_desired(
                 signature.append(("rule", id(rule)))
             sig = tuple(signature)
             if sig not in merged_cache:
-                merged_cache[sig] = _rendered(_merge(line for part in parts for line in part))
+                merged_cache[sig] = _rendered(_merge(parts))
             lines, rendered, digest = merged_cache[sig]
             for index, pattern in enumerate(host.authorized_keys):
                 target = FileTarget(host.name, account, pattern)
@@ -280,7 +315,8 @@ def compute_desired(
 
 
 def _rendered(lines: tuple[DesiredLine, ...]) -> tuple[tuple[DesiredLine, ...], bytes, str]:
-    content = (HEADER + "".join(line.render() + "\n" for line in lines)).encode()
+    body = "\n".join(map(_RENDERED, lines))
+    content = (HEADER + body + "\n" if lines else HEADER).encode()
     return lines, content, hashlib.sha256(content).hexdigest()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import re
 import struct
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keyward.errors import KeyPolicyError
+from keyward.memo import computed_once
 
 ED25519 = "ssh-ed25519"
 SK_ED25519 = "sk-ssh-ed25519@openssh.com"
@@ -199,7 +199,7 @@ class PublicKey:
     def __repr__(self) -> str:
         return f"PublicKey({self.key_type} {self.fingerprint})"
 
-    @functools.cached_property
+    @computed_once
     def fingerprint(self) -> str:
         """``SHA256:`` + unpadded base64 of the blob's SHA-256, as ``ssh-keygen -lf`` prints.
 
@@ -213,7 +213,7 @@ class PublicKey:
         """The first 16 characters after ``SHA256:``, for tables and messages."""
         return self.fingerprint[len("SHA256:") :][:16]
 
-    @functools.cached_property
+    @computed_once
     def base64(self) -> str:
         """Standard (padded) base64 of the blob, the middle field of a key line."""
         return base64.b64encode(self.blob).decode("ascii")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keyward.desired import FileTarget, compute_desired
+from keyward.desired import FileTarget, compute_desired, render_lines
 from keyward.inventory.model import (
     AccessRule,
     AgentSettings,
@@ -240,3 +240,41 @@ def test_output_is_deterministic(keys: dict[str, PublicKey]) -> None:
     assert {t: d.exclusive_content() for t, d in a.items()} == {
         t: d.exclusive_content() for t, d in b.items()
     }
+
+
+def test_file_order_and_dedup_with_one_rule_and_with_several(keys: dict[str, PublicKey]) -> None:
+    """People sort by name whatever the grant order; a key given twice is written once."""
+    people = {n: PersonRecord(n, n.title(), "active") for n in ("alice", "bob")}
+    records = tuple(
+        KeyRecord(keys[k], owner, "none", NOW - timedelta(days=1), NOW + timedelta(days=9))
+        for k, owner in (("bob", "bob"), ("alice2", "alice"), ("alice", "alice"))
+    )
+    grants = (
+        GrantRecord("bob", "qa", "root", NOW, "t"),
+        GrantRecord("alice", "devops", "root", NOW, "t"),
+        GrantRecord("bob", "devops", "root", NOW, "t"),
+    )
+    snap = RegistrySnapshot(people, records, grants)
+    glass = BreakGlass("prod", ("root",), keys["glass"], None, None, (), "prod.toml")
+    one = inventory(
+        (host(),), (rule(roles=("devops", "qa"), accounts=("deploy", "root")),), (glass,)
+    )
+    several = inventory(
+        (host(),),
+        (rule(roles=("qa",), accounts=("root",)), rule(accounts=("deploy", "root"))),
+        (glass,),
+    )
+    for inv in (one, several):
+        desired = compute_desired(snap, inv, inv.hosts(), keys["agent"], NOW)
+        root = lines_for(desired, account="root")
+        assert [(line.kind, line.owner) for line in root] == [
+            ("agent", "agent"),
+            ("break-glass", "break-glass"),
+            ("person", "alice"),
+            ("person", "alice"),
+            ("person", "bob"),
+        ]
+        assert len({line.key.blob for line in root}) == 5  # bob's key once, not twice
+        assert [line.owner for line in lines_for(desired)] == ["alice", "alice", "bob"]
+        for file in desired.values():
+            assert file.exclusive_content() == render_lines(file.lines)
