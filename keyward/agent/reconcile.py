@@ -210,7 +210,8 @@ async def sync_files(
             results.append(FileResult(file_plan))
     confirmations: tuple[Confirmation, ...] = ()
     if ctx.watch and not ctx.dry_run:
-        confirmations = await _confirm(conn, desired, results, ctx)
+        confirmations = confirm_removal(desired, observed, results, ctx.watch)
+        _log_confirmations(log, confirmations)
     auth = await collect_auth_log(conn, ctx) if ctx.collect and not ctx.dry_run else None
     warnings = await sshd_warnings(conn) if ctx.check_sshd else ()
     return HostResult(
@@ -297,63 +298,80 @@ async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
             await conn.close()
 
 
-async def _confirm(
-    conn: HostConnection,
-    desired: list[DesiredFile],
-    results: list[FileResult],
-    ctx: RunContext,
+def confirm_removal(
+    desired: Sequence[DesiredFile],
+    observed: Mapping[FileTarget, Observed],
+    results: Sequence[FileResult],
+    watch: Mapping[int, frozenset[str]],
 ) -> tuple[Confirmation, ...]:
-    """Read every managed file again and check that no watched fingerprint remains."""
-    replies = await conn.helper.read([(d.target.account, d.target.pattern) for d in desired])
+    """Evidence, per open offboarding case and file, that no watched fingerprint is left.
+
+    It uses what this run has already read from the host, after the revocation was
+    committed: a written file was read back by the helper right after the rename
+    and found byte-identical to the content written (``_apply_file`` refuses any
+    other reply), so its keys are those of that content; a file left alone is
+    what the run read before planning.  A file the run could not read or write
+    safely is not confirmed: nothing trustworthy is known about it.
+    """
     out: list[Confirmation] = []
-    log = ctx.log.bind(host=conn.host.name, run_id=ctx.run_id)
-    for d, reply, result in zip(desired, replies, results, strict=True):
-        seen = observed_from_reply(d.target, reply)
-        present: set[str] = set()
-        error = None
-        if seen.state == "present" and seen.content is not None:
-            present = {line.key.fingerprint for line in parse_cached(seen.content) if line.key}
-        elif seen.state == "error":
+    for d, result in zip(desired, results, strict=True):
+        seen = observed[d.target]
+        path = result.plan.path or seen.path
+        error = result.error
+        content: bytes | None = None
+        if error is None and result.written:
+            content = result.plan.new_content
+        elif error is None and seen.state == "present":
+            content = seen.content
+        elif error is None and seen.state != "missing":
             error = seen.error_message or seen.error_code or "unreadable"
-        for case_id, fingerprints in ctx.watch.items():
-            removed = sum(
-                1
-                for c in result.plan.changes
-                if c.action == "remove" and c.fingerprint in fingerprints and result.written
-            )
+        present = (
+            {line.key.fingerprint for line in parse_cached(content) if line.key}
+            if content is not None
+            else set()
+        )
+        for case_id, fingerprints in watch.items():
+            removed = 0
+            if result.written:
+                removed = sum(
+                    1
+                    for c in result.plan.changes
+                    if c.action == "remove" and c.fingerprint in fingerprints
+                )
             left = present & fingerprints
-            clean = error is None and not left
-            problem = error
-            if left:
-                problem = f"{len(left)} of the person's keys still present"
+            problem = f"{len(left)} of the person's keys still present" if left else error
             out.append(
                 Confirmation(
                     case_id,
                     d.target.account,
                     d.target.pattern,
-                    seen.path,
-                    clean,
+                    path,
+                    problem is None,
                     removed,
                     problem,
                 )
             )
-            if clean:
-                log.info(
-                    "offboarding_confirmed",
-                    account=d.target.account,
-                    path=seen.path,
-                    case_id=case_id,
-                    removed=removed,
-                )
-            else:
-                log.error(
-                    "offboarding_unconfirmed",
-                    account=d.target.account,
-                    path=seen.path,
-                    case_id=case_id,
-                    error=problem,
-                )
     return tuple(out)
+
+
+def _log_confirmations(log: Any, confirmations: Sequence[Confirmation]) -> None:
+    for c in confirmations:
+        if c.clean:
+            log.info(
+                "offboarding_confirmed",
+                account=c.account,
+                path=c.path,
+                case_id=c.case_id,
+                removed=c.removed,
+            )
+        else:
+            log.error(
+                "offboarding_unconfirmed",
+                account=c.account,
+                path=c.path,
+                case_id=c.case_id,
+                error=c.error,
+            )
 
 
 def _now(ctx: RunContext) -> datetime:

@@ -89,11 +89,21 @@ def load_agent_key(inv: Inventory) -> PublicKey:
 def prepare(app: AppContext, env: str | None, host: str | None) -> Prepared:
     inv = load_inventory(app.inventory_dir())
     hosts = inv.select_hosts(env, host)
+    return refresh(app, inv, hosts, load_agent_key(inv))
+
+
+def refresh(
+    app: AppContext, inv: Inventory, hosts: tuple[Host, ...], agent_key: PublicKey
+) -> Prepared:
+    """Read the registry now, with an inventory already loaded.
+
+    Offboarding reads the registry before revoking (to list the targets) and after
+    (to reconcile), but the inventory only once.
+    """
     registry = app.registry()
     now = registry.clock()
     with registry.read() as session:
         snapshot = load_snapshot(session)
-    agent_key = load_agent_key(inv)
     desired = compute_desired(snapshot, inv, hosts, agent_key, now)
     return Prepared(inv, hosts, snapshot, desired, agent_key, now)
 

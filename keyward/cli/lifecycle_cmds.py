@@ -10,7 +10,7 @@ import click
 from sqlmodel import col, select
 
 from keyward.agent.lock import reconcile_lock
-from keyward.cli.agent_cmds import EXIT_FAILED, prepare, run_agent
+from keyward.cli.agent_cmds import EXIT_FAILED, Prepared, prepare, refresh, run_agent
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration
@@ -224,9 +224,8 @@ def offboard() -> None:
     """
 
 
-def _targets(app: AppContext, username: str) -> list[tuple[str, str, str, bool]]:
+def _targets(prepared: Prepared, username: str) -> list[tuple[str, str, str, bool]]:
     """Every managed file of the fleet, marking those where the person had access."""
-    prepared = prepare(app, None, None)
     return [
         (
             target.host,
@@ -320,7 +319,8 @@ def offboard_start(
     ctx: click.Context, app: AppContext, username: str, reason: str, as_json: bool
 ) -> None:
     """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back."""
-    targets = _targets(app, username)
+    before = prepare(app, None, None)
+    targets = _targets(before, username)
     registry = app.registry()
     with registry.write(app.actor) as tx:
         case = lifecycle.offboard(tx, username, reason, targets)
@@ -331,7 +331,9 @@ def offboard_start(
             f"confirming on {len({t[0] for t in targets})} hosts"
         )
     with reconcile_lock(registry, wait=float("inf")):
-        run_agent(app, None, None, None, dry_run=False)
+        # The registry is read again (the revocation is in it); the inventory is not.
+        after = refresh(app, before.inventory, before.hosts, before.agent_key)
+        run_agent(app, None, None, None, dry_run=False, prepared=after)
     case, rows = _case_rows(app, username)
     ctx.exit(_print_case(case, rows, as_json))
 

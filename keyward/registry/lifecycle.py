@@ -9,11 +9,13 @@ import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from sqlalchemy import Table
 from sqlmodel import Session, col, or_, select
 
 from keyward.errors import RegistryError, UsageError
 from keyward.keys import PublicKey
 from keyward.registry import ops, validate
+from keyward.registry.bulk import insert_many
 from keyward.registry.models import (
     AccessRequest,
     Membership,
@@ -24,6 +26,8 @@ from keyward.registry.models import (
     SshKey,
 )
 from keyward.registry.store import WriteTx
+
+TARGET_TABLE: Table = OffboardingTarget.__table__  # type: ignore[attr-defined]
 
 MAX_REQUEST = timedelta(days=7)
 
@@ -224,18 +228,21 @@ def offboard(
     )
     tx.session.add(case)
     tx.session.flush()
-    count = 0
-    for host, account, pattern, had_access in targets:
-        tx.session.add(
-            OffboardingTarget(
-                case_id=case.id or 0,
-                host=host,
-                account=account,
-                pattern=pattern,
-                had_access=had_access,
-            )
-        )
-        count += 1
+    # One row per managed file of the fleet: inserted in one statement, not one ORM
+    # object each, since a large fleet has thousands.
+    rows = [
+        {
+            "case_id": case.id or 0,
+            "host": host,
+            "account": account,
+            "pattern": pattern,
+            "had_access": had_access,
+            "removed": 0,
+        }
+        for host, account, pattern, had_access in targets
+    ]
+    insert_many(tx.session.connection(), TARGET_TABLE, rows)
+    count = len(rows)
     tx.audit(
         "person.offboard",
         username,

@@ -1,0 +1,139 @@
+"""Offboarding evidence from what a run already read or wrote, as a table of cases.
+
+``confirm_removal`` is pure; the end-to-end proof (real sshd, a real ssh client
+refused) is ``tests/test_lifecycle.py``.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from keyward.agent.reconcile import FileResult, confirm_removal
+from keyward.desired import DesiredFile, FileTarget
+from keyward.keys import ED25519, PublicKey, encode_string
+from keyward.plan import FilePlan, LineChange, Observed
+
+TARGET = FileTarget("web-1", "deploy", "%h/.ssh/authorized_keys")
+PATH = "/home/deploy/.ssh/authorized_keys"
+
+
+def key() -> PublicKey:
+    blob = encode_string(ED25519.encode()) + encode_string(secrets.token_bytes(32))
+    return PublicKey(ED25519, blob)
+
+
+LEAVER, OTHER, LEAVER_2ND = key(), key(), key()
+CASE = frozenset({LEAVER.fingerprint, LEAVER_2ND.fingerprint})
+
+
+def content(*keys: PublicKey) -> bytes:
+    return b"".join(f"{k.openssh()} x\n".encode() for k in keys)
+
+
+def removal(k: PublicKey) -> LineChange:
+    return LineChange("remove", k.fingerprint, "leaver", "offboarded")
+
+
+BEFORE = content(OTHER, LEAVER)
+AFTER = content(OTHER)
+
+
+def present(data: bytes) -> Observed:
+    return Observed(TARGET, "present", PATH, data)
+
+
+UNREADABLE = Observed(TARGET, "error", PATH, None, error_code="symlink", error_message="a symlink")
+WRITTEN = FilePlan(TARGET, "update", PATH, (removal(LEAVER),), AFTER)
+IN_SYNC = FilePlan(TARGET, "in-sync", PATH)
+
+
+@pytest.mark.parametrize(
+    ("case", "observed", "result", "clean", "removed", "error"),
+    [
+        (
+            "written and read back",
+            present(BEFORE),
+            FileResult(WRITTEN, written=True),
+            True,
+            1,
+            None,
+        ),
+        ("already clean, left alone", present(AFTER), FileResult(IN_SYNC), True, 0, None),
+        ("no file at all", Observed(TARGET, "missing", PATH), FileResult(IN_SYNC), True, 0, None),
+        (
+            "key still there (nothing written)",
+            present(BEFORE),
+            FileResult(IN_SYNC),
+            False,
+            0,
+            "1 of the person's keys still present",
+        ),
+        (
+            "write failed: the old read proves nothing",
+            present(BEFORE),
+            FileResult(WRITTEN, error="changed by someone else"),
+            False,
+            0,
+            "changed by someone else",
+        ),
+        (
+            "write failed on a file that looked clean",
+            present(AFTER),
+            FileResult(FilePlan(TARGET, "fix-mode", PATH, (), AFTER), error="permission denied"),
+            False,
+            0,
+            "permission denied",
+        ),
+        (
+            "unsafe file the plan refused",
+            UNREADABLE,
+            FileResult(FilePlan(TARGET, "error", PATH, error="a symlink"), error="a symlink"),
+            False,
+            0,
+            "a symlink",
+        ),
+        (
+            "replaceable entry written over",
+            UNREADABLE,
+            FileResult(WRITTEN, written=True),
+            True,
+            1,
+            None,
+        ),
+        (
+            "dry run kept the key: not evidence",
+            present(BEFORE),
+            FileResult(WRITTEN),
+            False,
+            0,
+            "1 of the person's keys still present",
+        ),
+    ],
+)
+def test_evidence_per_file(
+    case: str,
+    observed: Observed,
+    result: FileResult,
+    clean: bool,
+    removed: int,
+    error: str | None,
+) -> None:
+    desired = DesiredFile(TARGET, "exclusive", ())
+    (confirmation,) = confirm_removal([desired], {TARGET: observed}, [result], {7: CASE})
+    assert (confirmation.clean, confirmation.removed, confirmation.error) == (clean, removed, error)
+    assert (confirmation.case_id, confirmation.account, confirmation.path) == (7, "deploy", PATH)
+
+
+def test_each_open_case_gets_its_own_evidence() -> None:
+    desired = DesiredFile(TARGET, "exclusive", ())
+    other_case = frozenset({OTHER.fingerprint})
+    out = confirm_removal(
+        [desired],
+        {TARGET: present(BEFORE)},
+        [FileResult(WRITTEN, written=True)],
+        {1: CASE, 2: other_case},
+    )
+    assert [(c.case_id, c.clean, c.removed) for c in out] == [(1, True, 1), (2, False, 0)]
+    assert out[1].error == "1 of the person's keys still present"
