@@ -52,7 +52,7 @@ from typing import Any
 
 from sqlmodel import col, func, select
 
-from keyward.keys import ED25519, PublicKey, encode_string
+from keyward.keys import ED25519, PublicKey, encode_string, parse_public_key
 from keyward.localfleet import (
     SSHD,
     FleetHost,
@@ -602,6 +602,81 @@ def bench_revocation(b: Bench, rounds: int) -> dict[str, Any]:
     }
 
 
+# -- (d) offboarding confirmed by the daemon --------------------------------------
+
+
+def bench_offboarding(b: Bench, rounds: int) -> dict[str, Any]:
+    """From an offboarding's commit to its case closed by the daemon's read-back evidence.
+
+    Each round offboards one person exactly as ``keyward offboard`` records it (the
+    fleet's files as targets, from the same desired state), but without the command's
+    own one-shot run: the running daemon must notice the case, remove the keys and
+    confirm every file. Timed: all of the person's lines gone from disk, and the case
+    marked ``confirmed`` in the registry.
+    """
+    from keyward.desired import compute_desired
+    from keyward.inventory import load_inventory
+    from keyward.registry.lifecycle import offboard
+    from keyward.registry.models import OffboardingCase
+    from keyward.registry.snapshot import load_snapshot
+
+    assert b.registry is not None
+    b.start_daemon("--verify-interval", "3600")
+    synced_after = b.wait_in_sync(600)
+    files = b.key_files()
+    inventory = load_inventory(b.inventory)
+    agent_key = parse_public_key(inventory.agent.identity_pub.read_text())
+    rows = []
+    # The last people: bench_revocation's extra keys went to the first ones.
+    for person in list(reversed(b.people))[:rounds]:
+        with b.registry.read() as session:
+            snapshot = load_snapshot(session)
+        needles = [k.key.base64.encode() for k in snapshot.keys_of().get(person, ())]
+        desired = compute_desired(snapshot, inventory, inventory.hosts(), agent_key, b.registry.clock())
+        targets = [
+            (t.host, t.account, t.pattern, any(line.owner == person for line in d.lines))
+            for t, d in desired.items()
+        ]
+        time.sleep(1.0)  # a quiet daemon, as in (a)
+        with b.registry.write("bench-admin") as tx:
+            case = offboard(tx, person, "bench offboarding", targets)
+        committed = time.perf_counter()
+        case_id = case.id
+        for needle in needles:
+            wait_files(files, needle, False, 60)
+        on_disk_s = time.perf_counter() - committed
+        confirmed_s = None
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline:
+            with b.registry.read() as session:
+                status = session.get(OffboardingCase, case_id).status  # type: ignore[union-attr]
+            if status == "confirmed":
+                confirmed_s = time.perf_counter() - committed
+                break
+            time.sleep(0.01)
+        rows.append(
+            {
+                "person": person,
+                "targets": len(targets),
+                "keys_gone_from_disk_s": round(on_disk_s, 3),
+                "case_confirmed_s": round(confirmed_s, 3) if confirmed_s is not None else None,
+            }
+        )
+        log(f"(d) {person}: gone from disk {on_disk_s:.3f}s, case confirmed {confirmed_s}s")
+    b.stop_daemon()
+    confirmed = [r["case_confirmed_s"] for r in rows if r["case_confirmed_s"] is not None]
+    return {
+        "hosts": len(b.fleet.hosts),
+        "initial_sync_s": round(synced_after, 1),
+        "rounds": rows,
+        "gone_from_disk_median_s": round(statistics.median(r["keys_gone_from_disk_s"] for r in rows), 3),
+        "case_confirmed_median_s": round(statistics.median(confirmed), 3) if confirmed else None,
+        "case_confirmed_max_s": round(max(confirmed), 3) if confirmed else None,
+        "unconfirmed_rounds": len(rows) - len(confirmed),
+        "target_met": bool(confirmed) and len(confirmed) == len(rows) and statistics.median(confirmed) < 1.0,
+    }
+
+
 # -- (b) verification vs one-shot reconcile ---------------------------------------
 
 
@@ -826,6 +901,7 @@ def main() -> int:
     parser.add_argument("--reconciles", type=int, default=3)
     parser.add_argument("--skip-a", action="store_true")
     parser.add_argument("--skip-b", action="store_true")
+    parser.add_argument("--offboardings", type=int, default=5, help="(d) rounds; 0 skips (d)")
     parser.add_argument("--hold", action="store_true", help="run (c) only")
     parser.add_argument("--hold-seconds", type=float, default=600)
     parser.add_argument("--sample", type=float, default=10)
@@ -849,6 +925,8 @@ def main() -> int:
         else:
             if not args.skip_a:
                 results["revocation"] = bench_revocation(b, args.revocations)
+            if args.offboardings:
+                results["offboarding"] = bench_offboarding(b, args.offboardings)
             if not args.skip_b:
                 results["verification"] = bench_verification(
                     b, args.verify_passes, args.reconciles, args.verify_interval
@@ -862,7 +940,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(text + "\n")
     summary = {k: v for k, v in results.items()}
-    for section in ("revocation", "verification", "hold"):
+    for section in ("revocation", "offboarding", "verification", "hold"):
         if section in summary:
             summary[section] = {
                 k: v
