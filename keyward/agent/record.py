@@ -32,12 +32,27 @@ def record_hosts(
     if not results:
         return
     with registry.write(actor) as tx:
+        # A fixed number of queries per batch, not per host: a daemon round records
+        # every host of the fleet in this one transaction.
+        states = {
+            state.host: state
+            for names in _chunks(sorted({r.host.name for r in results}))
+            for state in tx.session.exec(select(HostState).where(col(HostState.host).in_(names)))
+        }
         for result in results:
-            _record(tx, result, run_id, open_case_ids)
+            name = result.host.name
+            state = states.setdefault(name, HostState(host=name))
+            _record(tx, result, run_id, state)
+        if open_case_ids:
+            _record_confirmations(tx, results, run_id, open_case_ids)
 
 
-def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[int, ...]) -> None:
-    state = tx.session.get(HostState, result.host.name) or HostState(host=result.host.name)
+def _chunks(names: list[str], size: int = 500) -> list[list[str]]:
+    """Host names in groups small enough for one ``IN (...)`` on every backend."""
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+def _record(tx: WriteTx, result: HostResult, run_id: str, state: HostState) -> None:
     state.environment = result.host.environment
     state.last_attempt = result.started
     state.last_run_id = run_id
@@ -97,8 +112,6 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, open_case_ids: tuple[i
     else:
         state.last_error = "; ".join(result.problems)[:2000]
     tx.session.add(state)
-    if open_case_ids:
-        _record_confirmations(tx, result, run_id, open_case_ids)
 
 
 def _keys_of(content: bytes) -> list[list[str | None]]:
@@ -157,60 +170,72 @@ def _record_late(
 
 
 def _record_confirmations(
-    tx: WriteTx, result: HostResult, run_id: str, case_ids: tuple[int, ...]
+    tx: WriteTx, results: list[HostResult], run_id: str, case_ids: tuple[int, ...]
 ) -> None:
-    """Store the read-back evidence for open offboarding cases; close the ones now complete."""
-    targets = {
-        (t.case_id, t.account, t.pattern): t
-        for t in tx.session.exec(
+    """Store the read-back evidence for open offboarding cases; close the ones now complete.
+
+    Every unconfirmed target on the batch's hosts is read in one query; each host
+    that confirmed files gets its ``offboard.host-confirmed`` event.
+    """
+    pending: dict[str, dict[tuple[int, str, str], OffboardingTarget]] = {}
+    for names in _chunks(sorted({r.host.name for r in results})):
+        for target in tx.session.exec(
             select(OffboardingTarget).where(
-                OffboardingTarget.host == result.host.name,
+                col(OffboardingTarget.host).in_(names),
                 col(OffboardingTarget.case_id).in_(case_ids),
+                col(OffboardingTarget.confirmed_at).is_(None),
             )
-        )
-    }
-    confirmed: dict[int, list[str]] = {}
-    for target in targets.values():
-        if target.confirmed_at is None:
-            target.last_attempt = result.started
-            target.last_error = result.error or "not checked in this run"
-            tx.session.add(target)
-    for c in result.confirmations:
-        found = targets.get((c.case_id, c.account, c.pattern))
-        if found is None or found.confirmed_at is not None:
-            continue
-        target = found
-        target.path = c.path
-        target.removed += c.removed
-        target.last_attempt = result.started
-        if c.clean:
-            target.confirmed_at = result.finished
-            target.confirmed_by_run = run_id
-            target.last_error = None
-            confirmed.setdefault(c.case_id, []).append(f"{c.account}:{c.path}")
-        else:
-            target.last_error = c.error
-        tx.session.add(target)
+        ):
+            on_host = pending.setdefault(target.host, {})
+            on_host[(target.case_id, target.account, target.pattern)] = target
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    for result in results:
+        host = result.host.name
+        targets = pending.get(host, {})
+        for target in targets.values():
+            if target.confirmed_at is None:
+                target.last_attempt = result.started
+                target.last_error = result.error or "not checked in this run"
+                tx.session.add(target)
+        confirmed: dict[int, list[str]] = {}
+        for c in result.confirmations:
+            found = targets.get((c.case_id, c.account, c.pattern))
+            if found is None or found.confirmed_at is not None:
+                continue
+            found.path = c.path
+            found.removed += c.removed
+            found.last_attempt = result.started
+            if c.clean:
+                found.confirmed_at = result.finished
+                found.confirmed_by_run = run_id
+                found.last_error = None
+                confirmed.setdefault(c.case_id, []).append(f"{c.account}:{c.path}")
+            else:
+                found.last_error = c.error
+            tx.session.add(found)
+        events += [
+            (
+                "offboard.host-confirmed",
+                host,
+                {"case_id": case_id, "files": sorted(files), "run_id": run_id},
+            )
+            for case_id, files in confirmed.items()
+        ]
     tx.session.flush()
-    for case_id, files in confirmed.items():
-        tx.audit(
-            "offboard.host-confirmed",
-            result.host.name,
-            {"case_id": case_id, "files": sorted(files), "run_id": run_id},
-        )
+    tx.audit_many(events)
     for case_id in case_ids:
         case = tx.session.get(OffboardingCase, case_id)
         if case is None or case.status != "open":
             continue
-        pending = tx.session.exec(
+        left = tx.session.exec(
             select(OffboardingTarget).where(
                 OffboardingTarget.case_id == case_id,
                 col(OffboardingTarget.confirmed_at).is_(None),
             )
         ).first()
-        if pending is None:
+        if left is None:
             case.status = "confirmed"
-            case.closed_at = result.finished
+            case.closed_at = max(r.finished for r in results)
             tx.session.add(case)
             tx.audit(
                 "offboard.confirmed", f"case-{case_id}", {"case_id": case_id, "run_id": run_id}

@@ -1,0 +1,143 @@
+"""Recording hosts' results: a whole batch's offboarding evidence in a fixed number of queries."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event
+from sqlmodel import col, select
+
+from keyward.agent.reconcile import Confirmation, FileResult, HostResult
+from keyward.agent.record import record_hosts
+from keyward.desired import FileTarget
+from keyward.inventory.model import Host
+from keyward.keys import ED25519, PublicKey, encode_string
+from keyward.plan import FilePlan, HostPlan
+from keyward.registry.lifecycle import offboard
+from keyward.registry.models import AuditEvent, HostState, OffboardingCase, OffboardingTarget
+from keyward.registry.ops import KeyClaim, add_key, add_person
+from keyward.registry.store import Registry
+from keyward.registry.verify import verify_session
+
+NOW = datetime(2026, 11, 24, 9, 0, 0, tzinfo=UTC)
+ACCOUNTS = ("root", "deploy")
+PATTERN = "%h/.ssh/authorized_keys"
+
+
+def host(name: str) -> Host:
+    return Host(name, "prod", "127.0.0.1", 22, "root", (PATTERN,), "exclusive", (), ("deploy",))
+
+
+def result(name: str, case_id: int, clean: bool = True, error: str | None = None) -> HostResult:
+    files = tuple(
+        FileResult(FilePlan(FileTarget(name, account, PATTERN), "in-sync", f"/{account}/ak"))
+        for account in ACCOUNTS
+    )
+    confirmations = tuple(
+        Confirmation(
+            case_id, account, PATTERN, f"/{account}/ak", clean, 0, None if clean else "1 left"
+        )
+        for account in ACCOUNTS
+    )
+    return HostResult(
+        host(name),
+        NOW,
+        NOW + timedelta(seconds=1),
+        HostPlan(name, tuple(f.plan for f in files)),
+        files,
+        error,
+        () if error else confirmations,
+    )
+
+
+def open_case(registry: Registry, hosts: list[str]) -> int:
+    with registry.write("admin") as tx:
+        add_person(tx, "alice", "Alice", None)
+        blob = encode_string(ED25519.encode()) + encode_string(secrets.token_bytes(32))
+        add_key(tx, "alice", PublicKey(ED25519, blob), KeyClaim("admin", NOW + timedelta(days=9)))
+        targets = [(h, account, PATTERN, True) for h in hosts for account in ACCOUNTS]
+        case = offboard(tx, "alice", "left", targets)
+    assert case.id is not None
+    return case.id
+
+
+@contextmanager
+def counted_selects(registry: Registry) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        if args[2].lstrip().upper().startswith("SELECT"):
+            statements.append(args[2])
+
+    event.listen(registry.engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(registry.engine, "before_cursor_execute", count)
+
+
+def test_a_batch_confirms_the_case_with_queries_independent_of_hosts(db_url: str) -> None:
+    registry, _, _ = Registry.initialise(db_url, clock=lambda: NOW)
+    names = [f"web-{i}" for i in range(30)]
+    case_id = open_case(registry, names)
+    with counted_selects(registry) as few:
+        record_hosts(registry, "agent", [result(n, case_id) for n in names[:3]], "run1", (case_id,))
+    with counted_selects(registry) as many:
+        record_hosts(registry, "agent", [result(n, case_id) for n in names[3:]], "run1", (case_id,))
+    assert len(many) == len(few)
+    with registry.read() as session:
+        case = session.get(OffboardingCase, case_id)
+        assert case is not None and case.status == "confirmed"
+        targets = session.exec(select(OffboardingTarget)).all()
+        assert len(targets) == 60 and all(t.confirmed_by_run == "run1" for t in targets)
+        assert len(session.exec(select(HostState)).all()) == 30
+        actions = [e.action for e in session.exec(select(AuditEvent).order_by(col(AuditEvent.seq)))]
+        assert actions.count("offboard.host-confirmed") == 30
+        assert actions[-1] == "offboard.confirmed"
+        checked = verify_session(session)
+        assert checked is not None and checked[2] is None
+
+
+def test_a_failed_or_dirty_host_keeps_the_case_open_with_its_reason(db_url: str) -> None:
+    registry, _, _ = Registry.initialise(db_url, clock=lambda: NOW)
+    case_id = open_case(registry, ["a", "b", "c"])
+    batch = [
+        result("a", case_id),
+        result("b", case_id, clean=False),
+        result("c", case_id, error="c: cannot connect"),
+    ]
+    record_hosts(registry, "agent", batch, "run1", (case_id,))
+    with registry.read() as session:
+        case = session.get(OffboardingCase, case_id)
+        assert case is not None and case.status == "open"
+        rows = {
+            (t.host, t.account): (t.confirmed_at is not None, t.last_error)
+            for t in session.exec(select(OffboardingTarget))
+        }
+    assert rows == {
+        ("a", "root"): (True, None),
+        ("a", "deploy"): (True, None),
+        ("b", "root"): (False, "1 left"),
+        ("b", "deploy"): (False, "1 left"),
+        ("c", "root"): (False, "c: cannot connect"),
+        ("c", "deploy"): (False, "c: cannot connect"),
+    }
+    # A later run that confirms the rest closes the case.
+    record_hosts(
+        registry, "agent", [result("b", case_id), result("c", case_id)], "run2", (case_id,)
+    )
+    with registry.read() as session:
+        case = session.get(OffboardingCase, case_id)
+        assert case is not None and case.status == "confirmed"
+        details = [
+            json.loads(e.details)["run_id"]
+            for e in session.exec(
+                select(AuditEvent).where(AuditEvent.action == "offboard.confirmed")
+            )
+        ]
+    assert details == ["run2"]
