@@ -159,11 +159,14 @@ class MultiFleet:
     own AuthorizedKeysFile directory; hosts of one sshd share its host key.
     """
 
-    def __init__(self, base: Path, count: int, per: int, first_address: int = 10) -> None:
+    def __init__(
+        self, base: Path, count: int, per: int, first_address: int = 10, extra_config: str = ""
+    ) -> None:
         self.base = base
         self.count = count
         self.per = per
         self.first_address = first_address
+        self.extra_config = extra_config
         self.hosts: list[FleetHost] = []
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -223,7 +226,7 @@ class MultiFleet:
                     f"  AuthorizedKeysFile {h.authorized_keys_file}",
                 ]
             config = gdir / "sshd_config"
-            config.write_text("\n".join(lines) + "\n")
+            config.write_text("\n".join(lines) + "\n" + self.extra_config)
             test = subprocess.run(
                 [SSHD, "-t", "-f", str(config)], capture_output=True, text=True, timeout=30
             )
@@ -276,11 +279,29 @@ class MultiFleet:
         self.procs.clear()
 
 
+def login_rc_config(base: Path) -> str:
+    """sshd_config lines that give root's sessions an empty home for the shell's rc files.
+
+    This machine's root ``.bashrc`` runs ``pyenv init``, whose ``pyenv rehash`` takes a
+    lock and polls it every 0.1 s: 50 sessions starting at once queue on it for seconds
+    (measured: one ``pyenv rehash`` 1.85 s wall during a run), which inflates every tool
+    non-linearly with how many sessions it keeps in flight, and made some of 1,000 hosts
+    time out. Real servers have no such rc. ``SetEnv HOME`` (applied by sshd after its
+    own ``HOME``) points bash at an empty directory; the session still runs as root in
+    root's home directory (sshd changes to the passwd home, not ``$HOME``).
+    """
+    home = base / "root-rc-home"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return f"Match User root\n  SetEnv HOME={home}\n"
+
+
 class LocalFleetAdapter:
     """LocalFleet (one sshd per host) with the interface the benchmark uses."""
 
-    def __init__(self, base: Path, count: int) -> None:
-        self.fleet = LocalFleet(base, count, name_prefix="b", log_level="ERROR")
+    def __init__(self, base: Path, count: int, extra_config: str = "") -> None:
+        self.fleet = LocalFleet(
+            base, count, name_prefix="b", log_level="ERROR", extra_config=extra_config
+        )
 
     def start(self) -> None:
         self.fleet.start()
@@ -300,15 +321,18 @@ class LocalFleetAdapter:
 
 
 class Bench:
-    def __init__(self, hosts: int, hold: bool, per_sshd: int) -> None:
+    def __init__(self, hosts: int, hold: bool, per_sshd: int, root_rc: bool = False) -> None:
         self.tag = secrets.token_hex(3)
         self.base = safe_base_dir(f"keyward-bench-{self.tag}-")
+        # root_rc=True keeps this machine's root .bashrc (pyenv) in every session.
+        self.root_rc = root_rc
+        extra = "" if root_rc else login_rc_config(self.base)
         self.deploy, self.app = f"kbd{self.tag}", f"kba{self.tag}"
         self.accounts_made: list[str] = []
         self.fleet: Any = (
-            MultiFleet(self.base / "fleet", hosts, per_sshd)
+            MultiFleet(self.base / "fleet", hosts, per_sshd, extra_config=extra)
             if hold
-            else LocalFleetAdapter(self.base / "fleet", hosts)
+            else LocalFleetAdapter(self.base / "fleet", hosts, extra_config=extra)
         )
         self.db = self.base / "registry.db"
         self.url = f"sqlite:///{self.db}"
@@ -359,6 +383,7 @@ class Bench:
                 if i % 3 == 0:
                     grant_role(tx, "qa", person, "bench", None)
         return {
+            "root_rc": "machine's .bashrc" if self.root_rc else "skipped (SetEnv HOME)",
             "fleet_start_s": round(t_fleet, 1),
             "sshd_listeners": len(self.fleet.listener_pids()),
             "hosts": len(self.fleet.hosts),
@@ -908,12 +933,15 @@ def main() -> int:
     parser.add_argument("--per-sshd", type=int, default=10)
     parser.add_argument("--connect-timeout", type=float, default=900)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--root-rc", action="store_true", help="keep root's .bashrc in sessions (see login_rc_config)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (local accounts and sshd)", file=sys.stderr)
         return 2
     hosts = args.hosts or (1000 if args.hold else 100)
-    b = Bench(hosts, args.hold, args.per_sshd)
+    b = Bench(hosts, args.hold, args.per_sshd, args.root_rc)
     results: dict[str, Any] = {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     old_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

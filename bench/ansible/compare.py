@@ -214,9 +214,9 @@ def wait_for_load(max_load: float, max_wait: float) -> dict[str, Any]:
 
 
 class Compare:
-    def __init__(self, dbench: Any, hosts: int, workdir_log: Path) -> None:
+    def __init__(self, dbench: Any, hosts: int, workdir_log: Path, root_rc: bool = False) -> None:
         self.db = dbench
-        self.b = dbench.Bench(hosts, False, 10)
+        self.b = dbench.Bench(hosts, False, 10, root_rc)
         self.n = hosts
         self.logdir = workdir_log
         self.rotations = 0
@@ -784,6 +784,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ansible_compare.json")
     parser.add_argument("--report", type=Path, nargs="*", default=None, help="only render table + PNG from JSON")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "benchmarks-ansible.png")
+    parser.add_argument("--root-rc", action="store_true",
+                        help="keep this machine's root .bashrc (pyenv init) in every session")
     args = parser.parse_args()
     if args.report is not None:
         print(report(args.report or [args.json], args.png))
@@ -806,7 +808,7 @@ def main() -> int:
     old = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for n in [int(x) for x in args.hosts.split(",")]:
-            c = Compare(dbench, n, logdir)
+            c = Compare(dbench, n, logdir, args.root_rc)
             try:
                 log(f"setting up {n} hosts")
                 info = c.setup()
