@@ -20,9 +20,11 @@ per access rule, not per host: hosts that share rules share the work.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -246,6 +248,25 @@ def _merge(parts: Sequence[tuple[DesiredLine, ...]]) -> tuple[DesiredLine, ...]:
     return tuple(sorted(unique.values(), key=_ORDER))
 
 
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector, restoring its previous state after.
+
+    ``compute_desired`` allocates hundreds of thousands of small objects for a large
+    organisation and creates no reference cycles, so the collections those allocations
+    trigger (each full one walking the whole registry snapshot) find nothing to free;
+    they were a quarter of its time. Reference counting still frees everything at once.
+    If two threads overlap, the collector may come back on early: slower, never wrong.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def compute_desired(
     snapshot: RegistrySnapshot,
     inventory: Inventory,
@@ -254,6 +275,17 @@ def compute_desired(
     now: datetime,
 ) -> dict[FileTarget, DesiredFile]:
     """Every managed file of ``hosts`` with the lines it must hold at ``now``."""
+    with _without_cycle_collection():
+        return _compute(snapshot, inventory, hosts, agent_key, now)
+
+
+def _compute(
+    snapshot: RegistrySnapshot,
+    inventory: Inventory,
+    hosts: Sequence[Host],
+    agent_key: PublicKey | None,
+    now: datetime,
+) -> dict[FileTarget, DesiredFile]:
     keys_by_owner = snapshot.keys_of()
     grants_by_role: dict[str, list[GrantRecord]] = {}
     for grant in snapshot.grants:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from keyward.desired import FileTarget, compute_desired, render_lines
+from keyward.errors import UsageError
 from keyward.inventory.model import (
     AccessRule,
     AgentSettings,
@@ -278,3 +279,21 @@ def test_file_order_and_dedup_with_one_rule_and_with_several(keys: dict[str, Pub
         assert [line.owner for line in lines_for(desired)] == ["alice", "alice", "bob"]
         for file in desired.values():
             assert file.exclusive_content() == render_lines(file.lines)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_left_as_it_was(keys: dict[str, PublicKey], enabled: bool) -> None:
+    """compute_desired pauses cycle collection for speed; the caller's setting survives it."""
+    import gc
+
+    inv = inventory((host(),), (rule(),))
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        compute_desired(snapshot(keys), inv, inv.hosts(), None, NOW)
+        assert gc.isenabled() is enabled
+        with pytest.raises(UsageError):  # an error inside leaves it as it was too
+            compute_desired(snapshot(keys), inv, (replace(host(), environment="nope"),), None, NOW)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
