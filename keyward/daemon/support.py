@@ -32,16 +32,29 @@ def sd_notify(state: str) -> bool:
 
 
 class WriterLock:
-    """The same lock as ``keyward reconcile`` takes, acquired without blocking the event loop."""
+    """The same lock as ``keyward reconcile`` takes, acquired without blocking the event loop.
+
+    It keeps other processes out; inside the daemon several push rounds may hold it at
+    once (hosts connecting while a verification pass runs). The operating-system lock
+    is taken when the first holder arrives and given back when the last one leaves,
+    one step at a time: two rounds that tried at once used to open the lock file twice
+    and flock both, and the release then unlocked the wrong descriptor, so the daemon
+    kept a lock nobody would release and every later round waited for it forever.
+    """
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._fd: int | None = None
         self._conn: Any = None
+        self._holders = 0
+        self._steps = asyncio.Lock()
 
     async def acquire(self) -> None:
-        while not await asyncio.to_thread(self._try):
-            await asyncio.sleep(0.05)
+        async with self._steps:
+            if self._holders == 0:
+                while not await asyncio.to_thread(self._try):
+                    await asyncio.sleep(0.05)
+            self._holders += 1
 
     def _try(self) -> bool:
         if self._registry.backend == "postgresql":
@@ -65,7 +78,10 @@ class WriterLock:
             return False
 
     async def release(self) -> None:
-        await asyncio.to_thread(self._release)
+        async with self._steps:
+            self._holders -= 1
+            if self._holders == 0:
+                await asyncio.to_thread(self._release)
 
     def _release(self) -> None:
         if self._registry.backend == "postgresql":
