@@ -172,8 +172,14 @@ def _person_lines(
     keys_by_owner: Mapping[str, tuple[KeyRecord, ...]],
     grants_by_role: Mapping[str, tuple[GrantRecord, ...]],
     now: datetime,
+    made: _Made,
 ) -> tuple[DesiredLine, ...]:
-    """Lines a rule gives, computed once per (rule, customer) and shared by its hosts."""
+    """Lines a rule gives, computed once per (rule, customer) and shared by its hosts.
+
+    ``made`` is shared by all the rules of one call: a person's usable keys are
+    filtered once per attestation minimum, and a line that several rules give alike
+    is one object, so it is rendered and sorted once.
+    """
     minimum = attestation_rank(min_attestation)
     # For each (key, options) the latest end among the grants that give it.
     best: dict[tuple[bytes, tuple[str, ...]], tuple[KeyRecord, datetime, set[str]]] = {}
@@ -190,9 +196,14 @@ def _person_lines(
         allowed_from = snapshot.restricted.get(grant.username)
         if allowed_from is not None and not allowed_from:
             continue  # failure mode "suspend" (or "restrict" with no known address)
-        for record in keys_by_owner.get(grant.username, ()):
-            if not record.usable_at(now) or RANKS.get(record.attestation, -1) < minimum:
-                continue
+        usable = made.usable.get((grant.username, minimum))
+        if usable is None:
+            usable = made.usable[(grant.username, minimum)] = tuple(
+                record
+                for record in keys_by_owner.get(grant.username, ())
+                if record.usable_at(now) and RANKS.get(record.attestation, -1) >= minimum
+            )
+        for record in usable:
             end = record.expires_at if grant.until is None else min(record.expires_at, grant.until)
             options = rule.options
             if allowed_from:
@@ -210,19 +221,34 @@ def _person_lines(
             else:
                 roles = previous[2] | {grant.role}
                 best[ident] = (record, max(previous[1], end), roles)
-    lines = [
-        DesiredLine(
-            key=record.key,
-            options=(*options, _expiry_option(end)),
-            owner=record.owner,
-            kind="person",
-            expires_at=end,
-            roles=tuple(sorted(roles)),
-        )
-        for (_, options), (record, end, roles) in best.items()
-    ]
+    lines: list[DesiredLine] = []
+    for (_, options), (record, end, roles) in best.items():
+        sorted_roles = tuple(sorted(roles))
+        # The snapshot keeps every record alive for the call, so its id is a safe key.
+        key = (id(record), options, end, sorted_roles)
+        line = made.lines.get(key)
+        if line is None:
+            line = made.lines[key] = DesiredLine(
+                key=record.key,
+                options=(*options, _expiry_option(end)),
+                owner=record.owner,
+                kind="person",
+                expires_at=end,
+                roles=sorted_roles,
+            )
+        lines.append(line)
     lines.sort(key=_ORDER)
     return tuple(lines)
+
+
+@dataclass
+class _Made:
+    """What one ``compute_desired`` call has already built, for its rules to share."""
+
+    usable: dict[tuple[str, int], tuple[KeyRecord, ...]] = field(default_factory=dict)
+    lines: dict[tuple[int, tuple[str, ...], datetime, tuple[str, ...]], DesiredLine] = field(
+        default_factory=dict
+    )
 
 
 # Many keys share an end (a grant's ``until``, keys added the same day): format each once.
@@ -292,6 +318,7 @@ def _compute(
         grants_by_role.setdefault(grant.role, []).append(grant)
     by_role = {role: tuple(grants) for role, grants in grants_by_role.items()}
     rule_cache: dict[tuple[int, str | None], tuple[DesiredLine, ...]] = {}
+    made = _Made()
     merged_cache: dict[tuple[object, ...], tuple[tuple[DesiredLine, ...], bytes, str]] = {}
     result: dict[FileTarget, DesiredFile] = {}
     for host in hosts:
@@ -323,6 +350,7 @@ def _compute(
                         keys_by_owner,
                         by_role,
                         now,
+                        made,
                     )
                 parts.append(rule_cache[cache_key])
                 signature.append(("rule", id(rule)))
