@@ -22,12 +22,16 @@ from typing import Literal
 Outcome = Literal["accepted", "failed", "disconnected", "invalid_user"]
 
 _ADDR = r"(?P<addr>[0-9A-Fa-f:.]+)"
-# (outcome, a literal every matching line contains, the pattern): the cheap substring test
-# skips the regular expressions that cannot match, which matters at 100,000 lines a run.
+# An unauthenticated client chooses the user name that sshd logs after "Invalid user" (up
+# to 100 printable characters, spaces included), so text that looks like a login can
+# appear inside another line. Every pattern is therefore matched only at the start of
+# sshd's message, and a name that may contain spaces is taken greedily, so the address,
+# port and fingerprint come from the end of the line that sshd wrote.
+# (outcome, the literal the message starts with, the pattern)
 _PATTERNS: tuple[tuple[Outcome, str, re.Pattern[str]], ...] = (
     (
         "accepted",
-        "Accepted publickey",
+        "Accepted publickey for ",
         re.compile(
             r"Accepted publickey for (?P<user>\S+) from "
             + _ADDR
@@ -36,33 +40,42 @@ _PATTERNS: tuple[tuple[Outcome, str, re.Pattern[str]], ...] = (
     ),
     (
         "failed",
-        "Failed publickey",
+        "Failed publickey for ",
         re.compile(
-            r"Failed publickey for (?:invalid user )?(?P<user>\S+) from "
+            r"Failed publickey for (?:invalid user (?P<invalid>.*)|(?P<user>\S+)) from "
             + _ADDR
-            + r" port (?P<port>\d+) ssh2: \S+ (?P<fp>SHA256:[A-Za-z0-9+/]{43})"
+            + r" port (?P<port>\d+) ssh2: \S+ (?P<fp>SHA256:[A-Za-z0-9+/]{43})(?(invalid)$)"
         ),
     ),
     (
         "invalid_user",
-        "Invalid user",
-        re.compile(r"Invalid user (?P<user>\S*) from " + _ADDR + r" port (?P<port>\d+)"),
+        "Invalid user ",
+        re.compile(
+            r"Invalid user (?P<invalid>.*) from " + _ADDR + r" port (?P<port>\d+)(?: \[preauth\])?$"
+        ),
     ),
     (
         "disconnected",
-        "Disconnected from user",
+        "Disconnected from user ",
         re.compile(r"Disconnected from user (?P<user>\S+) " + _ADDR + r" port (?P<port>\d+)"),
     ),
 )
+# The four messages start with different letters: one dict lookup picks the only pattern
+# that can match (tests/test_logins_parse.py checks they stay distinct).
+_BY_FIRST_LETTER = {entry[1][0]: entry for entry in _PATTERNS}
 # What the host helper filters sshd's log by, so that only lines that can be login events
 # travel (a VERBOSE log has several other lines per login).
-LOGIN_MARKERS: tuple[str, ...] = tuple(marker for _, marker, _ in _PATTERNS)
-_SSHD_TAG = re.compile(r"\bsshd(?:-session)?\[\d+\]:\s?")
-_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s")
-_TRADITIONAL = re.compile(r"^([A-Z][a-z]{2}\s+\d{1,2} \d\d:\d\d:\d\d)\s")
+LOGIN_MARKERS: tuple[str, ...] = tuple(marker.strip() for _, marker, _ in _PATTERNS)
+_RFC3339_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+_TRADITIONAL_TIME = r"[A-Z][a-z]{2}\s+\d{1,2} \d\d:\d\d:\d\d"
+# A syslog line: time, host name, sshd's tag, then sshd's message.
+_SYSLOG_PREFIX = re.compile(
+    rf"(?:(?P<rfc3339>{_RFC3339_TIME})|(?P<traditional>{_TRADITIONAL_TIME}))"
+    r"\s+\S+\s+sshd(?:-session)?\[\d+\]:\s?"
+)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LogLine:
     """One line as collected from a host: its text, its time if the source had one,
     and its position in the source (a journal cursor or inode:offset) for de-duplication."""
@@ -71,8 +84,11 @@ class LogLine:
     ts: float | None
     pos: str | None
 
+    def __init__(self, text: str, ts: float | None, pos: str | None) -> None:
+        self.__dict__.update(text=text, ts=ts, pos=pos)  # see LoginEvent.__init__
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class LoginEvent:
     host: str
     account: str
@@ -85,29 +101,54 @@ class LoginEvent:
     pos: str | None
     order: int = 0  # position within its batch, to order events that share a timestamp
 
+    def __init__(
+        self,
+        host: str,
+        account: str,
+        at: datetime,
+        outcome: Outcome,
+        addr: str,
+        port: int,
+        fingerprint: str | None,
+        person: str | None,
+        pos: str | None,
+        order: int = 0,
+    ) -> None:
+        # One dict update instead of the ten object.__setattr__ calls a frozen dataclass
+        # makes: a collection builds one of these per login line (100,000 in a large run).
+        self.__dict__.update(
+            host=host,
+            account=account,
+            at=at,
+            outcome=outcome,
+            addr=addr,
+            port=port,
+            fingerprint=fingerprint,
+            person=person,
+            pos=pos,
+            order=order,
+        )
 
-def _line_time(text: str, ts: float | None, fallback: datetime) -> datetime:
-    if ts is not None:
-        return datetime.fromtimestamp(ts, UTC)
-    match = _RFC3339.match(text)
-    if match:
+
+def _syslog_time(prefix: re.Match[str], fallback: datetime) -> datetime:
+    rfc3339 = prefix.group("rfc3339")
+    if rfc3339 is not None:
         try:
-            value = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+            value = datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
             return value if value.tzinfo else value.replace(tzinfo=UTC)
         except ValueError:
             return fallback
-    match = _TRADITIONAL.match(text)
-    if match:
-        try:
-            value = datetime.strptime(f"{fallback.year} {match.group(1)}", "%Y %b %d %H:%M:%S")
-        except ValueError:
-            return fallback
-        value = value.replace(tzinfo=UTC)
-        # Syslog omits the year; a date "in the future" belongs to last year.
-        if value > fallback + timedelta(days=1):
-            value = value.replace(year=value.year - 1)
-        return value
-    return fallback
+    try:
+        value = datetime.strptime(
+            f"{fallback.year} {prefix.group('traditional')}", "%Y %b %d %H:%M:%S"
+        )
+    except ValueError:
+        return fallback
+    value = value.replace(tzinfo=UTC)
+    # Syslog omits the year; a date "in the future" belongs to last year.
+    if value > fallback + timedelta(days=1):
+        value = value.replace(year=value.year - 1)
+    return value
 
 
 def parse_lines(
@@ -116,35 +157,48 @@ def parse_lines(
     owners: Mapping[str, str],
     collected_at: datetime,
 ) -> list[LoginEvent]:
-    """Login events in ``lines``; ``owners`` maps fingerprints to usernames."""
+    """Login events in ``lines``; ``owners`` maps fingerprints to usernames.
+
+    A line is either sshd's message itself (the journal's ``MESSAGE``, ``sshd -E``) or
+    a syslog line whose prefix names sshd; anything else is not sshd's and is ignored.
+    """
     events: list[LoginEvent] = []
     for index, line in enumerate(lines):
-        text = line.text
-        tag = _SSHD_TAG.search(text)
-        message = text[tag.end() :] if tag else text
-        for outcome, marker, pattern in _PATTERNS:
-            if marker not in message:
-                continue
-            match = pattern.search(message)
-            if match is None:
-                continue
-            fields = match.groupdict()
-            fingerprint = fields.get("fp")
-            events.append(
-                LoginEvent(
-                    host=host,
-                    account=fields["user"][:64],
-                    at=_line_time(text, line.ts, collected_at),
-                    outcome=outcome,
-                    addr=fields["addr"],
-                    port=int(fields["port"]),
-                    fingerprint=fingerprint,
-                    person=owners.get(fingerprint) if fingerprint else None,
-                    pos=line.pos,
-                    order=index,
-                )
+        text = line.text.rstrip("\r\n")
+        prefix = _SYSLOG_PREFIX.match(text)
+        message = text[prefix.end() :] if prefix else text
+        entry = _BY_FIRST_LETTER.get(message[:1])
+        if entry is None:
+            continue
+        outcome, marker, pattern = entry
+        if not message.startswith(marker):
+            continue
+        match = pattern.match(message)
+        if match is None:
+            continue
+        fields = match.groupdict()
+        user = fields.get("user") or fields.get("invalid") or ""
+        fingerprint = fields.get("fp")
+        if line.ts is not None:
+            at = datetime.fromtimestamp(line.ts, UTC)
+        elif prefix is not None:
+            at = _syslog_time(prefix, collected_at)
+        else:
+            at = collected_at
+        events.append(
+            LoginEvent(
+                host,
+                user[:64],
+                at,
+                outcome,
+                fields["addr"],
+                int(fields["port"]),
+                fingerprint,
+                owners.get(fingerprint) if fingerprint else None,
+                line.pos,
+                index,
             )
-            break
+        )
     return events
 
 
