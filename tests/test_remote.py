@@ -1206,3 +1206,66 @@ def test_auth_log_match_must_be_a_short_list_of_strings(tmp_path: Path, match: o
     log.write_text(LOGIN.format(1) + "\n")
     reply = auth_log(log, None, match)
     assert reply["ok"] is False and reply["error"]["code"] == "bad_request"
+
+
+# What journalctl filters by is the defence here, so this stand-in applies journalctl's
+# documented match rules (values of one field ORed, different fields ANDed) to a fixed
+# journal: no journald runs on the test machines.
+FAKE_JOURNALCTL = """#!{python}
+import json, sys
+entries = json.load(open({journal!r}))
+matches = {{}}
+for arg in sys.argv[1:]:
+    if "=" in arg and not arg.startswith("-"):
+        field, value = arg.split("=", 1)
+        matches.setdefault(field, set()).add(value)
+for entry in entries:
+    if all(entry.get(field) in values for field, values in matches.items()):
+        if "cat" in sys.argv:
+            print(entry["MESSAGE"])
+        else:
+            print(json.dumps(entry))
+"""
+
+JOURNAL_LOGIN = "Accepted publickey for deploy from 203.0.113.7 port {} ssh2: ED25519 SHA256:x"
+
+
+def journal_entry(n: int, **fields: str) -> dict[str, str]:
+    entry = {
+        "_COMM": "sshd",
+        "_TRANSPORT": "syslog",
+        "_UID": "0",
+        "MESSAGE": JOURNAL_LOGIN.format(n),
+        "__CURSOR": f"s=1;i={n}",
+        "__REALTIME_TIMESTAMP": str(1_700_000_000_000_000 + n),
+    }
+    return {**entry, **fields}
+
+
+@pytest.mark.parametrize("source", ["journal", "auto"])
+def test_journal_lines_come_only_from_sshd_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    journal = [
+        journal_entry(1),
+        journal_entry(2, _COMM="sshd-session"),
+        # a local user's process named sshd, logging through syslog
+        journal_entry(3, _UID="1000"),
+        # sshd's stderr (`sshd -e`): a newline in a client-chosen certificate key ID
+        # would start a line like this one
+        journal_entry(4, _TRANSPORT="stdout"),
+        journal_entry(5, _COMM="logger"),
+    ]
+    (tmp_path / "journal.json").write_text(json.dumps(journal))
+    fake = tmp_path / "bin" / "journalctl"
+    fake.parent.mkdir()
+    fake.write_text(
+        FAKE_JOURNALCTL.format(python=sys.executable, journal=str(tmp_path / "journal.json"))
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    reply, _ = remote.handle_request(
+        {"id": 1, "op": "auth_log", "source": source, "position": None, "match": MARKERS}
+    )
+    assert reply["ok"] is True and reply["source"] == "journal"
+    assert [line["text"] for line in reply["lines"]] == [JOURNAL_LOGIN.format(n) for n in (1, 2)]

@@ -1034,6 +1034,11 @@ def op_sshd_config(req: dict[str, Any]) -> dict[str, Any]:
 MAX_LOG_LINES = 50_000  # lines returned per auth_log request; the rest comes next time
 MAX_LOG_BYTES = 16 << 20
 AUTH_LOG_FILES = ("/var/log/auth.log", "/var/log/secure")
+# Which journal entries are sshd's own (journalctl ORs values of one field, ANDs fields):
+# logged through syslog(3) by a root process named sshd or sshd-session. _COMM alone can
+# be chosen by any local user, and sshd's stderr (`sshd -e`) does not escape newlines, so
+# a client-chosen certificate key ID could end one line and forge the next.
+JOURNAL_MATCH = ("_COMM=sshd", "_COMM=sshd-session", "_TRANSPORT=syslog", "_UID=0")
 
 
 def _journal_has_sshd() -> bool:
@@ -1043,7 +1048,7 @@ def _journal_has_sshd() -> bool:
         return False
     try:
         proc = subprocess.run(
-            ["journalctl", "-q", "--no-pager", "-n", "1", "-o", "cat", "_COMM=sshd"],
+            ["journalctl", "-q", "--no-pager", "-n", "1", "-o", "cat", *JOURNAL_MATCH],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -1067,8 +1072,7 @@ def _read_journal(cursor: object, match: tuple[bytes, ...] | None) -> dict[str, 
         "-n",
         str(MAX_LOG_LINES),
         "--show-cursor",
-        "_COMM=sshd",
-        "_COMM=sshd-session",
+        *JOURNAL_MATCH,
     ]
     if isinstance(cursor, str) and cursor:
         argv = [a for a in argv if a not in ("-n", str(MAX_LOG_LINES))]
