@@ -68,10 +68,13 @@ _BY_FIRST_LETTER = {entry[1][0]: entry for entry in _PATTERNS}
 LOGIN_MARKERS: tuple[str, ...] = tuple(marker.strip() for _, marker, _ in _PATTERNS)
 _RFC3339_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
 _TRADITIONAL_TIME = r"[A-Z][a-z]{2}\s+\d{1,2} \d\d:\d\d:\d\d"
-# A syslog line: time, host name, sshd's tag, then sshd's message.
+# A syslog line: an optional <priority>, the time, the host name, busybox's optional
+# facility.level (Alpine), sshd's tag, then sshd's message. No other optional token is
+# allowed: another program's tag followed by text would then pass for a host and a tag.
 _SYSLOG_PREFIX = re.compile(
-    rf"(?:(?P<rfc3339>{_RFC3339_TIME})|(?P<traditional>{_TRADITIONAL_TIME}))"
-    r"\s+\S+\s+sshd(?:-session)?\[\d+\]:\s?"
+    r"(?:<\d{1,3}>)?"
+    rf"(?:(?P<rfc3339>{_RFC3339_TIME})|(?P<traditional>{_TRADITIONAL_TIME})(?:\.(?P<frac>\d+))?)"
+    r"\s+\S+\s+(?:[a-z]+\.[a-z]+\s+)?sshd(?:-session)?\[\d+\]:\s?"
 )
 
 
@@ -144,7 +147,8 @@ def _syslog_time(prefix: re.Match[str], fallback: datetime) -> datetime:
         )
     except ValueError:
         return fallback
-    value = value.replace(tzinfo=UTC)
+    frac = prefix.group("frac")
+    value = value.replace(tzinfo=UTC, microsecond=int(frac[:6].ljust(6, "0")) if frac else 0)
     # Syslog omits the year; a date "in the future" belongs to last year.
     if value > fallback + timedelta(days=1):
         value = value.replace(year=value.year - 1)

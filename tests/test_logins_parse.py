@@ -20,69 +20,55 @@ NOW = datetime(2026, 11, 24, 6, 0, 0, tzinfo=UTC)
 ACCEPT = f"Accepted publickey for deploy from 203.0.113.7 port 51702 ssh2: ED25519 {FP}"
 FORGED = f"Accepted publickey for root from 10.0.0.1 port 22 ssh2: E {FP}"
 
+
+def accepted_at(at: datetime) -> tuple[object, ...]:
+    """What ACCEPT gives when its time is ``at``."""
+    return ("accepted", "deploy", "203.0.113.7", 51702, FP, "alice", at)
+
+
 # (case, line text, journal timestamp, expected (outcome, account, addr, port, fp, person, at))
 CASES = [
     (
         "raw message (sshd -E, journal)",
         ACCEPT,
         None,
-        ("accepted", "deploy", "203.0.113.7", 51702, FP, "alice", NOW),
+        accepted_at(NOW),
     ),
     (
         "journal time wins",
         ACCEPT,
         datetime(2026, 11, 24, 5, 0, tzinfo=UTC).timestamp(),
-        (
-            "accepted",
-            "deploy",
-            "203.0.113.7",
-            51702,
-            FP,
-            "alice",
-            datetime(2026, 11, 24, 5, 0, tzinfo=UTC),
-        ),
+        accepted_at(datetime(2026, 11, 24, 5, 0, tzinfo=UTC)),
     ),
     (
         "traditional syslog",
         f"Nov 24 05:53:34 web-1 sshd[812]: {ACCEPT}",
         None,
-        (
-            "accepted",
-            "deploy",
-            "203.0.113.7",
-            51702,
-            FP,
-            "alice",
-            datetime(2026, 11, 24, 5, 53, 34, tzinfo=UTC),
-        ),
+        accepted_at(datetime(2026, 11, 24, 5, 53, 34, tzinfo=UTC)),
     ),
     (
         "RFC 3339 syslog, sshd-session tag",
         f"2026-11-24T05:53:34.250+00:00 web-1 sshd-session[812]: {ACCEPT}",
         None,
-        (
-            "accepted",
-            "deploy",
-            "203.0.113.7",
-            51702,
-            FP,
-            "alice",
-            datetime(2026, 11, 24, 5, 53, 34, 250000, tzinfo=UTC),
-        ),
+        accepted_at(datetime(2026, 11, 24, 5, 53, 34, 250000, tzinfo=UTC)),
+    ),
+    (
+        "busybox syslogd (Alpine): facility.level before the tag",
+        f"Nov 24 05:53:34 web-1 authpriv.info sshd[812]: {ACCEPT}",
+        None,
+        accepted_at(datetime(2026, 11, 24, 5, 53, 34, tzinfo=UTC)),
+    ),
+    (
+        "priority, and fractional seconds on a traditional time",
+        f"<38>Nov 24 05:53:34.25 web-1 sshd[812]: {ACCEPT}",
+        None,
+        accepted_at(datetime(2026, 11, 24, 5, 53, 34, 250000, tzinfo=UTC)),
     ),
     (
         "syslog without a year: a future date is last year's",
         f"Dec 31 23:59:59 web-1 sshd[812]: {ACCEPT}",
         None,
-        (
-            "accepted",
-            "deploy",
-            "203.0.113.7",
-            51702,
-            FP,
-            "alice",
-            datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC),
-        ),
+        accepted_at(datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)),
     ),
     (
         "certificate login",
@@ -153,6 +139,10 @@ IGNORED = [
         f"Connection closed by invalid user sshd[1]: {FORGED} 203.0.113.9 port 4444 [preauth]",
     ),
     ("login text in another program's syslog line", f"Nov 24 05:53:34 web-1 sudo[9]: {ACCEPT}"),
+    (
+        "another program's line made to look like host, facility and tag",
+        f"Nov 24 05:53:34 web-1 cron[9]: auth.info sshd[1]: {ACCEPT}",
+    ),
     ("login text later in a raw line", f"error: {ACCEPT}"),
     ("not a login", "Connection from 203.0.113.7 port 51702 on 127.0.0.1 port 22"),
     ("cut short", "Accepted publickey for deploy from 203.0.113.7 port"),
