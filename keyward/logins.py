@@ -174,10 +174,8 @@ def parse_lines(
         entry = _BY_FIRST_LETTER.get(message[:1])
         if entry is None:
             continue
-        outcome, marker, pattern = entry
-        if not message.startswith(marker):
-            continue
-        match = pattern.match(message)
+        outcome, _, pattern = entry
+        match = pattern.match(message)  # each pattern begins with its marker
         if match is None:
             continue
         fields = match.groupdict()
