@@ -96,7 +96,8 @@ def test_forged_journal_text_is_still_a_failure_only_when_sshd_logged_it(
     assert env.can_login(env.hosts[0], env.deploy, "alice")
 
 
-def test_a_login_after_offboarding_is_alerted_and_in_the_evidence(env: AgentEnv) -> None:
+def test_a_login_after_offboarding_is_alerted_and_in_the_evidence(env_any_db: AgentEnv) -> None:
+    env = env_any_db
     fingerprint = env.person_with_key("alice", "devops")
     env.kw.ok("reconcile")
     before = env.hosts[0]
@@ -127,3 +128,32 @@ def test_a_login_after_offboarding_is_alerted_and_in_the_evidence(env: AgentEnv)
     report = env.kw.ok("report", "offboarding", "alice").out
     assert "## Logins after the offboarding began" in report
     assert f"| {down.name} | {env.deploy} | 127.0.0.3 |" in report
+
+
+def test_restrict_allows_only_addresses_the_journal_saw(env_any_db: AgentEnv) -> None:
+    """A trusted file can still not widen a failure mode: a forged login from an address
+    of the forger's choosing does not land in bob's from= list."""
+    env = env_any_db
+    env.rewrite_inventory(
+        dataclasses.replace(
+            env.spec, policy=("failed_login_threshold = 3", 'failure_mode = "restrict"')
+        )
+    )
+    fingerprint = env.person_with_key("bob", "devops")
+    journal_host = env.hosts[1]
+    use_journal(env, journal_host)
+    env.kw.ok("reconcile")
+    assert login(env, journal_host, env.deploy, "bob", "127.0.0.2") == 0
+    forge(env, fingerprint, failures=0)  # "bob" from 198.51.100.7, in hosts[0]'s trusted file
+    env.kw.ok("reconcile")
+    assert {e["source"] for e in logins(env, "--person", "bob")} == {"127.0.0.2", "198.51.100.7"}
+    for _ in range(5):
+        assert login(env, journal_host, env.app, "bob", "127.0.0.9") == 255
+    env.kw.ok("reconcile")
+    (mode,) = [
+        e["details"]
+        for e in env.kw.ok("audit", "log", "--json", "--person", "bob").json()
+        if e["action"] == "person.failure-mode"
+    ]
+    assert (mode["mode"], mode["addresses"]) == ("restrict", ["127.0.0.2"])
+    assert 'from="127.0.0.2"' in env.file(journal_host, env.deploy).read_text()
