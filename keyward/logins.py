@@ -103,6 +103,11 @@ class LoginEvent:
     person: str | None
     pos: str | None
     order: int = 0  # position within its batch, to order events that share a timestamp
+    # What the line was read from: "journal", or "file:<path>" ("file" when read back from
+    # the registry). Only journal events can put someone into failure mode: anyone on the
+    # host can write a file's lines. The default is the weaker kind, so that an event
+    # built without saying where it came from never counts as the journal's.
+    source: str = "file"
 
     def __init__(
         self,
@@ -116,8 +121,9 @@ class LoginEvent:
         person: str | None,
         pos: str | None,
         order: int = 0,
+        source: str = "file",
     ) -> None:
-        # One dict update instead of the ten object.__setattr__ calls a frozen dataclass
+        # One dict update instead of the eleven object.__setattr__ calls a frozen dataclass
         # makes: a collection builds one of these per login line (100,000 in a large run).
         self.__dict__.update(
             host=host,
@@ -130,7 +136,12 @@ class LoginEvent:
             person=person,
             pos=pos,
             order=order,
+            source=source,
         )
+
+    @property
+    def from_journal(self) -> bool:
+        return self.source == "journal"
 
 
 def _syslog_time(prefix: re.Match[str], fallback: datetime) -> datetime:
@@ -160,8 +171,10 @@ def parse_lines(
     lines: Sequence[LogLine],
     owners: Mapping[str, str],
     collected_at: datetime,
+    source: str = "file",
 ) -> list[LoginEvent]:
-    """Login events in ``lines``; ``owners`` maps fingerprints to usernames.
+    """Login events in ``lines``; ``owners`` maps fingerprints to usernames; ``source``
+    (``journal`` or ``file:<path>``) is what the lines were read from.
 
     A line is either sshd's message itself (the journal's ``MESSAGE``, ``sshd -E``) or
     a syslog line whose prefix names sshd; anything else is not sshd's and is ignored.
@@ -199,6 +212,7 @@ def parse_lines(
                 owners.get(fingerprint) if fingerprint else None,
                 line.pos,
                 index,
+                source,
             )
         )
     return events
@@ -234,7 +248,7 @@ class Session:
 
 @dataclass(frozen=True)
 class Alert:
-    kind: Literal["multi_source", "new_source", "failed_logins"]
+    kind: Literal["multi_source", "new_source", "failed_logins", "login_after_offboarding"]
     person: str | None
     host: str | None
     account: str | None

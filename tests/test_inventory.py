@@ -122,6 +122,11 @@ ENV_CASES: list[tuple[str, str, str]] = [
         "production.toml: hosts[0].port: must be an integer 1-65535",
     ),
     (
+        "auth-log-trusted-string",
+        env_text(host_extra='auth_log_trusted = "yes"'),
+        "production.toml: hosts[0].auth_log_trusted: must be true or false, not a string",
+    ),
+    (
         "port-bool",
         env_text(host_extra="port = true"),
         "production.toml: hosts[0].port: must be an integer 1-65535",
@@ -541,6 +546,8 @@ def test_defaults_and_normalisation(tmp_path: Path) -> None:
     accounts = ["deploy", "admin"]
     authorized_keys = [".ssh/authorized_keys", "%h/.ssh/authorized_keys2", ".ssh/authorized_keys"]
     mode = "managed-block"
+    auth_log = "/var/log/auth.log"
+    auth_log_trusted = true
 
     [[hosts]]
     name = "h1"
@@ -550,6 +557,7 @@ def test_defaults_and_normalisation(tmp_path: Path) -> None:
     port = 22
     accounts = []
     customer = "globex"
+    auth_log_trusted = false
     """
     root = write(tmp_path / "inv", {"staging.toml": text})
     inventory = load_inventory(root)
@@ -566,6 +574,11 @@ def test_defaults_and_normalisation(tmp_path: Path) -> None:
     assert h2.port == 22
     assert h2.managed_accounts == ("admin",)
     assert h2.customer == "globex"
+    # A log file is believed only where the inventory says so; a host can take it back.
+    assert (h1.auth_log, h1.auth_log_trusted) == ("/var/log/auth.log", True)
+    assert (h2.auth_log, h2.auth_log_trusted) == ("/var/log/auth.log", False)
+    example = load_inventory(EXAMPLE)
+    assert not any(host.auth_log_trusted for host in example.hosts())
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
@@ -11,6 +12,7 @@ from keyward.agent.login_store import (
     close_earlier_sessions,
     fresh_logins,
     insert_many,
+    recent_failures,
 )
 from keyward.logins import LoginEvent
 from keyward.registry.models import LoginEvent as LoginRow
@@ -113,3 +115,27 @@ def test_a_disconnect_closes_only_the_newest_open_session_on_its_port(db_url: st
     with registry.read() as session:
         ends = [r.session_end for r in session.exec(select(LoginRow).order_by(LoginRow.id))]  # type: ignore[arg-type]
     assert ends == [None, T1]
+
+
+def test_where_an_event_came_from_is_kept_in_its_stored_position(db_url: str) -> None:
+    """Failure mode believes only the journal: that must survive storage, while rows stored
+    before the mark existed (and every file's) read back as a file's."""
+    registry, _, _ = Registry.initialise(db_url)
+    journal = dataclasses.replace(event("failed", 1, "s=ab;i=1"), source="journal")
+    file = dataclasses.replace(event("failed", 2, "7:0"), source="file:/var/log/auth.log")
+    with registry.write("test") as tx:
+        connection = tx.session.connection()
+        batch = fresh_logins(connection, "web-1", [journal, file], T0)
+        insert_many(connection, LOGIN_TABLE, batch.rows)
+        legacy = {**batch.rows[1], "pos": "s=ab;i=2", "port": 3}  # an old row: no mark
+        insert_many(connection, LOGIN_TABLE, [legacy])
+    with registry.write("test") as tx:
+        connection = tx.session.connection()
+        again = fresh_logins(connection, "web-1", [journal, file], T1)
+        back = recent_failures(connection, T0 - timedelta(minutes=1))
+    assert again.fresh == []  # the marked position still de-duplicates
+    assert sorted((e.port, e.source, e.pos) for e in back) == [
+        (1, "journal", "journal:s=ab;i=1"),
+        (2, "file", "7:0"),
+        (3, "file", "s=ab;i=2"),
+    ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from keyward.localfleet import FleetHost, ssh_command
 from tests.agent_env import AgentEnv
+from tests.journal_standin import use_journal
 
 
 def ssh_from(
@@ -149,8 +150,9 @@ def test_failed_logins_alert_notify_and_suspend_until_cleared(
         )
     )
     env.person_with_key("bob", "devops")
-    env.kw.ok("reconcile")
     host = env.hosts[0]
+    use_journal(env, host)  # failure mode is entered only on what the journal logged
+    env.kw.ok("reconcile")
     assert login(env, host, env.deploy, "bob", "127.0.0.2") == 0
     for _ in range(5):  # bob's key on an account he was never granted
         assert login(env, host, env.app, "bob", "127.0.0.9") == 255

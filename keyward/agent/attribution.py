@@ -6,6 +6,14 @@ events are attributed to people by fingerprint, stored without duplicates
 disconnect, and the alert rules of ``keyward.logins`` run over the result.
 Every alert and every failure-mode change is an audit event; every alert is
 logged and, when configured, piped as JSON to the alert command.
+
+Which lines count: a log *file* is not authenticated (any local user can run
+``logger -t 'sshd[1]' 'Accepted publickey for root ...'`` into syslog), so a
+file's lines are attributed only when the inventory marks the host's
+``auth_log_trusted``, and are otherwise not stored at all; the journal, filtered
+to what a root sshd logged through syslog, is always used. Failure mode, which
+takes someone's access away, is entered only on failures read from the journal,
+and restricts to addresses seen in the journal.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from sqlalchemy import Connection
 from sqlmodel import col, select
 
 from keyward.agent.login_store import (
+    JOURNAL_POS,
     LOGIN_TABLE,
     HostLogins,
     chunks,
@@ -33,7 +42,7 @@ from keyward.agent.login_store import (
     session_of,
 )
 from keyward.agent.reconcile import AuthBatch, HostResult
-from keyward.inventory.model import Inventory, PolicySettings
+from keyward.inventory.model import Host, Inventory, PolicySettings
 from keyward.logins import (
     Alert,
     LoginEvent,
@@ -45,7 +54,7 @@ from keyward.logins import (
 from keyward.logs import get_logger
 from keyward.registry.bulk import insert_many
 from keyward.registry.models import Alert as AlertRow
-from keyward.registry.models import AuthLogPosition, FailureMode, Person
+from keyward.registry.models import AuthLogPosition, FailureMode, OffboardingCase, Person
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.store import Registry, WriteTx
 from keyward.state import RegistrySnapshot
@@ -91,13 +100,18 @@ def record_logins(
     to the new lines, not to the hosts times the stored history.
     """
     batches = [
-        (r.host.name, r.auth) for r in results if r.auth is not None and r.auth.position is not None
+        (r.host, r.auth) for r in results if r.auth is not None and r.auth.position is not None
     ]
     if not batches:
         return Collected(0, (), 0)
     owners = {record.fingerprint: record.owner for record in snapshot.keys}
     owners.update(extra_owners or {})
-    parsed = [(host, batch, parse_lines(host, batch.lines, owners, now)) for host, batch in batches]
+    parsed = [
+        (host.name, batch, parse_lines(host.name, batch.lines, owners, now, batch.kind))
+        if trusted_source(host, batch)
+        else (host.name, batch, _ignored(host, batch))
+        for host, batch in batches
+    ]
     alert_ids: list[int] = []
     modes = 0
     with registry.write(actor) as tx:
@@ -107,7 +121,8 @@ def record_logins(
         # the rules read the stored history before the new rows go in.
         for logins in stored:
             close_earlier_sessions(connection, logins.host, logins.unpaired)
-        alerts = _alerts(tx, stored, policy, now)
+        alerts, journal_backed = _alerts(tx, stored, policy, now)
+        alerts += _after_offboarding(tx, stored)
         insert_many(connection, LOGIN_TABLE, [row for logins in stored for row in logins.rows])
         _save_positions(tx, [(host, batch) for host, batch, _ in parsed], now)
         for alert in alerts:
@@ -128,9 +143,32 @@ def record_logins(
                 alert.person or alert.host or "fleet",
                 {"alert_id": row.id, "kind": alert.kind, "summary": alert.summary},
             )
-            if alert.kind == "failed_logins" and alert.person and policy.failure_mode != "off":
+            if (
+                alert.kind == "failed_logins"
+                and alert.person
+                and alert.person in journal_backed
+                and policy.failure_mode != "off"
+            ):
                 modes += _enter_failure_mode(tx, alert.person, row, policy, now)
     return Collected(sum(len(events) for _, _, events in parsed), tuple(alert_ids), modes)
+
+
+def trusted_source(host: Host, batch: AuthBatch) -> bool:
+    """Whether ``batch``'s lines may be attributed: the journal always, a file only when the
+    inventory vouches for it (``auth_log_trusted``), since anyone on the host can write one."""
+    return batch.kind == "journal" or host.auth_log_trusted
+
+
+def _ignored(host: Host, batch: AuthBatch) -> list[LoginEvent]:
+    """No events from an untrusted file; say so, once per collection that had lines."""
+    if batch.lines:
+        get_logger().warning(
+            "logins_untrusted_source",
+            host=host.name,
+            source=batch.kind,
+            lines=len(batch.lines),
+        )
+    return []
 
 
 def _save_positions(tx: WriteTx, batches: list[tuple[str, AuthBatch]], now: datetime) -> None:
@@ -154,9 +192,12 @@ def _save_positions(tx: WriteTx, batches: list[tuple[str, AuthBatch]], now: date
 
 def _alerts(
     tx: WriteTx, stored: list[HostLogins], policy: PolicySettings, now: datetime
-) -> list[Alert]:
-    """The alert rules over the batch's new events and the stored history they can touch."""
+) -> tuple[list[Alert], set[str]]:
+    """The alert rules over the batch's new events and the stored history they can touch,
+    and the people whose ``failed_logins`` alert the journal's failures alone would raise
+    (only they may enter failure mode)."""
     connection = tx.session.connection()
+    journal_backed: set[str] = set()
     fresh = [e for logins in stored for e in logins.fresh]
     accepted = [e for e in fresh if e.outcome == "accepted"]
     alerts: list[Alert] = []
@@ -171,23 +212,77 @@ def _alerts(
         recent = recent_failures(connection, now - window) + failed
         for alert in failed_login_alerts(recent, policy.failed_login_threshold, window, now):
             last = _last_alert(tx, alert)
-            if last is None:
-                alerts.append(alert)
-                continue
             # Only failures after the previous alert about the same person or account count
             # again: clearing an alert must not re-raise it from the same failures.
-            since = last.created_at
-            newer = [
+            since = last.created_at if last is not None else None
+            basis = [
                 e
                 for e in recent
-                if e.at > since
+                if e.outcome in ("failed", "invalid_user")
+                and e.at >= now - window
+                and (since is None or e.at > since)
                 and (
                     (alert.person and e.person == alert.person)
                     or (not alert.person and (e.host, e.account) == (alert.host, alert.account))
                 )
             ]
-            if len(newer) > policy.failed_login_threshold:
-                alerts.append(alert)
+            if last is not None and len(basis) <= policy.failed_login_threshold:
+                continue
+            alerts.append(alert)
+            journal = [e for e in basis if e.from_journal]
+            if alert.person and len(journal) > policy.failed_login_threshold:
+                journal_backed.add(alert.person)
+    return alerts, journal_backed
+
+
+def _after_offboarding(tx: WriteTx, stored: list[HostLogins]) -> list[Alert]:
+    """Logins by people at or after the start of their offboarding case.
+
+    A host that was down during ``keyward offboard`` still has the person's key until
+    the agent reaches it again; a login in between is evidence the report must show.
+    One alert per person, host and account in a collection.
+    """
+    accepted = [e for logins in stored for e in logins.fresh if e.outcome == "accepted"]
+    people = sorted({e.person for e in accepted if e.person})
+    if not people:
+        return []
+    cases: dict[str, tuple[int, datetime]] = {}
+    for chunk in chunks(people):
+        for username, case_id, started_at in tx.session.exec(
+            select(Person.username, OffboardingCase.id, OffboardingCase.started_at)
+            .join(OffboardingCase, col(OffboardingCase.person_id) == col(Person.id))
+            .where(col(Person.username).in_(chunk))
+            .order_by(col(OffboardingCase.id))
+        ):
+            cases[username] = (case_id or 0, started_at)  # the latest case wins
+    late: dict[tuple[str, str, str], list[LoginEvent]] = {}
+    for e in accepted:
+        case = cases.get(e.person or "")
+        if case is not None and e.at >= case[1]:
+            late.setdefault((e.person or "", e.host, e.account), []).append(e)
+    alerts: list[Alert] = []
+    for (person, host, account), events in sorted(late.items()):
+        case_id, started_at = cases[person]
+        addresses = sorted({e.addr for e in events})
+        alerts.append(
+            Alert(
+                "login_after_offboarding",
+                person,
+                host,
+                account,
+                f"{person} logged in to {account}@{host} after their offboarding began "
+                f"({started_at.strftime('%Y-%m-%dT%H:%M:%SZ')}): {len(events)} login(s) "
+                f"from {', '.join(addresses)}",
+                {
+                    "case_id": case_id,
+                    "count": len(events),
+                    "addresses": addresses,
+                    "fingerprints": sorted({e.fingerprint for e in events if e.fingerprint}),
+                    "first_at": min(e.at for e in events).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "source": sorted({e.source for e in events}),
+                },
+            )
+        )
     return alerts
 
 
@@ -254,8 +349,11 @@ def _enter_failure_mode(
         addresses = sorted(
             set(
                 tx.session.exec(
+                    # Only addresses the journal saw: a line in a file could add any.
                     select(LoginRow.addr).where(
-                        LoginRow.person == username, LoginRow.outcome == "accepted"
+                        LoginRow.person == username,
+                        LoginRow.outcome == "accepted",
+                        col(LoginRow.pos).startswith(JOURNAL_POS),
                     )
                 ).all()
             )

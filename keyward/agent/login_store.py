@@ -58,11 +58,30 @@ def session_of(row: dict[str, Any]) -> Session:
     )
 
 
+# login_event has no column for where an event was read from, and a new one would need a
+# migration; the position column already names the source's own position, so a journal
+# event's position is stored as "journal:<cursor>". Only rows marked so count as the
+# journal's (failure mode reads nothing else); rows of files, and rows stored before this
+# mark existed, read back as "file".
+JOURNAL_POS = "journal:"
+
+
+def stored_pos(event: LoginEvent) -> str:
+    """The ``pos`` value stored for ``event``: unique per host, and marked if from the journal."""
+    pos = event.pos or f"{event.at.isoformat()}:{event.order}"
+    return JOURNAL_POS + pos if event.from_journal else pos
+
+
+def source_of_pos(pos: str) -> str:
+    """``journal`` or ``file``: where a stored row's event was read from (see ``stored_pos``)."""
+    return "journal" if pos.startswith(JOURNAL_POS) else "file"
+
+
 def fresh_logins(
     connection: Connection, host: str, events: list[LoginEvent], now: datetime
 ) -> HostLogins:
     """Drop events already stored (by position); pair accepts and disconnects in memory."""
-    positions = [e.pos for e in events if e.pos]
+    positions = [stored_pos(e) for e in events if e.pos]
     existing: set[str] = set()
     for chunk in chunks(positions):
         existing.update(
@@ -75,7 +94,7 @@ def fresh_logins(
     out = HostLogins(host)
     opened: dict[tuple[str, int], dict[str, Any]] = {}
     for event in events:
-        pos = event.pos or f"{event.at.isoformat()}:{event.order}"
+        pos = stored_pos(event)
         if pos in existing:
             continue
         existing.add(pos)
@@ -244,7 +263,16 @@ def recent_failures(connection: Connection, since: datetime) -> list[LoginEvent]
     t = LOGIN_TABLE.c
     return [
         LoginEvent(
-            r.host, r.account, r.at, r.outcome, r.addr, r.port, r.fingerprint, r.person, r.pos
+            r.host,
+            r.account,
+            r.at,
+            r.outcome,
+            r.addr,
+            r.port,
+            r.fingerprint,
+            r.person,
+            r.pos,
+            source=source_of_pos(r.pos),
         )
         for r in connection.execute(
             select(

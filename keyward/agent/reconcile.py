@@ -51,10 +51,19 @@ class Confirmation:
 class AuthBatch:
     """New sshd log lines from one host and where reading stopped."""
 
-    source: str
+    source: str  # "journal" or "file", as the host's helper read it
     lines: tuple[LogLine, ...]
     position: dict[str, Any] | None
     error: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``journal`` or ``file:<path>``: what the lines came from, which decides whether
+        they may be attributed (see ``keyward.agent.attribution``)."""
+        if self.source == "journal":
+            return "journal"
+        path = (self.position or {}).get("path")
+        return f"file:{path}" if isinstance(path, str) else "file"
 
 
 @dataclass(frozen=True)

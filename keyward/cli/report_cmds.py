@@ -18,6 +18,7 @@ from keyward.registry import ops
 from keyward.registry.models import (
     AuditEvent,
     HostState,
+    LoginEvent,
     OffboardingCase,
     OffboardingTarget,
     SshKey,
@@ -51,6 +52,8 @@ def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str
 
 
 def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
+    from keyward.agent.login_store import source_of_pos
+
     with app.registry().read() as session:
         person = ops.find_person(session, username)
         cases = session.exec(
@@ -73,6 +76,19 @@ def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
             select(AuditEvent)
             .where(AuditEvent.subject == username, AuditEvent.at >= case.started_at)
             .order_by(col(AuditEvent.seq))
+        ).all()
+        # Logins with the person's keys at or after the case opened: a host that was down
+        # during the offboarding kept the key until the agent reached it again.
+        fingerprints = [str(fp) for fp in json.loads(case.fingerprints or "[]")]
+        late_logins = session.exec(
+            select(LoginEvent)
+            .where(
+                LoginEvent.outcome == "accepted",
+                col(LoginEvent.at) >= case.started_at,
+                (col(LoginEvent.person) == username)
+                | col(LoginEvent.fingerprint).in_(fingerprints),
+            )
+            .order_by(col(LoginEvent.at), col(LoginEvent.id))
         ).all()
         return {
             "person": {
@@ -114,6 +130,18 @@ def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
             "audit_events": [
                 {"seq": e.seq, "at": ts(e.at), "actor": e.actor, "action": e.action, "hash": e.hash}
                 for e in events
+            ],
+            "logins_after_offboarding": [
+                {
+                    "at": ts(e.at),
+                    "host": e.host,
+                    "account": e.account,
+                    "address": e.addr,
+                    "fingerprint": e.fingerprint,
+                    "session_end": ts(e.session_end),
+                    "log_source": source_of_pos(e.pos),
+                }
+                for e in late_logins
             ],
         }
 
@@ -175,6 +203,26 @@ def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
         "",
         "\n".join(f"- {h['host']} {h['account']}: {h['open_issue']}" for h in open_items)
         or "Nothing: every managed file is confirmed.",
+        "",
+        "## Logins after the offboarding began",
+        "",
+        "Accepted logins with the person's keys that sshd logged at or after the case opened "
+        "(a host that was unreachable kept the key until the agent reached it again).",
+        "",
+        _md_table(
+            data["logins_after_offboarding"],
+            [
+                ("at", "At"),
+                ("host", "Host"),
+                ("account", "Account"),
+                ("address", "From"),
+                ("fingerprint", "Key"),
+                ("session_end", "Session ended"),
+                ("log_source", "Log"),
+            ],
+        )
+        if data["logins_after_offboarding"]
+        else "None seen in the collected logs.",
         "",
         "## Audit trail",
         "",

@@ -92,6 +92,7 @@ _DEFAULT_FIELDS = (
     "mode",
     "accounts",
     "auth_log",
+    "auth_log_trusted",
     "sshd_config",
 )
 _HOST_FIELDS = (
@@ -105,6 +106,7 @@ _HOST_FIELDS = (
     "accounts",
     "customer",
     "auth_log",
+    "auth_log_trusted",
     "sshd_config",
 )
 _ACCESS_FIELDS = ("roles", "accounts", "groups", "hosts", "options")
@@ -232,6 +234,15 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.add(_join(where, field), f"must be an integer {low}-{high}")
+            return default
+        return value
+
+    def boolean(self, table: Mapping[str, Any], where: str, field: str, default: bool) -> bool:
+        value = table.get(field, _MISSING)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self.add(_join(where, field), f"must be true or false, not {_type_name(value)}")
             return default
         return value
 
@@ -596,6 +607,7 @@ class _Loader:
         d_mode = self._mode(reader, defaults, "defaults", DEFAULT_MODE)
         d_accounts = self._accounts(reader, defaults, "defaults", required=False)
         d_auth_log = self._auth_log(reader, defaults, "defaults", "auto")
+        d_trusted = reader.boolean(defaults, "defaults", "auth_log_trusted", False)
         d_sshd_config = self._sshd_config(reader, defaults, "defaults", DEFAULT_SSHD_CONFIG)
 
         hosts: list[Host] = []
@@ -627,6 +639,7 @@ class _Loader:
                 accounts=accounts,
                 customer=reader.string(table, where, "customer", customer),
                 auth_log=self._auth_log(reader, table, where, d_auth_log),
+                auth_log_trusted=reader.boolean(table, where, "auth_log_trusted", d_trusted),
                 sshd_config=self._sshd_config(reader, table, where, d_sshd_config),
             )
             if len(host.managed_accounts) > 1:

@@ -88,6 +88,12 @@ class Host:
     accounts: tuple[str, ...]
     customer: str | None = None
     auth_log: str = "auto"  # where sshd logs: auto, journal, or an absolute file path
+    # Whether logins read from a log *file* may be attributed and alerted on. Any local user
+    # can write sshd-looking lines into a syslog file (logger -t 'sshd[1]' ...), so a file
+    # is not evidence of who logged in unless the operator vouches for it here; the journal
+    # (filtered to what a root sshd logged through syslog) is always used. Even a trusted
+    # file never puts anyone into failure mode.
+    auth_log_trusted: bool = False
     sshd_config: str = "/etc/ssh/sshd_config"  # what `keyward plan` checks with sshd -T
 
     @property
