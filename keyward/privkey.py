@@ -194,6 +194,7 @@ def inspect_private_key(data: bytes) -> PrivateKeyReport:
             saw_openssh = True
         elif label == "EC PARAMETERS":
             curve = _ec_parameters_curve(body)
+            others.append(label)
         elif label.endswith("PRIVATE KEY"):
             if label in _PEM_TYPES:
                 return _inspect_pem(label, body, curve)
@@ -344,11 +345,9 @@ def _ec_parameters_curve(body: str) -> str | None:
     """The curve an ``EC PARAMETERS`` block names, or None if not a named curve."""
     try:
         tag, value, _ = _der(_b64(body), 0)
+        return _oid(value) if tag == 0x06 else None
     except (WireError, KeyPolicyError):
         return None
-    if tag != 0x06:
-        return None
-    return _oid(value)
 
 
 def _refuse_curve(oid: str) -> None:

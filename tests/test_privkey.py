@@ -192,6 +192,11 @@ def test_sk_hint_does_not_excuse_clear_pem(keydir: Path) -> None:
             "base64",
         ),
         (b"-----BEGIN FOO PRIVATE KEY-----\nAAAA\n-----END FOO PRIVATE KEY-----\n", "unsupported"),
+        # An EC PARAMETERS block whose OID is empty, and nothing else.
+        (
+            b"-----BEGIN EC PARAMETERS-----\nBgA=\n-----END EC PARAMETERS-----\n",
+            "no private key, only EC PARAMETERS",
+        ),
     ],
 )
 def test_not_private_keys(data: bytes, reason: str) -> None:
