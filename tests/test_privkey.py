@@ -244,6 +244,8 @@ DIFFERENTIAL = {
     "v1-sk-ed25519": "clear",
     "v1-sk-ecdsa": "clear",
     "pem-rsa": "protected",
+    "pkcs8-rsa": "protected",
+    "pem-ed25519": "protected",
     "pem-rsa-clear": "clear",
     "pem-ecdsa384": "protected",
     "pem-ecdsa384-clear": "clear",
@@ -379,10 +381,11 @@ def _build_corpus(d: Path) -> dict[str, Path]:
     for bits in (256, 384, 521):
         keygen(f"v1-ecdsa{bits}", "-t", "ecdsa", "-b", str(bits), *fast)
 
-    def to_v1(source: Path, name: str) -> None:
+    def convert(source: Path, name: str, *fmt: str) -> None:
+        """Rewrite a copy with ssh-keygen -p (openssh-key-v1 unless -m is given)."""
         (d / name).write_bytes(source.read_bytes())
         (d / name).chmod(0o600)
-        _run(SSH_KEYGEN, "-q", "-p", "-P", PASS, "-N", PASS, *fast, "-f", str(d / name))
+        _run(SSH_KEYGEN, "-q", "-p", "-P", PASS, "-N", PASS, *fast, *fmt, "-f", str(d / name))
         out[name] = d / name
 
     try:
@@ -390,11 +393,14 @@ def _build_corpus(d: Path) -> dict[str, Path]:
     except subprocess.CalledProcessError:
         pass  # OpenSSH 10 no longer generates DSA keys; those two samples are skipped
     else:
-        to_v1(dsa, "v1-dsa")
+        convert(dsa, "v1-dsa")
     write("v1-sk-ed25519", _sk_file("sk-ssh-ed25519@openssh.com"))
     write("v1-sk-ecdsa", _sk_file("sk-ecdsa-sha2-nistp256@openssh.com"))
     rsa_pem = keygen("pem-rsa", "-t", "rsa", "-b", "2048", "-m", "PEM")
-    to_v1(rsa_pem, "v1-rsa2048")
+    convert(rsa_pem, "v1-rsa2048")
+    convert(rsa_pem, "pkcs8-rsa", "-m", "PKCS8")
+    # ssh-keygen has no PEM form for Ed25519: -m PEM still writes openssh-key-v1.
+    keygen("pem-ed25519", "-t", "ed25519", "-m", "PEM", *fast)
     inrsa = ("-in", str(rsa_pem), "-passin", f"pass:{PASS}")
     openssl("pem-rsa-clear", "rsa", *inrsa, "-traditional")
     topk8_rsa = ("pkcs8", "-topk8", *inrsa, "-v2", "aes-256-cbc", "-passout", f"pass:{PASS}")
