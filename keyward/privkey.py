@@ -3,9 +3,16 @@
 The registry cannot see whether a private key is protected, so before a user
 proves possession of a key, ``keyward key check`` looks at the file on the
 user's own machine and refuses one that is stored in clear.  Every container
-OpenSSH writes records its protection in clear headers, so nothing here
+OpenSSH loads records its protection in clear headers, so nothing here
 needs the passphrase, decrypts anything, or touches secret bytes: we read
 only the cipher, KDF and (for OpenSSH's own format) the public key.
+
+The verdict must agree with OpenSSH 9.x itself (``sshkey_parse_private2`` and
+``sshkey_parse_private_pem_fileblob`` in sshkey.c): a file OpenSSH loads is
+classified as protected or not, and a file OpenSSH would refuse is refused
+here too, with a one-line reason, rather than waved through as "protected".
+The header checks below therefore mirror the ones OpenSSH makes before (and,
+where they are visible without the key, after) asking for the passphrase.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from dataclasses import dataclass
 from keyward.errors import KeyPolicyError
 from keyward.keys import (
     DSA,
+    ECDSA_256,
+    ECDSA_384,
+    ECDSA_521,
+    RSA,
+    SK_ECDSA_256,
+    SK_ED25519,
     KeyPolicy,
     PublicKey,
     WireError,
@@ -26,29 +39,109 @@ from keyward.keys import (
 )
 
 OPENSSH_MAGIC = b"openssh-key-v1\0"
+# sshkey.c MARK_BEGIN / MARK_END: OpenSSH insists the file starts with the
+# BEGIN line and that the END line follows a newline and ends with one.
+OPENSSH_BEGIN = b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
+OPENSSH_END = b"-----END OPENSSH PRIVATE KEY-----\n"
 MIN_BCRYPT_ROUNDS = 16
 _MAX_FILE = 1024 * 1024
 SK_NOTE = "hardware-backed: the secret never leaves the security key"
+
+# OpenSSH 9.2 cipher.c: name -> (block size, AEAD tag length).  The tag of
+# the chacha20-poly1305 and AES-GCM ciphers follows the encrypted section.
+OPENSSH_CIPHERS: dict[str, tuple[int, int]] = {
+    "3des-cbc": (8, 0),
+    "aes128-cbc": (16, 0),
+    "aes192-cbc": (16, 0),
+    "aes256-cbc": (16, 0),
+    "aes128-ctr": (16, 0),
+    "aes192-ctr": (16, 0),
+    "aes256-ctr": (16, 0),
+    "aes128-gcm@openssh.com": (16, 16),
+    "aes256-gcm@openssh.com": (16, 16),
+    "chacha20-poly1305@openssh.com": (8, 16),
+    "none": (8, 0),
+}
+_SK_TYPES = (SK_ED25519, SK_ECDSA_256)
 
 _ARMOR = re.compile(
     r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----\r?\n(?P<body>.*?)-----END (?P=label)-----",
     re.DOTALL,
 )
 
-# OIDs met in PKCS#8 EncryptedPrivateKeyInfo (RFC 8018, RFC 7914).
-_OIDS = {
-    "1.2.840.113549.1.5.13": "pbes2",
-    "1.2.840.113549.1.5.12": "pbkdf2",
-    "1.3.6.1.4.1.11591.4.11": "scrypt",
-    "2.16.840.1.101.3.4.1.2": "aes-128-cbc",
-    "2.16.840.1.101.3.4.1.22": "aes-192-cbc",
-    "2.16.840.1.101.3.4.1.42": "aes-256-cbc",
-    "1.2.840.113549.3.7": "des-ede3-cbc",
-    "1.2.840.113549.1.5.3": "pbeWithMD5AndDES-CBC",
-    "1.2.840.113549.1.12.1.3": "pbeWithSHAAnd3-KeyTripleDES-CBC",
+# OIDs met in PKCS#8 (RFC 5208/5958, RFC 8018, RFC 7914).  Only the schemes
+# OpenSSL 3's default provider decrypts are named: anything else (PBES1 with
+# DES or RC2, RC2/RC4 PKCS#12 PBEs) fails to load in OpenSSH, so it is refused.
+_PBES2 = "1.2.840.113549.1.5.13"
+_PBKDF2 = "1.2.840.113549.1.5.12"
+_SCRYPT = "1.3.6.1.4.1.11591.4.11"
+_PKCS12_3DES = "1.2.840.113549.1.12.1.3"
+_HMAC_SHA1 = "1.2.840.113549.2.7"
+_PRFS = {
+    _HMAC_SHA1: "hmacWithSHA1",
+    "1.2.840.113549.2.8": "hmacWithSHA224",
+    "1.2.840.113549.2.9": "hmacWithSHA256",
+    "1.2.840.113549.2.10": "hmacWithSHA384",
+    "1.2.840.113549.2.11": "hmacWithSHA512",
 }
+# cipher OID -> (name, IV length)
+_PBES2_CIPHERS = {
+    "2.16.840.1.101.3.4.1.2": ("aes-128-cbc", 16),
+    "2.16.840.1.101.3.4.1.22": ("aes-192-cbc", 16),
+    "2.16.840.1.101.3.4.1.42": ("aes-256-cbc", 16),
+    "1.2.840.113549.3.7": ("des-ede3-cbc", 8),
+    "1.2.392.200011.61.1.1.1.2": ("camellia-128-cbc", 16),
+    "1.2.392.200011.61.1.1.1.3": ("camellia-192-cbc", 16),
+    "1.2.392.200011.61.1.1.1.4": ("camellia-256-cbc", 16),
+    "1.2.410.200046.1.1.2": ("aria-128-cbc", 16),
+    "1.2.410.200046.1.1.7": ("aria-192-cbc", 16),
+    "1.2.410.200046.1.1.12": ("aria-256-cbc", 16),
+}
+# Legacy ``Proc-Type: 4,ENCRYPTED`` PEM: DEK-Info cipher -> IV length.
+_PEM_CIPHERS = {
+    "AES-128-CBC": 16,
+    "AES-192-CBC": 16,
+    "AES-256-CBC": 16,
+    "DES-EDE3-CBC": 8,
+    "CAMELLIA-128-CBC": 16,
+    "CAMELLIA-192-CBC": 16,
+    "CAMELLIA-256-CBC": 16,
+    "ARIA-128-CBC": 16,
+    "ARIA-192-CBC": 16,
+    "ARIA-256-CBC": 16,
+}
+# PKCS#8 key algorithms: OpenSSH 9.x keeps only RSA, DSA and ECDSA keys that
+# OpenSSL decodes (Ed25519 from PKCS#8 arrived in OpenSSH 10.0).
+_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+_KEY_ALGORITHMS = {
+    "1.2.840.113549.1.1.1": "rsa",
+    "1.2.840.10040.4.1": "dsa",
+    _EC_PUBLIC_KEY: "ecdsa",
+    "1.3.101.112": "Ed25519",
+    "1.3.101.113": "Ed448",
+    "1.3.101.110": "X25519",
+    "1.3.101.111": "X448",
+    "1.2.840.113549.1.1.10": "RSA-PSS",
+}
+_OPENSSH_CURVES = {
+    "1.2.840.10045.3.1.7": "nistp256",
+    "1.3.132.0.34": "nistp384",
+    "1.3.132.0.35": "nistp521",
+}
+_CURVE_NAMES = {"1.3.132.0.10": "secp256k1", "1.2.840.10045.3.1.1": "prime192v1"}
+# The smallest PrivateKeyInfo OpenSSH 9.x can load (ECDSA P-256 without its
+# optional public key) is 67 bytes, and encryption never shrinks data; a
+# shorter ciphertext is an Ed25519/X25519 key (48 bytes in clear) or junk.
+_MIN_PKCS8_KEY = 67
 
 _PEM_TYPES = {"RSA PRIVATE KEY": "rsa", "EC PRIVATE KEY": "ecdsa", "DSA PRIVATE KEY": "dsa"}
+_FAMILY = {
+    RSA: "rsa",
+    DSA: "dsa",
+    ECDSA_256: "ecdsa",
+    ECDSA_384: "ecdsa",
+    ECDSA_521: "ecdsa",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +155,8 @@ class PrivateKeyReport:
     kdf_rounds: int | None
     public_key: PublicKey | None
     notes: tuple[str, ...] = ()
+    # "rsa" | "ecdsa" | "dsa" when a PEM/PKCS#8 container names it in clear
+    key_family: str | None = None
 
 
 def _refuse_unknown(text: str) -> KeyPolicyError:
@@ -78,64 +173,126 @@ def _refuse_unknown(text: str) -> KeyPolicyError:
 def inspect_private_key(data: bytes) -> PrivateKeyReport:
     """Read the container headers of a private key file; never decrypts.
 
-    Raises KeyPolicyError when the data is not a private key in OpenSSH,
-    PEM or PKCS#8 form.
+    Follows OpenSSH's own order: a file that begins with the
+    ``openssh-key-v1`` armor is read as such, anything else goes to the PEM
+    reader (OpenSSL's), which skips blocks that are not private keys (an
+    ``EC PARAMETERS`` block, a certificate) and decides on the first one that
+    is.  Raises KeyPolicyError when OpenSSH would not load the file.
     """
     if len(data) > _MAX_FILE:
         raise KeyPolicyError("file is too large to be a private key")
+    if data.startswith(OPENSSH_BEGIN):
+        return _inspect_openssh(_openssh_body(data))
     text = data.decode("latin-1")
-    match = _ARMOR.search(text)
-    if match is None:
-        raise _refuse_unknown(text)
-    label = match.group("label")
-    body = match.group("body")
-    if label == "OPENSSH PRIVATE KEY":
-        return _inspect_openssh(_b64(body))
-    if label in _PEM_TYPES:
-        return _inspect_pem(label, body)
-    if label == "ENCRYPTED PRIVATE KEY":
-        return _inspect_pkcs8_encrypted(_b64(body))
-    if label == "PRIVATE KEY":
-        return PrivateKeyReport("pkcs8", False, None, None, None, None, ())
-    raise KeyPolicyError("unsupported private key container")
+    curve: str | None = None
+    saw_openssh = False
+    others: list[str] = []
+    for match in _ARMOR.finditer(text):
+        label = match.group("label")
+        body = match.group("body")
+        if label == "OPENSSH PRIVATE KEY":
+            saw_openssh = True
+        elif label == "EC PARAMETERS":
+            curve = _ec_parameters_curve(body)
+            others.append(label)
+        elif label.endswith("PRIVATE KEY"):
+            if label in _PEM_TYPES:
+                return _inspect_pem(label, body, curve)
+            if label == "ENCRYPTED PRIVATE KEY":
+                return _inspect_pkcs8_encrypted(_b64(body))
+            if label == "PRIVATE KEY":
+                return _inspect_pkcs8_clear(_b64(body))
+            raise KeyPolicyError(f"unsupported private key container: {label}")
+        else:
+            others.append(label)
+    if saw_openssh:
+        raise KeyPolicyError(
+            "OpenSSH will not load this key: the file must start with"
+            " -----BEGIN OPENSSH PRIVATE KEY----- and use LF line ends"
+        )
+    if others:
+        raise KeyPolicyError(
+            f"unsupported private key container: no private key, only {', '.join(others)}"
+        )
+    raise _refuse_unknown(text)
 
 
-def _b64(body: str) -> bytes:
+def _b64(body: str, canonical: bool = False) -> bytes:
+    """Decode base64 strictly; ``canonical`` also refuses stray bits, as b64_pton does."""
     cleaned = "".join(body.split())
     try:
-        return binascii.a2b_base64(cleaned.encode("ascii"), strict_mode=True)
+        raw = binascii.a2b_base64(cleaned.encode("ascii"), strict_mode=True)
     except (binascii.Error, UnicodeEncodeError):
         raise KeyPolicyError("private key armor contains invalid base64") from None
+    if canonical and binascii.b2a_base64(raw, newline=False).decode("ascii") != cleaned:
+        raise KeyPolicyError("private key armor contains invalid base64")
+    return raw
+
+
+def _openssh_body(data: bytes) -> bytes:
+    """The base64 between OpenSSH's markers, found exactly as private2_uudecode does."""
+    end = data.find(b"\n" + OPENSSH_END, len(OPENSSH_BEGIN) - 1)
+    if end < 0:
+        raise KeyPolicyError(
+            "OpenSSH private key has no -----END OPENSSH PRIVATE KEY----- line ending in a newline"
+        )
+    return _b64(data[len(OPENSSH_BEGIN) : end + 1].decode("latin-1"), canonical=True)
+
+
+def _cstring(reader: WireReader) -> str:
+    """A string OpenSSH reads with sshbuf_get_cstring: no NUL, here ASCII names."""
+    try:
+        return reader.text()
+    except WireError:
+        raise WireError("bad cipher or KDF name") from None
 
 
 def _inspect_openssh(raw: bytes) -> PrivateKeyReport:
-    """Parse the clear header of an ``openssh-key-v1`` container (PROTOCOL.key)."""
+    """Check an ``openssh-key-v1`` container as private2_decrypt does (PROTOCOL.key).
+
+    Everything OpenSSH checks before decrypting is checked here too: a known
+    cipher and KDF, one key, a parseable public key, an encrypted section
+    whose length is a multiple of the cipher's block size and that is
+    followed by exactly the cipher's AEAD tag (16 bytes for
+    chacha20-poly1305 and AES-GCM, none otherwise).  A section in clear is
+    checked fully, since nothing secret needs decrypting to do so.
+    """
     if not raw.startswith(OPENSSH_MAGIC):
         raise KeyPolicyError("OpenSSH private key does not start with openssh-key-v1")
     reader = WireReader(raw[len(OPENSSH_MAGIC) :])
     notes: list[str] = []
     try:
-        cipher = reader.text() if reader.remaining else ""
-        kdf = reader.text()
+        cipher = _cstring(reader)
+        kdf = _cstring(reader)
         kdf_options = reader.string()
         count = reader.uint32()
         if count != 1:
             raise KeyPolicyError(f"OpenSSH private key file holds {count} keys; expected 1")
         pub_blob = reader.string()
-        reader.string()  # the encrypted section: never looked into
-        reader.end()
+        encrypted_len = reader.uint32()
+        section = reader.raw(reader.remaining)
+        if cipher not in OPENSSH_CIPHERS:
+            raise KeyPolicyError(f"OpenSSH private key uses unknown cipher {cipher!r}")
+        if kdf not in ("none", "bcrypt"):
+            raise KeyPolicyError(f"OpenSSH private key uses unknown KDF {kdf!r}")
+        if kdf == "none" and cipher != "none":
+            raise KeyPolicyError(f"OpenSSH private key names cipher {cipher} but no KDF")
+        block, authlen = OPENSSH_CIPHERS[cipher]
+        if encrypted_len < block or encrypted_len % block:
+            raise WireError(f"private section is not a whole number of {cipher} blocks")
         rounds: int | None = None
         if kdf == "bcrypt":
             opts = WireReader(kdf_options)
-            opts.string()  # salt
+            salt = opts.string()
             rounds = opts.uint32()
-            opts.end()
-        elif kdf == "none":
-            if kdf_options:
-                raise WireError("unexpected KDF options")
-        else:
-            notes.append("unknown KDF")
+            if not salt or len(salt) > 1 << 20 or rounds < 1:
+                raise WireError("bad bcrypt salt or rounds")
+        if len(section) != encrypted_len + authlen:
+            expected = f"{encrypted_len} bytes" + (f" and a {authlen}-byte tag" if authlen else "")
+            raise WireError(f"private section is {len(section)} bytes; {cipher} needs {expected}")
         pub_type = WireReader(pub_blob).text()
+        if cipher == "none":
+            _check_clear_section(section, pub_blob, pub_type)
     except WireError as exc:
         raise KeyPolicyError(f"malformed OpenSSH private key: {exc}") from None
     public_key: PublicKey | None
@@ -145,6 +302,8 @@ def _inspect_openssh(raw: bytes) -> PrivateKeyReport:
         public_key = None
         notes.append(f"public key not decoded: {exc.message}")
     encrypted = cipher != "none"
+    if kdf == "bcrypt" and not encrypted:
+        notes.append("a passphrase is asked for but the key is stored in clear (cipher none)")
     if public_key is not None and public_key.is_sk:
         notes.append(SK_NOTE)
     return PrivateKeyReport(
@@ -158,37 +317,88 @@ def _inspect_openssh(raw: bytes) -> PrivateKeyReport:
     )
 
 
-def _inspect_pem(label: str, body: str) -> PrivateKeyReport:
-    """Read the RFC 1421 headers of a traditional (``-m PEM``) key."""
-    headers: dict[str, str] = {}
-    for line in body.splitlines():
-        if ":" not in line:
-            if not line.strip():
-                continue
-            break
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    encrypted = headers.get("proc-type", "").replace(" ", "") == "4,ENCRYPTED"
-    cipher: str | None = None
-    notes = [f"key type: {_PEM_TYPES[label]}"]
-    if encrypted:
-        cipher = headers.get("dek-info", "").split(",")[0].strip() or None
-        notes.append(
-            "PEM encryption derives its key with one MD5 round; "
-            "convert with ssh-keygen -p -f FILE for bcrypt"
+def _check_clear_section(section: bytes, pub_blob: bytes, pub_type: str) -> None:
+    """Check an unencrypted private section the way sshkey_parse_private2 does.
+
+    Only security-key (sk) handles are accepted in clear, so only they are
+    parsed in full: check integers, the same public key as the envelope, the
+    FIDO fields, a comment and the 1, 2, 3... padding.  Other key types in
+    clear are refused as unprotected anyway; their secret is not read.
+    """
+    reader = WireReader(section)
+    if reader.uint32() != reader.uint32():
+        raise WireError("check integers of the private section differ")
+    if pub_type not in _SK_TYPES:
+        return
+    if reader.raw(len(pub_blob)) != pub_blob:
+        raise WireError("private section does not match the public key")
+    reader.byte()  # flags
+    reader.string()  # key handle
+    reader.string()  # reserved
+    reader.string()  # comment
+    for i, pad in enumerate(reader.raw(reader.remaining), start=1):
+        if pad != i & 0xFF:
+            raise WireError("bad padding")
+
+
+def _ec_parameters_curve(body: str) -> str | None:
+    """The curve an ``EC PARAMETERS`` block names, or None if not a named curve."""
+    try:
+        tag, value, _ = _der(_b64(body), 0)
+        return _oid(value) if tag == 0x06 else None
+    except (WireError, KeyPolicyError):
+        return None
+
+
+def _refuse_curve(oid: str) -> None:
+    if oid not in _OPENSSH_CURVES:
+        name = _CURVE_NAMES.get(oid, oid)
+        raise KeyPolicyError(
+            f"OpenSSH cannot load ECDSA keys on curve {name}; use nistp256, nistp384 or nistp521"
         )
-    return PrivateKeyReport(
-        container="pem",
-        encrypted=encrypted,
-        cipher=cipher,
-        kdf="md5" if encrypted else None,
-        kdf_rounds=1 if encrypted else None,
-        public_key=None,
-        notes=tuple(notes),
+
+
+def _inspect_pem(label: str, body: str, curve: str | None) -> PrivateKeyReport:
+    """Read the RFC 1421 headers of a traditional (``-m PEM``) key as OpenSSL does."""
+    lines = body.splitlines()
+    headers: dict[str, str] = {}
+    if lines and ":" in lines[0]:
+        while lines and lines[0].strip():
+            name, sep, value = lines.pop(0).partition(":")
+            if not sep:
+                raise KeyPolicyError("PEM private key has a malformed header")
+            headers[name.strip().lower()] = value.strip()
+    family = _PEM_TYPES[label]
+    if family == "ecdsa" and curve is not None:
+        _refuse_curve(curve)
+    der = _b64("\n".join(lines))
+    proc_type = headers.get("proc-type")
+    notes = [f"key type: {family}"]
+    if proc_type is None:
+        return PrivateKeyReport("pem", False, None, None, None, None, tuple(notes), family)
+    if proc_type.replace(" ", "") != "4,ENCRYPTED":
+        raise KeyPolicyError(f"PEM private key has unsupported Proc-Type {proc_type!r}")
+    cipher, _, iv = headers.get("dek-info", "").partition(",")
+    cipher = cipher.strip().upper()
+    iv = iv.strip()
+    if cipher not in _PEM_CIPHERS:
+        raise KeyPolicyError(
+            f"PEM private key is encrypted with {cipher or 'no named cipher'},"
+            " which OpenSSH cannot decrypt; convert with ssh-keygen -p -f FILE"
+        )
+    block = _PEM_CIPHERS[cipher]
+    if not re.fullmatch(f"[0-9A-Fa-f]{{{2 * block}}}", iv):
+        raise KeyPolicyError(f"PEM private key has a malformed {cipher} IV in DEK-Info")
+    if not der or len(der) % block:
+        raise KeyPolicyError(f"PEM private key is not a whole number of {cipher} blocks")
+    notes.append(
+        "PEM encryption derives its key with one MD5 round; "
+        "convert with ssh-keygen -p -f FILE for bcrypt"
     )
+    return PrivateKeyReport("pem", True, cipher, "md5", 1, None, tuple(notes), family)
 
 
-# --- a minimal DER reader, enough for EncryptedPrivateKeyInfo ---------------
+# --- a minimal DER reader, enough for PrivateKeyInfo headers ----------------
 
 
 def _der(data: bytes, pos: int) -> tuple[int, bytes, int]:
@@ -219,6 +429,20 @@ def _der_seq(data: bytes) -> list[tuple[int, bytes]]:
     return items
 
 
+def _der_one(data: bytes, tag: int) -> bytes:
+    """The value of a whole DER encoding that must be one TLV with ``tag``."""
+    got, value, end = _der(data, 0)
+    if got != tag or end != len(data):
+        raise WireError("unexpected DER structure")
+    return value
+
+
+def _want(item: tuple[int, bytes], tag: int) -> bytes:
+    if item[0] != tag:
+        raise WireError("unexpected DER tag")
+    return item[1]
+
+
 def _oid(value: bytes) -> str:
     if not value:
         raise WireError("empty OID")
@@ -232,31 +456,89 @@ def _oid(value: bytes) -> str:
     return ".".join(str(p) for p in parts)
 
 
+def _der_int(item: tuple[int, bytes]) -> int:
+    return int.from_bytes(_want(item, 0x02), "big")
+
+
+def _inspect_pkcs8_clear(raw: bytes) -> PrivateKeyReport:
+    """Name the key algorithm of an unencrypted PKCS#8 key (refused either way)."""
+    try:
+        items = _der_seq(_der_one(raw, 0x30))
+        alg = _der_seq(_want(items[1], 0x30))
+        oid = _oid(_want(alg[0], 0x06))
+        family = _KEY_ALGORITHMS.get(oid)
+        if family == "ecdsa":
+            _refuse_curve(_oid(_want(alg[1], 0x06)))
+    except (WireError, IndexError):
+        raise KeyPolicyError("malformed PKCS#8 private key") from None
+    if family not in ("rsa", "dsa", "ecdsa"):
+        raise KeyPolicyError(
+            f"OpenSSH 9 cannot load {family or oid} keys in PKCS#8 form;"
+            " generate the key with ssh-keygen"
+        )
+    notes = (f"key type: {family}",)
+    return PrivateKeyReport("pkcs8", False, None, None, None, None, notes, family)
+
+
 def _inspect_pkcs8_encrypted(raw: bytes) -> PrivateKeyReport:
-    """Name the PBES2 KDF, its iteration count and the cipher of a PKCS#8 key."""
-    cipher: str | None = None
-    kdf: str | None = None
-    rounds: int | None = None
+    """Check an EncryptedPrivateKeyInfo names a scheme OpenSSH's OpenSSL can decrypt.
+
+    Reads the PBES2 KDF (PBKDF2 with an HMAC-SHA PRF, or scrypt), its cost
+    and the cipher, or the PKCS#12 3DES scheme; refuses anything else, since
+    OpenSSH would fail to load it even with the right passphrase.
+    """
     notes: list[str] = []
     try:
-        _, outer, _ = _der(raw, 0)
-        _, alg = _der_seq(outer)[0]
-        alg_items = _der_seq(alg)
-        scheme = _OIDS.get(_oid(alg_items[0][1]), "unknown")
-        if scheme == "pbes2":
-            kdf_alg, enc_alg = (v for _, v in _der_seq(alg_items[1][1])[:2])
+        outer = _der_seq(_der_one(raw, 0x30))
+        if len(outer) != 2:
+            raise WireError("EncryptedPrivateKeyInfo has extra fields")
+        alg = _der_seq(_want(outer[0], 0x30))
+        encrypted = _want(outer[1], 0x04)
+        scheme = _oid(_want(alg[0], 0x06))
+        if scheme == _PKCS12_3DES:
+            params = _der_seq(_want(alg[1], 0x30))
+            _want(params[0], 0x04)
+            rounds = _der_int(params[1])
+            kdf, cipher, block = "pkcs12-sha1", "des-ede3-cbc", 8
+            notes.append("legacy PKCS#12 encryption (SHA-1, 3DES)")
+        elif scheme == _PBES2:
+            kdf_alg, enc_alg = (_want(i, 0x30) for i in _der_seq(_want(alg[1], 0x30)))
             kdf_items = _der_seq(kdf_alg)
-            kdf = _OIDS.get(_oid(kdf_items[0][1]), "unknown")
-            params = _der_seq(kdf_items[1][1])
-            # PBKDF2 iterationCount and scrypt cost N both follow the salt.
-            if kdf in ("pbkdf2", "scrypt") and len(params) > 1 and params[1][0] == 0x02:
-                rounds = int.from_bytes(params[1][1], "big")
-            cipher = _OIDS.get(_oid(_der_seq(enc_alg)[0][1]), "unknown")
+            kdf_oid = _oid(_want(kdf_items[0], 0x06))
+            params = _der_seq(_want(kdf_items[1], 0x30))
+            _want(params[0], 0x04)  # salt
+            rounds = _der_int(params[1])
+            if kdf_oid == _PBKDF2:
+                kdf = "pbkdf2"
+                prf = [i for i in params[2:] if i[0] == 0x30]
+                prf_oid = _oid(_want(_der_seq(prf[0][1])[0], 0x06)) if prf else _HMAC_SHA1
+                if prf_oid not in _PRFS:
+                    raise KeyPolicyError(f"PKCS#8 key uses unsupported PBKDF2 PRF {prf_oid}")
+            elif kdf_oid == _SCRYPT:
+                kdf = "scrypt"
+            else:
+                raise KeyPolicyError(f"PKCS#8 key uses unsupported KDF {kdf_oid}")
+            enc_items = _der_seq(enc_alg)
+            cipher_oid = _oid(_want(enc_items[0], 0x06))
+            if cipher_oid not in _PBES2_CIPHERS:
+                raise KeyPolicyError(f"PKCS#8 key uses unsupported cipher {cipher_oid}")
+            cipher, block = _PBES2_CIPHERS[cipher_oid]
+            if len(_want(enc_items[1], 0x04)) != block:
+                raise WireError(f"bad {cipher} IV")
         else:
-            kdf = scheme
-            notes.append("legacy PKCS#5 v1 / PKCS#12 encryption")
+            raise KeyPolicyError(
+                f"PKCS#8 key uses encryption scheme {scheme}, which OpenSSH cannot decrypt;"
+                " convert with openssl pkcs8 -topk8 -v2 aes-256-cbc"
+            )
     except (WireError, IndexError, ValueError):
-        notes.append("encryption parameters could not be read")
+        raise KeyPolicyError("malformed encrypted PKCS#8 private key") from None
+    if len(encrypted) % block:
+        raise KeyPolicyError(f"encrypted PKCS#8 key is not a whole number of {cipher} blocks")
+    if len(encrypted) < _MIN_PKCS8_KEY:
+        raise KeyPolicyError(
+            "encrypted PKCS#8 key is too short for an RSA, ECDSA or DSA key (Ed25519?);"
+            " OpenSSH 9 cannot load Ed25519 keys in PKCS#8 form"
+        )
     return PrivateKeyReport("pkcs8", True, cipher, kdf, rounds, None, tuple(notes))
 
 
@@ -277,7 +559,7 @@ def check_private_key(
             f" {public_key_hint.fingerprint}"
         )
     notes = list(report.notes)
-    if report.container == "pem" and "key type: dsa" in notes and DSA not in policy.allowed_types:
+    if report.key_family == "dsa" and DSA not in policy.allowed_types:
         raise KeyPolicyError("DSA keys are refused; use ssh-ed25519")
     if report.container == "openssh-key-v1" and key is None:
         raise KeyPolicyError("the key type in this private key file is not recognised")
@@ -293,12 +575,33 @@ def check_private_key(
         return _with_notes(report, notes)
     if not report.encrypted:
         raise KeyPolicyError("not protected by a passphrase: run ssh-keygen -p -f FILE")
+    if report.container != "openssh-key-v1" and public_key_hint is not None:
+        _check_hint_family(report, public_key_hint)
     if report.kdf == "bcrypt" and (report.kdf_rounds or 0) < MIN_BCRYPT_ROUNDS:
         raise KeyPolicyError(
             f"passphrase KDF uses {report.kdf_rounds} bcrypt rounds; at least"
             f" {MIN_BCRYPT_ROUNDS} required: run ssh-keygen -p -a 100 -f FILE"
         )
     return _with_notes(report, notes)
+
+
+def _check_hint_family(report: PrivateKeyReport, hint: PublicKey) -> None:
+    """Refuse a PEM/PKCS#8 file that cannot hold the .pub's key.
+
+    OpenSSH 9 reads only RSA, ECDSA and DSA keys from these containers, so an
+    Ed25519 or security-key .pub next to one means the pair cannot work.
+    """
+    family = _FAMILY.get(hint.key_type)
+    if family is None:
+        raise KeyPolicyError(
+            f"OpenSSH 9 cannot load {hint.key_type} keys from a {report.container.upper()}"
+            " file; generate the key with ssh-keygen"
+        )
+    if report.key_family is not None and report.key_family != family:
+        raise KeyPolicyError(
+            f"this private key ({report.key_family}) does not match the public key"
+            f" {hint.fingerprint} ({hint.key_type})"
+        )
 
 
 def _with_notes(report: PrivateKeyReport, notes: list[str]) -> PrivateKeyReport:
@@ -310,4 +613,5 @@ def _with_notes(report: PrivateKeyReport, notes: list[str]) -> PrivateKeyReport:
         report.kdf_rounds,
         report.public_key,
         tuple(notes),
+        report.key_family,
     )

@@ -66,8 +66,14 @@ _ECDSA_CURVE: dict[str, ec.EllipticCurve] = {
     ECDSA_521: ec.SECP521R1(),
     SK_ECDSA_256: ec.SECP256R1(),
 }
+_RSA_HASH: dict[str, hashes.HashAlgorithm] = {
+    "rsa-sha2-256": hashes.SHA256(),
+    "rsa-sha2-512": hashes.SHA512(),
+}
 # sk signatures without the user-presence flag were made without a touch.
 _SK_USER_PRESENT = 0x01
+# The signature type a FIDO key used through a browser's WebAuthn API makes.
+WEBAUTHN_SK_ECDSA = "webauthn-sk-ecdsa-sha2-nistp256@openssh.com"
 
 
 @dataclass(frozen=True)
@@ -176,15 +182,40 @@ def _ecdsa_der(sig_bytes: bytes) -> bytes:
     return encode_dss_signature(r, s)
 
 
+def _check_sig_type(key: PublicKey, sig_type: str) -> None:
+    """Refuse a signature algorithm keyward does not verify for ``key``, by name.
+
+    Checked before the rest of the blob is parsed, so an unsupported kind of
+    signature gets its own message instead of a confusing parse error.
+    """
+    if sig_type == WEBAUTHN_SK_ECDSA:
+        # Browsers' WebAuthn signatures add origin, clientData and extensions
+        # fields; ssh-keygen -Y sign never makes them for a proof.
+        raise ProofError(
+            f"webauthn signatures ({WEBAUTHN_SK_ECDSA}) are not supported;"
+            f" sign with ssh-keygen -Y sign -n {NAMESPACE}"
+        )
+    if key.key_type == RSA:
+        if sig_type == "ssh-rsa":
+            raise ProofError("RSA signatures with SHA-1 (ssh-rsa) are refused; use rsa-sha2-512")
+        if sig_type not in _RSA_HASH:
+            raise ProofError("signature algorithm does not match the RSA key")
+    elif sig_type != key.key_type:
+        raise ProofError(f"signature algorithm does not match the {key.key_type} key")
+
+
 def _verify_raw(key: PublicKey, signature: bytes, data: bytes) -> bool:
     """Verify an SSH signature blob by ``key`` over ``data``; False if it does not match.
 
     Raises ProofError for signatures keyward refuses outright (SHA-1 RSA,
-    wrong algorithm for the key, malformed).
+    webauthn, wrong algorithm for the key, malformed).  A security key's
+    signature carries a flags byte and a counter after the signature and
+    covers them (PROTOCOL.u2f).
     """
     try:
         reader = WireReader(signature)
         sig_type = reader.text()
+        _check_sig_type(key, sig_type)
         sig_bytes = reader.string()
         flags = counter = 0
         if key.is_sk:
@@ -196,17 +227,7 @@ def _verify_raw(key: PublicKey, signature: bytes, data: bytes) -> bool:
     kt = key.key_type
     try:
         if kt == RSA:
-            if sig_type == "ssh-rsa":
-                raise ProofError(
-                    "RSA signatures with SHA-1 (ssh-rsa) are refused; use rsa-sha2-512"
-                )
-            rsa_hash: hashes.HashAlgorithm
-            if sig_type == "rsa-sha2-256":
-                rsa_hash = hashes.SHA256()
-            elif sig_type == "rsa-sha2-512":
-                rsa_hash = hashes.SHA512()
-            else:
-                raise ProofError("signature algorithm does not match the RSA key")
+            rsa_hash = _RSA_HASH[sig_type]
             pub = serialization.load_ssh_public_key(key.openssh().encode())
             if not isinstance(pub, rsa.RSAPublicKey):  # pragma: no cover - decoded as RSA
                 raise ProofError("RSA key did not load as RSA")
@@ -215,8 +236,6 @@ def _verify_raw(key: PublicKey, signature: bytes, data: bytes) -> bool:
                 return False
             pub.verify(sig_bytes.rjust(modlen, b"\0"), data, padding.PKCS1v15(), rsa_hash)
             return True
-        if sig_type != kt:
-            raise ProofError(f"signature algorithm does not match the {kt} key")
         if key.is_sk:
             if not flags & _SK_USER_PRESENT:
                 raise ProofError("security key signature was made without user presence (touch)")

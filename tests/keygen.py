@@ -220,6 +220,54 @@ class SoftSK:
         text = "-----BEGIN SSH SIGNATURE-----\n" + "\n".join(lines)
         return (text + "\n-----END SSH SIGNATURE-----\n").encode()
 
+    def webauthn_sshsig(
+        self, message: bytes, origin: str = "https://keyward.example", namespace: str = "keyward"
+    ) -> bytes:
+        """An armored SSHSIG whose signature is in the WebAuthn form a browser produces.
+
+        ``webauthn-sk-ecdsa-sha2-nistp256@openssh.com``: after flags and
+        counter come the origin, the clientData JSON (whose challenge is the
+        signed data) and the extensions; the token signs
+        H(application) || flags || counter || extensions || H(clientData)
+        (ssh-ecdsa-sk.c).  Only sk-ecdsa keys sign this way.
+        """
+        assert self._ec is not None, "webauthn signatures are ECDSA only"
+        hash_alg = "sha512"
+        digest = hashlib.new(hash_alg, message).digest()
+        data = b"SSHSIG" + _s(namespace.encode()) + _s(b"") + _s(hash_alg.encode()) + _s(digest)
+        challenge = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        client_data = (
+            f'{{"type":"webauthn.get","challenge":"{challenge}","origin":"{origin}"}}'
+        ).encode()
+        flags, counter = 0x01, 9
+        signed = (
+            hashlib.sha256(self.application.encode()).digest()
+            + struct.pack(">BI", flags, counter)
+            + hashlib.sha256(client_data).digest()
+        )
+        r, s = decode_dss_signature(self._ec.sign(signed, ec.ECDSA(hashes.SHA256())))
+        sig = (
+            _s(b"webauthn-sk-ecdsa-sha2-nistp256@openssh.com")
+            + _s(_mpint(r) + _mpint(s))
+            + struct.pack(">BI", flags, counter)
+            + _s(origin.encode())
+            + _s(client_data)
+            + _s(b"")  # extensions
+        )
+        blob = (
+            b"SSHSIG"
+            + struct.pack(">I", 1)
+            + _s(self.blob)
+            + _s(namespace.encode())
+            + _s(b"")
+            + _s(hash_alg.encode())
+            + _s(sig)
+        )
+        body = base64.b64encode(blob).decode()
+        lines = [body[i : i + 70] for i in range(0, len(body), 70)]
+        text = "-----BEGIN SSH SIGNATURE-----\n" + "\n".join(lines)
+        return (text + "\n-----END SSH SIGNATURE-----\n").encode()
+
     def private_key_file(self, comment: str = "sk test") -> bytes:
         """An unencrypted openssh-key-v1 file as ssh-keygen -t ed25519-sk writes it.
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from keyward.errors import KeyPolicyError
-from keyward.keys import DEFAULT_POLICY, parse_public_key
-from keyward.privkey import SK_NOTE, check_private_key, inspect_private_key
-from tests.keygen import SoftSK, dsa_supported, keygen_fingerprint, make_key
+from keyward.keys import DEFAULT_POLICY, WireReader, parse_public_key
+from keyward.privkey import OPENSSH_CIPHERS, SK_NOTE, check_private_key, inspect_private_key
+from tests.cli_runner import Keyward
+from tests.keygen import SSH_KEYGEN, SoftSK, dsa_supported, keygen_fingerprint, make_key
 
 PASS = "passphrase"  # OpenSSL-written formats need 5+ characters
 
@@ -113,8 +119,8 @@ def test_inspect_and_check(
 
 def _assert_no_secret(message: str, data: bytes) -> None:
     assert "\n" not in message
-    for line in data.decode().splitlines()[1:-1]:
-        if len(line) > 20:
+    for line in data.decode("latin-1").splitlines():
+        if len(line) > 20 and not line.startswith("-----"):
             assert line[:20] not in message
 
 
@@ -186,6 +192,11 @@ def test_sk_hint_does_not_excuse_clear_pem(keydir: Path) -> None:
             "base64",
         ),
         (b"-----BEGIN FOO PRIVATE KEY-----\nAAAA\n-----END FOO PRIVATE KEY-----\n", "unsupported"),
+        # An EC PARAMETERS block whose OID is empty, and nothing else.
+        (
+            b"-----BEGIN EC PARAMETERS-----\nBgA=\n-----END EC PARAMETERS-----\n",
+            "no private key, only EC PARAMETERS",
+        ),
     ],
 )
 def test_not_private_keys(data: bytes, reason: str) -> None:
@@ -199,3 +210,353 @@ def test_inspect_never_needs_passphrase_for_any_rounds(keydir: Path) -> None:
     assert report.kdf_rounds == 1
     with pytest.raises(KeyPolicyError, match="1 bcrypt rounds"):
         check_private_key(priv.read_bytes(), DEFAULT_POLICY)
+
+
+# --- differential: keyward's verdict against OpenSSH's own loader -----------
+#
+# Every sample is a file that real tools write (ssh-keygen in each format and
+# cipher, OpenSSL's variants) or a one-field edit of one.  For each, keyward's
+# verdict (protected / clear / refuse) must be the one OpenSSH itself reaches
+# with ``ssh-keygen -y``, and the one written in the table.
+
+WRONG = "not-the-passphrase"
+OPENSSH_92_CIPHERS = [
+    "3des-cbc",
+    "aes128-cbc",
+    "aes192-cbc",
+    "aes256-cbc",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+]
+
+DIFFERENTIAL = {
+    **{f"v1-{c}": "protected" for c in OPENSSH_92_CIPHERS},
+    "v1-clear": "clear",
+    "v1-ecdsa256": "protected",
+    "v1-ecdsa384": "protected",
+    "v1-ecdsa521": "protected",
+    "v1-rsa2048": "protected",
+    "v1-dsa": "protected",
+    "v1-sk-ed25519": "clear",
+    "v1-sk-ecdsa": "clear",
+    "pem-rsa": "protected",
+    "pkcs8-rsa": "protected",
+    "pem-ed25519": "protected",
+    "pem-rsa-clear": "clear",
+    "pem-ecdsa384": "protected",
+    "pem-ecdsa384-clear": "clear",
+    "pem-dsa": "protected",
+    "pkcs8-ecdsa521": "protected",
+    "pkcs8-ecdsa256-clear": "clear",
+    "pkcs8-rsa-aes256": "protected",
+    "ossl-ecparam-genkey": "clear",
+    "ossl-ecparam-then-aes256": "protected",
+    "ossl-ec-aes256": "protected",
+    "ossl-ec-des3": "protected",
+    "ossl-ec-camellia128": "protected",
+    "ossl-rsa-aes256": "protected",
+    "ossl-genpkey-ec": "clear",
+    "ossl-pkcs8-aes256": "protected",
+    "ossl-pkcs8-scrypt": "protected",
+    "ossl-pkcs8-des3": "protected",
+    "ossl-pkcs8-sha512-prf": "protected",
+    "ossl-pkcs8-pbe-sha1-3des": "protected",
+    "ossl-cert-then-key": "protected",
+    "ossl-encrypted-then-clear": "protected",
+    "ossl-clear-then-encrypted": "clear",
+    "ossl-ed25519": "refuse",
+    "ossl-ed25519-aes256": "refuse",
+    "ossl-ed448": "refuse",
+    "ossl-secp256k1": "refuse",
+    "ossl-secp256k1-params-then-aes256": "refuse",
+    "ossl-params-only": "refuse",
+    "v1-leading-newline": "refuse",
+    "v1-crlf": "refuse",
+    "v1-no-final-newline": "refuse",
+    "v1-trailing-text": "protected",
+    "v1-gcm-without-tag": "refuse",
+    "v1-chacha-short-tag": "refuse",
+    "v1-ctr-with-tag": "refuse",
+    "v1-unknown-cipher": "refuse",
+    "v1-unknown-kdf": "refuse",
+    "v1-cipher-without-kdf": "refuse",
+    "v1-two-keys": "refuse",
+    "v1-partial-block": "refuse",
+    "v1-kdf-options-extra": "protected",
+    "v1-clear-but-bcrypt": "clear",
+    "v1-sk-bad-padding": "refuse",
+    "v1-sk-checkint-mismatch": "refuse",
+    "v1-sk-other-public-key": "refuse",
+}
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def _armor_v1(raw: bytes) -> bytes:
+    body = base64.b64encode(raw).decode()
+    lines = "\n".join(body[i : i + 70] for i in range(0, len(body), 70))
+    begin, end = "-----BEGIN OPENSSH PRIVATE KEY-----", "-----END OPENSSH PRIVATE KEY-----"
+    return f"{begin}\n{lines}\n{end}\n".encode()
+
+
+def _s(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+@dataclass(frozen=True)
+class V1:
+    """The envelope fields of an openssh-key-v1 file (PROTOCOL.key), to edit one."""
+
+    cipher: bytes
+    kdf: bytes
+    kdfopts: bytes
+    count: int
+    pub: bytes
+    enclen: int
+    section: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> V1:
+        raw = base64.b64decode("".join(data.decode().splitlines()[1:-1]))
+        assert raw.startswith(b"openssh-key-v1\0")
+        r = WireReader(raw[15:])
+        head = (r.string(), r.string(), r.string(), r.uint32(), r.string(), r.uint32())
+        return cls(*head, section=r.raw(r.remaining))
+
+    def build(self, **changes: bytes | int) -> bytes:
+        f = replace(self, **changes)  # type: ignore[arg-type]
+        return _armor_v1(
+            b"openssh-key-v1\0"
+            + _s(f.cipher)
+            + _s(f.kdf)
+            + _s(f.kdfopts)
+            + struct.pack(">I", f.count)
+            + _s(f.pub) * f.count
+            + struct.pack(">I", f.enclen)
+            + f.section
+        )
+
+
+def _sk_file(kind: str, section_edit: Callable[[bytes], bytes] | None = None) -> bytes:
+    data = SoftSK(kind).private_key_file()
+    if section_edit is None:
+        return data
+    fields = V1.parse(data)
+    section = section_edit(fields.section)
+    return fields.build(section=section, enclen=len(section))
+
+
+def _build_corpus(d: Path) -> dict[str, Path]:
+    """Write every DIFFERENTIAL sample into ``d`` with ssh-keygen, openssl and edits."""
+    out: dict[str, Path] = {}
+
+    def keygen(name: str, *args: str, pw: str = PASS) -> Path:
+        _run(SSH_KEYGEN, "-q", "-C", "", "-N", pw, "-f", str(d / name), *args)
+        out[name] = d / name
+        return d / name
+
+    def openssl(name: str, *args: str) -> Path:
+        _run("openssl", *args, "-out", str(d / name))
+        out[name] = d / name
+        return d / name
+
+    def write(name: str, data: bytes) -> None:
+        (d / name).write_bytes(data)
+        out[name] = d / name
+
+    # One bcrypt round keeps this fast; the verdict does not depend on the count.
+    fast = ("-a", "1")
+    for cipher in OPENSSH_92_CIPHERS:
+        # key check itself wants 16+ rounds: keep them on the two AEAD ciphers it is run on.
+        aead = cipher in ("aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+        rounds = () if aead else fast
+        keygen(f"v1-{cipher}", "-t", "ed25519", "-Z", cipher, *rounds)
+    clear = keygen("v1-clear", "-t", "ed25519", pw="")
+    for bits in (256, 384, 521):
+        keygen(f"v1-ecdsa{bits}", "-t", "ecdsa", "-b", str(bits), *fast)
+
+    def convert(source: Path, name: str, *fmt: str) -> None:
+        """Rewrite a copy with ssh-keygen -p (openssh-key-v1 unless -m is given)."""
+        (d / name).write_bytes(source.read_bytes())
+        (d / name).chmod(0o600)
+        _run(SSH_KEYGEN, "-q", "-p", "-P", PASS, "-N", PASS, *fast, *fmt, "-f", str(d / name))
+        out[name] = d / name
+
+    try:
+        dsa = keygen("pem-dsa", "-t", "dsa", "-m", "PEM")
+    except subprocess.CalledProcessError:
+        pass  # OpenSSH 10 no longer generates DSA keys; those two samples are skipped
+    else:
+        convert(dsa, "v1-dsa")
+    write("v1-sk-ed25519", _sk_file("sk-ssh-ed25519@openssh.com"))
+    write("v1-sk-ecdsa", _sk_file("sk-ecdsa-sha2-nistp256@openssh.com"))
+    rsa_pem = keygen("pem-rsa", "-t", "rsa", "-b", "2048", "-m", "PEM")
+    convert(rsa_pem, "v1-rsa2048")
+    convert(rsa_pem, "pkcs8-rsa", "-m", "PKCS8")
+    # ssh-keygen has no PEM form for Ed25519: -m PEM still writes openssh-key-v1.
+    keygen("pem-ed25519", "-t", "ed25519", "-m", "PEM", *fast)
+    inrsa = ("-in", str(rsa_pem), "-passin", f"pass:{PASS}")
+    openssl("pem-rsa-clear", "rsa", *inrsa, "-traditional")
+    topk8_rsa = ("pkcs8", "-topk8", *inrsa, "-v2", "aes-256-cbc", "-passout", f"pass:{PASS}")
+    openssl("pkcs8-rsa-aes256", *topk8_rsa)
+    openssl("ossl-rsa-aes256", "rsa", *inrsa, "-traditional", "-aes256", "-passout", f"pass:{PASS}")
+    keygen("pem-ecdsa384", "-t", "ecdsa", "-b", "384", "-m", "PEM")
+    keygen("pem-ecdsa384-clear", "-t", "ecdsa", "-b", "384", "-m", "PEM", pw="")
+    keygen("pkcs8-ecdsa521", "-t", "ecdsa", "-b", "521", "-m", "PKCS8")
+    keygen("pkcs8-ecdsa256-clear", "-t", "ecdsa", "-b", "256", "-m", "PKCS8", pw="")
+
+    genkey = openssl("ossl-ecparam-genkey", "ecparam", "-name", "prime256v1", "-genkey")
+    enc = ("-passout", f"pass:{PASS}")
+    legacy = openssl("ossl-ec-aes256", "ec", "-in", str(genkey), "-aes256", *enc)
+    openssl("ossl-ec-des3", "ec", "-in", str(genkey), "-des3", *enc)
+    openssl("ossl-ec-camellia128", "ec", "-in", str(genkey), "-camellia128", *enc)
+    params = openssl("ossl-params-only", "ecparam", "-name", "prime256v1")
+    write("ossl-ecparam-then-aes256", params.read_bytes() + legacy.read_bytes())
+    p256 = ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+    p8 = openssl("ossl-genpkey-ec", "genpkey", *p256)
+    topk8 = ("pkcs8", "-topk8", "-in", str(p8), *enc)
+    p8enc = openssl("ossl-pkcs8-aes256", *topk8, "-v2", "aes-256-cbc")
+    openssl("ossl-pkcs8-scrypt", *topk8, "-v2", "aes-256-cbc", "-scrypt")
+    openssl("ossl-pkcs8-des3", *topk8, "-v2", "des3")
+    openssl("ossl-pkcs8-sha512-prf", *topk8, "-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA512")
+    openssl("ossl-pkcs8-pbe-sha1-3des", *topk8, "-v1", "PBE-SHA1-3DES")
+    cert = openssl("cert", "req", "-x509", "-key", str(p8), "-subj", "/CN=keyward-test")
+    write("ossl-cert-then-key", cert.read_bytes() + p8enc.read_bytes())
+    write("ossl-encrypted-then-clear", p8enc.read_bytes() + p8.read_bytes())
+    write("ossl-clear-then-encrypted", p8.read_bytes() + p8enc.read_bytes())
+    ed = openssl("ossl-ed25519", "genpkey", "-algorithm", "ed25519")
+    openssl("ossl-ed25519-aes256", "pkcs8", "-topk8", "-in", str(ed), *enc, "-v2", "aes-256-cbc")
+    openssl("ossl-ed448", "genpkey", "-algorithm", "ed448")
+    k1 = openssl("ossl-secp256k1", "ecparam", "-name", "secp256k1", "-genkey")
+    k1enc = openssl("k1-aes256", "ec", "-in", str(k1), "-aes256", *enc)
+    k1params = openssl("k1-params", "ecparam", "-name", "secp256k1")
+    write("ossl-secp256k1-params-then-aes256", k1params.read_bytes() + k1enc.read_bytes())
+
+    ctr = out["v1-aes256-ctr"].read_bytes()
+    write("v1-leading-newline", b"\n" + ctr)
+    write("v1-crlf", ctr.replace(b"\n", b"\r\n"))
+    write("v1-no-final-newline", ctr.rstrip(b"\n"))
+    write("v1-trailing-text", ctr + b"this file was copied from a wiki page\n")
+    gcm = V1.parse(out["v1-aes256-gcm@openssh.com"].read_bytes())
+    chacha = V1.parse(out["v1-chacha20-poly1305@openssh.com"].read_bytes())
+    v1 = V1.parse(ctr)
+    write("v1-gcm-without-tag", gcm.build(section=gcm.section[:-16]))
+    write("v1-chacha-short-tag", chacha.build(section=chacha.section[:-1]))
+    write("v1-ctr-with-tag", v1.build(section=v1.section + bytes(16)))
+    write("v1-unknown-cipher", v1.build(cipher=b"aes256-xts"))
+    write("v1-unknown-kdf", v1.build(kdf=b"argon2"))
+    write("v1-cipher-without-kdf", v1.build(kdf=b"none", kdfopts=b""))
+    write("v1-two-keys", v1.build(count=2))
+    write("v1-partial-block", v1.build(section=v1.section[:-8], enclen=v1.enclen - 8))
+    write("v1-kdf-options-extra", v1.build(kdfopts=v1.kdfopts + bytes(4)))
+    bcrypt = _s(bytes(range(16))) + struct.pack(">I", 16)
+    write("v1-clear-but-bcrypt", V1.parse(clear.read_bytes()).build(kdf=b"bcrypt", kdfopts=bcrypt))
+    kind = "sk-ssh-ed25519@openssh.com"
+    write("v1-sk-bad-padding", _sk_file(kind, lambda s: s[:-1] + b"\x09"))
+    write("v1-sk-checkint-mismatch", _sk_file(kind, lambda s: s[:4] + bytes(4) + s[8:]))
+    other = SoftSK(kind).blob
+    write("v1-sk-other-public-key", _sk_file(kind, lambda s: s[:8] + other + s[8 + len(other) :]))
+    for path in out.values():
+        path.chmod(0o600)  # ssh-keygen refuses a private key others can read
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _build_corpus(tmp_path_factory.mktemp("differential"))
+
+
+def _loads(path: Path, passphrase: str) -> bool:
+    cmd = [SSH_KEYGEN, "-y", "-P", passphrase, "-f", str(path)]
+    return subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL).returncode == 0
+
+
+def _openssh_verdict(path: Path) -> str:
+    """clear: loads without the passphrase (or with any); protected: only with it."""
+    if _loads(path, ""):
+        return "clear"
+    if _loads(path, PASS):
+        return "clear" if _loads(path, WRONG) else "protected"
+    return "refuse"
+
+
+def _keyward_verdict(data: bytes) -> str:
+    try:
+        report = inspect_private_key(data)
+    except KeyPolicyError as exc:
+        _assert_no_secret(str(exc), data)
+        return "refuse"
+    return "protected" if report.encrypted else "clear"
+
+
+@pytest.mark.parametrize(("name", "expected"), DIFFERENTIAL.items())
+def test_verdict_agrees_with_openssh(corpus: dict[str, Path], name: str, expected: str) -> None:
+    if name not in corpus:
+        pytest.skip("local ssh-keygen no longer generates DSA keys")
+    path = corpus[name]
+    assert _openssh_verdict(path) == expected, f"OpenSSH itself disagrees about {name}"
+    assert _keyward_verdict(path.read_bytes()) == expected
+
+
+def test_cipher_table_covers_local_openssh() -> None:
+    listed = subprocess.run(["ssh", "-Q", "cipher"], capture_output=True, text=True, check=True)
+    assert set(listed.stdout.split()) <= set(OPENSSH_CIPHERS)
+    assert set(OPENSSH_92_CIPHERS) <= set(OPENSSH_CIPHERS)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("v1-gcm-without-tag", "aes256-gcm@openssh.com needs .* and a 16-byte tag"),
+        ("v1-unknown-cipher", "unknown cipher 'aes256-xts'"),
+        ("v1-leading-newline", "must start with -----BEGIN OPENSSH PRIVATE KEY-----"),
+        ("ossl-ed25519", "cannot load Ed25519 keys in PKCS#8"),
+        ("ossl-ed25519-aes256", "too short for an RSA, ECDSA or DSA key"),
+        ("ossl-secp256k1", "curve secp256k1"),
+        ("v1-sk-bad-padding", "malformed OpenSSH private key: bad padding"),
+    ],
+)
+def test_refusal_reasons(corpus: dict[str, Path], name: str, reason: str) -> None:
+    with pytest.raises(KeyPolicyError, match=reason):
+        inspect_private_key(corpus[name].read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("name", "cipher", "kdf"),
+    [
+        ("v1-aes256-gcm@openssh.com", "aes256-gcm@openssh.com", "bcrypt"),
+        ("v1-chacha20-poly1305@openssh.com", "chacha20-poly1305@openssh.com", "bcrypt"),
+        ("ossl-ecparam-then-aes256", "AES-256-CBC", "md5"),
+        ("ossl-pkcs8-scrypt", "aes-256-cbc", "scrypt"),
+        ("ossl-pkcs8-pbe-sha1-3des", "des-ede3-cbc", "pkcs12-sha1"),
+    ],
+)
+def test_check_reports_cipher(corpus: dict[str, Path], name: str, cipher: str, kdf: str) -> None:
+    report = check_private_key(corpus[name].read_bytes(), DEFAULT_POLICY)
+    assert (report.encrypted, report.cipher, report.kdf) == (True, cipher, kdf)
+
+
+def test_ecparam_genkey_refused_as_clear_not_unsupported(corpus: dict[str, Path]) -> None:
+    with pytest.raises(KeyPolicyError, match="not protected by a passphrase"):
+        check_private_key(corpus["ossl-ecparam-genkey"].read_bytes(), DEFAULT_POLICY)
+
+
+def test_pem_with_ed25519_pub_refused(corpus: dict[str, Path]) -> None:
+    hint = parse_public_key((corpus["v1-clear"].with_name("v1-clear.pub")).read_text())
+    with pytest.raises(KeyPolicyError, match="cannot load ssh-ed25519 keys from a PKCS8 file"):
+        check_private_key(corpus["ossl-pkcs8-aes256"].read_bytes(), DEFAULT_POLICY, hint)
+
+
+def test_key_check_cli_accepts_gcm(corpus: dict[str, Path], tmp_path: Path) -> None:
+    kw = Keyward(f"sqlite:///{tmp_path / 'registry.db'}", str(tmp_path / "no-inventory"))
+    kw.ok("init")
+    report = kw.ok("key", "check", str(corpus["v1-aes256-gcm@openssh.com"]), "--json").json()
+    assert (report["encrypted"], report["cipher"]) == (True, "aes256-gcm@openssh.com")
+    refused = kw.fails("key", "check", str(corpus["v1-gcm-without-tag"]))
+    assert "16-byte tag" in refused.err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from keyward.errors import ProofError
 from keyward.keys import KeyPolicy, PublicKey, parse_public_key
@@ -223,3 +223,58 @@ def test_unsupported_hash_refused() -> None:
 
 def test_namespace_default() -> None:
     assert NAMESPACE == "keyward"
+
+
+def test_webauthn_signature_refused_by_name(keydir: Path) -> None:
+    sk = SoftSK("sk-ecdsa-sha2-nistp256@openssh.com")
+    key = parse_public_key(sk.public_line)
+    message = proof_statement("alice", key.fingerprint, TODAY)
+    sig = sk.webauthn_sshsig(message)
+    # A genuine WebAuthn signature: OpenSSH itself verifies it.
+    assert ssh_verify(keydir, key.openssh(), sig, message).returncode == 0
+    expected = (
+        "webauthn signatures (webauthn-sk-ecdsa-sha2-nistp256@openssh.com) are not supported;"
+        " sign with ssh-keygen -Y sign -n keyward"
+    )
+    for check in (
+        lambda: verify_proof(sig, "alice", key, TODAY, 30),
+        lambda: verify_sshsig(sig, message, key),
+    ):
+        with pytest.raises(ProofError) as info:
+            check()
+        assert str(info.value) == expected
+
+
+def _plain_public(key_type: str) -> PublicKey:
+    priv = (
+        ed25519.Ed25519PrivateKey.generate()
+        if key_type == "ssh-ed25519"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    line = priv.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return parse_public_key(line.decode())
+
+
+@pytest.mark.parametrize(
+    ("kind", "key_type"),
+    [
+        ("sk-ssh-ed25519@openssh.com", "ssh-ed25519"),
+        ("sk-ecdsa-sha2-nistp256@openssh.com", "ecdsa-sha2-nistp256"),
+        ("sk-ssh-ed25519@openssh.com", "ecdsa-sha2-nistp256"),
+    ],
+)
+def test_sk_signature_for_plain_key_named(kind: str, key_type: str) -> None:
+    """A security-key signature (flags and counter after it) over a plain key's SSHSIG
+    is refused for its algorithm, not as 'trailing bytes'."""
+    sk = SoftSK(kind)
+    key = _plain_public(key_type)
+    sig = sk.sshsig(b"m")
+    blob = base64.b64decode("".join(sig.decode().splitlines()[1:-1]))
+    # Re-point the SSHSIG at the plain key so only the signature is wrong.
+    inner = blob[10 + 4 + len(sk.blob) :]
+    forged = armor(b"SSHSIG" + struct.pack(">I", 1) + _s(key.blob) + inner)
+    with pytest.raises(ProofError) as info:
+        verify_sshsig(forged, b"m", key)
+    assert str(info.value) == f"signature algorithm does not match the {key_type} key"
