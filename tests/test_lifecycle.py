@@ -6,11 +6,13 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlmodel import select
 
 from keyward.registry.lifecycle import purge_person
 from keyward.registry.models import Alert, AuditEvent, Person
 from keyward.registry.store import Registry
+from keyward.registry.subjects import Subject, parse_subject
 from keyward.registry.verify import verify_session
 from tests.agent_env import AgentEnv
 
@@ -270,3 +272,38 @@ def test_purge_of_events_written_before_subjects_had_kinds(db_url: str) -> None:
         by_host.id
     ]
     registry.dispose()
+
+
+@pytest.mark.parametrize(
+    ("action", "stored", "expected"),
+    [
+        # typed subjects, as written now
+        ("person.add", "person:h1", Subject.person("h1")),
+        ("host.add", "host:h1", Subject.host("h1")),
+        ("alert.raise", "host:h1", Subject.host("h1")),
+        ("alert.raise", "fleet:*", Subject("fleet", "*")),
+        (
+            "backup.restore",
+            "backup:keyward-registry-x.sqlite",
+            Subject.backup("keyward-registry-x.sqlite"),
+        ),
+        ("registry.init", "registry:sqlite", Subject("registry", "sqlite")),
+        # bare subjects written before kinds: the action says the kind
+        ("person.add", "h1", Subject.person("h1")),
+        ("key.revoke", "h1", Subject.person("h1")),
+        ("access.end", "h1", Subject.person("h1")),
+        ("role.grant", "h1", Subject.person("h1")),
+        ("audit.redact", "h1", Subject.person("h1")),
+        ("role.add", "h1", Subject.role("h1")),
+        ("host.drift-removed", "h1", Subject.host("h1")),
+        ("offboard.host-confirmed", "h1", Subject.host("h1")),
+        ("offboard.confirmed", "case-3", Subject("case", "case-3")),
+        ("registry.init", "registry", Subject("registry", "registry")),
+        # a snapshot file may be named like a typed subject; it stays a backup
+        ("backup.restore", "person:h1", Subject.backup("person:h1")),
+        # a legacy alert names a person or a host: only its alert row can tell
+        ("alert.raise", "h1", None),
+    ],
+)
+def test_subject_kind_of_stored_events(action: str, stored: str, expected: Subject | None) -> None:
+    assert parse_subject(action, stored) == expected
