@@ -9,11 +9,16 @@ from sqlmodel import col, select
 
 from keyward.registry.models import AuditEvent
 from keyward.registry.store import Registry
+from keyward.registry.subjects import Subject
 from keyward.registry.verify import verify_session
 
 NOW = datetime(2026, 11, 23, 9, 0, 0, tzinfo=UTC)  # whole second: the timestamp format edge
 EVENTS = [
-    ("host.add", f"web-{i}", {"account": "deploy", "fingerprint": f"SHA256:{i}", "n": i})
+    (
+        "host.add",
+        Subject.host(f"web-{i}"),
+        {"account": "deploy", "fingerprint": f"SHA256:{i}", "n": i},
+    )
     for i in range(5)
 ]
 
@@ -21,14 +26,14 @@ EVENTS = [
 def _chain(url: str, bulk: bool) -> list[tuple[int, str, str]]:
     registry, _, _ = Registry.initialise(url, clock=lambda: NOW)
     with registry.write("bench") as tx:
-        tx.audit("role.add", "devops", {"why": "first"})
+        tx.audit("role.add", Subject.role("devops"), {"why": "first"})
         if bulk:
             assert tx.audit_many(iter(EVENTS)) == len(EVENTS)
             assert tx.audit_many([]) == 0
         else:
             for action, subject, details in EVENTS:
                 tx.audit(action, subject, details)
-        tx.audit("role.add", "qa", {"why": "last"})
+        tx.audit("role.add", Subject.role("qa"), {"why": "last"})
     with registry.read() as session:
         checked = verify_session(session)
         assert checked is not None and checked[2] is None  # the chain verifies

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from sqlmodel import select
+
+from keyward.registry.lifecycle import purge_person
+from keyward.registry.models import Alert, AuditEvent, Person
+from keyward.registry.store import Registry
+from keyward.registry.subjects import Subject, parse_subject
+from keyward.registry.verify import verify_session
 from tests.agent_env import AgentEnv
 
 
@@ -169,3 +178,132 @@ def test_access_review_and_expiring_keys(env: AgentEnv) -> None:
     expiring = env.kw.ok("key", "list", "--expiring", "400d", "--json").json()
     assert expiring[0]["hosts"] == sorted(h.name for h in env.hosts)
     assert env.kw.ok("key", "list", "--expiring", "30d", "--json").json() == []
+
+
+def test_purge_redacts_only_the_persons_events_not_a_host_of_the_same_name(
+    env: AgentEnv,
+) -> None:
+    """``person add h1`` next to inventory host h1: purging the person keeps the host's trail."""
+    host = env.hosts[0]
+    twin = host.name  # a valid username too: the person is named exactly like the host
+    env.person_with_key("bob", "devops")
+    env.person_with_key(twin, "devops")
+    env.kw.ok("reconcile")
+    host_events = [
+        e for e in env.kw.ok("audit", "log", "--json").json() if e["action"].startswith("host.")
+    ]
+    on_twin = [e for e in host_events if e["subject"] == twin]
+    assert on_twin
+    assert env.kw("offboard", twin, "--reason", "left").code == 0
+    later = (datetime.now(UTC) + timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    env.kw.ok("person", "purge", twin, env={"KEYWARD_NOW": later})
+
+    after = {e["seq"]: e for e in env.kw.ok("audit", "log", "--json").json()}
+    # The host's events keep their details; only the person's were redacted.
+    for event in on_twin:
+        assert after[event["seq"]]["details"] == event["details"] != {"redacted": True}
+    assert {after[e["seq"]]["subject_kind"] for e in on_twin} == {"host"}
+    redact = next(e for e in after.values() if e["action"] == "audit.redact")
+    redacted = {s for s, e in after.items() if e["details"] == {"redacted": True}}
+    assert redacted == set(redact["details"]["seqs"])
+    assert all(after[s]["subject_kind"] == "person" for s in redacted)
+    assert {after[s]["action"] for s in redacted} >= {"person.add", "key.add", "person.offboard"}
+    assert env.kw.ok("audit", "verify").out.startswith("audit chain ok")
+    # Filters by person see the person only, never the host of the same name.
+    mine = env.kw.ok("audit", "log", "--person", twin, "--json").json()
+    assert mine and all(e["subject_kind"] == "person" for e in mine)
+    evidence = env.kw.ok("report", "offboarding", twin, "--format", "json").json()
+    assert not any(e["action"].startswith("host.") for e in evidence["audit_events"])
+    assert any(e["action"] == "person.offboard" for e in evidence["audit_events"])
+    text = env.kw.ok("audit", "log", "--action", "host.add").out
+    assert f"host:{twin}" in text and f"person:{twin}" not in text
+
+
+def test_purge_of_events_written_before_subjects_had_kinds(db_url: str) -> None:
+    """A chain written with bare subjects: the kind comes from the action (or the alert row)."""
+    registry, _, _ = Registry.initialise(db_url, clock=lambda: datetime.now(UTC))
+    with registry.write("admin") as tx:
+        tx.session.add(
+            Person(
+                username="h1",
+                full_name="H One",
+                status="offboarded",
+                created_at=tx.now,
+                changed_at=tx.now - timedelta(days=1),
+            )
+        )
+        by_host = Alert(
+            kind="failed_logins", host="h1", summary="s", details="{}", created_at=tx.now
+        )
+        by_person = Alert(
+            kind="new_source", person="h1", summary="s", details="{}", created_at=tx.now
+        )
+        tx.session.add_all([by_host, by_person])
+        tx.session.flush()
+        # What earlier versions stored: the bare name, whatever it named.
+        legacy: list[tuple[str, str, dict[str, object]]] = [
+            ("person.add", "h1", {"full_name": "H One"}),
+            ("host.add", "h1", {"person": "bob", "fingerprint": "SHA256:x"}),
+            ("role.grant", "h1", {"role": "devops"}),
+            ("alert.raise", "h1", {"alert_id": by_host.id, "kind": "failed_logins"}),
+            ("alert.raise", "h1", {"alert_id": by_person.id, "kind": "new_source"}),
+            ("offboard.host-confirmed", "h1", {"case_id": 1}),
+            ("backup.restore", "person:h1", {"file": "person:h1"}),
+            ("person.offboard", "h1", {"reason": "left"}),
+        ]
+        for action, subject, details in legacy:
+            tx.audit(action, subject, details)  # type: ignore[arg-type]  # the old bare form
+    with registry.write("admin") as tx:
+        seqs = purge_person(tx, "h1", keep_days=0)
+    with registry.read() as session:
+        events = {e.seq: e for e in session.exec(select(AuditEvent))}
+        checked = verify_session(session)
+    assert checked is not None and checked[2] is None  # the chain still verifies
+    assert all(events[s].redacted for s in seqs)
+    assert sorted(events[s].action for s in seqs) == [
+        "alert.raise",  # only the alert about the person, not the one about the host
+        "person.add",
+        "person.offboard",
+        "role.grant",
+    ]
+    kept = [e for e in events.values() if not e.redacted and e.subject in ("h1", "person:h1")]
+    assert {e.action for e in kept} >= {"host.add", "offboard.host-confirmed", "backup.restore"}
+    assert [json.loads(e.details)["alert_id"] for e in kept if e.action == "alert.raise"] == [
+        by_host.id
+    ]
+    registry.dispose()
+
+
+@pytest.mark.parametrize(
+    ("action", "stored", "expected"),
+    [
+        # typed subjects, as written now
+        ("person.add", "person:h1", Subject.person("h1")),
+        ("host.add", "host:h1", Subject.host("h1")),
+        ("alert.raise", "host:h1", Subject.host("h1")),
+        ("alert.raise", "fleet:*", Subject("fleet", "*")),
+        (
+            "backup.restore",
+            "backup:keyward-registry-x.sqlite",
+            Subject.backup("keyward-registry-x.sqlite"),
+        ),
+        ("registry.init", "registry:sqlite", Subject("registry", "sqlite")),
+        # bare subjects written before kinds: the action says the kind
+        ("person.add", "h1", Subject.person("h1")),
+        ("key.revoke", "h1", Subject.person("h1")),
+        ("access.end", "h1", Subject.person("h1")),
+        ("role.grant", "h1", Subject.person("h1")),
+        ("audit.redact", "h1", Subject.person("h1")),
+        ("role.add", "h1", Subject.role("h1")),
+        ("host.drift-removed", "h1", Subject.host("h1")),
+        ("offboard.host-confirmed", "h1", Subject.host("h1")),
+        ("offboard.confirmed", "case-3", Subject("case", "case-3")),
+        ("registry.init", "registry", Subject("registry", "registry")),
+        # a snapshot file may be named like a typed subject; it stays a backup
+        ("backup.restore", "person:h1", Subject.backup("person:h1")),
+        # a legacy alert names a person or a host: only its alert row can tell
+        ("alert.raise", "h1", None),
+    ],
+)
+def test_subject_kind_of_stored_events(action: str, stored: str, expected: Subject | None) -> None:
+    assert parse_subject(action, stored) == expected

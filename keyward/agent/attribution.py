@@ -57,6 +57,7 @@ from keyward.registry.models import Alert as AlertRow
 from keyward.registry.models import AuthLogPosition, FailureMode, OffboardingCase, Person
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.store import Registry, WriteTx
+from keyward.registry.subjects import Subject, alert_subject
 from keyward.state import RegistrySnapshot
 
 NOTIFY_TIMEOUT = 30
@@ -140,7 +141,7 @@ def record_logins(
             alert_ids.append(row.id or 0)
             tx.audit(
                 "alert.raise",
-                alert.person or alert.host or "fleet",
+                alert_subject(alert.person, alert.host),
                 {"alert_id": row.id, "kind": alert.kind, "summary": alert.summary},
             )
             if (
@@ -369,7 +370,7 @@ def _enter_failure_mode(
     )
     tx.audit(
         "person.failure-mode",
-        username,
+        Subject.person(username),
         {
             "mode": policy.failure_mode,
             "alert_id": alert.id,

@@ -13,6 +13,7 @@ from keyward.desired import COMMENT_PREFIX
 from keyward.plan import parse_cached
 from keyward.registry.models import HostState, OffboardingCase, OffboardingTarget
 from keyward.registry.store import Registry, WriteTx
+from keyward.registry.subjects import Subject
 
 AUDIT_ACTIONS = {
     "add": "host.add",
@@ -82,7 +83,7 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, state: HostState) -> N
             if plan.action == "fix-mode":
                 tx.audit(
                     "host.fix-mode",
-                    result.host.name,
+                    Subject.host(result.host.name),
                     {"account": plan.target.account, "path": plan.path, "run_id": run_id},
                 )
             # One event per key added or removed: thousands in a first fill, so in one insert.
@@ -91,7 +92,7 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, state: HostState) -> N
                     "host.drift-removed"
                     if change.action == "remove" and change.reason == "drift"
                     else AUDIT_ACTIONS[change.action],
-                    result.host.name,
+                    Subject.host(result.host.name),
                     {
                         "account": plan.target.account,
                         "path": plan.path,
@@ -156,7 +157,7 @@ def _record_late(
         for fingerprint, owner in sorted(items, key=lambda i: (i[0] or "", i[1] or "")):
             tx.audit(
                 action,
-                host,
+                Subject.host(host),
                 {
                     "account": account,
                     "path": path,
@@ -188,7 +189,7 @@ def _record_confirmations(
         ):
             on_host = pending.setdefault(target.host, {})
             on_host[(target.case_id, target.account, target.pattern)] = target
-    events: list[tuple[str, str, dict[str, Any]]] = []
+    events: list[tuple[str, Subject, dict[str, Any]]] = []
     for result in results:
         host = result.host.name
         targets = pending.get(host, {})
@@ -216,7 +217,7 @@ def _record_confirmations(
         events += [
             (
                 "offboard.host-confirmed",
-                host,
+                Subject.host(host),
                 {"case_id": case_id, "files": sorted(files), "run_id": run_id},
             )
             for case_id, files in confirmed.items()
@@ -238,5 +239,5 @@ def _record_confirmations(
             case.closed_at = max(r.finished for r in results)
             tx.session.add(case)
             tx.audit(
-                "offboard.confirmed", f"case-{case_id}", {"case_id": case_id, "run_id": run_id}
+                "offboard.confirmed", Subject.case(case_id), {"case_id": case_id, "run_id": run_id}
             )

@@ -8,11 +8,13 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 from sqlmodel import col, select
 
+from keyward.agent import scan
 from keyward.agent.connection import Credentials
 from keyward.agent.limits import fds_needed, raise_fd_limit
 from keyward.agent.lock import reconcile_lock
@@ -29,6 +31,7 @@ from keyward.keys import PublicKey, parse_public_key
 from keyward.logs import get_logger
 from keyward.registry.models import HostState
 from keyward.registry.snapshot import load_snapshot
+from keyward.registry.subjects import Subject
 from keyward.state import RegistrySnapshot
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -522,36 +525,114 @@ def hosts() -> None:
 
 @hosts.command("scan")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--write", is_flag=True, help="Append new keys to the inventory's known_hosts.")
+@click.option("--write", is_flag=True, help="Pin the keys of hosts seen for the first time.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="With --write: replace the pins of hosts whose key CHANGED (needs --fingerprint).",
+)
+@click.option(
+    "--fingerprint",
+    "fingerprints",
+    multiple=True,
+    metavar="SHA256:...",
+    help="With --write: pin only these presented keys, the ones you checked out of band.",
+)
 @pass_app
-def hosts_scan(app: AppContext, names: tuple[str, ...], write: bool) -> None:
-    """Fetch the host keys of NAMES (inventory host names) and print them for review."""
-    from keyward.agent.scan import scan_hosts
+def hosts_scan(
+    app: AppContext,
+    names: tuple[str, ...],
+    write: bool,
+    replace: bool,
+    fingerprints: tuple[str, ...],
+) -> None:
+    """Fetch the host keys of NAMES (inventory host names) and print them for review.
 
+    A key that differs from the host's pin is shown as CHANGED and never pinned next
+    to the old one: an impostor must not become trusted by a routine --write.
+    """
+    if (replace or fingerprints) and not write:
+        raise UsageError("--replace and --fingerprint only make sense with --write")
+    if replace and not fingerprints:
+        raise UsageError("--replace needs --fingerprint naming the new key you checked")
+    wanted = [scan.check_fingerprint(fp) for fp in fingerprints]
     inv = load_inventory(app.inventory_dir())
     targets = [inv.host(name) for name in names]
-    lines, failures = asyncio.run(scan_hosts(targets, inv.agent.connect_timeout))
-    existing = ""
-    if inv.agent.known_hosts.exists():
-        existing = inv.agent.known_hosts.read_text()
-    known = {line.strip() for line in existing.splitlines()}
-    new_lines = []
-    for host, line, fingerprint in lines:
-        marker = "pinned" if line in known else "new"
-        click.echo(f"# {host.name}: {fingerprint} ({marker})")
-        click.echo(line)
-        if line not in known:
-            new_lines.append(line)
+    path = inv.agent.known_hosts
+    try:
+        existing = path.read_text() if path.exists() else ""
+    except OSError as exc:
+        raise UsageError(f"cannot read known_hosts {path}: {exc.strerror}") from None
+    found, failures = asyncio.run(scan.scan_hosts(targets, existing, inv.agent.connect_timeout))
+    for item in found:
+        click.echo(item.describe())
+        if item.status != "changed":  # a changed key is not offered as a line to paste
+            click.echo(item.line)
     for host, error in failures:
         click.echo(f"# {host.name}: {error}", err=True)
-    if write and new_lines:
-        with open(inv.agent.known_hosts, "a") as handle:
-            if existing and not existing.endswith("\n"):
-                handle.write("\n")
-            handle.write("".join(line + "\n" for line in new_lines))
-        click.echo(f"added {len(new_lines)} host keys to {inv.agent.known_hosts}")
+    if write:
+        chosen = scan.select_pins(found, replace=replace, fingerprints=wanted)
+        if chosen:
+            _write_pins(app, path, existing, chosen)
     if failures:
         sys.exit(EXIT_FAILED)
+
+
+def _write_pins(app: AppContext, path: Path, existing: str, chosen: list[scan.Scanned]) -> None:
+    """Write the chosen pins; a replaced pin is audited in the same registry transaction.
+
+    The file is replaced atomically inside the transaction; if the audit record
+    cannot be committed the old file is put back, so a replacement is never
+    unaudited.
+    """
+    log = get_logger()
+    text = scan.updated_known_hosts(existing, chosen)
+    replaced = [item for item in chosen if item.status == "changed"]
+    if replaced:
+        written = False
+        try:
+            with app.registry().write(app.actor) as tx:
+                for item in replaced:
+                    tx.audit(
+                        "host.key-replace",
+                        Subject.host(item.host.name),
+                        {
+                            "old_fingerprints": list(item.pinned),
+                            "fingerprint": item.fingerprint,
+                            "known_hosts": str(path),
+                        },
+                    )
+                scan.write_known_hosts(path, text)
+                written = True
+        except BaseException:
+            if written:  # the audit record did not commit: put the old pins back
+                scan.write_known_hosts(path, existing)
+            raise
+    else:
+        scan.write_known_hosts(path, text)
+    for item in chosen:
+        if item.status == "changed":
+            log.warning(
+                "host_key_replaced",
+                host=item.host.name,
+                old_fingerprints=list(item.pinned),
+                fingerprint=item.fingerprint,
+                known_hosts=str(path),
+            )
+            click.echo(
+                f"replaced the pinned host key of {item.host.name} "
+                f"({', '.join(item.pinned)} -> {item.fingerprint})"
+            )
+        else:
+            log.info(
+                "host_key_pinned",
+                host=item.host.name,
+                fingerprint=item.fingerprint,
+                known_hosts=str(path),
+            )
+    added = len(chosen) - len(replaced)
+    if added:
+        click.echo(f"added {added} host keys to {path}")
 
 
 def register(cli: click.Group) -> None:

@@ -17,6 +17,7 @@ from keyward.registry import backup as bk
 from keyward.registry.db import describe, make_engine
 from keyward.registry.schema import head_revision
 from keyward.registry.store import Registry
+from keyward.registry.subjects import ALL_BACKUPS, Subject
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -96,7 +97,7 @@ def backup_create(
     with registry.write(app.actor) as tx:
         tx.audit(
             "backup.create",
-            created.path.name,
+            Subject.backup(created.path.name),
             {
                 "backend": created.backend,
                 "bytes": created.size,
@@ -109,7 +110,7 @@ def backup_create(
         for failure in failures:
             tx.audit(
                 "backup.copy-failed",
-                created.path.name,
+                Subject.backup(created.path.name),
                 {
                     "file": failure.file,
                     "program": failure.program,
@@ -238,7 +239,7 @@ def backup_prune(
         with registry.write(app.actor) as tx:
             tx.audit(
                 "backup.prune",
-                "backups",
+                ALL_BACKUPS,
                 {
                     "directory": str(target),
                     "keep_days": keep_days,
@@ -305,7 +306,7 @@ def backup_restore(app: AppContext, file: str, force: bool, as_json: bool) -> No
                     "roles": restored.replaced.roles,
                     "events": restored.replaced.events,
                 }
-            tx.audit("backup.restore", path.name, details)
+            tx.audit("backup.restore", Subject.backup(path.name), details)
         log_events(tx)
     finally:
         registry.dispose()

@@ -15,6 +15,7 @@ from keyward.cli.registry_cmds import customer_hosts, log_events, person
 from keyward.errors import RegistryError
 from keyward.registry import ops, validate
 from keyward.registry.models import Alert, FailureMode, LoginEvent
+from keyward.registry.subjects import Subject
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -160,7 +161,7 @@ def person_clear_alert(app: AppContext, username: str, reason: str) -> None:
             tx.session.add(alert)
         tx.audit(
             "person.clear-alert",
-            username,
+            Subject.person(username),
             {
                 "reason": reason,
                 "alerts": [a.id for a in open_alerts],

@@ -18,10 +18,11 @@ from keyward.errors import UsageError
 from keyward.inventory.model import PolicySettings
 from keyward.keys import DEFAULT_POLICY, KeyPolicy, PublicKey, decode_key, parse_public_key
 from keyward.logs import get_logger
-from keyward.registry import ops
+from keyward.registry import ops, subjects
 from keyward.registry.db import describe, resolve_url
 from keyward.registry.models import AuditEvent, Membership, Person, Role, SshKey
 from keyward.registry.store import Registry, WriteTx
+from keyward.registry.subjects import Subject
 
 MAX_INPUT_BYTES = 64 * 1024
 pass_app = click.make_pass_decorator(AppContext)
@@ -135,13 +136,19 @@ def init(app: AppContext) -> None:
         if before is None:
             with registry.write(app.actor) as tx:
                 tx.audit(
-                    "registry.init", "registry", {"schema": after, "backend": registry.backend}
+                    "registry.init",
+                    Subject("registry", registry.backend),
+                    {"schema": after, "backend": registry.backend},
                 )
             log_events(tx)
             click.echo(f"initialised registry {describe(url)} (schema {after})")
         elif before != after:
             with registry.write(app.actor) as tx:
-                tx.audit("registry.upgrade", "registry", {"from": before, "to": after})
+                tx.audit(
+                    "registry.upgrade",
+                    Subject("registry", registry.backend),
+                    {"from": before, "to": after},
+                )
             log_events(tx)
             click.echo(f"upgraded registry {describe(url)} from schema {before} to {after}")
         else:
@@ -592,6 +599,24 @@ def audit() -> None:
     """The tamper-evident audit trail."""
 
 
+def _event_row(event: AuditEvent, subject: Subject | None) -> dict[str, Any]:
+    """One event for ``audit log``: ``subject`` is the name, ``subject_kind`` its kind.
+
+    Older events store a bare name and newer ones ``kind:name``; both are shown the
+    same way, so a script filtering on ``subject`` keeps working across the change.
+    """
+    return {
+        "seq": event.seq,
+        "at": ts(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "subject": subject.name if subject else event.subject,
+        "subject_kind": subject.kind if subject else None,
+        "details": json.loads(event.details) if not event.redacted else {"redacted": True},
+        "hash": event.hash,
+    }
+
+
 @audit.command("log")
 @click.option("--since", default=None, metavar="DATE", help="Only events from this date (UTC).")
 @click.option("--person", "username", default=None, help="Only events about this person.")
@@ -615,34 +640,30 @@ def audit_log(
         if since:
             query = query.where(AuditEvent.at >= start_of_day(since, "--since"))
         if username:
-            query = query.where(AuditEvent.subject == username)
+            query = query.where(subjects.matches(Subject.person(username)))
         if action:
             query = query.where(AuditEvent.action == action)
-        rows: list[dict[str, Any]] = [
-            {
-                "seq": e.seq,
-                "at": ts(e.at),
-                "actor": e.actor,
-                "action": e.action,
-                "subject": e.subject,
-                "details": json.loads(e.details) if not e.redacted else {"redacted": True},
-                "hash": e.hash,
-            }
-            for e in session.exec(query)
-        ]
+        events = list(session.exec(query))
+        kinds = subjects.resolve(session, events)
+        if username:
+            events = [e for e in events if kinds[e.seq] == Subject.person(username)]
+        rows = [_event_row(e, kinds[e.seq]) for e in events]
     if customer is not None:
         hosts = customer_hosts(app, customer)
         rows = [
-            r for r in rows if r["subject"] in hosts or r["details"].get("customer") == customer
+            r
+            for r in rows
+            if (r["subject_kind"] == "host" and r["subject"] in hosts)
+            or r["details"].get("customer") == customer
         ]
     if as_json:
         emit_json(rows)
         return
     for r in rows:
         details = " ".join(f"{k}={v}" for k, v in sorted(r["details"].items()) if v is not None)
+        about = f"{r['subject_kind']}:{r['subject']}" if r["subject_kind"] else r["subject"]
         click.echo(
-            f"{r['seq']:>6}  {r['at']}  {r['actor']:<12} {r['action']:<22} "
-            f"{r['subject']:<16} {details}"
+            f"{r['seq']:>6}  {r['at']}  {r['actor']:<12} {r['action']:<22} {about:<16} {details}"
         )
     if not rows:
         click.echo("(no events)")

@@ -14,7 +14,7 @@ from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, ts
 from keyward.desired import FileTarget
 from keyward.plan import sha256
-from keyward.registry import ops
+from keyward.registry import ops, subjects
 from keyward.registry.models import (
     AuditEvent,
     HostState,
@@ -23,6 +23,7 @@ from keyward.registry.models import (
     OffboardingTarget,
     SshKey,
 )
+from keyward.registry.subjects import Subject
 
 pass_app = click.make_pass_decorator(AppContext)
 FORMATS = click.Choice(["md", "json", "csv"])
@@ -72,11 +73,16 @@ def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
             .where(OffboardingTarget.case_id == case.id)
             .order_by(col(OffboardingTarget.host), col(OffboardingTarget.account))
         ).all()
-        events = session.exec(
-            select(AuditEvent)
-            .where(AuditEvent.subject == username, AuditEvent.at >= case.started_at)
-            .order_by(col(AuditEvent.seq))
-        ).all()
+        subject = Subject.person(username)
+        events = subjects.about(
+            session,
+            session.exec(
+                select(AuditEvent)
+                .where(subjects.matches(subject), AuditEvent.at >= case.started_at)
+                .order_by(col(AuditEvent.seq))
+            ),
+            subject,
+        )
         # Logins with the person's keys at or after the case opened: a host that was down
         # during the offboarding kept the key until the agent reached it again.
         fingerprints = [str(fp) for fp in json.loads(case.fingerprints or "[]")]

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, or_, select
 
 from keyward.errors import RegistryError, UsageError
 from keyward.keys import PublicKey
-from keyward.registry import ops, validate
+from keyward.registry import ops, subjects, validate
 from keyward.registry.bulk import insert_many
 from keyward.registry.models import (
     AccessRequest,
@@ -26,6 +26,7 @@ from keyward.registry.models import (
     SshKey,
 )
 from keyward.registry.store import WriteTx
+from keyward.registry.subjects import Subject
 
 TARGET_TABLE: Table = OffboardingTarget.__table__  # type: ignore[attr-defined]
 
@@ -74,7 +75,7 @@ def rotate_key(
     tx.session.add(old)
     tx.audit(
         "key.rotate",
-        username,
+        Subject.person(username),
         {
             "old_fingerprint": old.fingerprint,
             "new_fingerprint": new.fingerprint,
@@ -118,7 +119,7 @@ def request_access(
     tx.session.flush()
     tx.audit(
         "access.request",
-        person.username,
+        Subject.person(person.username),
         {
             "request_id": request.id,
             "role": role_name,
@@ -150,7 +151,7 @@ def decide_access(tx: WriteTx, request_id: int, approve: bool, note: str = "") -
     role = tx.session.get(Role, request.role_id)
     tx.audit(
         "access.approve" if approve else "access.deny",
-        person.username,
+        Subject.person(person.username),
         {
             "request_id": request.id,
             "role": role.name if role else None,
@@ -189,7 +190,7 @@ def offboard(
             tx.session.add(key)
             tx.audit(
                 "key.revoke",
-                username,
+                Subject.person(username),
                 {"fingerprint": key.fingerprint, "reason": key.revoke_reason},
             )
     for membership, role in tx.session.exec(
@@ -201,7 +202,11 @@ def offboard(
         membership.ended_by = tx.actor
         membership.end_reason = f"offboarded: {reason}"
         tx.session.add(membership)
-        tx.audit("role.revoke", username, {"role": role.name, "reason": membership.end_reason})
+        tx.audit(
+            "role.revoke",
+            Subject.person(username),
+            {"role": role.name, "reason": membership.end_reason},
+        )
     for request in tx.session.exec(
         select(AccessRequest).where(
             AccessRequest.person_id == person.id,
@@ -214,7 +219,11 @@ def offboard(
         if request.status == "pending":
             request.status = "denied"
         tx.session.add(request)
-        tx.audit("access.end", username, {"request_id": request.id, "reason": request.end_reason})
+        tx.audit(
+            "access.end",
+            Subject.person(username),
+            {"request_id": request.id, "reason": request.end_reason},
+        )
     person.status = "offboarded"
     person.changed_at = tx.now
     tx.session.add(person)
@@ -245,7 +254,7 @@ def offboard(
     count = len(rows)
     tx.audit(
         "person.offboard",
-        username,
+        Subject.person(username),
         {
             "case_id": case.id,
             "reason": reason,
@@ -276,8 +285,10 @@ def purge_person(tx: WriteTx, username: str, keep_days: int) -> list[int]:
 
     The person's name, email and key comments are blanked, the source addresses of
     their logins removed, and the details of every audit event about them
-    redacted.  The chain stays verifiable: each event keeps its details digest,
-    and one ``audit.redact`` event (itself in the chain) lists what was redacted.
+    redacted: events whose subject is this person, never those of a host, role or
+    backup that happens to share the name (see ``keyward.registry.subjects``).
+    The chain stays verifiable: each event keeps its details digest, and one
+    ``audit.redact`` event (itself in the chain) lists what was redacted.
     """
     from keyward.registry.audit import REDACT_ACTION
     from keyward.registry.models import AuditEvent, LoginEvent, LoginSource
@@ -320,15 +331,18 @@ def purge_person(tx: WriteTx, username: str, keep_days: int) -> list[int]:
         )
     ):
         tx.session.delete(source)
+    # Only the person's own events: a host, role or backup of the same name is not them.
+    subject = Subject.person(username)
+    candidates = tx.session.exec(
+        select(AuditEvent).where(subjects.matches(subject), AuditEvent.redacted == False)  # noqa: E712
+    ).all()
     seqs: list[int] = []
-    for event in tx.session.exec(
-        select(AuditEvent).where(AuditEvent.subject == username, AuditEvent.redacted == False)  # noqa: E712
-    ):
+    for event in subjects.about(tx.session, candidates, subject):
         event.details = json.dumps({"redacted": True})
         event.redacted = True
         tx.session.add(event)
         seqs.append(event.seq)
     tx.session.flush()
-    tx.audit(REDACT_ACTION, username, {"seqs": sorted(seqs), "reason": "person purge"})
-    tx.audit("person.purge", username, {"kept_days": keep_days})
+    tx.audit(REDACT_ACTION, subject, {"seqs": sorted(seqs), "reason": "person purge"})
+    tx.audit("person.purge", subject, {"kept_days": keep_days})
     return sorted(seqs)

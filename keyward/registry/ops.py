@@ -18,6 +18,7 @@ from keyward.keys import PublicKey
 from keyward.registry import validate
 from keyward.registry.models import Membership, Person, Role, SshKey
 from keyward.registry.store import WriteTx
+from keyward.registry.subjects import Subject
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -51,7 +52,7 @@ def add_person(tx: WriteTx, username: str, full_name: str, email: str | None) ->
     )
     tx.session.add(person)
     tx.session.flush()
-    tx.audit("person.add", username, {"full_name": full_name, "email": email})
+    tx.audit("person.add", Subject.person(username), {"full_name": full_name, "email": email})
     return person
 
 
@@ -118,7 +119,7 @@ def add_key(
         return row
     tx.audit(
         "key.add",
-        username,
+        Subject.person(username),
         {
             "fingerprint": key.fingerprint,
             "type": key.key_type,
@@ -143,7 +144,11 @@ def revoke_key(tx: WriteTx, fingerprint: str, reason: str) -> SshKey:
     key.revoked_by = tx.actor
     key.revoke_reason = reason
     tx.session.add(key)
-    tx.audit("key.revoke", person.username, {"fingerprint": fingerprint, "reason": reason})
+    tx.audit(
+        "key.revoke",
+        Subject.person(person.username),
+        {"fingerprint": fingerprint, "reason": reason},
+    )
     return key
 
 
@@ -165,7 +170,7 @@ def add_role(tx: WriteTx, name: str, description: str) -> Role:
     role = Role(name=name, description=description, created_by=tx.actor, created_at=tx.now)
     tx.session.add(role)
     tx.session.flush()
-    tx.audit("role.add", name, {"description": description})
+    tx.audit("role.add", Subject.role(name), {"description": description})
     return role
 
 
@@ -220,7 +225,7 @@ def grant_role(
     tx.session.flush()
     tx.audit(
         "role.grant",
-        username,
+        Subject.person(username),
         {"role": role_name, "reason": reason, "until": _iso(until), "customer": customer},
     )
     return membership
@@ -237,5 +242,5 @@ def revoke_role(tx: WriteTx, role_name: str, username: str, reason: str) -> Memb
     membership.ended_by = tx.actor
     membership.end_reason = reason
     tx.session.add(membership)
-    tx.audit("role.revoke", username, {"role": role_name, "reason": reason})
+    tx.audit("role.revoke", Subject.person(username), {"role": role_name, "reason": reason})
     return membership

@@ -26,6 +26,7 @@ from keyward.registry.audit import details_digest, details_text, event_hash
 from keyward.registry.bulk import insert_many
 from keyward.registry.db import describe, make_engine, secure_sqlite_file
 from keyward.registry.models import AuditEvent, AuditHead
+from keyward.registry.subjects import Subject
 
 NOTIFY_CHANNEL = "keyward_registry"
 AUDIT_TABLE: Table = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -43,9 +44,14 @@ class WriteTx:
         self.bulk_events = 0  # appended by audit_many, not in ``events``
 
     def _link(
-        self, seq: int, prev: str, action: str, subject: str, details: Mapping[str, Any]
+        self, seq: int, prev: str, action: str, about: Subject, details: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """The stored fields of chain event ``seq`` that follows the event hashed ``prev``."""
+        """The stored fields of chain event ``seq`` that follows the event hashed ``prev``.
+
+        The subject is stored (and hashed) as ``kind:name``: a typed ``Subject`` is
+        required so that no new event is ambiguous about whose it is.
+        """
+        subject = str(about)
         text_ = details_text(details)
         digest = details_digest(text_)
         return {
@@ -68,7 +74,7 @@ class WriteTx:
             ),
         }
 
-    def audit(self, action: str, subject: str, details: Mapping[str, Any]) -> AuditEvent:
+    def audit(self, action: str, subject: Subject, details: Mapping[str, Any]) -> AuditEvent:
         """Append one event to the chain, in this transaction."""
         event = AuditEvent(
             **self._link(self._head.seq + 1, self._head.hash, action, subject, details)
@@ -80,7 +86,7 @@ class WriteTx:
         self.events.append(event)
         return event
 
-    def audit_many(self, events: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:
+    def audit_many(self, events: Iterable[tuple[str, Subject, Mapping[str, Any]]]) -> int:
         """Append (action, subject, details) events to the chain in order, in one insert.
 
         The same chain as that many :meth:`audit` calls, without building an ORM object per
