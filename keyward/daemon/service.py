@@ -65,6 +65,7 @@ from keyward.state import RegistrySnapshot
 HEARTBEAT_EVERY = 5.0
 SYNC_TIMEOUT = 120.0
 MAX_SLEEP = 3600.0
+TIME_SLACK = 0.05  # seconds past an expiry before the recompute, so it is surely past
 
 
 @dataclass(frozen=True)
@@ -223,17 +224,26 @@ class Daemon:
 
     async def watch_registry(self) -> None:
         """Poll the chain head (cheap, one row); PostgreSQL NOTIFY wakes it sooner."""
+        # The listener is part of this watcher, not in-flight work: it never finishes by
+        # itself, so waiting for it on SIGTERM held every PostgreSQL shutdown for 30 s.
+        listener = None
         if self.registry.backend == "postgresql":
-            self._track(self._listen())
-        while not self.stopping.is_set():
-            try:
-                seq = await asyncio.to_thread(self._head)
-                if seq != self.head_seq:
-                    self.head_seq = seq
-                    self.changed.set()
-            except Exception as exc:
-                self.log.warning("registry_unavailable", error=str(exc).splitlines()[0][:300])
-            await self._sleep(self.settings.poll_interval)
+            listener = asyncio.create_task(self._listen(), name="registry-listen")
+        try:
+            while not self.stopping.is_set():
+                try:
+                    seq = await asyncio.to_thread(self._head)
+                    if seq != self.head_seq:
+                        self.head_seq = seq
+                        self.changed.set()
+                except Exception as exc:
+                    self.log.warning("registry_unavailable", error=str(exc).splitlines()[0][:300])
+                await self._sleep(self.settings.poll_interval)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
 
     async def _listen(self) -> None:
         import psycopg
@@ -277,17 +287,29 @@ class Daemon:
                 )
 
     async def watch_time(self) -> None:
-        """Wake up when a key expires or a grant runs out, not at the next full pass."""
+        """Wake up when a key expires or a grant runs out, not at the next full pass.
+
+        Two things end the sleep: the moment arrives (then the state is recomputed), or a
+        push round produced a new snapshot (then only the next moment is recomputed). The
+        second must never count as the first: every round sets ``changed_snapshot``, so
+        treating that wake-up as "time is due" fed a round, which woke this loop again, and
+        the daemon spun on one core for as long as an expiry was within the hour.
+        """
         while not self.stopping.is_set():
-            wake: float = MAX_SLEEP
+            moment = None
             if self.snapshot is not None:
                 moment = next_time_change(self.snapshot, self.clock())
-                if moment is not None:
-                    wake = max(0.0, (moment - self.clock()).total_seconds()) + 0.05
-            if await self._sleep(min(wake, MAX_SLEEP), self.changed_snapshot):
-                continue
-            if wake < MAX_SLEEP:
-                self.log.info("time_change_due")
+            delay = MAX_SLEEP
+            if moment is not None:
+                # The slack lands the wake-up just past the moment, when the line is gone.
+                left = (moment - self.clock()).total_seconds()
+                delay = min(MAX_SLEEP, max(0.0, left) + TIME_SLACK)
+            if await self._sleep(delay, self.changed_snapshot):
+                return
+            # Decide by the clock, not by which wait ended: a new snapshot that came in
+            # just as the moment passed must not swallow it, nor an early wake fire it.
+            if moment is not None and self.clock() >= moment:
+                self.log.info("time_change_due", moment=moment.isoformat())
                 self.changed.set()
 
     # -- pushing --------------------------------------------------------------
