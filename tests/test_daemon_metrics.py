@@ -168,6 +168,21 @@ def test_a_socket_passed_by_systemd_is_served(env: AgentEnv, tmp_path: Path) -> 
         assert proc.wait(timeout=30) == 0
 
 
+def test_a_metrics_address_off_loopback_is_refused_at_start(env: AgentEnv) -> None:
+    environ = {**os.environ, "KEYWARD_DB": env.kw.db_url, "KEYWARD_INVENTORY": env.kw.inventory}
+    done = subprocess.run(
+        [sys.executable, "-m", "keyward", "daemon", "--metrics", "0.0.0.0:9464"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2, done
+    assert "--metrics only listens on loopback" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 async def exchange(request: bytes, timeout: float = 1.0) -> bytes:
     """Send ``request`` to a fresh in-process metrics server; return all it answers."""
     server = MetricsServer(Metrics(), max_connections=2, timeout=timeout)

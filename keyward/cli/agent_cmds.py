@@ -507,8 +507,10 @@ def status(app: AppContext, as_json: bool) -> None:
                 f"daemon: metrics NOT served on {metrics.get('address')}: {metrics['error']} "
                 "(enforcement goes on)"
             )
-        elif metrics:
+        elif metrics and metrics.get("listening"):
             click.echo(f"daemon: metrics served on {metrics.get('address')}")
+        elif metrics:
+            click.echo(f"daemon: metrics not served yet on {metrics.get('address')}")
     table(
         rows,
         [
