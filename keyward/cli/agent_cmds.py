@@ -470,6 +470,9 @@ def status(app: AppContext, as_json: bool) -> None:
         age = (now - daemon_row.heartbeat_at).total_seconds()
         alive = daemon_row.stopped_at is None and age < DAEMON_STALE_AFTER
         links = json.loads(daemon_row.hosts)
+        # The daemon keeps its metrics endpoint's state next to the hosts, under a key no
+        # host name can have (names start with a letter or digit).
+        metrics = links.pop("@metrics", None)
         daemon = {
             "instance": daemon_row.id,
             "alive": alive,
@@ -482,6 +485,7 @@ def status(app: AppContext, as_json: bool) -> None:
             "last_push_at": ts(daemon_row.last_push_at),
             "propagation_lag_ms": daemon_row.last_lag_ms,
             "last_verification_at": ts(daemon_row.last_verify_at),
+            "metrics": metrics,
         }
         if alive:
             for row in rows:
@@ -501,6 +505,15 @@ def status(app: AppContext, as_json: bool) -> None:
             f"(lag {daemon['propagation_lag_ms']} ms), last verification "
             f"{daemon['last_verification_at'] or '-'}"
         )
+        if metrics and metrics.get("error"):
+            click.echo(
+                f"daemon: metrics NOT served on {metrics.get('address')}: {metrics['error']} "
+                "(enforcement goes on)"
+            )
+        elif metrics and metrics.get("listening"):
+            click.echo(f"daemon: metrics served on {metrics.get('address')}")
+        elif metrics:
+            click.echo(f"daemon: metrics not served yet on {metrics.get('address')}")
     table(
         rows,
         [

@@ -32,7 +32,10 @@ pass_app = click.make_pass_decorator(AppContext)
     "--metrics",
     default=None,
     metavar="ADDR:PORT",
-    help="Serve Prometheus metrics on this loopback address, e.g. 127.0.0.1:9464.",
+    help=(
+        "Serve Prometheus metrics on this loopback address, e.g. 127.0.0.1:9464 (or on the "
+        "socket systemd passes). A port that cannot be bound is reported, never fatal."
+    ),
 )
 @click.option(
     "--max-connecting",

@@ -48,7 +48,14 @@ from keyward.agent.reconcile import (
 from keyward.agent.record import record_hosts
 from keyward.clock import Clock
 from keyward.daemon.links import HostLink
-from keyward.daemon.metrics import Metrics
+from keyward.daemon.metrics import (
+    Metrics,
+    MetricsServer,
+    address_of,
+    bind_loopback,
+    inherited_listener,
+    parse_loopback,
+)
 from keyward.daemon.support import WriterLock, sd_notify
 from keyward.desired import DesiredFile, FileTarget, compute_desired
 from keyward.errors import KeywardError, UsageError
@@ -65,6 +72,10 @@ from keyward.state import RegistrySnapshot
 HEARTBEAT_EVERY = 5.0
 SYNC_TIMEOUT = 120.0
 MAX_SLEEP = 3600.0
+METRICS_RETRY_START = 5.0  # seconds before binding the metrics port again; doubles
+METRICS_RETRY_MAX = 300.0
+METRICS_KEY = "@metrics"  # in the heartbeat's host map; no host name can start with "@"
+TIME_SLACK = 0.05  # seconds past an expiry before the recompute, so it is surely past
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,10 @@ class Daemon:
         self.settings = settings
         self.log = get_logger(component="daemon")
         self.metrics = Metrics()
+        self.metrics_server = MetricsServer(self.metrics)
+        self.metrics_address = settings.metrics  # where it is served, once it is
+        self.metrics_listening = False
+        self.metrics_error: str | None = None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.links: dict[str, HostLink] = {}
         self.inventory: Inventory | None = None
@@ -223,17 +238,26 @@ class Daemon:
 
     async def watch_registry(self) -> None:
         """Poll the chain head (cheap, one row); PostgreSQL NOTIFY wakes it sooner."""
+        # The listener is part of this watcher, not in-flight work: it never finishes by
+        # itself, so waiting for it on SIGTERM held every PostgreSQL shutdown for 30 s.
+        listener = None
         if self.registry.backend == "postgresql":
-            self._track(self._listen())
-        while not self.stopping.is_set():
-            try:
-                seq = await asyncio.to_thread(self._head)
-                if seq != self.head_seq:
-                    self.head_seq = seq
-                    self.changed.set()
-            except Exception as exc:
-                self.log.warning("registry_unavailable", error=str(exc).splitlines()[0][:300])
-            await self._sleep(self.settings.poll_interval)
+            listener = asyncio.create_task(self._listen(), name="registry-listen")
+        try:
+            while not self.stopping.is_set():
+                try:
+                    seq = await asyncio.to_thread(self._head)
+                    if seq != self.head_seq:
+                        self.head_seq = seq
+                        self.changed.set()
+                except Exception as exc:
+                    self.log.warning("registry_unavailable", error=str(exc).splitlines()[0][:300])
+                await self._sleep(self.settings.poll_interval)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
 
     async def _listen(self) -> None:
         import psycopg
@@ -277,17 +301,29 @@ class Daemon:
                 )
 
     async def watch_time(self) -> None:
-        """Wake up when a key expires or a grant runs out, not at the next full pass."""
+        """Wake up when a key expires or a grant runs out, not at the next full pass.
+
+        Two things end the sleep: the moment arrives (then the state is recomputed), or a
+        push round produced a new snapshot (then only the next moment is recomputed). The
+        second must never count as the first: every round sets ``changed_snapshot``, so
+        treating that wake-up as "time is due" fed a round, which woke this loop again, and
+        the daemon spun on one core for as long as an expiry was within the hour.
+        """
         while not self.stopping.is_set():
-            wake: float = MAX_SLEEP
+            moment = None
             if self.snapshot is not None:
                 moment = next_time_change(self.snapshot, self.clock())
-                if moment is not None:
-                    wake = max(0.0, (moment - self.clock()).total_seconds()) + 0.05
-            if await self._sleep(min(wake, MAX_SLEEP), self.changed_snapshot):
-                continue
-            if wake < MAX_SLEEP:
-                self.log.info("time_change_due")
+            delay = MAX_SLEEP
+            if moment is not None:
+                # The slack lands the wake-up just past the moment, when the line is gone.
+                left = (moment - self.clock()).total_seconds()
+                delay = min(MAX_SLEEP, max(0.0, left) + TIME_SLACK)
+            if await self._sleep(delay, self.changed_snapshot):
+                return
+            # Decide by the clock, not by which wait ended: a new snapshot that came in
+            # just as the moment passed must not swallow it, nor an early wake fire it.
+            if moment is not None and self.clock() >= moment:
+                self.log.info("time_change_due", moment=moment.isoformat())
                 self.changed.set()
 
     # -- pushing --------------------------------------------------------------
@@ -506,6 +542,8 @@ class Daemon:
             }
             for name, link in self.links.items()
         }
+        if self.settings.metrics:
+            hosts[METRICS_KEY] = self.metrics_state()
         with Session(self.registry.engine) as session, session.begin():
             row = session.get(DaemonStatus, self.instance) or DaemonStatus(
                 id=self.instance, started_at=self.started_at, heartbeat_at=self.clock()
@@ -528,8 +566,69 @@ class Daemon:
             except Exception as exc:
                 self.log.warning("heartbeat_failed", error=str(exc).splitlines()[0][:300])
             connected = sum(1 for x in self.links.values() if x.connected)
-            sd_notify(f"STATUS=connected {connected}/{len(self.links)} hosts")
+            state = f"connected {connected}/{len(self.links)} hosts"
+            if self.metrics_error is not None:
+                state += f"; metrics unavailable: {self.metrics_error}"
+            sd_notify(f"STATUS={state}")
             await self._sleep(HEARTBEAT_EVERY, self.beat)
+
+    # -- metrics --------------------------------------------------------------
+
+    def metrics_state(self) -> dict[str, Any]:
+        """What ``keyward status`` shows about the metrics endpoint."""
+        return {
+            "address": self.metrics_address,
+            "listening": self.metrics_listening,
+            "error": self.metrics_error,
+        }
+
+    def _metrics_unavailable(self, error: str, retry_in: float | None) -> None:
+        if error != self.metrics_error:  # once per distinct problem, not once per retry
+            self.log.error(
+                "metrics_unavailable", address=self.metrics_address, error=error, retry_in=retry_in
+            )
+        self.metrics_error = error
+        self.beat.set()
+
+    async def serve_metrics(self) -> None:
+        """Serve ``--metrics``; a port that cannot be had is reported and retried, never fatal.
+
+        A local user who binds the port first used to make the daemon exit, and under
+        systemd restart it in a loop while the squatter's fake metrics looked healthy: a
+        user could switch enforcement off. Enforcement does not depend on the metrics, so
+        the failure is logged (``metrics_unavailable``), put in the heartbeat for
+        ``keyward status`` and in systemd's STATUS, and the bind is retried with backoff.
+        """
+        try:
+            sock = inherited_listener()
+        except KeywardError as exc:
+            self._metrics_unavailable(exc.message, None)  # a unit file problem: no retry
+            return
+        delay = METRICS_RETRY_START
+        while sock is None:
+            assert self.settings.metrics is not None
+            try:
+                sock = bind_loopback(self.settings.metrics)
+            except OSError as exc:
+                self._metrics_unavailable(exc.strerror or str(exc), delay)
+                if await self._sleep(delay):
+                    return
+                delay = min(METRICS_RETRY_MAX, delay * 2)
+        try:
+            self.metrics_address = address_of(sock)
+            try:
+                await self.metrics_server.start(sock)
+            except OSError as exc:
+                self._metrics_unavailable(exc.strerror or str(exc), None)
+                return
+            self.metrics_listening, self.metrics_error = True, None
+            self.log.info("metrics_listening", address=self.metrics_address)
+            self.beat.set()
+            await self.stopping.wait()
+        finally:
+            self.metrics_listening = False
+            await self.metrics_server.close()
+            sock.close()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -568,8 +667,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload.set)
         if self.settings.metrics:
-            host, port = self.metrics.serve(self.settings.metrics)
-            self.log.info("metrics_listening", address=f"{host}:{port}")
+            parse_loopback(self.settings.metrics)  # a malformed address is the user's error
         self.log.info(
             "daemon_started",
             hosts=len(self.inventory.hosts()),
@@ -585,6 +683,8 @@ class Daemon:
             asyncio.create_task(self.verify()),
             asyncio.create_task(self.heartbeat()),
         ]
+        if self.settings.metrics:
+            workers.append(asyncio.create_task(self.serve_metrics()))
         sd_notify("READY=1")
         await self.stopping.wait()
         # Finish what is in flight (writes are atomic on the hosts anyway), then close.
