@@ -309,3 +309,36 @@ def test_daemon_unit_is_hardened_notifying_and_restarting() -> None:
     assert last(unit, "Service", "ExecReload").endswith("-HUP $MAINPID")
     assert last(unit, "Service", "CapabilityBoundingSet") == ""
     assert "127.0.0.1:" in last(unit, "Service", "ExecStart")  # metrics on loopback only
+
+
+# -- the daemon's metrics socket ----------------------------------------------
+
+SOCKET = "keyward.socket"
+
+
+def test_metrics_socket_verifies_with_its_service(analyze: str, tmp_path: Path) -> None:
+    service = (UNIT_DIR / DAEMON).read_text()
+    (tmp_path / DAEMON).write_text(
+        service.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
+    )
+    shutil.copy(UNIT_DIR / SOCKET, tmp_path / SOCKET)
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", "--generators=no", SOCKET, DAEMON],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [ln for ln in (proc.stdout + proc.stderr).splitlines() if "keyward" in ln] == []
+
+
+def test_metrics_socket_is_the_services_loopback_address() -> None:
+    """systemd hands the socket to the service of the same name, which serves it only when
+    it is on loopback and --metrics is given: both units must name the same address."""
+    socket_unit = parse_unit((UNIT_DIR / SOCKET).read_text())
+    listen = last(socket_unit, "Socket", "ListenStream")
+    assert listen.startswith("127.0.0.1:")
+    exec_start = last(parse_unit((UNIT_DIR / DAEMON).read_text()), "Service", "ExecStart")
+    assert f"--metrics {listen}" in exec_start
