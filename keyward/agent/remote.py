@@ -8,9 +8,11 @@ request object per line on stdin, one reply object per line on stdout, until EOF
 Every reply carries ``id`` (the request's) and ``ok``. Operations:
 
 ``hello``
-    ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``, ``max_read_files``.
+    ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``, ``max_read_files``,
+    ``file_timeout``.
 ``read``
-    ``files: [{account, pattern}, ...]`` (at most ``MAX_READ_FILES``, else ``bad_request``)
+    ``files: [{account, pattern}, ...]`` (at most ``MAX_READ_FILES``, else ``bad_request``),
+    optional ``timeout`` (seconds per file, default ``FILE_TIMEOUT``)
     -> ``files: [...]`` in the same order, each with ``account, path, state
     (present|missing|error), content_b64, sha256, uid, gid, mode, nlink, dir_ok, owner_ok,
     replaceable, error``. ``replaceable`` is true only for an error that lies in the final
@@ -21,12 +23,12 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
     would give it is never read: ``foreign_owner``.
 ``write``
     ``account, pattern, content_b64, expect_sha256 (hex | null = expect missing | "*"),
-    create_dir`` -> ``ok, path, sha256, uid, gid, mode, dir_ok, fixed_dir_mode, created_dir,
-    removed_temps, error``. Compare-and-swap: refused with code ``changed`` when the file is
-    not what the caller last saw, checked again (inode, size, mtime, ctime) just before the
-    rename. With a hash or null, a symlink, FIFO or other non-regular entry is refused with its
-    own code, a hard link, oversized or foreign-owned file with ``changed``; ``"*"`` replaces
-    every replaceable entry.
+    create_dir``, optional ``timeout`` -> ``ok, path, sha256, uid, gid, mode, dir_ok,
+    fixed_dir_mode, created_dir, removed_temps, error``. Compare-and-swap: refused with code
+    ``changed`` when the file is not what the caller last saw, checked again (inode, size,
+    mtime, ctime) just before the rename. With a hash or null, a symlink, FIFO or other
+    non-regular entry is refused with its own code, a hard link, oversized or foreign-owned
+    file with ``changed``; ``"*"`` replaces every replaceable entry.
 ``sshd_config``
     ``sshd -T`` as ``settings: {lowercased key: value}`` (repeated keys joined by newlines);
     optional ``user`` evaluates Match blocks for that user (``-C``).
@@ -34,13 +36,32 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
 Every path is walked from ``/`` one component at a time through directory file descriptors
 opened with ``O_NOFOLLOW``. A symbolic link is followed only when it sits in a directory owned
 by root and not writable by group or others, and only while every directory entered so far in
-the walk was such a directory; anywhere else it is refused (``symlink``). A directory on a FUSE
-file system (other than the root file system's) is never entered (``untrusted_fs``). The file
-itself is never followed, never read when it has more than one link, is not a regular file, is
-larger than ``MAX_FILE_SIZE`` or has a foreign owner, and never written in place: the new
+the walk was such a directory; anywhere else it is refused (``symlink``). The file itself is
+never followed, never read when it has more than one link, is not a regular file, is larger
+than ``MAX_FILE_SIZE``, has a foreign owner or is a mount point, and never written in place: the new
 content goes to a fresh temporary file in the same directory, gets its owner and mode through
 its descriptor, and is renamed over the old entry. A directory created for the file is taken
 over (chowned) only if it is still the empty root-owned 0700 directory just made (``race``).
+
+Mounts. Each entry is first named with ``O_PATH``, which runs no file system code, and its
+mount id (``mnt_id`` in ``/proc/self/fdinfo``) compared with its directory's; only then is it
+opened, through that descriptor, or stat'ed. A FUSE file system (any ``fuse``/``fuseblk``
+type in mountinfo; the root file system excepted) is never entered and a file on one never
+read (``untrusted_fs``): its content and its answers (or their absence) come from a daemon,
+perhaps the user's own. A directory that is a mount point is entered only while the walk has
+been through root-owned directories closed to group and others (the rule for symlinks), so a
+home directory may be a mount point (NFS, a dataset per user, systemd-homed) but nothing
+below it may (``mount_point``): that is where fusermount lets a user mount, and where no
+administrator puts a mount. The file itself is never a mount point (``mount_point``, not
+replaceable: rename(2) cannot replace one), checked again on the descriptor it is read from.
+Without ``/proc`` these checks are skipped.
+
+Deadlines. Each file of a read, and each write, runs on a worker thread that the main thread
+waits for at most ``timeout`` seconds: a thread blocked in the kernel cannot be stopped, and
+``O_NONBLOCK`` does nothing for regular or FUSE files. A file that takes longer is answered
+as failed (``timeout``) and the request goes on with the next file; the stuck worker keeps the
+path claimed, so later requests get ``busy`` for it at once, and if it ever returns it gives
+up before renaming anything. At exit the process does not wait for stuck workers.
 """
 
 from __future__ import annotations
@@ -1632,7 +1653,7 @@ def main() -> int:
     os.umask(0o077)
     code = serve(sys.stdin.buffer, out)
     if stuck_workers():
-        # A thread stuck in a system call would hold up (or hang) the interpreter's exit.
+        # Do not leave exit to how the interpreter treats a thread stuck in the kernel.
         sys.stderr.flush()
         os._exit(code)
     return code
