@@ -304,6 +304,30 @@ def test_unexpected_exception_becomes_internal(monkeypatch: pytest.MonkeyPatch) 
     }
 
 
+def test_unexpected_exception_in_a_worker_becomes_internal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug met while reading a file on a worker thread ends the request like any other bug,
+    and the files after it are not read behind the next request's back."""
+    seen: list[object] = []
+
+    def boom(account: object, pattern: object, progress: object = None) -> dict[str, Any]:
+        seen.append(account)
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(remote, "read_one", boom)
+    files = [{"account": name, "pattern": DEFAULT} for name in ("a", "b", "c")]
+    reply, _ = remote.handle_request({"id": 8, "op": "read", "files": files})
+    assert reply == {
+        "id": 8,
+        "ok": False,
+        "error": {"code": "internal", "message": "RuntimeError: kaboom"},
+    }
+    time.sleep(0.1)
+    assert seen == ["a"]
+    assert remote.stuck_workers() == 0
+
+
 def _bootstrap_session(python: str, magic: bytes | None = None) -> list[dict[str, Any]]:
     requests = [
         {"id": 1, "op": "hello"},

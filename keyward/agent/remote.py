@@ -777,6 +777,8 @@ def _worker(
                 return
             slot.value, slot.error = value, error
             slot.done.release()
+        if error is not None:
+            return  # the request ends with it: leave the other items alone
 
 
 def run_with_deadline(
@@ -806,10 +808,10 @@ def run_with_deadline(
                 if not late:
                     out.append(timed_out(item, dict(slot.progress), job.committing))
                     break
-            if slot.error is not None:
-                raise slot.error
-            assert slot.value is not None
-            out.append(slot.value)
+            value = slot.value
+            if slot.error is not None or value is None:
+                raise slot.error or RuntimeError("a worker returned nothing")
+            out.append(value)
     return out
 
 
