@@ -203,8 +203,9 @@ async def sync_files(
         if file_plan.action == "error":
             # A file that never answered is not unsafe, it is unknown: say so, at error level.
             stuck = file_plan.error_code in STUCK_CODES
-            (log.error if stuck else log.warning)(
-                "file_timeout" if stuck else "file_unsafe",
+            event, emit = ("file_timeout", log.error) if stuck else ("file_unsafe", log.warning)
+            emit(
+                event,
                 account=file_plan.target.account,
                 path=file_plan.path,
                 code=file_plan.error_code,
