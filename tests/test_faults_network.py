@@ -275,8 +275,10 @@ def test_a_connection_cut_mid_session_leaves_old_or_new_content(env: AgentEnv) -
 
 @contextlib.contextmanager
 def tiny_tmpfs_over(directory: Path, owner: pwd.struct_passwd) -> Iterator[Path]:
-    """Mount a 64 KiB tmpfs over ``directory`` (keeping its files), filled to the brim."""
-    saved = {p.name: (p.read_bytes(), p.stat()) for p in directory.iterdir() if p.is_file()}
+    """Mount a 64 KiB tmpfs over ``directory`` (keeping what is in it), filled to the brim."""
+    tree = sorted(p for p in directory.rglob("*") if not p.is_symlink())
+    dirs = {p.relative_to(directory): p.stat() for p in tree if p.is_dir()}
+    saved = {p.relative_to(directory): (p.read_bytes(), p.stat()) for p in tree if p.is_file()}
     done = subprocess.run(
         [
             "mount",
@@ -294,8 +296,12 @@ def tiny_tmpfs_over(directory: Path, owner: pwd.struct_passwd) -> Iterator[Path]
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
-        for name, (data, st) in saved.items():
-            path = directory / name
+        for rel, st in dirs.items():
+            (directory / rel).mkdir()
+            os.chown(directory / rel, st.st_uid, st.st_gid)
+            os.chmod(directory / rel, st.st_mode & 0o7777)
+        for rel, (data, st) in saved.items():
+            path = directory / rel
             path.write_bytes(data)
             os.chown(path, st.st_uid, st.st_gid)
             os.chmod(path, st.st_mode & 0o777)
@@ -317,7 +323,8 @@ def test_a_full_disk_is_reported_and_keeps_the_old_file(env: AgentEnv) -> None:
     env.kw.ok("reconcile")
     account = pwd.getpwnam(env.deploy)
     ssh_dir = env.file(env.hosts[0], env.deploy).parent
-    with tiny_tmpfs_over(ssh_dir, account):
+    # On the home directory: the helper refuses a mount on ~/.ssh itself (mount_point).
+    with tiny_tmpfs_over(ssh_dir.parent, account):
         before = managed_files(env)
         for i in range(15):
             env.person_with_key(f"p{i}", "devops")

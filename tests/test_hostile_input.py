@@ -17,13 +17,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from keyward.agent import bootstrap
 from keyward.localfleet import free_port
 from keyward.registry import db as registry_db
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward, Result
+from tests.hungfs import hung_fuse
 from tests.keygen import make_key
 
 pytestmark = pytest.mark.timeout(120)
@@ -340,3 +343,100 @@ def test_private_key_in_the_daemon_log_never_shows(env: AgentEnv, tmp_path: Path
     assert "Traceback" not in done.stderr
     for line in secret_lines(priv):
         assert line not in done.stderr + done.stdout
+
+
+# -- a managed file that never answers ---------------------------------------------------
+
+
+def reconcile_files(env: AgentEnv) -> tuple[Result, dict[tuple[str, str], dict[str, Any]]]:
+    """A reconcile that must finish well within one helper request's timeout (60 s)."""
+    started = time.monotonic()
+    result = env.kw("reconcile", "--json")
+    assert time.monotonic() - started < 30, str(result)
+    assert result.code == 1, str(result)
+    files = {(r["host"], f["account"]): f for r in result.json() for f in r["files"]}
+    return result, files
+
+
+def revoked_everywhere_else(env: AgentEnv, stuck: set[tuple[str, str]]) -> None:
+    """The revocation reached every file but the ``stuck`` ones (host name, account)."""
+    for host in env.hosts:
+        assert not env.can_login(host, "root", "alice"), host.name
+        if (host.name, env.deploy) not in stuck:
+            assert not env.can_login(host, env.deploy, "alice"), host.name
+
+
+def test_a_mount_over_authorized_keys_is_refused_and_the_host_still_revokes(env: AgentEnv) -> None:
+    """A never-answering FUSE file system, or a bind mount, over one account's file: that file
+    is refused at once with its own error, and the same host's other files are reconciled."""
+    fp = env.person_with_key("alice", "devops")
+    assert env.kw("reconcile").code == 0
+    fuse_host, bind_host = env.hosts[0], env.hosts[1]
+    elsewhere = env.base / "home" / env.deploy / "elsewhere"
+    granted = env.file(bind_host, env.deploy).read_bytes()
+    assert b"keyward:alice:" in granted
+    elsewhere.write_bytes(granted)
+    shutil.chown(elsewhere, env.deploy, env.deploy)
+    env.kw.ok("key", "revoke", fp, "--reason", "laptop lost")
+    with (
+        hung_fuse(env.file(fuse_host, env.deploy)),
+        mount_bind(elsewhere, env.file(bind_host, env.deploy)),
+    ):
+        _, files = reconcile_files(env)
+        fused = files[(fuse_host.name, env.deploy)]
+        assert fused["error_code"] == "untrusted_fs", fused
+        assert "fuse.hang" in fused["error"] and "mount point" in fused["error"]
+        bound = files[(bind_host.name, env.deploy)]
+        assert bound["error_code"] == "mount_point", bound
+        assert str(env.file(bind_host, env.deploy)) in bound["error"]
+        revoked_everywhere_else(env, {(fuse_host.name, env.deploy), (bind_host.name, env.deploy)})
+    assert elsewhere.read_bytes() == granted  # nothing was written through the mount
+
+
+@contextlib.contextmanager
+def mount_bind(source: Path, target: Path) -> Iterator[None]:
+    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], timeout=30, check=True)
+
+
+@pytest.fixture
+def blind_helper(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The helper the hosts run cannot see mount ids (as on a host without /proc, or when a
+    mount appears right after the check) and gives each file 2 s."""
+    source = bootstrap.remote_source()
+    blinded = source.replace(
+        b'FDINFO = "/proc/self/fdinfo/%d"', b'FDINFO = "/nonexistent/%d"'
+    ).replace(b"FILE_TIMEOUT = 10.0", b"FILE_TIMEOUT = 2.0")
+    assert blinded.count(b"/nonexistent/") == 1 and b"FILE_TIMEOUT = 2.0" in blinded
+    monkeypatch.setattr(bootstrap, "remote_source", lambda: blinded)
+    bootstrap._payload.cache_clear()
+    bootstrap._compiled.cache_clear()
+    yield
+    monkeypatch.undo()
+    bootstrap._payload.cache_clear()
+    bootstrap._compiled.cache_clear()
+
+
+def test_a_file_that_never_answers_times_out_alone_and_the_host_still_revokes(
+    env: AgentEnv, blind_helper: None
+) -> None:
+    fp = env.person_with_key("alice", "devops")
+    assert env.kw("reconcile").code == 0
+    stuck_host = env.hosts[0]
+    path = env.file(stuck_host, env.deploy)
+    env.kw.ok("key", "revoke", fp, "--reason", "laptop lost")
+    with hung_fuse(path):
+        result, files = reconcile_files(env)
+        stuck = files[(stuck_host.name, env.deploy)]
+        assert stuck["error_code"] == "timeout", stuck
+        assert stuck["error"] == f"timed out after 2 s reading {path}; it was not read"
+        events = [json.loads(ln) for ln in result.err.splitlines() if ln.startswith("{")]
+        assert [(e["host"], e["path"]) for e in events if e["event"] == "file_timeout"] == [
+            (stuck_host.name, str(path))
+        ]
+        revoked_everywhere_else(env, {(stuck_host.name, env.deploy)})

@@ -31,6 +31,7 @@ import pytest
 
 from keyward.agent import remote
 from keyward.agent.bootstrap import remote_command
+from tests.hungfs import hung_fuse
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -161,6 +162,12 @@ def base() -> Iterator[Path]:
 
 @pytest.fixture
 def account(base: Path) -> Iterator[Account]:
+    with new_account(base) as acct:
+        yield acct
+
+
+@contextlib.contextmanager
+def new_account(base: Path) -> Iterator[Account]:
     name = "kwr" + secrets.token_hex(4)
     home = base / "home" / name
     subprocess.run(
@@ -170,12 +177,14 @@ def account(base: Path) -> Iterator[Account]:
         capture_output=True,
     )
     pw = pwd.getpwnam(name)
-    yield Account(name, pw.pw_uid, pw.pw_gid, home)
-    subprocess.run(["usermod", "-d", str(home), name], timeout=60, capture_output=True)
-    subprocess.run(["userdel", "-r", name], timeout=60, capture_output=True)
-    if home.is_symlink() or home.is_file():
-        home.unlink()
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        yield Account(name, pw.pw_uid, pw.pw_gid, home)
+    finally:
+        subprocess.run(["usermod", "-d", str(home), name], timeout=60, capture_output=True)
+        subprocess.run(["userdel", "-r", name], timeout=60, capture_output=True)
+        if home.is_symlink() or home.is_file():
+            home.unlink()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 PY38 = "/root/.pyenv/versions/3.8.18/bin/python3"  # the oldest Python remote.py supports
@@ -293,6 +302,30 @@ def test_unexpected_exception_becomes_internal(monkeypatch: pytest.MonkeyPatch) 
         "ok": False,
         "error": {"code": "internal", "message": "RuntimeError: kaboom second line"},
     }
+
+
+def test_unexpected_exception_in_a_worker_becomes_internal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug met while reading a file on a worker thread ends the request like any other bug,
+    and the files after it are not read behind the next request's back."""
+    seen: list[object] = []
+
+    def boom(account: object, pattern: object, progress: object = None) -> dict[str, Any]:
+        seen.append(account)
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(remote, "read_one", boom)
+    files = [{"account": name, "pattern": DEFAULT} for name in ("a", "b", "c")]
+    reply, _ = remote.handle_request({"id": 8, "op": "read", "files": files})
+    assert reply == {
+        "id": 8,
+        "ok": False,
+        "error": {"code": "internal", "message": "RuntimeError: kaboom"},
+    }
+    time.sleep(0.1)
+    assert seen == ["a"]
+    assert remote.stuck_workers() == 0
 
 
 def _bootstrap_session(python: str, magic: bytes | None = None) -> list[dict[str, Any]]:
@@ -1035,35 +1068,127 @@ def test_mountinfo_parser(tmp_path: Path) -> None:
         "91 27 8:1 / /home/u/n rw - fuseblk /dev/sda1 rw\n"
         "garbage\n"
     )
-    types = remote.read_mount_types(str(info))
-    assert types == {
-        os.makedev(0, 21): "proc",
-        os.makedev(0, 77): "fuse.sshfs",
-        os.makedev(8, 1): "fuseblk",
-    }
+    assert remote.read_mount_types(str(info)) == {22: "proc", 90: "fuse.sshfs", 91: "fuseblk"}
     assert remote.read_mount_types(str(tmp_path / "absent")) is None
+
+
+@contextlib.contextmanager
+def mounted(*args: str) -> Iterator[None]:
+    """``mount ARGS`` (the last one is the mount point) for the block, or skip the test."""
+    done = subprocess.run(["mount", *args], capture_output=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", args[-1]], timeout=30, check=True)
+
+
+def tmpfs(path: Path) -> contextlib.AbstractContextManager[None]:
+    return mounted("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(path))
+
+
+def bind(source: Path, path: Path) -> contextlib.AbstractContextManager[None]:
+    return mounted("--bind", str(source), str(path))
+
+
+def _tmpfs_over_ssh(acct: Account) -> contextlib.AbstractContextManager[None]:
+    acct.setup_keys()
+    return tmpfs(acct.ssh)
+
+
+def _same_fs_bind_over_ssh(acct: Account) -> contextlib.AbstractContextManager[None]:
+    # Same file system, so the same st_dev: only the mount id tells.
+    acct.setup_keys()
+    other = acct.home / "elsewhere"
+    other.mkdir(mode=0o700)
+    os.chown(other, acct.uid, acct.gid)
+    return bind(other, acct.ssh)
+
+
+def _bind_file_over_keys(acct: Account) -> contextlib.AbstractContextManager[None]:
+    acct.setup_keys()
+    other = acct.home / "other-keys"
+    other.write_bytes(b"ssh-ed25519 AAAA from-elsewhere\n")
+    os.chown(other, acct.uid, acct.gid)
+    return bind(other, acct.keys)
+
+
+def _fuse_over_keys(acct: Account) -> contextlib.AbstractContextManager[None]:
+    acct.setup_keys()
+    return hung_fuse(acct.keys)
+
+
+def _fuse_over_ssh(acct: Account) -> contextlib.AbstractContextManager[None]:
+    acct.setup_keys()
+    return hung_fuse(acct.ssh)
+
+
+MOUNTS = {
+    "tmpfs_over_ssh": (_tmpfs_over_ssh, "mount_point"),
+    "same_fs_bind_over_ssh": (_same_fs_bind_over_ssh, "mount_point"),
+    "bind_file_over_keys": (_bind_file_over_keys, "mount_point"),
+    "hung_fuse_over_keys": (_fuse_over_keys, "untrusted_fs"),
+    "hung_fuse_over_ssh": (_fuse_over_ssh, "untrusted_fs"),
+}
+
+
+@pytest.mark.parametrize("case", MOUNTS, ids=list(MOUNTS))
+def test_mount_in_a_user_owned_path_is_refused(agent: Agent, account: Account, case: str) -> None:
+    """A mount on the file, or anywhere below the user's home, is neither read nor written.
+
+    A FUSE file system that never answers is refused from its mount id alone: the helper
+    never waits on it.
+    """
+    plant, code = MOUNTS[case]
+    with plant(account):
+        started = time.monotonic()
+        got = agent.read(account.name)
+        assert got["state"] == "error", got
+        assert got["error"]["code"] == code, got
+        assert str(account.ssh) in got["error"]["message"]
+        assert "mount point" in got["error"]["message"] or "fuse.hang" in got["error"]["message"]
+        assert got["content_b64"] is None
+        assert got["replaceable"] is False
+        for expect in ("*", None, sha(KEY)):
+            reply = agent.write(account.name, b"ssh-ed25519 AAAA attacker-wins\n", expect)
+            assert reply["ok"] is False, reply
+            assert reply["error"]["code"] == code, reply
+        assert time.monotonic() - started < 5, "a mount must not make the helper wait"
+    # Nothing was written underneath or into the mount.
+    assert account.keys.read_bytes() == KEY
+    assert temps(account.ssh) == []
+    assert not (account.home / "elsewhere" / "authorized_keys").exists()
+
+
+def test_a_home_that_is_a_mount_point_is_used(agent: Agent, account: Account) -> None:
+    """Homes are often mount points (automounted NFS, a ZFS dataset each, systemd-homed),
+    made in a root-owned directory: only mounts below the first user-owned directory count."""
+    with tmpfs(account.home):
+        os.chown(account.home, account.uid, account.gid)
+        account.setup_keys()
+        assert agent.read(account.name)["sha256"] == sha(KEY)
+        reply = agent.write(account.name, b"new\n", sha(KEY))
+        assert reply["ok"] is True, reply
+        assert account.keys.read_bytes() == b"new\n"
 
 
 def test_fuse_directory_is_not_entered(
     account: Account, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mnt = account.home / "mnt"
-    mnt.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        pattern = "%h/mnt/keys"
+    """A FUSE mount is refused even where other mount points are accepted (a root path)."""
+    mnt = root_dir(account.home.parent.parent)
+    with tmpfs(mnt):
+        os.chmod(mnt, 0o755)
+        pattern = f"{mnt}/%u"
         assert remote.read_one(account.name, pattern)["state"] == "missing"
-        dev = mnt.stat().st_dev
+        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            mnt_id = remote.mount_id(fd)
+        finally:
+            os.close(fd)
         fake = tmp_path / "mountinfo"
-        fake.write_text(
-            f"900 1 {os.major(dev)}:{os.minor(dev)} / {mnt} rw - fuse.sshfs u@h:/ rw,user_id=1\n"
-        )
+        fake.write_text(f"{mnt_id} 1 0:99 / {mnt} rw - fuse.sshfs u@h:/ rw,user_id=1\n")
         monkeypatch.setattr(remote, "MOUNTINFO", str(fake))
         got = remote.read_one(account.name, pattern)
         assert got["state"] == "error"
@@ -1072,10 +1197,118 @@ def test_fuse_directory_is_not_entered(
         reply = _in_process_write(account, KEY, None, pattern=pattern)
         assert reply["error"]["code"] == "untrusted_fs"
         assert os.listdir(mnt) == []
-        monkeypatch.setattr(remote, "MOUNTINFO", str(tmp_path / "no-proc"))  # check skipped
+        monkeypatch.setattr(remote, "FDINFO", str(tmp_path / "no-proc-%d"))  # check skipped
         assert remote.read_one(account.name, pattern)["state"] == "missing"
-    finally:
-        subprocess.run(["umount", str(mnt)], timeout=30, check=True)
+
+
+# ------------------------------------------------------------------- per-file deadline
+
+
+@pytest.fixture
+def blind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No mount ids (as without /proc, or a mount made after the check): only the deadline
+    stands between the helper and a file that never answers."""
+    monkeypatch.setattr(remote, "FDINFO", str(tmp_path / "no-proc-%d"))
+    monkeypatch.setattr(remote, "FILE_TIMEOUT", 1.0)
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def raw_call(agent: Agent, **request: Any) -> dict[str, Any]:
+    """A request with fields of its own choosing (``timeout`` included)."""
+    reply = agent.send_raw(json.dumps({"id": "raw", **request}).encode() + b"\n")
+    assert reply["id"] == "raw"
+    return reply
+
+
+def test_a_file_that_never_answers_times_out_alone(
+    account: Account, base: Path, blind: None
+) -> None:
+    with new_account(base) as other:
+        account.setup_keys()
+        other.setup_keys(b"other\n")
+        files = [
+            {"account": account.name, "pattern": DEFAULT},
+            {"account": other.name, "pattern": DEFAULT},
+        ]
+        with hung_fuse(account.keys):
+            started = time.monotonic()
+            got = remote.op_read({"files": files})["files"]
+            assert 1 <= time.monotonic() - started < 3
+            assert got[0]["state"] == "error"
+            assert got[0]["error"] == {
+                "code": "timeout",
+                "message": f"timed out after 1 s reading {account.keys}; it was not read",
+            }
+            assert got[0]["path"] == str(account.keys)
+            assert got[1]["state"] == "present" and got[1]["sha256"] == sha(b"other\n")
+            # The stuck worker still holds the file: later requests answer at once.
+            started = time.monotonic()
+            again = remote.op_read({"files": files})["files"]
+            assert time.monotonic() - started < 0.5
+            assert again[0]["error"]["code"] == "busy", again
+            assert again[1]["state"] == "present"
+            written = _in_process_write(other, b"new\n", sha(b"other\n"))
+            assert written["ok"] is True, written
+            assert remote.stuck_workers() == 1
+        wait_until(lambda: remote.stuck_workers() == 0)  # aborted: the worker returned
+        assert remote.read_one(account.name, DEFAULT)["sha256"] == sha(KEY)
+
+
+def test_a_write_given_up_on_never_renames(
+    account: Account, monkeypatch: pytest.MonkeyPatch, blind: None
+) -> None:
+    account.setup_keys()
+    release = threading.Event()
+    real = remote.entry_unchanged
+
+    def slow_check(*args: Any) -> None:
+        real(*args)
+        release.wait(30)  # a check that takes longer than the deadline
+
+    monkeypatch.setattr(remote, "entry_unchanged", slow_check)
+    reply = _in_process_write(account, b"new\n", sha(KEY))
+    assert reply["ok"] is False
+    assert reply["error"] == {
+        "code": "timeout",
+        "message": f"timed out after 1 s writing {account.keys}; it was left as it was",
+    }
+    release.set()
+    wait_until(lambda: remote.stuck_workers() == 0)
+    assert account.keys.read_bytes() == KEY
+    assert temps(account.ssh) == []
+
+
+def test_timeout_must_be_a_sane_number(agent: Agent) -> None:
+    assert agent.call("hello")["file_timeout"] == remote.FILE_TIMEOUT
+    for bad in (0, -1, "5", True, 1e9):
+        reply = raw_call(agent, op="read", files=[], timeout=bad)
+        assert reply["error"]["code"] == "bad_request", reply
+        assert "timeout" in reply["error"]["message"]
+    assert raw_call(agent, op="read", files=[], timeout=0.5)["ok"] is True
+
+
+def test_helper_exits_at_eof_with_a_worker_stuck(account: Account, tmp_path: Path) -> None:
+    """The thread stuck in the kernel does not keep the helper alive (or its session open)."""
+    account.setup_keys()
+    source = REMOTE.read_text()
+    blinded = source.replace('FDINFO = "/proc/self/fdinfo/%d"', f'FDINFO = "{tmp_path}/no-%d"')
+    assert blinded != source
+    script = tmp_path / "helper.py"
+    script.write_text(blinded)
+    with hung_fuse(account.keys):
+        proc = Agent([sys.executable, str(script)])
+        files = [{"account": account.name, "pattern": DEFAULT}]
+        reply = raw_call(proc, op="read", files=files, timeout=1)
+        assert reply["files"][0]["error"]["code"] == "timeout"
+        started = time.monotonic()
+        assert proc.close() == 0
+        assert time.monotonic() - started < 5
 
 
 def test_stale_temp_sweep_is_capped_and_runs_before_compare(agent: Agent, account: Account) -> None:

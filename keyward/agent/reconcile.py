@@ -121,6 +121,11 @@ class RunContext:
         return frozenset().union(*self.watch.values()) if self.watch else frozenset()
 
 
+# Helper codes for a file whose reads did not return in time (``busy``: still stuck from an
+# earlier request on the same connection); the host's other files are handled regardless.
+STUCK_CODES = frozenset({"timeout", "busy"})
+
+
 def observed_from_reply(target: FileTarget, reply: dict[str, Any]) -> Observed:
     error = reply.get("error") or {}
     content = None
@@ -205,8 +210,11 @@ async def sync_files(
     results: list[FileResult] = []
     for file_plan in plan.files:
         if file_plan.action == "error":
-            log.warning(
-                "file_unsafe",
+            # A file that never answered is not unsafe, it is unknown: say so, at error level.
+            stuck = file_plan.error_code in STUCK_CODES
+            event, emit = ("file_timeout", log.error) if stuck else ("file_unsafe", log.warning)
+            emit(
+                event,
                 account=file_plan.target.account,
                 path=file_plan.path,
                 code=file_plan.error_code,

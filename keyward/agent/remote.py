@@ -8,9 +8,11 @@ request object per line on stdin, one reply object per line on stdout, until EOF
 Every reply carries ``id`` (the request's) and ``ok``. Operations:
 
 ``hello``
-    ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``, ``max_read_files``.
+    ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``, ``max_read_files``,
+    ``file_timeout``.
 ``read``
-    ``files: [{account, pattern}, ...]`` (at most ``MAX_READ_FILES``, else ``bad_request``)
+    ``files: [{account, pattern}, ...]`` (at most ``MAX_READ_FILES``, else ``bad_request``),
+    optional ``timeout`` (seconds per file, default ``FILE_TIMEOUT``)
     -> ``files: [...]`` in the same order, each with ``account, path, state
     (present|missing|error), content_b64, sha256, uid, gid, mode, nlink, dir_ok, owner_ok,
     replaceable, error``. ``replaceable`` is true only for an error that lies in the final
@@ -21,12 +23,12 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
     would give it is never read: ``foreign_owner``.
 ``write``
     ``account, pattern, content_b64, expect_sha256 (hex | null = expect missing | "*"),
-    create_dir`` -> ``ok, path, sha256, uid, gid, mode, dir_ok, fixed_dir_mode, created_dir,
-    removed_temps, error``. Compare-and-swap: refused with code ``changed`` when the file is
-    not what the caller last saw, checked again (inode, size, mtime, ctime) just before the
-    rename. With a hash or null, a symlink, FIFO or other non-regular entry is refused with its
-    own code, a hard link, oversized or foreign-owned file with ``changed``; ``"*"`` replaces
-    every replaceable entry.
+    create_dir``, optional ``timeout`` -> ``ok, path, sha256, uid, gid, mode, dir_ok,
+    fixed_dir_mode, created_dir, removed_temps, error``. Compare-and-swap: refused with code
+    ``changed`` when the file is not what the caller last saw, checked again (inode, size,
+    mtime, ctime) just before the rename. With a hash or null, a symlink, FIFO or other
+    non-regular entry is refused with its own code, a hard link, oversized or foreign-owned
+    file with ``changed``; ``"*"`` replaces every replaceable entry.
 ``sshd_config``
     ``sshd -T`` as ``settings: {lowercased key: value}`` (repeated keys joined by newlines);
     optional ``user`` evaluates Match blocks for that user (``-C``).
@@ -34,17 +36,37 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
 Every path is walked from ``/`` one component at a time through directory file descriptors
 opened with ``O_NOFOLLOW``. A symbolic link is followed only when it sits in a directory owned
 by root and not writable by group or others, and only while every directory entered so far in
-the walk was such a directory; anywhere else it is refused (``symlink``). A directory on a FUSE
-file system (other than the root file system's) is never entered (``untrusted_fs``). The file
-itself is never followed, never read when it has more than one link, is not a regular file, is
-larger than ``MAX_FILE_SIZE`` or has a foreign owner, and never written in place: the new
+the walk was such a directory; anywhere else it is refused (``symlink``). The file itself is
+never followed, never read when it has more than one link, is not a regular file, is larger
+than ``MAX_FILE_SIZE``, has a foreign owner or is a mount point, and never written in place: the new
 content goes to a fresh temporary file in the same directory, gets its owner and mode through
 its descriptor, and is renamed over the old entry. A directory created for the file is taken
 over (chowned) only if it is still the empty root-owned 0700 directory just made (``race``).
+
+Mounts. Each entry is first named with ``O_PATH``, which runs no file system code, and its
+mount id (``mnt_id`` in ``/proc/self/fdinfo``) compared with its directory's; only then is it
+opened, through that descriptor, or stat'ed. A FUSE file system (any ``fuse``/``fuseblk``
+type in mountinfo; the root file system excepted) is never entered and a file on one never
+read (``untrusted_fs``): its content and its answers (or their absence) come from a daemon,
+perhaps the user's own. A directory that is a mount point is entered only while the walk has
+been through root-owned directories closed to group and others (the rule for symlinks), so a
+home directory may be a mount point (NFS, a dataset per user, systemd-homed) but nothing
+below it may (``mount_point``): that is where fusermount lets a user mount, and where no
+administrator puts a mount. The file itself is never a mount point (``mount_point``, not
+replaceable: rename(2) cannot replace one), checked again on the descriptor it is read from.
+Without ``/proc`` these checks are skipped.
+
+Deadlines. Each file of a read, and each write, runs on a worker thread that the main thread
+waits for at most ``timeout`` seconds: a thread blocked in the kernel cannot be stopped, and
+``O_NONBLOCK`` does nothing for regular or FUSE files. A file that takes longer is answered
+as failed (``timeout``) and the request goes on with the next file; the stuck worker keeps the
+path claimed, so later requests get ``busy`` for it at once, and if it ever returns it gives
+up before renaming anything. At exit the process does not wait for stuck workers.
 """
 
 from __future__ import annotations
 
+import _thread  # built in: threading would cost start-up time on every host
 import base64
 import contextlib
 import errno
@@ -63,6 +85,7 @@ import time
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from hashlib import sha256 as _sha256_hash
     from typing import Any, BinaryIO
 else:  # the interpreter's built-in SHA-256: importing hashlib (and OpenSSL) costs ~3 ms
@@ -84,6 +107,9 @@ MAX_SWEEP_SCAN = 10_000  # directory entries looked at per stale-temp sweep
 MAX_SWEEP_UNLINK = 100  # stale temp files removed per sweep
 MAX_READ_FILES = 1_000  # files per read request
 MOUNTINFO = "/proc/self/mountinfo"
+FDINFO = "/proc/self/fdinfo/%d"
+FILE_TIMEOUT = 10.0  # seconds one file may take in a read or write request
+MAX_FILE_TIMEOUT = 600.0
 SSHD_TIMEOUT = 30.0
 
 ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
@@ -92,6 +118,10 @@ TEMP_RE = re.compile(r"\.keyward-[^/]*\.tmp")
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# An O_PATH descriptor names an inode without opening it: no file system code runs, so a
+# FUSE daemon is not asked anything (0 where the platform has no O_PATH: no pre-check).
+O_PATH = getattr(os, "O_PATH", 0)
+O_ENTRY = O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
@@ -160,7 +190,7 @@ def _untrusted_fs_type(fstype: str) -> bool:
 
 
 def read_mount_types(path: str | None = None) -> dict[int, str] | None:
-    """``st_dev`` -> file system type, from mountinfo; None when it cannot be read."""
+    """Mount id -> file system type, from mountinfo; None when it cannot be read."""
     try:
         with open(path or MOUNTINFO, "rb") as fh:
             text = fh.read(16 << 20).decode("utf-8", "replace")
@@ -170,15 +200,33 @@ def read_mount_types(path: str | None = None) -> dict[int, str] | None:
     for line in text.splitlines():
         fields = line.split(" ")
         try:
-            major, minor = fields[2].split(":")
-            sep = fields.index("-", 6)
-            dev = os.makedev(int(major), int(minor))
-            fstype = fields[sep + 1]
+            mount_id = int(fields[0])
+            fstype = fields[fields.index("-", 6) + 1]
         except (IndexError, ValueError):
             continue
-        if dev not in types or _untrusted_fs_type(fstype):
-            types[dev] = fstype
+        types[mount_id] = fstype
     return types
+
+
+def mount_id(fd: int) -> int | None:
+    """The id of the mount ``fd`` lies on (``mnt_id`` in fdinfo); None without /proc."""
+    try:
+        info = os.open(FDINFO % fd, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(info, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(info)
+    for line in data.split(b"\n"):
+        if line.startswith(b"mnt_id:"):
+            try:
+                return int(line[7:])
+            except ValueError:
+                return None
+    return None
 
 
 def _is_empty_dir(fd: int) -> bool:
@@ -187,12 +235,13 @@ def _is_empty_dir(fd: int) -> bool:
 
 
 class _Dir:
-    __slots__ = ("fd", "path", "st")
+    __slots__ = ("fd", "mnt", "path", "st")
 
-    def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
+    def __init__(self, fd: int, path: str, st: os.stat_result, mnt: int | None) -> None:
         self.fd = fd
         self.path = path
         self.st = st
+        self.mnt = mnt  # mount id; None when /proc cannot tell
 
 
 class Walker:
@@ -200,12 +249,10 @@ class Walker:
 
     def __init__(self) -> None:
         fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.stack = [_Dir(fd, "/", os.fstat(fd))]
-        self.root_dev = self.stack[0].st.st_dev
+        self.stack = [_Dir(fd, "/", os.fstat(fd), mount_id(fd))]
         # Set for good once the walk has entered a directory a user may change.
         self.tainted = not _trusted_dir(self.stack[0].st)
         self.mount_types: dict[int, str] | None = None
-        self.mount_types_read = False
 
     def __enter__(self) -> Walker:
         return self
@@ -228,32 +275,57 @@ class Walker:
         while len(self.stack) > 1:
             self._pop()
 
-    def _push(self, fd: int, path: str) -> None:
+    def _push(self, fd: int, path: str, mnt: int | None) -> None:
         try:
             st = os.fstat(fd)
-            fstype = self._fs_type(st)
         except OSError:
             os.close(fd)
             raise
-        if fstype is not None and _untrusted_fs_type(fstype):
-            os.close(fd)
-            raise Refused(
-                "untrusted_fs", f"{path} is on a {fstype} file system; refusing to enter it"
-            )
         if not _trusted_dir(st):
             self.tainted = True
-        self.stack.append(_Dir(fd, path, st))
+        self.stack.append(_Dir(fd, path, st, mnt))
 
-    def _fs_type(self, st: os.stat_result) -> str | None:
-        """The file system type of a directory not on the root file system, if known."""
-        if st.st_dev == self.root_dev:
-            return None  # whoever serves / is trusted already
-        if not self.mount_types_read:
-            self.mount_types = read_mount_types()
-            self.mount_types_read = True
-        if self.mount_types is None:
-            return None  # no /proc: the check is skipped
-        return self.mount_types.get(st.st_dev)
+    def fs_type(self, mnt: int) -> str | None:
+        """The file system type of mount ``mnt``, if mountinfo names it."""
+        if self.mount_types is None or mnt not in self.mount_types:
+            self.mount_types = read_mount_types()  # again: it may have been mounted since
+        return None if self.mount_types is None else self.mount_types.get(mnt)
+
+    def check_mount(self, parent: _Dir, mnt: int | None, path: str, what: str) -> None:
+        """Refuse an entry of ``parent`` that is a mount point where none may be.
+
+        FUSE is refused anywhere; any other mount point only once the walk has been through
+        a directory its user can change (a home that is itself a mount point is fine).
+        """
+        if mnt is None or parent.mnt is None or mnt == parent.mnt:
+            return
+        fstype = self.fs_type(mnt)
+        if fstype is not None and _untrusted_fs_type(fstype):
+            raise Refused(
+                "untrusted_fs", f"{path} is on a {fstype} file system; refusing to {what} it"
+            )
+        if self.tainted:
+            raise Refused(
+                "mount_point",
+                f"{path} is a mount point ({fstype or 'unknown'} file system) inside a "
+                f"directory its user can change; refusing to {what} it",
+            )
+
+    def open_dir(self, parent: _Dir, name: str, path: str) -> tuple[int, int | None]:
+        """Open directory ``name`` of ``parent`` once its mount is known to be acceptable.
+
+        The entry is first named with ``O_PATH`` (nothing asks its file system anything), its
+        mount checked, and only then opened, through that same descriptor.
+        """
+        if not O_PATH:
+            return os.open(name, O_DIR, dir_fd=parent.fd), None
+        entry = os.open(name, O_ENTRY | os.O_DIRECTORY, dir_fd=parent.fd)
+        try:
+            mnt = mount_id(entry)
+            self.check_mount(parent, mnt, path, "enter")
+            return os.open(".", O_DIR, dir_fd=entry), mnt
+        finally:
+            os.close(entry)
 
     def walk(self, components: list[str]) -> None:
         """Descend through directory ``components``, following only trusted symlinks."""
@@ -270,7 +342,7 @@ class Walker:
             parent = self.top
             path = _join(parent.path, name)
             try:
-                fd = os.open(name, O_DIR, dir_fd=parent.fd)
+                fd, mnt = self.open_dir(parent, name, path)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     raise Missing(path, last=not queue) from None
@@ -284,7 +356,7 @@ class Walker:
                     self._reset()
                 queue.extend(reversed(target.split("/")))
                 continue
-            self._push(fd, path)
+            self._push(fd, path, mnt)
 
     def _symlink_target(self, parent: _Dir, name: str, path: str) -> str:
         """The target of the symlink ``name`` if it may be followed; else refuse."""
@@ -327,7 +399,7 @@ class Walker:
         except OSError as exc:
             raise _os_refusal(exc, f"cannot create directory {path}") from None
         try:
-            fd = os.open(name, O_DIR, dir_fd=parent.fd)
+            fd, mnt = self.open_dir(parent, name, path)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                 raise Refused("symlink", f"{path} was replaced while being created") from None
@@ -348,7 +420,7 @@ class Walker:
                 f"{stat.S_IMODE(st.st_mode):04o}, {'empty' if empty else 'not empty'}); "
                 "not taking it over",
             )
-        self._push(fd, path)
+        self._push(fd, path, mnt)
         try:
             os.fchown(fd, uid, gid)
             os.fchmod(fd, 0o700)
@@ -438,13 +510,57 @@ def _read_bounded(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _entry_mount(parent: _Dir, name: str, path: str) -> int | None:
+    """The mount id of entry ``name`` of ``parent``, found without asking its file system.
+
+    Raises FileNotFoundError when there is no such entry; None when /proc cannot tell.
+    """
+    try:
+        entry = os.open(name, O_ENTRY, dir_fd=parent.fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _os_refusal(exc, f"cannot inspect {path}") from None
+    try:
+        return mount_id(entry)
+    finally:
+        os.close(entry)
+
+
+def _mount_problem(walker: Walker, parent: _Dir, mnt: int | None, path: str) -> Refused | None:
+    """A file that is a mount point is neither read nor written (rename(2) cannot replace it)."""
+    if mnt is None or parent.mnt is None or mnt == parent.mnt:
+        return None
+    fstype = walker.fs_type(mnt)
+    code = "untrusted_fs" if fstype is not None and _untrusted_fs_type(fstype) else "mount_point"
+    return Refused(
+        code,
+        f"{path} is a mount point ({fstype or 'unknown'} file system); its content is not read "
+        "and it cannot be replaced",
+    )
+
+
 def inspect_file(
-    parent: _Dir, name: str, path: str, owners: tuple[int, ...] | None = None
+    parent: _Dir,
+    name: str,
+    path: str,
+    owners: tuple[int, ...] | None = None,
+    walker: Walker | None = None,
 ) -> Current:
     """Look at ``name`` in ``parent`` without following it; read it only if it is safe.
 
-    ``owners``: the uids the file may belong to for its content to be read.
+    ``owners``: the uids the file may belong to for its content to be read. With ``walker``
+    the entry's mount is checked first, before anything (even ``lstat``) reaches a file
+    system mounted on it, and again on the descriptor that is read.
     """
+    if walker is not None and O_PATH:
+        try:
+            mnt = _entry_mount(parent, name, path)
+        except FileNotFoundError:
+            return Current()
+        problem = _mount_problem(walker, parent, mnt, path)
+        if problem is not None:
+            return Current(None, None, problem)
     try:
         lst = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -469,6 +585,10 @@ def inspect_file(
         raise _os_refusal(exc, f"cannot open {path}") from None
     try:
         # The entry may have been swapped since the lstat: judge what was actually opened.
+        if walker is not None:
+            problem = _mount_problem(walker, parent, mount_id(fd), path)
+            if problem is not None:
+                return Current(None, None, problem)
         st = os.fstat(fd)
         problem = _classify(st, path) or _check_owner(st, path, owners)
         if problem is not None:
@@ -599,11 +719,156 @@ def _stat_fields(st: os.stat_result | None) -> dict[str, int | None]:
     }
 
 
+# ------------------------------------------------------------------------- per-file deadline
+
+# A thread blocked in a system call cannot be stopped, so each file of a request is handled
+# on a worker thread that the main thread waits for, at most the request's per-file timeout.
+# A file that takes longer is answered as failed (``timeout``) and the others are handled by
+# a new worker; the stuck thread keeps the file's path claimed (``busy`` to later requests)
+# and, should it ever return, gives up before renaming anything. At exit the process does
+# not wait for it (``main``).
+_STATE = _thread.allocate_lock()  # guards _BUSY, _STUCK and every _Job's flags
+_BUSY: set[str] = set()  # paths a worker is handling
+_STUCK = [0]  # workers given up on that have not returned yet
+_LOCAL = _thread._local()
+
+
+class _Job:
+    """One worker thread: whether it has been given up on, whether it began a rename."""
+
+    __slots__ = ("abandoned", "committing")
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.committing = False
+
+
+class _Slot:
+    """One item of a request: released when its result (or exception) is in."""
+
+    __slots__ = ("done", "error", "progress", "value")
+
+    def __init__(self) -> None:
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.value: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.progress: dict[str, Any] = {}  # what the worker found out so far (``path``)
+
+
+def _worker(
+    job: _Job,
+    work: Callable[[Any, dict[str, Any]], dict[str, Any]],
+    items: list[Any],
+    slots: list[_Slot],
+) -> None:
+    _LOCAL.job = job
+    for i, item in enumerate(items):
+        slot = slots[i]
+        value: dict[str, Any] | None = None
+        error: BaseException | None = None
+        try:
+            value = work(item, slot.progress)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            error = exc
+        with _STATE:
+            if job.abandoned:
+                _STUCK[0] -= 1
+                return
+            slot.value, slot.error = value, error
+            slot.done.release()
+        if error is not None:
+            return  # the request ends with it: leave the other items alone
+
+
+def run_with_deadline(
+    items: list[Any],
+    work: Callable[[Any, dict[str, Any]], dict[str, Any]],
+    timeout: float,
+    timed_out: Callable[[Any, dict[str, Any], bool], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """``work(item, progress)`` for each item in order, each allowed ``timeout`` seconds.
+
+    An item that takes longer gets ``timed_out(item, progress, committing)`` instead.
+    """
+    out: list[dict[str, Any]] = []
+    while len(out) < len(items):
+        rest = items[len(out) :]
+        slots = [_Slot() for _ in rest]
+        job = _Job()
+        _thread.start_new_thread(_worker, (job, work, rest, slots))
+        for i, item in enumerate(rest):
+            slot = slots[i]
+            if not slot.done.acquire(True, timeout):
+                with _STATE:
+                    late = slot.done.acquire(False)
+                    if not late:
+                        job.abandoned = True
+                        _STUCK[0] += 1
+                if not late:
+                    out.append(timed_out(item, dict(slot.progress), job.committing))
+                    break
+            value = slot.value
+            if slot.error is not None or value is None:
+                raise slot.error or RuntimeError("a worker returned nothing")
+            out.append(value)
+    return out
+
+
+def may_commit() -> None:
+    """Called right before a rename: refuse it once the request has stopped waiting."""
+    job = getattr(_LOCAL, "job", None)
+    if job is None:
+        return
+    with _STATE:
+        if job.abandoned:
+            raise Refused("timeout", "the request stopped waiting for this write")
+        job.committing = True
+
+
+@contextlib.contextmanager
+def claimed(path: str) -> Iterator[None]:
+    """Hold ``path`` for this worker: a worker stuck on it earlier means ``busy``."""
+    with _STATE:
+        if path in _BUSY:
+            raise Refused(
+                "busy",
+                f"{path} is still held by an earlier request that timed out on it; "
+                "left alone until that one returns",
+            )
+        _BUSY.add(path)
+    try:
+        yield
+    finally:
+        with _STATE:
+            _BUSY.discard(path)
+
+
+def stuck_workers() -> int:
+    with _STATE:
+        return _STUCK[0]
+
+
+def _timeout_arg(req: dict[str, Any]) -> float:
+    value = req.get("timeout")
+    if value is None:
+        return FILE_TIMEOUT
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= MAX_FILE_TIMEOUT
+    ):
+        raise BadRequest(
+            f"timeout must be a number of seconds, above 0 and at most {MAX_FILE_TIMEOUT:g}"
+        )
+    return float(value)
+
+
 # ---------------------------------------------------------------------------------- read
 
 
-def read_one(account: object, pattern: object) -> dict[str, Any]:
-    result: dict[str, Any] = {
+def _read_result(account: object) -> dict[str, Any]:
+    return {
         "account": account,
         "path": None,
         "state": "error",
@@ -618,20 +883,29 @@ def read_one(account: object, pattern: object) -> dict[str, Any]:
         "replaceable": False,
         "error": None,
     }
+
+
+def read_one(
+    account: object, pattern: object, progress: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    result = _read_result(account)
     try:
         target = Target(account, pattern)
         result["path"] = target.path
-        target.check_home()
-        with Walker() as walker:
-            try:
-                target.open_parent(walker)
-            except Missing:
-                result["state"] = "missing"
-                return result
-            result["dir_ok"] = target.dir_ok(walker)
-            walker_parent_st = walker.top.st
-            owners = _allowed_owners(target, walker_parent_st)
-            current = inspect_file(walker.top, target.name, target.path, owners)
+        if progress is not None:
+            progress["path"] = target.path
+        with claimed(target.path):
+            target.check_home()
+            with Walker() as walker:
+                try:
+                    target.open_parent(walker)
+                except Missing:
+                    result["state"] = "missing"
+                    return result
+                result["dir_ok"] = target.dir_ok(walker)
+                walker_parent_st = walker.top.st
+                owners = _allowed_owners(target, walker_parent_st)
+                current = inspect_file(walker.top, target.name, target.path, owners, walker)
     except Refused as exc:
         result["error"] = exc.as_json()
         return result
@@ -678,7 +952,21 @@ def op_read(req: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("files must be a list of {account, pattern} objects")
     if len(files) > MAX_READ_FILES:
         raise BadRequest(f"at most {MAX_READ_FILES} files per read request, got {len(files)}")
-    return {"ok": True, "files": [read_one(f.get("account"), f.get("pattern")) for f in files]}
+    timeout = _timeout_arg(req)
+
+    def work(f: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+        return read_one(f.get("account"), f.get("pattern"), progress)
+
+    def timed_out(f: dict[str, Any], progress: dict[str, Any], _: bool) -> dict[str, Any]:
+        result = _read_result(f.get("account"))
+        result["path"] = progress.get("path")
+        what = progress.get("path") or f"the file of {f.get('account')!r}"
+        result["error"] = Refused(
+            "timeout", f"timed out after {timeout:g} s reading {what}; it was not read"
+        ).as_json()
+        return result
+
+    return {"ok": True, "files": run_with_deadline(files, work, timeout, timed_out)}
 
 
 # --------------------------------------------------------------------------------- write
@@ -754,6 +1042,9 @@ def remove_stale_temps(parent: _Dir, uid: int) -> int:
                 if not TEMP_RE.fullmatch(name):
                     continue
                 try:
+                    # Something mounted on the name would answer the stat, or never answer.
+                    if O_PATH and _entry_mount(parent, name, name) not in (None, parent.mnt):
+                        continue
                     st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
                     if (
                         stat.S_ISREG(st.st_mode)
@@ -762,7 +1053,7 @@ def remove_stale_temps(parent: _Dir, uid: int) -> int:
                     ):
                         os.unlink(name, dir_fd=parent.fd)
                         removed += 1
-                except OSError:
+                except (OSError, Refused):
                     continue
     except OSError as exc:
         raise _os_refusal(exc, f"cannot list {parent.path}") from None
@@ -834,6 +1125,7 @@ def replace_file(
         step = "checking"
         if check:
             entry_unchanged(parent, name, path, sig)
+        may_commit()
         step = "renaming over"
         os.rename(tmp, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
     except BaseException as exc:
@@ -854,7 +1146,30 @@ def replace_file(
 
 def op_write(req: dict[str, Any]) -> dict[str, Any]:
     content, expect, create_dir = _write_args(req)
-    reply: dict[str, Any] = {
+    timeout = _timeout_arg(req)
+
+    def work(r: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+        return write_one(r, content, expect, create_dir, progress)
+
+    def timed_out(r: dict[str, Any], progress: dict[str, Any], committing: bool) -> dict[str, Any]:
+        reply = _write_reply()
+        reply["path"] = progress.get("path")
+        what = progress.get("path") or f"the file of {r.get('account')!r}"
+        outcome = (
+            "the new content may be in place (the rename had begun)"
+            if committing
+            else "it was left as it was"
+        )
+        reply["error"] = Refused(
+            "timeout", f"timed out after {timeout:g} s writing {what}; {outcome}"
+        ).as_json()
+        return reply
+
+    return run_with_deadline([req], work, timeout, timed_out)[0]
+
+
+def _write_reply() -> dict[str, Any]:
+    return {
         "ok": False,
         "path": None,
         "sha256": None,
@@ -867,16 +1182,29 @@ def op_write(req: dict[str, Any]) -> dict[str, Any]:
         "removed_temps": 0,
         "error": None,
     }
+
+
+def write_one(
+    req: dict[str, Any],
+    content: bytes,
+    expect: str | None,
+    create_dir: bool,
+    progress: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    reply = _write_reply()
     try:
         target = Target(req.get("account"), req.get("pattern"))
         reply["path"] = target.path
+        if progress is not None:
+            progress["path"] = target.path
         if len(content) > MAX_FILE_SIZE:
             raise Refused(
                 "too_large", f"new content for {target.path} exceeds {MAX_FILE_SIZE} bytes"
             )
-        target.check_home()
-        with Walker() as walker:
-            _write_in(target, walker, content, expect, create_dir, reply)
+        with claimed(target.path):
+            target.check_home()
+            with Walker() as walker:
+                _write_in(target, walker, content, expect, create_dir, reply)
     except Refused as exc:
         reply["error"] = exc.as_json()
         return reply
@@ -915,7 +1243,9 @@ def _write_in(
     owner = _owner_for(target, parent)
     # Sweep first, so nothing slow sits between the compare-and-swap check and the rename.
     reply["removed_temps"] = remove_stale_temps(parent, target.uid)
-    current = inspect_file(parent, target.name, target.path, _allowed_owners(target, parent.st))
+    current = inspect_file(
+        parent, target.name, target.path, _allowed_owners(target, parent.st), walker
+    )
     if current.st is not None:
         reply["sha256"] = None if current.data is None else _sha256(current.data)
     problem = current.problem
@@ -941,7 +1271,9 @@ def _write_in(
     replace_file(
         parent, target.name, target.path, content, owner, check=expect != "*", sig=current.sig
     )
-    after = inspect_file(parent, target.name, target.path, _allowed_owners(target, parent.st))
+    after = inspect_file(
+        parent, target.name, target.path, _allowed_owners(target, parent.st), walker
+    )
     reply.update({k: v for k, v in _stat_fields(after.st).items() if k != "nlink"})
     reply["dir_ok"] = target.dir_ok(walker)
     if after.problem is not None:
@@ -965,6 +1297,7 @@ def op_hello(req: dict[str, Any]) -> dict[str, Any]:
         "euid": os.geteuid(),
         "max_file_size": MAX_FILE_SIZE,
         "max_read_files": MAX_READ_FILES,
+        "file_timeout": FILE_TIMEOUT,
     }
 
 
@@ -1320,7 +1653,12 @@ def main() -> int:
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing printed by accident may corrupt the protocol stream
     os.umask(0o077)
-    return serve(sys.stdin.buffer, out)
+    code = serve(sys.stdin.buffer, out)
+    if stuck_workers():
+        # Do not leave exit to how the interpreter treats a thread stuck in the kernel.
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
