@@ -1502,3 +1502,13 @@ def test_journal_lines_come_only_from_sshd_itself(
     )
     assert reply["ok"] is True and reply["source"] == "journal"
     assert [line["text"] for line in reply["lines"]] == [JOURNAL_LOGIN.format(n) for n in (1, 2)]
+
+
+def test_the_agent_waits_for_every_files_share_of_a_read() -> None:
+    """The helper times out each file on its own; the agent must not give up on the whole
+    host before those per-file answers can arrive (its budget follows the helper's)."""
+    from keyward.agent import connection
+
+    assert connection.FILE_TIMEOUT == remote.FILE_TIMEOUT
+    assert connection.read_timeout(1) == connection.REQUEST_TIMEOUT
+    assert connection.read_timeout(12) > 12 * remote.FILE_TIMEOUT

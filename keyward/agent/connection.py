@@ -23,6 +23,10 @@ from keyward.errors import HostError
 from keyward.inventory.model import Host
 
 REQUEST_TIMEOUT = 60.0
+# The helper gives each file of a request this long (``remote.FILE_TIMEOUT``) and then
+# reports that file alone as timed out; a read waits for every file's share, so that a
+# few files that never answer fail alone instead of failing the whole host.
+FILE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ def pinned_keys(known_hosts_text: str, host: Host) -> list[asyncssh.SSHKey]:
     return keys
 
 
+def read_timeout(files: int) -> float:
+    """How long a read of ``files`` files may take: every file's share, and then some."""
+    return max(REQUEST_TIMEOUT, FILE_TIMEOUT * files + REQUEST_TIMEOUT / 2)
+
+
 class RemoteHelper:
     """The JSON-lines conversation with ``remote.py`` on one host."""
 
@@ -113,7 +122,9 @@ class RemoteHelper:
 
     async def read(self, files: list[tuple[str, str]]) -> list[dict[str, Any]]:
         reply = await self.call(
-            "read", files=[{"account": account, "pattern": pattern} for account, pattern in files]
+            "read",
+            timeout=read_timeout(len(files)),
+            files=[{"account": account, "pattern": pattern} for account, pattern in files],
         )
         if not reply.get("ok"):
             raise HostError(f"{self._host}: read failed: {_error_text(reply)}")
