@@ -26,6 +26,7 @@ from keyward.cli import backup_cmds
 from keyward.cli import main as cli_main
 from keyward.registry import backup as bk
 from keyward.registry.backup import list_snapshots, parse_name, prune_plan
+from keyward.registry.checkpoint import open_keyring
 from keyward.registry.db import make_engine
 from tests.cli_runner import Keyward, Result
 from tests.pgserver import PgServer
@@ -40,6 +41,14 @@ TIMER = "keyward-backup.timer"
 DOCUMENTED_EXEC = "/usr/local/bin/keyward"
 
 FreshUrl = Callable[[str], str]
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own checkpoint directory and key, never /var/lib/keyward's."""
+    directory = tmp_path / "checkpoints"
+    monkeypatch.setenv("KEYWARD_CHECKPOINT_DIR", str(directory))
+    return directory
 
 
 @pytest.fixture
@@ -149,27 +158,56 @@ def test_backup_during_concurrent_writes_restores_a_consistent_registry(
         assert event["details"]["forced"] is False  # type: ignore[index]
 
 
-def test_snapshot_files_are_private_named_by_time_and_checksummed(
-    kw: Keyward, tmp_path: Path
+def test_snapshot_files_are_private_named_by_time_checksummed_and_signed(
+    kw: Keyward, tmp_path: Path, checkpoint_dir: Path
 ) -> None:
     directory = tmp_path / "b"
-    result = kw.ok(
-        "backup", "create", str(directory), "--json", env={"KEYWARD_NOW": "2026-11-23T18:45:12Z"}
-    )
+    old_umask = os.umask(0o022)  # what a careless shell or unit would have
+    try:
+        result = kw.ok(
+            "backup", "create", str(directory), "--json",
+            env={"KEYWARD_NOW": "2026-11-23T18:45:12Z"},
+        )  # fmt: skip
+    finally:
+        os.umask(old_umask)
     data = result.json()
     suffix = "sqlite" if kw.db_url.startswith("sqlite") else "pgdump"
     name = f"keyward-registry-20261123T184512Z.{suffix}"
     assert data["name"] == name
     path = directory / name
     sidecar = directory / f"{name}.sha256"
-    assert sorted(p.name for p in directory.iterdir()) == [name, sidecar.name]
+    statement = directory / f"{name}.checkpoint"
+    signature = directory / f"{name}.checkpoint.sig"
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [name, sidecar.name, statement.name, signature.name]
+    )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert sidecar.read_text() == f"{digest}  {name}\n"
     assert data["sha256"] == digest
     assert data["events_verified"] == 1
-    for p in (path, sidecar):
-        assert p.stat().st_mode & 0o777 == 0o600
+    assert data["checkpoint_file"] == str(statement)
+    lines = statement.read_text().splitlines()
+    assert lines[0] == "keyward audit checkpoint"
+    assert "seq: 1" in lines
+    assert f"snapshot: {name}" in lines
+    assert f"snapshot-sha256: {digest}" in lines
+    assert "at: 2026-11-23T18:45:12Z" in lines
+    for p in (path, sidecar, statement, signature):
+        assert p.stat().st_mode & 0o777 == 0o600, p
     assert directory.stat().st_mode & 0o777 == 0o700
+    # An auditor checks the signature with OpenSSH alone.
+    public = (checkpoint_dir / "checkpoint_ed25519.pub").read_text()
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"keyward-checkpoint {public}")
+    with open(statement, "rb") as stdin:
+        check = subprocess.run(
+            ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "keyward-checkpoint",
+             "-n", "keyward-checkpoint", "-s", str(signature)],
+            stdin=stdin, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    for p in checkpoint_dir.rglob("*"):
+        assert p.stat().st_mode & 0o777 == (0o700 if p.is_dir() else 0o600), p
     check = subprocess.run(
         ["sha256sum", "-c", sidecar.name], cwd=directory, capture_output=True, text=True
     )
@@ -286,9 +324,9 @@ def test_restore_refuses_a_snapshot_of_the_other_backend(
 
 
 def test_restore_verifies_the_audit_chain_of_the_snapshot(
-    kw: Keyward, fresh_url: FreshUrl, tmp_path: Path
+    kw: Keyward, fresh_url: FreshUrl, tmp_path: Path, checkpoint_dir: Path
 ) -> None:
-    """A snapshot of an edited chain, with a matching checksum, is refused with exit 1."""
+    """A snapshot of an edited chain, even checksummed and signed, is refused with exit 1."""
     kw.ok("person", "add", "alice", "--name", "Alice")
     engine = make_engine(kw.db_url)
     with engine.begin() as conn:
@@ -303,8 +341,15 @@ def test_restore_verifies_the_audit_chain_of_the_snapshot(
     else:
         path = directory / "keyward-registry-20260101T000000Z.pgdump"
         bk.pg_dump(kw.db_url, path)
-    bk.write_checksum(path, bk.sha256_file(path))
+    digest = bk.sha256_file(path)
+    bk.write_checksum(path, digest)
     target = other(kw, fresh_url("t"))
+    unsigned = target.fails("backup", "restore", str(path))
+    assert "refusing an unauthenticated snapshot" in last_line(unsigned)
+    # Signed by the real checkpoint key (as if the key holder signed a doctored file).
+    keyring = open_keyring(checkpoint_dir)
+    head = bk.Verified(2, "0" * 64, None)
+    bk.write_snapshot_checkpoint(keyring, path, "sqlite:/elsewhere", head, digest, datetime.now(UTC))
     result = target.fails("backup", "restore", str(path), code=1)
     assert "audit chain broken at audit event 2" in last_line(result)
     assert "content was edited" in last_line(result)
@@ -497,8 +542,14 @@ def test_a_copy_command_copies_the_snapshot_and_its_checksum(kw: Keyward, tmp_pa
         "backup", "create", str(directory), "--copy-command", f"cp {{path}} '{offsite}/'"
     )
     assert "copied keyward-registry-" in result.out
+    assert "with its .sha256, .checkpoint and .checkpoint.sig" in result.out
     (snapshot,) = list_snapshots(directory)
-    assert sorted(p.name for p in offsite.iterdir()) == [snapshot.name, f"{snapshot.name}.sha256"]
+    assert sorted(p.name for p in offsite.iterdir()) == [
+        snapshot.name,
+        f"{snapshot.name}.checkpoint",
+        f"{snapshot.name}.checkpoint.sig",
+        f"{snapshot.name}.sha256",
+    ]
     assert (offsite / snapshot.name).read_bytes() == snapshot.path.read_bytes()
     check = subprocess.run(
         ["sha256sum", "-c", f"{snapshot.name}.sha256"], cwd=offsite, capture_output=True
