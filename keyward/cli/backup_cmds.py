@@ -334,8 +334,8 @@ def backup_restore(
             tx.audit("backup.restore", path.name, details)
         log_events(tx)
         head_seq, head_hash = registry.head()
-        if keyring.signing_key in keyring.trusted:
-            cp.Store(keyring, cp.registry_identity(url)).write(head_seq, head_hash, app.clock())
+        store = cp.Store(keyring.local(), cp.registry_identity(url))
+        store.write(head_seq, head_hash, app.clock())
     finally:
         registry.dispose()
     get_logger().info(

@@ -1050,9 +1050,10 @@ def restore_snapshot(
     """Authenticate ``path``, copy its rows into a fresh schema at ``url``, verify the result.
 
     Refuses (nothing changed) a snapshot that fails its checksum, its signed checkpoint
-    or its audit chain, one of the other backend, and a non-empty target unless
-    ``force``.  Afterwards the target's earlier checkpoints are set aside and its head
-    is checkpointed: the restored chain is the registry's history from now on.
+    (``keyring.trusted``) or its audit chain, one of the other backend, and a non-empty
+    target unless ``force``.  Afterwards the target's earlier checkpoints are set aside
+    and its head is checkpointed with this machine's key: the restored chain is the
+    registry's history from now on.
     """
     if not path.is_file():
         raise UsageError(f"no snapshot file {path}")
@@ -1076,7 +1077,7 @@ def restore_snapshot(
         fresh, revision = _sqlite_restore_fresh(path, target, signed)
     else:
         fresh, revision = _pg_restore_fresh(path, url, signed)
-    store = cp.Store(keyring, cp.registry_identity(url))
+    store = cp.Store(keyring.local(), cp.registry_identity(url))
     retired = store.retire(now)
     written = store.write(fresh.events, fresh.head, now)
     return Restored(digest, kind, replaced, fresh.events, fresh.head, revision, written, retired)

@@ -301,6 +301,12 @@ class Keyring:
                 return True
         return False
 
+    def local(self) -> Keyring:
+        """This directory's key, trusting only itself: for a registry's own checkpoints
+        after ``--trusted-key`` authenticated a snapshot made elsewhere."""
+        own = (self.signing_key,) if self.signing_key is not None else ()
+        return Keyring(self.directory, self.signing_pem, self.signing_key, own, False)
+
     def describe_trust(self) -> str:
         return ", ".join(k.fingerprint for k in self.trusted) or "(none)"
 
@@ -382,9 +388,10 @@ def read_signed(keyring: Keyring, path: Path, what: str) -> Checkpoint:
             f"{KEY_NAME}.pub"
         )
     if not keyring.verifies(statement, armored):
+        hint = "" if keyring.pinned else f"; signed elsewhere? pass --trusted-key {KEY_NAME}.pub"
         raise AuditChainBroken(
             f"{what}: {path.name} is not signed by a trusted checkpoint key "
-            f"({keyring.describe_trust()})"
+            f"({keyring.describe_trust()}){hint}"
         )
     try:
         return Checkpoint.parse(statement, path)
