@@ -895,6 +895,10 @@ def _sqlite_restore_fresh(
     return fresh, verified.revision
 
 
+_NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {} AND d.deptype = 'e')"
+"""Objects of an installed extension belong to the extension, not to whoever wrote SQL."""
+
+
 def _pg_clear(conn: Connection) -> None:
     """Drop every table, view, sequence, function and type in schema ``public``.
 
@@ -909,6 +913,7 @@ def _pg_clear(conn: Connection) -> None:
             "SELECT c.relname, c.relkind FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'public' AND c.relkind IN ('r','p','v','m','f','S') "
+            f"AND {_NOT_EXTENSION.format('c.oid')} "
             "ORDER BY c.relkind = 'S', c.relname"
         )
     ).all()
@@ -917,7 +922,8 @@ def _pg_clear(conn: Connection) -> None:
     routines = conn.execute(
         text(
             "SELECT p.oid::regprocedure::text, p.prokind FROM pg_proc p "
-            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' "
+            f"AND {_NOT_EXTENSION.format('p.oid')}"
         )
     ).all()
     for signature, kind in routines:
@@ -927,8 +933,9 @@ def _pg_clear(conn: Connection) -> None:
         text(
             "SELECT t.typname, t.typtype FROM pg_type t "
             "JOIN pg_namespace n ON n.oid = t.typnamespace "
-            "WHERE n.nspname = 'public' AND t.typtype IN ('e','d','r','m') "
-            "OR (n.nspname = 'public' AND t.typtype = 'c' AND t.typrelid = 0)"
+            "WHERE n.nspname = 'public' AND (t.typtype IN ('e','d','r','m') "
+            "OR (t.typtype = 'c' AND t.typrelid = 0)) "
+            f"AND {_NOT_EXTENSION.format('t.oid')}"
         )
     ).all()
     for name, kind in types:

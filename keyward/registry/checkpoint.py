@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -434,12 +435,27 @@ class Store:
         try:
             with private_umask():
                 self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # The signature first: a statement without its signature would read as tampering.
-            write_private(path.with_name(path.name + SIG_SUFFIX), armored, replace=True)
-            write_private(path, checkpoint.statement())
+            with self._locked():
+                if path.exists():  # another process checkpointed the same head meanwhile
+                    return Checkpoint.parse(read_small(path), path)
+                # The signature first: a statement is only ever listed with its signature.
+                write_private(path.with_name(path.name + SIG_SUFFIX), armored, replace=True)
+                write_private(path, checkpoint.statement())
         except OSError as exc:
             raise _dir_error(self.directory, exc) from None
         return Checkpoint(self.identity, seq, head, at, path=path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise writers of this registry's checkpoints (a statement and its signature
+        must come from the same writer)."""
+        with private_umask():
+            fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def retire(self, now: datetime) -> Path | None:
         """Set this registry's checkpoints aside (a restore or a reset); where they went."""
