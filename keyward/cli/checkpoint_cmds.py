@@ -113,8 +113,9 @@ def report(checked: Checked, as_json: bool) -> None:
     if newest is None:
         against = "no earlier checkpoint of this registry"
     else:
+        count = len(checked.checkpoints)
         against = (
-            f"{len(checked.checkpoints)} signed checkpoints agree "
+            f"{count} signed checkpoint{' agrees' if count == 1 else 's agree'} "
             f"(newest: event {newest.seq}, {newest.when})"
         )
     click.echo(
