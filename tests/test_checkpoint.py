@@ -156,6 +156,11 @@ def test_a_forged_or_moved_checkpoint_is_reported(kw: Keyward, checkpoint_dir: P
     assert f"{statement.name} is not signed by a trusted checkpoint key" in line
     statement.write_bytes(original)
     assert kw.ok("audit", "verify").out.startswith("audit chain ok")
+    signature = statement.with_name(statement.name + ".sig")
+    signed = signature.read_bytes()
+    signature.unlink()
+    assert f"{signature} is missing" in last_line(kw.fails("audit", "verify", code=1))
+    signature.write_bytes(signed)
     # A genuine checkpoint of another registry dropped into this one's directory.
     other = cp.Store(cp.open_keyring(checkpoint_dir), "sqlite:/elsewhere.db")
     moved = other.write(7, "a" * 64, AT)

@@ -378,7 +378,8 @@ def read_signed(keyring: Keyring, path: Path, what: str) -> Checkpoint:
         statement = read_small(path)
         armored = read_small(sig_path)
     except FileNotFoundError as exc:
-        raise UsageError(f"{what}: {exc.filename} is missing") from None
+        # The statement was listed, so its signature was removed: tampering, not bad input.
+        raise AuditChainBroken(f"{what}: {exc.filename} is missing") from None
     except (OSError, ValueError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise UsageError(f"{what}: cannot read {path}: {detail}") from None
