@@ -35,6 +35,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         server.drop_database(name)
 
 
+@pytest.fixture(autouse=True)
+def _checkpoints_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``audit verify`` and ``backup create`` signs a checkpoint; keep each test's
+    checkpoints and signing key in its own directory, never the machine's state directory."""
+    monkeypatch.setenv("KEYWARD_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'registry.db'}"

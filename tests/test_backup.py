@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from keyward.cli import backup_cmds
 from keyward.cli import main as cli_main
 from keyward.registry import backup as bk
 from keyward.registry.backup import list_snapshots, parse_name, prune_plan
+from keyward.registry.checkpoint import open_keyring
 from keyward.registry.db import make_engine
 from tests.cli_runner import Keyward, Result
 from tests.pgserver import PgServer
@@ -40,6 +42,14 @@ TIMER = "keyward-backup.timer"
 DOCUMENTED_EXEC = "/usr/local/bin/keyward"
 
 FreshUrl = Callable[[str], str]
+
+
+@pytest.fixture(autouse=True)
+def checkpoint_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own checkpoint directory and key, never /var/lib/keyward's."""
+    directory = tmp_path / "checkpoints"
+    monkeypatch.setenv("KEYWARD_CHECKPOINT_DIR", str(directory))
+    return directory
 
 
 @pytest.fixture
@@ -149,27 +159,56 @@ def test_backup_during_concurrent_writes_restores_a_consistent_registry(
         assert event["details"]["forced"] is False  # type: ignore[index]
 
 
-def test_snapshot_files_are_private_named_by_time_and_checksummed(
-    kw: Keyward, tmp_path: Path
+def test_snapshot_files_are_private_named_by_time_checksummed_and_signed(
+    kw: Keyward, tmp_path: Path, checkpoint_dir: Path
 ) -> None:
     directory = tmp_path / "b"
-    result = kw.ok(
-        "backup", "create", str(directory), "--json", env={"KEYWARD_NOW": "2026-11-23T18:45:12Z"}
-    )
+    old_umask = os.umask(0o022)  # what a careless shell or unit would have
+    try:
+        result = kw.ok(
+            "backup", "create", str(directory), "--json",
+            env={"KEYWARD_NOW": "2026-11-23T18:45:12Z"},
+        )  # fmt: skip
+    finally:
+        os.umask(old_umask)
     data = result.json()
     suffix = "sqlite" if kw.db_url.startswith("sqlite") else "pgdump"
     name = f"keyward-registry-20261123T184512Z.{suffix}"
     assert data["name"] == name
     path = directory / name
     sidecar = directory / f"{name}.sha256"
-    assert sorted(p.name for p in directory.iterdir()) == [name, sidecar.name]
+    statement = directory / f"{name}.checkpoint"
+    signature = directory / f"{name}.checkpoint.sig"
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [name, sidecar.name, statement.name, signature.name]
+    )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert sidecar.read_text() == f"{digest}  {name}\n"
     assert data["sha256"] == digest
     assert data["events_verified"] == 1
-    for p in (path, sidecar):
-        assert p.stat().st_mode & 0o777 == 0o600
+    assert data["checkpoint_file"] == str(statement)
+    lines = statement.read_text().splitlines()
+    assert lines[0] == "keyward audit checkpoint"
+    assert "seq: 1" in lines
+    assert f"snapshot: {name}" in lines
+    assert f"snapshot-sha256: {digest}" in lines
+    assert "at: 2026-11-23T18:45:12Z" in lines
+    for p in (path, sidecar, statement, signature):
+        assert p.stat().st_mode & 0o777 == 0o600, p
     assert directory.stat().st_mode & 0o777 == 0o700
+    # An auditor checks the signature with OpenSSH alone.
+    public = (checkpoint_dir / "checkpoint_ed25519.pub").read_text()
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"keyward-checkpoint {public}")
+    with open(statement, "rb") as stdin:
+        check = subprocess.run(
+            ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "keyward-checkpoint",
+             "-n", "keyward-checkpoint", "-s", str(signature)],
+            stdin=stdin, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    for p in checkpoint_dir.rglob("*"):
+        assert p.stat().st_mode & 0o777 == (0o700 if p.is_dir() else 0o600), p
     check = subprocess.run(
         ["sha256sum", "-c", sidecar.name], cwd=directory, capture_output=True, text=True
     )
@@ -286,9 +325,9 @@ def test_restore_refuses_a_snapshot_of_the_other_backend(
 
 
 def test_restore_verifies_the_audit_chain_of_the_snapshot(
-    kw: Keyward, fresh_url: FreshUrl, tmp_path: Path
+    kw: Keyward, fresh_url: FreshUrl, tmp_path: Path, checkpoint_dir: Path
 ) -> None:
-    """A snapshot of an edited chain, with a matching checksum, is refused with exit 1."""
+    """A snapshot of an edited chain, even checksummed and signed, is refused with exit 1."""
     kw.ok("person", "add", "alice", "--name", "Alice")
     engine = make_engine(kw.db_url)
     with engine.begin() as conn:
@@ -303,8 +342,17 @@ def test_restore_verifies_the_audit_chain_of_the_snapshot(
     else:
         path = directory / "keyward-registry-20260101T000000Z.pgdump"
         bk.pg_dump(kw.db_url, path)
-    bk.write_checksum(path, bk.sha256_file(path))
+    digest = bk.sha256_file(path)
+    bk.write_checksum(path, digest)
     target = other(kw, fresh_url("t"))
+    unsigned = target.fails("backup", "restore", str(path))
+    assert "refusing an unauthenticated snapshot" in last_line(unsigned)
+    # Signed by the real checkpoint key (as if the key holder signed a doctored file).
+    keyring = open_keyring(checkpoint_dir)
+    head = bk.Verified(2, "0" * 64, None)
+    bk.write_snapshot_checkpoint(
+        keyring, path, "sqlite:/elsewhere", head, digest, datetime.now(UTC)
+    )
     result = target.fails("backup", "restore", str(path), code=1)
     assert "audit chain broken at audit event 2" in last_line(result)
     assert "content was edited" in last_line(result)
@@ -497,8 +545,14 @@ def test_a_copy_command_copies_the_snapshot_and_its_checksum(kw: Keyward, tmp_pa
         "backup", "create", str(directory), "--copy-command", f"cp {{path}} '{offsite}/'"
     )
     assert "copied keyward-registry-" in result.out
+    assert "with its .sha256, .checkpoint and .checkpoint.sig" in result.out
     (snapshot,) = list_snapshots(directory)
-    assert sorted(p.name for p in offsite.iterdir()) == [snapshot.name, f"{snapshot.name}.sha256"]
+    assert sorted(p.name for p in offsite.iterdir()) == [
+        snapshot.name,
+        f"{snapshot.name}.checkpoint",
+        f"{snapshot.name}.checkpoint.sig",
+        f"{snapshot.name}.sha256",
+    ]
     assert (offsite / snapshot.name).read_bytes() == snapshot.path.read_bytes()
     check = subprocess.run(
         ["sha256sum", "-c", f"{snapshot.name}.sha256"], cwd=offsite, capture_output=True
@@ -598,3 +652,162 @@ def test_backup_timer_is_daily(analyze: str) -> None:
     assert timer["Timer"]["Persistent"] == ["true"]
     assert timer["Timer"].get("Unit", [SERVICE]) == [SERVICE]
     assert timer["Install"]["WantedBy"] == ["timers.target"]
+
+
+# -- the database's own writer ----------------------------------------------------------------
+
+SQLITE_UNREVOKE = (
+    "CREATE TRIGGER unrevoke AFTER UPDATE OF revoked_at ON ssh_key "
+    "WHEN NEW.revoked_at IS NOT NULL "
+    "BEGIN UPDATE ssh_key SET revoked_at = NULL WHERE id = NEW.id; END"
+)
+PG_UNREVOKE = [
+    "CREATE FUNCTION unrevoke() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN NEW.revoked_at := NULL; RETURN NEW; END $$",
+    "CREATE TRIGGER unrevoke BEFORE UPDATE ON ssh_key FOR EACH ROW EXECUTE FUNCTION unrevoke()",
+]
+
+
+def add_unrevoke_trigger(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for statement in [SQLITE_UNREVOKE] if url.startswith("sqlite") else PG_UNREVOKE:
+            conn.execute(text(statement))
+    engine.dispose()
+
+
+def triggers(url: str) -> list[str]:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        if url.startswith("sqlite"):
+            query = "SELECT name FROM sqlite_master WHERE type IN ('trigger', 'view')"
+        else:
+            query = (
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal UNION ALL "
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = 'public'"
+            )
+        names = sorted(str(row[0]) for row in conn.execute(text(query)))
+    engine.dispose()
+    return names
+
+
+def key_statuses(cli: Keyward) -> list[str]:
+    return [k["status"] for k in cli.ok("key", "list", "alice", "--all", "--json").json()]
+
+
+def test_restore_leaves_behind_a_trigger_added_to_the_registry(
+    kw: Keyward, fresh_url: FreshUrl, tmp_path: Path
+) -> None:
+    """Only table rows are restored: an un-revoking trigger in the database stays behind."""
+    from tests.keygen import make_key
+
+    kw.ok("person", "add", "alice", "--name", "Alice")
+    _, pub = make_key(tmp_path / "keys", "ed25519")
+    kw.ok("key", "add", "alice", str(pub), "--attest", "admin")
+    fingerprint = kw.ok("key", "list", "alice", "--json").json()[0]["fingerprint"]
+    add_unrevoke_trigger(kw.db_url)
+    kw.ok("key", "revoke", fingerprint, "--reason", "the trigger undoes this")
+    assert key_statuses(kw) == ["active"]  # the trigger works on the live registry
+    assert "unrevoke" in triggers(kw.db_url)
+    # The trigger is in the live database, so it is in its (genuinely signed) snapshot too.
+    path = create(kw, tmp_path / "b")
+    target = other(kw, fresh_url("t"))
+    target.ok("backup", "restore", str(path))
+    assert triggers(target.db_url) == []
+    assert key_statuses(target) == ["active"]
+    target.ok("key", "revoke", fingerprint, "--reason", "stolen")
+    assert key_statuses(target) == ["revoked"]
+    assert target.ok("audit", "verify").out.startswith("audit chain ok")
+    # Restored over the live registry itself, the trigger is gone there as well.
+    kw.ok("backup", "restore", str(path), "--force")
+    assert triggers(kw.db_url) == []
+    kw.ok("key", "revoke", fingerprint, "--reason", "stolen")
+    assert key_statuses(kw) == ["revoked"]
+
+
+def test_restore_refuses_a_doctored_snapshot_with_a_rewritten_checksum(
+    kw: Keyward, fresh_url: FreshUrl, tmp_path: Path
+) -> None:
+    kw.ok("person", "add", "alice", "--name", "Alice")
+    path = create(kw, tmp_path / "b")
+    if kw.db_url.startswith("sqlite"):
+        conn = sqlite3.connect(path)
+        conn.execute(SQLITE_UNREVOKE)
+        conn.commit()
+        conn.close()
+    else:
+        with open(path, "ab") as handle:
+            handle.write(b"\0" * 64)
+    bk.write_checksum(path, bk.sha256_file(path))  # what a writer of the backup dir can do
+    assert bk.check_checksum(path)  # the .sha256 alone says fine
+    target = other(kw, fresh_url("t"))
+    result = target.fails("backup", "restore", str(path))
+    assert "is not the snapshot its signed checkpoint names" in last_line(result)
+    assert "nothing was restored" in last_line(result)
+    assert bk.registry_contents(target.db_url).empty
+    # A signature that is not the checkpoint key's is refused the same way.
+    stranger = open_keyring(tmp_path / "stranger")
+    statement = bk.checkpoint_file(path).read_bytes()
+    from keyward.registry.checkpoint import Checkpoint
+
+    bk.signature_file(path).write_bytes(stranger.sign(Checkpoint.parse(statement)))
+    result = target.fails("backup", "restore", str(path))
+    assert "is not signed by a trusted checkpoint key" in last_line(result)
+    bk.checkpoint_file(path).unlink()
+    result = target.fails("backup", "restore", str(path))
+    assert "refusing an unauthenticated snapshot" in last_line(result)
+
+
+def test_a_restore_drill_on_another_machine_needs_the_pinned_key(
+    kw: Keyward, fresh_url: FreshUrl, tmp_path: Path, checkpoint_dir: Path
+) -> None:
+    kw.ok("person", "add", "alice", "--name", "Alice")
+    path = create(kw, tmp_path / "b")
+    target = other(kw, fresh_url("drill"))
+    elsewhere = {"KEYWARD_CHECKPOINT_DIR": str(tmp_path / "drill-checkpoints")}
+    refused = target.fails("backup", "restore", str(path), env=elsewhere)
+    assert "is not signed by a trusted checkpoint key" in last_line(refused)
+    assert "pass --trusted-key checkpoint_ed25519.pub" in last_line(refused)
+    assert bk.registry_contents(target.db_url).empty
+    pinned = tmp_path / "pinned.pub"
+    shutil.copy(checkpoint_dir / "checkpoint_ed25519.pub", pinned)
+    target.ok("backup", "restore", str(path), "--trusted-key", str(pinned), env=elsewhere)
+    assert usernames(target) == ["alice"]
+
+
+def test_restoring_an_older_snapshot_starts_the_checkpoints_again(
+    kw: Keyward, tmp_path: Path
+) -> None:
+    kw.ok("person", "add", "alice", "--name", "Alice")
+    path = create(kw, tmp_path / "b")  # checkpoint at 2
+    kw.ok("person", "add", "bob", "--name", "Bob")
+    kw.ok("person", "add", "carol", "--name", "Carol")
+    kw.ok("audit", "verify")  # checkpoint at 5
+    result = kw.ok("backup", "restore", str(path), "--force")
+    assert "audit chain ok: 2 events" in result.out
+    (event,) = actions(kw, "backup.restore")
+    assert ".retired-" in event["details"]["checkpoints_retired"]  # type: ignore[index]
+    verified = kw.ok("audit", "verify").out
+    assert verified.startswith("audit chain ok: 3 events")
+    assert usernames(kw) == ["alice"]
+
+
+def test_a_truncated_live_chain_gets_no_snapshot(kw: Keyward, tmp_path: Path) -> None:
+    kw.ok("person", "add", "alice", "--name", "Alice")
+    kw.ok("person", "add", "bob", "--name", "Bob")
+    kw.ok("audit", "verify")  # checkpoint at 3
+    engine = make_engine(kw.db_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_event WHERE seq = 3"))
+        conn.execute(
+            text(
+                "UPDATE audit_head SET seq = 2, "
+                "hash = (SELECT hash FROM audit_event WHERE seq = 2) WHERE id = 1"
+            )
+        )
+    engine.dispose()
+    result = kw.fails("backup", "create", str(tmp_path / "b"), code=1)
+    assert "no snapshot kept" in last_line(result)
+    assert "event 3 was deleted" in last_line(result)
+    assert list((tmp_path / "b").iterdir()) == []

@@ -8,12 +8,14 @@ from typing import Any
 
 import click
 
+from keyward.cli.checkpoint_cmds import checkpoint_options
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
 from keyward.cli.registry_cmds import log_events
 from keyward.errors import AuditChainBroken, KeywardError
 from keyward.logs import get_logger
 from keyward.registry import backup as bk
+from keyward.registry import checkpoint as cp
 from keyward.registry.db import describe, make_engine
 from keyward.registry.schema import head_revision
 from keyward.registry.store import Registry
@@ -45,7 +47,8 @@ def backup() -> None:
     envvar=bk.COPY_ENV,
     metavar="COMMAND",
     help="Copy each new file elsewhere, e.g. 'rclone copyto {path} remote:keyward/{name}'; "
-    "run without a shell for the snapshot and for its .sha256 file ({path} and {name} are "
+    "run without a shell for the snapshot, its .sha256, .checkpoint and .checkpoint.sig "
+    "files ({path} and {name} are "
     "quoted by keyward: do not quote them). A failure exits 1 and is "
     f"recorded as a backup.copy-failed audit event [env {bk.COPY_ENV}]",
 )
@@ -57,6 +60,7 @@ def backup() -> None:
     metavar="SECONDS",
     help="Kill the copy command after this long (and fail).",
 )
+@checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def backup_create(
@@ -64,23 +68,28 @@ def backup_create(
     directory: str | None,
     copy_command: str | None,
     copy_timeout: float,
+    checkpoint_dir: str | None,
+    trusted_keys: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Write a consistent, verified, checksummed snapshot of the registry into DIR.
+    """Write a consistent, verified, signed snapshot of the registry into DIR.
 
     SQLite registries are copied with SQLite's online backup API, PostgreSQL ones with
     pg_dump -Fc; other administrators and the agent can keep writing meanwhile. The
-    snapshot is then opened and its audit chain verified. The backup.create audit event
-    is written to the live registry afterwards, so a snapshot never contains its own event.
+    snapshot is then opened and its audit chain verified against the registry's signed
+    checkpoints; a checkpoint naming the snapshot's SHA-256 is signed next to it and the
+    registry's own checkpoint advanced. The backup.create audit event is written to the
+    live registry afterwards, so a snapshot never contains its own event.
     """
     log = get_logger()
     target = backup_dir(directory)
     if copy_command:
         bk.parse_copy_command(copy_command)
+    keyring = cp.open_keyring(cp.resolve_dir(checkpoint_dir), trusted_keys)
     registry = app.registry()
     now = registry.clock()
     try:
-        created = bk.take_snapshot(registry.url, registry.backend, target, now)
+        created = bk.take_snapshot(registry.url, registry.backend, target, now, keyring)
     except AuditChainBroken as exc:
         log.error("backup_verify_failed", directory=str(target), error=exc.message)
         raise AuditChainBroken(f"no snapshot kept: {exc.message}") from None
@@ -89,7 +98,7 @@ def backup_create(
         raise
     failures: list[bk.CopyFailure] = []
     if copy_command:
-        for path in (created.path, created.checksum):
+        for path in created.files:
             failure = bk.run_copy(copy_command, path, copy_timeout)
             if failure is not None:
                 failures.append(failure)
@@ -143,6 +152,9 @@ def backup_create(
                 "path": str(created.path),
                 "name": created.path.name,
                 "checksum_file": str(created.checksum),
+                "checkpoint_file": str(created.checkpoint),
+                "signature_file": str(created.signature),
+                "head_seq": created.events,
                 "backend": created.backend,
                 "taken_at": ts(now),
                 "bytes": created.size,
@@ -160,7 +172,7 @@ def backup_create(
     if failures:
         raise bk.BackupFailed(f"snapshot {created.path.name} was written, but {failures[0]}")
     if copy_command and not as_json:
-        click.echo(f"copied {created.path.name} and {created.checksum.name}")
+        click.echo(f"copied {created.path.name} with its .sha256, .checkpoint and .checkpoint.sig")
 
 
 # -- list -------------------------------------------------------------------------
@@ -278,17 +290,29 @@ def backup_prune(
 @backup.command("restore")
 @click.argument("file", metavar="FILE")
 @click.option("--force", is_flag=True, help="Replace a registry that is not empty.")
+@checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def backup_restore(app: AppContext, file: str, force: bool, as_json: bool) -> None:
+def backup_restore(
+    app: AppContext,
+    file: str,
+    force: bool,
+    checkpoint_dir: str | None,
+    trusted_keys: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Restore snapshot FILE into the registry (--db / KEYWARD_DB), then verify it.
 
-    FILE's .sha256 file must be next to it and match. The registry must be empty (new,
-    or only initialised) unless --force. Exit 1 if the restored audit chain is broken.
+    FILE's .sha256, .checkpoint and .checkpoint.sig files must be next to it, and the
+    checkpoint signed by a trusted key (this machine's checkpoint key, or --trusted-key)
+    for FILE's SHA-256. Only table rows are copied, into a freshly built schema. The
+    registry must be empty (new, or only initialised) unless --force. Exit 1 if the
+    restored audit chain is broken or disagrees with the signed checkpoint.
     """
     url = app.url
     path = Path(file).expanduser().absolute()
-    restored = bk.restore_snapshot(path, url, force=force)
+    keyring = cp.open_keyring(cp.resolve_dir(checkpoint_dir), trusted_keys)
+    restored = bk.restore_snapshot(path, url, force=force, keyring=keyring, now=app.clock())
     registry = Registry(make_engine(url), url, app.clock)
     try:
         revision = bk.schema_revision(registry.engine)
@@ -306,8 +330,13 @@ def backup_restore(app: AppContext, file: str, force: bool, as_json: bool) -> No
                     "roles": restored.replaced.roles,
                     "events": restored.replaced.events,
                 }
+            if restored.retired is not None:
+                details["checkpoints_retired"] = str(restored.retired)
             tx.audit("backup.restore", Subject.backup(path.name), details)
         log_events(tx)
+        head_seq, head_hash = registry.head()
+        store = cp.Store(keyring.local(), cp.registry_identity(url))
+        store.write(head_seq, head_hash, app.clock())
     finally:
         registry.dispose()
     get_logger().info(

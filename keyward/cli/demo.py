@@ -77,6 +77,8 @@ class Demo:
             "KEYWARD_DB": str(work / "registry.db"),
             "KEYWARD_INVENTORY": str(self.inventory),
             "KEYWARD_ACTOR": "demo-admin",
+            # The demo's audit checkpoints (and their key) go away with its directory.
+            "KEYWARD_CHECKPOINT_DIR": str(work / "checkpoints"),
         }
 
     def say(self, text: str) -> None:

@@ -11,6 +11,12 @@ from typing import Any
 import click
 from sqlmodel import col, select
 
+from keyward.cli.checkpoint_cmds import (
+    audit_checkpoint,
+    check_and_checkpoint,
+    checkpoint_options,
+    report,
+)
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration, end_of_day, start_of_day
@@ -670,34 +676,20 @@ def audit_log(
 
 
 @audit.command("verify")
+@checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def audit_verify(app: AppContext, as_json: bool) -> None:
-    """Check the whole audit chain; exit 1 naming the first bad event."""
-    from keyward.registry.verify import verify_session
+def audit_verify(
+    app: AppContext, checkpoint_dir: str | None, trusted_keys: tuple[str, ...], as_json: bool
+) -> None:
+    """Check the whole audit chain and its signed checkpoints; exit 1 naming the first bad event.
 
-    with app.registry().read() as session:
-        verified = verify_session(session)
-    assert verified is not None  # Registry.open checked the schema, so the head row exists
-    head_seq, head_hash, problem = verified
-    if as_json:
-        emit_json(
-            {
-                "ok": problem is None,
-                "events": head_seq,
-                "head": head_hash,
-                "first_bad_event": problem.seq if problem else None,
-                "problem": str(problem) if problem else None,
-            }
-        )
-    if problem is not None:
-        from keyward.errors import AuditChainBroken
-
-        raise AuditChainBroken(f"audit chain broken at {problem}")
-    if not as_json:
-        click.echo(f"audit chain ok: {head_seq} events, head {head_hash[:16]}")
+    Then sign a checkpoint of the head (outside the registry) if it moved.
+    """
+    report(check_and_checkpoint(app, checkpoint_dir, trusted_keys, must_write=False), as_json)
 
 
 def register(cli: click.Group) -> None:
+    audit.add_command(audit_checkpoint)
     for command in (init, person, key, role, audit):
         cli.add_command(command)

@@ -19,6 +19,7 @@ is the command-line face.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import os
@@ -30,21 +31,23 @@ import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, func, inspect, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy import MetaData, create_engine, func, inspect, text
+from sqlalchemy import select as sa_select
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from keyward.errors import AuditChainBroken, KeywardError, RegistryError, UsageError
+from keyward.registry import checkpoint as cp
 from keyward.registry.audit import ChainProblem
-from keyward.registry.db import default_state_dir, sqlite_path
+from keyward.registry.db import create_private_file, default_state_dir, private_umask, sqlite_path
 from keyward.registry.models import AuditEvent, Person, Role, SshKey
 
 PREFIX = "keyward-registry-"
@@ -53,7 +56,8 @@ KINDS = {"sqlite": "sqlite", "postgresql": "pgdump"}
 """Registry backend -> snapshot file extension."""
 NAME_RE = re.compile(r"^keyward-registry-(\d{8}T\d{6}Z)\.(sqlite|pgdump)$")
 TEMP_RE = re.compile(
-    r"^\.keyward-registry-\d{8}T\d{6}Z\.(sqlite|pgdump)(\.sha256)?\.tmp-[0-9a-f]{8}$"
+    r"^\.keyward-registry-\d{8}T\d{6}Z\.(sqlite|pgdump)(\.sha256|\.checkpoint(\.sig)?)?"
+    r"\.tmp-[0-9a-f]{8}$"
 )
 STALE_TEMP_SECONDS = 86400.0
 """A temporary file this old was left by a crashed run (a snapshot never takes a day)."""
@@ -102,6 +106,20 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
+def checkpoint_file(path: Path) -> Path:
+    """``<snapshot>.checkpoint``: the signed statement that authenticates the snapshot."""
+    return path.with_name(path.name + cp.SUFFIX)
+
+
+def signature_file(path: Path) -> Path:
+    return path.with_name(path.name + cp.SUFFIX + cp.SIG_SUFFIX)
+
+
+def sidecars(path: Path) -> tuple[Path, Path, Path]:
+    """The files that travel with a snapshot: ``.sha256``, ``.checkpoint``, ``.checkpoint.sig``."""
+    return checksum_path(path), checkpoint_file(path), signature_file(path)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -122,8 +140,8 @@ def _fsync_dir(directory: Path) -> None:
 def _private_temp(directory: Path, name: str) -> Path:
     """A new empty file ``.<name>.tmp-<random>`` in ``directory``, mode 0600."""
     path = directory / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
+    if not create_private_file(path):
+        raise FileExistsError(errno.EEXIST, "exists", str(path))
     return path
 
 
@@ -192,7 +210,8 @@ def snapshot_kind(path: Path) -> str:
 def ensure_dir(directory: Path) -> Path:
     """The backup directory, created (mode 0700) if missing."""
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with private_umask():
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise UsageError(
             f"cannot create backup directory {directory}: {exc.strerror or exc}"
@@ -205,21 +224,22 @@ def ensure_dir(directory: Path) -> Path:
 # -- verification ------------------------------------------------------------------
 
 
-def verify_registry(engine: Engine) -> tuple[int, ChainProblem | None]:
-    """Verify the audit chain of the registry behind ``engine``: (events checked, problem).
+def verify_registry(
+    engine: Engine, checkpoints: Sequence[cp.Checkpoint] = ()
+) -> tuple[int, str, ChainProblem | None]:
+    """Verify the audit chain of the registry behind ``engine``: (head seq, head hash, problem).
 
     The same check as ``keyward audit verify``, for any registry: the live one, a
-    snapshot opened read-only, a restored copy.
+    snapshot opened read-only, a restored copy; against ``checkpoints`` if given.
     """
     from keyward.registry.verify import verify_session
 
     try:
         with Session(engine) as session:
-            verified = verify_session(session)
+            verified = verify_session(session, checkpoints)
             if verified is None:
                 raise BackupFailed("it has no audit chain head: not a keyward registry")
-            head_seq, _head_hash, problem = verified
-            return head_seq, problem
+            return verified
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise BackupFailed(f"cannot read its audit chain: {first}") from None
@@ -238,16 +258,24 @@ def sqlite_readonly_engine(path: Path) -> Engine:
 @dataclass(frozen=True)
 class Verified:
     events: int
+    head: str
+    revision: str | None
 
 
-def _verified(events: int, problem: ChainProblem | None, what: str) -> Verified:
+def _verified(engine: Engine, what: str, checkpoints: Sequence[cp.Checkpoint]) -> Verified:
+    try:
+        events, head, problem = verify_registry(engine, checkpoints)
+    except BackupFailed as exc:
+        raise BackupFailed(f"{what}: {exc.message}") from None
     if problem is not None:
         raise AuditChainBroken(f"{what}: audit chain broken at {problem}")
-    return Verified(events)
+    return Verified(events, head, schema_revision(engine))
 
 
-def verify_snapshot(path: Path, kind: str, pg_url: str | None) -> Verified:
-    """Open the snapshot and verify its audit chain; raise if it is broken.
+def verify_snapshot(
+    path: Path, kind: str, pg_url: str | None, checkpoints: Sequence[cp.Checkpoint] = ()
+) -> Verified:
+    """Open the snapshot and verify its audit chain (and ``checkpoints``); raise if broken.
 
     A ``pgdump`` is restored into a temporary database on the server of
     ``pg_url`` (which needs the CREATEDB privilege) and dropped afterwards.
@@ -256,26 +284,18 @@ def verify_snapshot(path: Path, kind: str, pg_url: str | None) -> Verified:
     if kind == "sqlite":
         engine = sqlite_readonly_engine(path)
         try:
-            try:
-                events, problem = verify_registry(engine)
-            except BackupFailed as exc:
-                raise BackupFailed(f"{what}: {exc.message}") from None
+            return _verified(engine, what, checkpoints)
         finally:
             engine.dispose()
-        return _verified(events, problem, what)
     if pg_url is None:
         raise UsageError(f"{what} is a PostgreSQL dump; verifying it needs a PostgreSQL registry")
     with temporary_database(pg_url) as temp_url:
         pg_restore(path, temp_url, clean=False)
         engine = create_engine(temp_url)
         try:
-            try:
-                events, problem = verify_registry(engine)
-            except BackupFailed as exc:
-                raise BackupFailed(f"{what}: {exc.message}") from None
+            return _verified(engine, what, checkpoints)
         finally:
             engine.dispose()
-    return _verified(events, problem, what)
 
 
 # -- PostgreSQL tools --------------------------------------------------------------
@@ -420,10 +440,18 @@ class Snapshot:
 class Created:
     path: Path
     checksum: Path
+    checkpoint: Path
+    signature: Path
     sha256: str
     size: int
     events: int
     backend: str
+    head: str
+
+    @property
+    def files(self) -> tuple[Path, Path, Path, Path]:
+        """The snapshot set, in the order it is copied: snapshot first, signature last."""
+        return (self.path, self.checksum, self.checkpoint, self.signature)
 
 
 def _sqlite_snapshot(source: Path, target: Path) -> None:
@@ -453,10 +481,34 @@ def _sqlite_snapshot(source: Path, target: Path) -> None:
         src.close()
 
 
-def take_snapshot(url: str, backend: str, directory: Path, now: datetime) -> Created:
-    """Write, verify and checksum a snapshot of the registry at ``url`` into ``directory``."""
+def write_snapshot_checkpoint(
+    keyring: cp.Keyring, path: Path, identity: str, verified: Verified, digest: str, now: datetime
+) -> tuple[Path, Path]:
+    """Sign (registry, head, time, snapshot name and SHA-256) next to the snapshot.
+
+    This, not the ``.sha256`` file, is what a restore trusts: a writer who doctors the
+    snapshot can rewrite a checksum but cannot sign without the checkpoint key.
+    """
+    statement = cp.Checkpoint(identity, verified.events, verified.head, now, path.name, digest)
+    armored = keyring.sign(statement)
+    cp.write_private(signature_file(path), armored, replace=True)
+    cp.write_private(checkpoint_file(path), statement.statement(), replace=True)
+    return checkpoint_file(path), signature_file(path)
+
+
+def take_snapshot(
+    url: str, backend: str, directory: Path, now: datetime, keyring: cp.Keyring
+) -> Created:
+    """Write, verify, checksum and sign a snapshot of the registry at ``url`` into ``directory``.
+
+    The snapshot's chain must agree with the live registry's signed checkpoints (a writer
+    who truncated or re-hashed the chain gets no snapshot); its head then becomes the
+    registry's newest checkpoint too.
+    """
     if backend not in KINDS:
         raise UsageError(f"cannot back up a {backend} registry")
+    store = cp.Store(keyring, cp.registry_identity(url))
+    checkpoints = store.load()
     ensure_dir(directory)
     name = snapshot_name(backend, now)
     final = directory / name
@@ -476,7 +528,9 @@ def take_snapshot(url: str, backend: str, directory: Path, now: datetime) -> Cre
             pg_dump(url, temp)
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
-        verified = verify_snapshot(temp, KINDS[backend], url if backend == "postgresql" else None)
+        verified = verify_snapshot(
+            temp, KINDS[backend], url if backend == "postgresql" else None, checkpoints
+        )
         digest = sha256_file(temp)
         try:
             os.link(temp, final)
@@ -486,9 +540,29 @@ def take_snapshot(url: str, backend: str, directory: Path, now: datetime) -> Cre
             ) from None
     finally:
         temp.unlink(missing_ok=True)
-    checksum = write_checksum(final, digest)
+    try:
+        checksum = write_checksum(final, digest)
+        checkpoint, signature = write_snapshot_checkpoint(
+            keyring, final, store.identity, verified, digest, now
+        )
+    except BaseException:
+        for leftover in (final, *sidecars(final)):
+            leftover.unlink(missing_ok=True)
+        raise
     _fsync_dir(directory)
-    return Created(final, checksum, digest, final.stat().st_size, verified.events, backend)
+    if not checkpoints or checkpoints[-1].seq < verified.events:
+        store.write(verified.events, verified.head, now)
+    return Created(
+        final,
+        checksum,
+        checkpoint,
+        signature,
+        digest,
+        final.stat().st_size,
+        verified.events,
+        backend,
+        verified.head,
+    )
 
 
 # -- copy command --------------------------------------------------------------------
@@ -621,7 +695,8 @@ def remove_stale_temp_files(directory: Path, max_age: float = STALE_TEMP_SECONDS
 def delete_snapshot(snapshot: Snapshot) -> None:
     try:
         snapshot.path.unlink(missing_ok=True)
-        checksum_path(snapshot.path).unlink(missing_ok=True)
+        for sidecar in sidecars(snapshot.path):
+            sidecar.unlink(missing_ok=True)
     except OSError as exc:
         raise BackupFailed(f"cannot delete {snapshot.path}: {exc.strerror}") from None
 
@@ -685,15 +760,14 @@ def registry_contents(url: str) -> Contents:
         engine.dispose()
 
 
-def _sqlite_restore(snapshot: Path, target: Path) -> None:
-    """Copy the snapshot over the target database with the backup API (under its lock)."""
-    if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except OSError as exc:
-            raise UsageError(f"cannot create {target}: {exc.strerror}") from None
-    src = sqlite3.connect(f"file:{quote(str(snapshot.absolute()))}?mode=ro", uri=True)
+def _sqlite_restore(source: Path, target: Path) -> None:
+    """Copy the (fresh, verified) ``source`` over the target with the backup API, under its lock."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        create_private_file(target)
+    except OSError as exc:
+        raise UsageError(f"cannot create {target}: {exc.strerror}") from None
+    src = sqlite3.connect(f"file:{quote(str(source.absolute()))}?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(target, timeout=15)
         try:
@@ -711,23 +785,286 @@ def _sqlite_restore(snapshot: Path, target: Path) -> None:
             os.chmod(candidate, 0o600)
 
 
+_REVISION_RE = re.compile(r"[0-9A-Za-z_]{1,32}")
+SKIP_TABLES = {"alembic_version"}
+"""Written by the migrations themselves, never copied from a snapshot."""
+
+
+def _migrate_to(conn: Connection, revision: str) -> None:
+    """Build keyward's own schema at ``revision`` (the snapshot's) on ``conn``."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    from keyward.registry.schema import _config
+
+    if not _REVISION_RE.fullmatch(revision):
+        raise BackupFailed("the snapshot's schema revision is malformed")
+    config = _config()
+    config.attributes["connection"] = conn
+    try:
+        command.upgrade(config, revision)
+    except CommandError:
+        raise BackupFailed(
+            f"the snapshot is at schema {revision}, which this keyward does not know: "
+            "restore it with the keyward that made it"
+        ) from None
+
+
+def _sqlite_fresh_copy(snapshot: Path, work: Path, revision: str) -> None:
+    """Fill ``work`` (new, empty) with keyward's schema and the snapshot's table rows only.
+
+    Triggers, views, indexes and tables keyward does not know stay behind in the
+    snapshot: a trigger that un-revokes keys, added by whoever could write to the
+    database, does not come back with a restore.
+    """
+    from keyward.registry.db import make_engine
+
+    engine = make_engine(f"sqlite:///{work}")
+    try:
+        with engine.begin() as conn:
+            _migrate_to(conn, revision)
+    finally:
+        engine.dispose()
+    conn_ = sqlite3.connect(f"file:{quote(str(work.absolute()))}", uri=True)
+    try:
+        conn_.isolation_level = None
+        conn_.execute("PRAGMA trusted_schema = OFF")
+        conn_.execute("PRAGMA journal_mode = DELETE").fetchall()
+        conn_.execute(
+            "ATTACH DATABASE ? AS snap", (f"file:{quote(str(snapshot.absolute()))}?mode=ro",)
+        )
+        conn_.execute("BEGIN")
+        tables = [
+            row[0]
+            for row in conn_.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        for table in tables:
+            if table in SKIP_TABLES:
+                continue
+            kind = conn_.execute(
+                "SELECT type FROM snap.sqlite_master WHERE name = ?", (table,)
+            ).fetchone()
+            if kind is None or kind[0] != "table":
+                raise BackupFailed(f"the snapshot has no table {table}: not a keyward registry")
+            quoted = '"' + table.replace('"', '""') + '"'
+            columns = [row[1] for row in conn_.execute(f"PRAGMA main.table_info({quoted})")]
+            present = {row[1] for row in conn_.execute(f"PRAGMA snap.table_info({quoted})")}
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise BackupFailed(f"the snapshot's table {table} lacks column {missing[0]}")
+            names = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+            conn_.execute(f"DELETE FROM main.{quoted}")
+            conn_.execute(f"INSERT INTO main.{quoted} ({names}) SELECT {names} FROM snap.{quoted}")
+        broken = conn_.execute("PRAGMA main.foreign_key_check").fetchone()
+        if broken is not None:
+            raise BackupFailed(f"the snapshot's table {broken[0]} has rows that refer to nothing")
+        conn_.execute("COMMIT")
+        conn_.execute("DETACH DATABASE snap")
+    except sqlite3.Error as exc:
+        raise BackupFailed(f"copying the snapshot's rows failed: {exc}") from None
+    finally:
+        conn_.close()
+
+
+def _sqlite_restore_fresh(
+    path: Path, target: Path, checkpoint: cp.Checkpoint
+) -> tuple[Verified, str]:
+    """Verify the snapshot, copy its rows into a fresh schema, verify that, then put it in place."""
+    verified = verify_snapshot(path, "sqlite", None, [checkpoint])
+    if verified.revision is None:
+        raise BackupFailed(f"snapshot {path.name} has no schema revision: not a keyward registry")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work = _private_temp(target.parent, target.name + ".restore")
+    except OSError as exc:
+        raise UsageError(f"cannot write next to {target}: {exc.strerror}") from None
+    try:
+        _sqlite_fresh_copy(path, work, verified.revision)
+        engine = sqlite_readonly_engine(work)
+        try:
+            fresh = _verified(engine, "the restored copy", [checkpoint])
+        finally:
+            engine.dispose()
+        _sqlite_restore(work, target)
+    finally:
+        for leftover in (work, *(Path(f"{work}{s}") for s in ("-journal", "-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
+    return fresh, verified.revision
+
+
+_NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {} AND d.deptype = 'e')"
+"""Objects of an installed extension belong to the extension, not to whoever wrote SQL."""
+
+
+def _pg_clear(conn: Connection) -> None:
+    """Drop every table, view, sequence, function and type in schema ``public``.
+
+    The registry's database is keyward's alone: whatever else is there (a trigger
+    function someone added) must not survive a restore.
+    """
+    quote_ = conn.dialect.identifier_preparer.quote
+    kinds = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW",
+             "f": "FOREIGN TABLE", "S": "SEQUENCE"}  # fmt: skip
+    relations = conn.execute(
+        text(
+            "SELECT c.relname, c.relkind FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r','p','v','m','f','S') "
+            f"AND {_NOT_EXTENSION.format('c.oid')} "
+            "ORDER BY c.relkind = 'S', c.relname"
+        )
+    ).all()
+    for name, kind in relations:
+        conn.exec_driver_sql(f"DROP {kinds[kind]} IF EXISTS public.{quote_(name)} CASCADE")
+    routines = conn.execute(
+        text(
+            "SELECT p.oid::regprocedure::text, p.prokind FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' "
+            f"AND {_NOT_EXTENSION.format('p.oid')}"
+        )
+    ).all()
+    for signature, kind in routines:
+        what = {"p": "PROCEDURE", "a": "AGGREGATE"}.get(kind, "FUNCTION")
+        conn.exec_driver_sql(f"DROP {what} IF EXISTS {signature} CASCADE")
+    types = conn.execute(
+        text(
+            "SELECT t.typname, t.typtype FROM pg_type t "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE n.nspname = 'public' AND (t.typtype IN ('e','d','r','m') "
+            "OR (t.typtype = 'c' AND t.typrelid = 0)) "
+            f"AND {_NOT_EXTENSION.format('t.oid')}"
+        )
+    ).all()
+    for name, kind in types:
+        what = "DOMAIN" if kind == "d" else "TYPE"
+        conn.exec_driver_sql(f"DROP {what} IF EXISTS public.{quote_(name)} CASCADE")
+
+
+def _pg_copy_rows(source: Connection, target: Connection) -> None:
+    """Copy the rows of keyward's tables (as the fresh ``target`` schema has them)."""
+    metadata = MetaData()
+    metadata.reflect(bind=target, schema="public")
+    inspector = inspect(source)
+    source_tables = set(inspector.get_table_names(schema="public"))
+    for table in metadata.sorted_tables:
+        if table.name in SKIP_TABLES:
+            continue
+        if table.name not in source_tables:
+            raise BackupFailed(f"the snapshot has no table {table.name}: not a keyward registry")
+        present = {c["name"] for c in inspector.get_columns(table.name, schema="public")}
+        missing = [c.name for c in table.columns if c.name not in present]
+        if missing:
+            raise BackupFailed(f"the snapshot's table {table.name} lacks column {missing[0]}")
+        target.execute(table.delete())
+        rows = source.execution_options(stream_results=True).execute(sa_select(table))
+        while batch := rows.fetchmany(2000):
+            target.execute(table.insert(), [dict(row._mapping) for row in batch])
+        for column in table.columns:
+            sequence = target.execute(
+                text("SELECT pg_get_serial_sequence(:t, :c)"),
+                {"t": f"public.{target.dialect.identifier_preparer.quote(table.name)}",
+                 "c": column.name},
+            ).scalar()  # fmt: skip
+            if sequence is None:
+                continue
+            top = target.execute(sa_select(func.max(column))).scalar()
+            target.execute(
+                text("SELECT setval(:s, :v, :called)"),
+                {"s": sequence, "v": top if top is not None else 1, "called": top is not None},
+            )
+
+
+def _pg_restore_fresh(path: Path, url: str, checkpoint: cp.Checkpoint) -> tuple[Verified, str]:
+    """Restore the dump into a scratch database, verify it there, then copy table rows
+    into a freshly migrated ``public`` schema of the target, in one transaction."""
+    from keyward.registry.verify import verify_session
+
+    with temporary_database(url) as scratch_url:
+        pg_restore(path, scratch_url, clean=False)
+        scratch = create_engine(scratch_url)
+        target = create_engine(url)
+        try:
+            verified = _verified(scratch, f"snapshot {path.name}", [checkpoint])
+            if verified.revision is None:
+                raise BackupFailed(
+                    f"snapshot {path.name} has no schema revision: not a keyward registry"
+                )
+            with scratch.connect() as source, target.begin() as conn:
+                source.exec_driver_sql("SET row_security = off")
+                _pg_clear(conn)
+                _migrate_to(conn, verified.revision)
+                _pg_copy_rows(source, conn)
+                with Session(bind=conn) as session:
+                    result = verify_session(session, [checkpoint])
+                if result is None or result[2] is not None:
+                    problem = result[2] if result else "no chain head"
+                    raise AuditChainBroken(
+                        f"the restored copy: audit chain broken at {problem}; nothing was restored"
+                    )
+                fresh = Verified(result[0], result[1], verified.revision)
+        except DBAPIError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise BackupFailed(f"restoring into the registry failed: {first}") from None
+        finally:
+            scratch.dispose()
+            target.dispose()
+    return fresh, verified.revision
+
+
+def authenticate_snapshot(path: Path, keyring: cp.Keyring) -> tuple[str, cp.Checkpoint]:
+    """(sha256, signed checkpoint) of a snapshot whose checkpoint a trusted key signed.
+
+    Refuses (UsageError, nothing changed) a missing or unsigned checkpoint and a
+    snapshot whose SHA-256 is not the signed one, whatever its ``.sha256`` file says.
+    """
+    digest = check_checksum(path)
+    if not checkpoint_file(path).exists():
+        raise UsageError(
+            f"no signed checkpoint {checkpoint_file(path).name} next to {path}; refusing an "
+            "unauthenticated snapshot; nothing was restored"
+        )
+    try:
+        signed = cp.read_signed(keyring, checkpoint_file(path), f"snapshot {path.name}")
+    except AuditChainBroken as exc:
+        raise UsageError(f"{exc.message}; nothing was restored") from None
+    if signed.snapshot_sha256 != digest:
+        raise UsageError(
+            f"{path} is not the snapshot its signed checkpoint names (sha256 {digest[:16]}..., "
+            f"signed {(signed.snapshot_sha256 or 'none')[:16]}...): the snapshot and its "
+            ".sha256 file were changed; nothing was restored"
+        )
+    return digest, signed
+
+
 @dataclass(frozen=True)
 class Restored:
     sha256: str
     kind: str
     replaced: Contents
     events: int
+    head: str
+    revision: str
+    checkpoint: cp.Checkpoint
+    retired: Path | None
 
 
-def restore_snapshot(path: Path, url: str, *, force: bool) -> Restored:
-    """Check, verify and restore ``path`` into the registry at ``url``; verify the result.
+def restore_snapshot(
+    path: Path, url: str, *, force: bool, keyring: cp.Keyring, now: datetime
+) -> Restored:
+    """Authenticate ``path``, copy its rows into a fresh schema at ``url``, verify the result.
 
-    Refuses (nothing changed) a snapshot that fails its checksum or its audit chain,
-    one of the other backend, and a non-empty target unless ``force``.
+    Refuses (nothing changed) a snapshot that fails its checksum, its signed checkpoint
+    (``keyring.trusted``) or its audit chain, one of the other backend, and a non-empty
+    target unless ``force``.  Afterwards the target's earlier checkpoints are set aside
+    and its head is checkpointed with this machine's key: the restored chain is the
+    registry's history from now on.
     """
     if not path.is_file():
         raise UsageError(f"no snapshot file {path}")
-    digest = check_checksum(path)
+    digest, signed = authenticate_snapshot(path, keyring)
     kind = snapshot_kind(path)
     backend = make_url(url).get_backend_name()
     if KINDS.get(backend) != kind:
@@ -741,22 +1078,16 @@ def restore_snapshot(path: Path, url: str, *, force: bool) -> Restored:
             f"the target registry is not empty ({replaced}); restoring would replace it: "
             "take a backup of it first, then pass --force"
         )
-    verify_snapshot(path, kind, url if backend == "postgresql" else None)
     if kind == "sqlite":
         target = sqlite_path(url)
         assert target is not None
-        _sqlite_restore(path, target)
-        engine = sqlite_readonly_engine(target)
+        fresh, revision = _sqlite_restore_fresh(path, target, signed)
     else:
-        pg_restore(path, url, clean=True)
-        engine = create_engine(url)
-    try:
-        events, problem = verify_registry(engine)
-    finally:
-        engine.dispose()
-    if problem is not None:
-        raise AuditChainBroken(f"restored, but the audit chain is broken at {problem}")
-    return Restored(digest, kind, replaced, events)
+        fresh, revision = _pg_restore_fresh(path, url, signed)
+    store = cp.Store(keyring.local(), cp.registry_identity(url))
+    retired = store.retire(now)
+    written = store.write(fresh.events, fresh.head, now)
+    return Restored(digest, kind, replaced, fresh.events, fresh.head, revision, written, retired)
 
 
 def schema_revision(engine: Engine) -> str | None:

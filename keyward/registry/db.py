@@ -8,8 +8,9 @@ half-way).  PostgreSQL is used through a URL such as
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,32 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Create files owner-only (umask 077) inside the block, whatever the caller's umask.
+
+    A file created with the process umask (often 022) is readable by everyone until a
+    later ``chmod``; registry, backup and checkpoint files must be private from the first
+    byte.  The umask is process-wide; other threads meanwhile only get more private files.
+    """
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 unless it exists; True if this call created it."""
+    with private_umask():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return False
+    os.close(fd)
+    return True
+
+
 def make_engine(url: str, *, create_dir: bool = False) -> Engine:
     """An engine configured for keyward's transaction rules on either backend."""
     try:
@@ -74,7 +101,16 @@ def make_engine(url: str, *, create_dir: bool = False) -> Engine:
         path = sqlite_path(url)
         if path is not None:
             if create_dir:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # The file exists, mode 0600, before SQLite writes a byte: SQLite creates
+                # its -wal, -shm and -journal files with the main file's mode.
+                try:
+                    with private_umask():
+                        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    create_private_file(path)
+                except OSError as exc:
+                    raise RegistryUnavailable(
+                        f"cannot create the registry {path}: {exc.strerror or exc}"
+                    ) from None
             elif not path.exists():
                 raise RegistryUnavailable(
                     f"no registry at {path}; run 'keyward init' (or pass --db / KEYWARD_DB)"
