@@ -65,9 +65,14 @@ def test_options_and_key(ed: str, prefix: str, options: tuple[str, ...]) -> None
 
 SPLIT_CASES = [
     ("no-pty", ("no-pty",)),
-    ('a="x,y",b', ('a="x,y"', "b")),
-    ('c="say \\"a,b\\""', ('c="say \\"a,b\\""',)),
+    ('from="x,y",pty', ('from="x,y"', "pty")),
+    ('command="say \\"a,b\\""', ('command="say \\"a,b\\""',)),
     ("restrict,pty", ("restrict", "pty")),
+    # sshd passes over empty options: they are not refused, and not reported.
+    ("restrict,", ("restrict",)),
+    (",", ()),
+    ("no-pty,,restrict", ("no-pty", "restrict")),
+    ("NO-PTY,Restrict", ("NO-PTY", "Restrict")),
 ]
 
 
@@ -76,9 +81,31 @@ def test_split_options(text: str, expected: tuple[str, ...]) -> None:
     assert split_options(text) == expected
 
 
-@pytest.mark.parametrize("text", ['a="x', "a,,b", ",a", "a,"])
-def test_split_options_refuses(text: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('command="x', "invalid key option string"),
+        ("a,,b", "unknown key option"),
+        ("BLAH", "unknown key option"),
+        ("ptyx", "unknown key option"),
+        ("pty=1", "unknown key option"),
+        ("no-cert-authority", "unknown key option"),
+        ("command=oops", "missing start quote"),
+        ('command="a",command="b"', 'multiple "command" clauses'),
+        ('from="a",FROM="b"', 'multiple "from" clauses'),
+        ('principals="a",principals="b"', 'multiple "principals" clauses'),
+        ('expiry-time="2025"', "invalid expires time"),
+        ('environment="=x"', "invalid environment string"),
+        ('environment="A-B=x"', "invalid environment string"),
+        ('permitopen="host"', "invalid permission port"),
+        ('permitopen="host:0"', "invalid permission port"),
+        ('permitopen="[::1:22"', "invalid permission hostname"),
+        ('permitlisten="70000"', "invalid permission port"),
+        ('tunnel="blah"', "invalid tun device"),
+    ],
+)
+def test_split_options_refuses(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
         split_options(text)
 
 
