@@ -47,6 +47,7 @@ import shutil
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keyward.authorized_keys import parse_authorized_keys
 from keyward.keys import WireReader
-from keyward.localfleet import FleetHost, LocalFleet, safe_base_dir
+from keyward.localfleet import FleetHost, LocalFleet, safe_base_dir, ssh_login
+from keyward.options import validate_option
 
 # --- the corpus ----------------------------------------------------------------
 
@@ -483,3 +485,44 @@ def _fingerprints(cases: list[Case]) -> list[str]:
     prints = [line.split()[1] for line in done.stdout.splitlines()]
     assert len(prints) == len(cases)
     return prints
+
+
+# from= values and whether keyward's writer accepts them.  The client logs in
+# from 127.0.0.1; each accepted value contains it, so sshd must let the key
+# in, and each refused one is a list sshd never matches (an invalid CIDR
+# entry is an error that refuses the key whatever else the list says).
+FROM_CASES: list[tuple[str, bool]] = [
+    ('from="127.0.0.0/8"', True),
+    ('from="127.0.0.1"', True),
+    ('from="127.0.0.*,10.0.0.0/8"', True),
+    ('from="127.0.0.0/33"', False),
+    ('from="127.0.0.1/8"', False),
+    ('from="127.0.0.256,!10.0.0.1"', False),
+    ('from="127.0.0.0/8,10.0.0.0/33"', False),
+]
+
+
+@pytest.mark.timeout(120)
+def test_from_lists_keyward_refuses_are_never_matched_by_sshd(base_dir: Path) -> None:
+    keydir = base_dir / "from-ids"
+    keydir.mkdir()
+    keys = [_make_key(keydir, i, "ed25519") for i in range(len(FROM_CASES))]
+    for option, accepted in FROM_CASES:
+        if accepted:
+            assert validate_option(option) == option
+        else:
+            with pytest.raises(ValueError, match="from= entry"):
+                validate_option(option)
+    user = getpass.getuser()
+    content = "".join(f"{opt} {key.line}\n" for (opt, _), key in zip(FROM_CASES, keys, strict=True))
+    with LocalFleet(base_dir / "from-fleet", 1, first_address=202) as fleet:
+        host = fleet.hosts[0]
+        path = host.authorized_keys_path(user)
+        path.write_text(content)
+        path.chmod(0o644)
+        known = fleet.write_known_hosts(base_dir / "from_known_hosts")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            codes = list(
+                pool.map(lambda k: ssh_login(host, user, k.private, known).returncode, keys)
+            )
+    assert [code == 0 for code in codes] == [accepted for _, accepted in FROM_CASES]
