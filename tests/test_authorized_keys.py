@@ -279,3 +279,26 @@ def test_base64_spare_bits_and_padding(ecdsa: str) -> None:
         line = _one(text)
         assert line.key is None and line.error == "key data is not valid base64"
     assert _one(f"{kind} {b64[:30]}\v{b64[30:]}").key is not None
+
+
+def test_offboarding_removes_every_shape_sshd_honours(keydir: Path, ed: str) -> None:
+    """A hand-copied line sshd honours leaves the file when its owner is offboarded."""
+    from keyward.desired import DesiredFile, FileTarget
+    from keyward.plan import render
+
+    pub = make_key(keydir, "rsa", 2048, name="rsa-offboard")[1]
+    blob = base64.b64decode(pub.read_text().split()[1])
+    e_len = int.from_bytes(blob[11:15], "big")
+    padded = blob[:11] + (e_len + 1).to_bytes(4, "big") + b"\0" + blob[15:]
+    gone = _one(ed).key
+    assert gone is not None
+    shapes = [f"restrict, {ed}", f", {ed}", f"no-pty,,restrict {ed}", f"no-pty,\t{ed}"]
+    rsa_line = f"restrict, ssh-rsa {base64.b64encode(padded).decode()} hand-copied"
+    purge = frozenset({gone.fingerprint, keygen_fingerprint(pub)})
+    target = FileTarget("web-1", "deploy", "%h/.ssh/authorized_keys")
+    managed = DesiredFile(target, "managed-block", (), is_login=False)
+    current = ("\n".join([*shapes, rsa_line, "# kept"]) + "\n").encode()
+    after = render(managed, current, purge)
+    assert ed.split()[1].encode() not in after
+    assert b"hand-copied" not in after
+    assert b"# kept" in after
