@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import getpass
 import random
 import re
@@ -60,6 +61,7 @@ from keyward.authorized_keys import parse_authorized_keys
 from keyward.keys import WireReader
 from keyward.localfleet import FleetHost, LocalFleet, safe_base_dir, ssh_login
 from keyward.options import validate_option
+from tests.agent_env import AgentEnv
 
 # --- the corpus ----------------------------------------------------------------
 
@@ -526,3 +528,30 @@ def test_from_lists_keyward_refuses_are_never_matched_by_sshd(base_dir: Path) ->
                 pool.map(lambda k: ssh_login(host, user, k.private, known).returncode, keys)
             )
     assert [code == 0 for code in codes] == [accepted for _, accepted in FROM_CASES]
+
+
+@pytest.mark.timeout(240)
+def test_offboard_removes_hand_copied_lines_sshd_honours(env: AgentEnv) -> None:
+    """The issue's scenario through the CLI: lines keyward used to read as "no key"
+    outlived ``offboard`` in a managed-block file while the evidence said she was gone."""
+    env.rewrite_inventory(dataclasses.replace(env.spec, mode="managed-block"))
+    fp = env.person_with_key("alice", "devops")
+    env.kw.ok("reconcile")
+    host = env.hosts[0]
+    alice = env.pub("alice").read_text().strip()
+    path = env.file(host, env.app)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_text(f"# the owner's own lines\nrestrict, {alice}\n, {alice}\nno-pty,,pty {alice}\n")
+    shutil.chown(path, env.app, env.app)
+    shutil.chown(path.parent, env.app, env.app)
+    assert env.can_login(host, env.app, "alice")  # sshd honours these lines
+
+    result = env.kw("offboard", "alice", "--reason", "left", "--json")
+    assert result.code == 0, str(result)
+    case = result.json()
+    assert case["fingerprints"] == [fp]
+    row = next(t for t in case["targets"] if t["host"] == host.name and t["account"] == env.app)
+    assert row["removed"] == 3 and row["confirmed_at"]
+    assert not env.can_login(host, env.app, "alice")
+    assert alice.split()[1] not in path.read_text()
+    assert "# the owner's own lines" in path.read_text()
