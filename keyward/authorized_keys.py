@@ -3,7 +3,10 @@
 keyward compares what a host *actually* grants with what the registry says
 it should, and the offboarding sweep removes keys by what this module finds,
 so the reader follows sshd line for line rather than being stricter or
-looser (OpenSSH 9.2 to 10.x; the parsing code is the same in all of them):
+looser.  The reference is OpenSSH 9.2 (the sshd tests/test_sshd_parity.py
+runs as the judge); the option parser is unchanged through 10.2, and where
+later releases read keys more strictly (blob short names, DSA) keyward keeps
+the 9.2 reading, so it may see a key a newer sshd skips but never misses one:
 
 - ``auth2-pubkeyfile.c`` ``auth_check_authkey_line``: try to read a key at
   the start of the line; if that fails, skip the options field

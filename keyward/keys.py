@@ -376,9 +376,13 @@ SSHD_LINE_TYPES: dict[str, str] = {name: name for name in KNOWN_TYPES} | {
     "webauthn-sk-ecdsa-sha2-nistp256@openssh.com": SK_ECDSA_256,
 }
 
-# ``sshkey_type_from_name`` also accepts a plain type's short name, in any
-# case, as the type string inside a blob.  The ECDSA short names resolve too
-# but then fail (the curve is taken from the full name), so they are absent.
+# ``sshkey_type_from_name`` in OpenSSH 9.2-9.8 also accepts a plain type's
+# short name, in any case, as the type string inside a blob (9.9 stopped).
+# They are kept: against a newer sshd keyward then sees a key sshd skips,
+# which errs on the safe side for offboarding, never the other way.  The
+# ECDSA short names resolve too but then fail (the curve is taken from the
+# full name), so they are absent.  Likewise DSA keys are still read although
+# OpenSSH 10 no longer knows them.
 _SSHD_SHORT_NAMES: dict[str, str] = {
     "rsa": RSA,
     "dsa": DSA,
