@@ -73,6 +73,7 @@ _FLAGS: tuple[tuple[str, bool], ...] = (
 # also fold, say, the Kelvin sign to "k").
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
+_VALUE_NAME = re.compile(r"([A-Za-z-]{1,16})=")
 _STRTONUM = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 # A name getservbyname() could know on the host.  The host's services
 # database is not visible from here, so any plausible name is accepted: at
@@ -272,8 +273,11 @@ def _parse_options(text: str, pos: int) -> tuple[str, ...]:
                 matched = True
                 break
         if not matched:
-            equals = text.find("=", pos)
-            name = text[pos:equals].translate(_ASCII_LOWER) if equals >= 0 else ""
+            # opt_match(): a name immediately followed by "=".  A bounded match,
+            # never a search: a hostile line of many empty options stays linear.
+            named = _VALUE_NAME.match(text, pos)
+            name = named.group(1).translate(_ASCII_LOWER) if named else ""
+            equals = named.end() - 1 if named else pos
             if name in ("command", "principals", "from"):
                 if name in seen:
                     raise _BadOptions(f'multiple "{name}" clauses')

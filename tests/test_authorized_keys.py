@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,12 @@ def test_offboarding_removes_every_shape_sshd_honours(keydir: Path, ed: str) -> 
     assert ed.split()[1].encode() not in after
     assert b"hand-copied" not in after
     assert b"# kept" in after
+
+
+def test_hostile_option_fields_parse_in_linear_time(ed: str) -> None:
+    """A host file is attacker-writable: a huge options field must not stall the agent."""
+    started = time.monotonic()
+    for field in ("," * 200_000, "no-pty," * 30_000, 'command="' + "x" * 200_000):
+        lines = parse_authorized_keys(f"{field} {ed}\n".encode())
+        assert len(lines) == 1
+    assert time.monotonic() - started < 10
