@@ -196,6 +196,21 @@ class PublicKey:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_info", _decode_blob(self.key_type, self.blob))
 
+    @classmethod
+    def _from_sshd(cls, key_type: str, blob: bytes, comment: str, info: _KeyInfo) -> PublicKey:
+        """A key decoded by ``read_sshd_key``: sshd's rules, not keyward's stricter ones.
+
+        Bypasses ``__post_init__`` on purpose: a key sshd honours must be
+        reported even when keyward would never register it (e=1, odd sk
+        application), so it cannot be forced through the registry's checks.
+        """
+        key = object.__new__(cls)
+        object.__setattr__(key, "key_type", key_type)
+        object.__setattr__(key, "blob", blob)
+        object.__setattr__(key, "comment", comment)
+        object.__setattr__(key, "_info", info)
+        return key
+
     def __repr__(self) -> str:
         return f"PublicKey({self.key_type} {self.fingerprint})"
 
@@ -341,6 +356,231 @@ def decode_key(key_type: str, blob: bytes, comment: str = "") -> PublicKey:
     load even if today's policy would refuse it, so no policy applies here.
     """
     return PublicKey(key_type=key_type, blob=blob, comment=comment)
+
+
+# --- Reading keys exactly as sshd does -----------------------------------------
+#
+# An authorized_keys file on a host is not input keyward chose to accept: it
+# is what sshd will honour.  Reading it must therefore follow OpenSSH 9.x
+# (``sshkey_read`` and ``sshkey_from_blob`` in sshkey.c, ``sshbuf_b64tod``,
+# ``sshbuf_get_bignum2``), lenient exactly where sshd is lenient, so that no
+# key sshd would accept escapes an offboarding sweep.  Keys are reported by
+# the fingerprint of their canonical blob, as sshd and ``ssh-keygen -l`` print
+# it, so a padded encoding of a registered key still matches its record.
+
+#: Names sshd accepts as the first field of a key line (``peek_type_nid``:
+#: exact, case-sensitive), mapped to the plain type keyward reports.
+SSHD_LINE_TYPES: dict[str, str] = {name: name for name in KNOWN_TYPES} | {
+    "rsa-sha2-256": RSA,
+    "rsa-sha2-512": RSA,
+    "webauthn-sk-ecdsa-sha2-nistp256@openssh.com": SK_ECDSA_256,
+}
+
+# ``sshkey_type_from_name`` in OpenSSH 9.2-9.8 also accepts a plain type's
+# short name, in any case, as the type string inside a blob (9.9 stopped).
+# They are kept: against a newer sshd keyward then sees a key sshd skips,
+# which errs on the safe side for offboarding, never the other way.  The
+# ECDSA short names resolve too but then fail (the curve is taken from the
+# full name), so they are absent.  Likewise DSA keys are still read although
+# OpenSSH 10 no longer knows them.
+_SSHD_SHORT_NAMES: dict[str, str] = {
+    "rsa": RSA,
+    "dsa": DSA,
+    "ed25519": ED25519,
+    "ed25519-sk": SK_ED25519,
+}
+
+_SSHBUF_MAX_BIGNUM = 16384 // 8
+_SSHBUF_MAX_ECPOINT = (528 * 2 // 8) + 1
+
+# Group orders of the NIST curves (``openssl ecparam -param_enc explicit``),
+# for the checks of ``sshkey_ec_validate_public``.
+_EC_ORDERS: dict[int, int] = {
+    256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    384: int(
+        "ffffffffffffffffffffffffffffffffffffffffffffffff"
+        "c7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+        16,
+    ),
+    521: int(
+        "01ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+        "a51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409",
+        16,
+    ),
+}
+
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUES = {ch: i for i, ch in enumerate(_B64_ALPHABET)}
+# C isspace() in the "C" locale.
+_C_SPACE = frozenset(" \t\n\v\f\r")
+_C_SPACE_DELETE = str.maketrans("", "", " \t\n\v\f\r")
+
+
+def sshd_b64decode(token: str) -> bytes:
+    """Decode like OpenSSH's ``b64_pton``, raising ``WireError`` where it fails.
+
+    Whitespace is skipped anywhere; padding is required to complete the last
+    group; nothing but whitespace may follow it; the unused bits before the
+    padding must be zero (OpenSSH refuses them as a "subliminal channel", and
+    Python's decoder would not).
+    """
+    # Fast path: once the skipped whitespace is gone, a canonical encoding
+    # (which b64_pton always accepts, with the same bytes) needs no loop.
+    cleaned = token.translate(_C_SPACE_DELETE)
+    if cleaned.isascii():
+        try:
+            fast = binascii.a2b_base64(cleaned, strict_mode=True)
+        except binascii.Error:
+            pass
+        else:
+            if base64.b64encode(fast).decode("ascii") == cleaned:
+                return fast
+    out = bytearray()
+    state = 0
+    acc = 0
+    i = 0
+    n = len(token)
+    while i < n:
+        ch = token[i]
+        i += 1
+        if ch in _C_SPACE:
+            continue
+        if ch == "=":
+            break
+        value = _B64_VALUES.get(ch)
+        if value is None:
+            raise WireError("not base64")
+        acc = (acc << 6) | value
+        state += 1
+        if state == 4:
+            out += acc.to_bytes(3, "big")
+            acc = 0
+            state = 0
+    else:
+        if state:
+            raise WireError("base64 is not padded")
+        return bytes(out)
+    # A pad character at index i - 1.
+    rest = token[i:]
+    if state in (0, 1):
+        raise WireError("misplaced base64 padding")
+    if state == 2:
+        stripped = rest.lstrip("".join(_C_SPACE))
+        if not stripped.startswith("="):
+            raise WireError("base64 padding incomplete")
+        rest = stripped[1:]
+    if any(ch not in _C_SPACE for ch in rest):
+        raise WireError("data after base64 padding")
+    spare_bits = 4 if state == 2 else 2
+    if acc & ((1 << spare_bits) - 1):
+        raise WireError("base64 has non-zero spare bits")
+    acc >>= spare_bits
+    out += acc.to_bytes(state - 1, "big")
+    return bytes(out)
+
+
+def _sshd_cstring(reader: WireReader) -> bytes:
+    """``sshbuf_get_cstring``: no NUL inside, one trailing NUL is dropped."""
+    value = reader.string()
+    nul = value.find(b"\0")
+    if nul >= 0:
+        if nul != len(value) - 1:
+            raise WireError("NUL inside a string")
+        value = value[:-1]
+    return value
+
+
+def _sshd_bignum(reader: WireReader) -> int:
+    """``sshbuf_get_bignum2``: non-negative; leading zero bytes are allowed."""
+    value = reader.string()
+    if value and value[0] & 0x80:
+        raise WireError("negative integer")
+    if len(value) > _SSHBUF_MAX_BIGNUM + 1 or (
+        len(value) == _SSHBUF_MAX_BIGNUM + 1 and value[0] != 0
+    ):
+        raise WireError("integer too large")
+    return int.from_bytes(value, "big")
+
+
+def _sshd_blob_type(name: bytes) -> str:
+    """``sshkey_type_from_name`` for the type string inside a blob."""
+    text = name.decode("latin-1")
+    if text.endswith(CERT_SUFFIX):
+        raise WireError("certificate")
+    if text in SSHD_LINE_TYPES:
+        return SSHD_LINE_TYPES[text]
+    short = _SSHD_SHORT_NAMES.get(name.lower().decode("latin-1"))  # bytes: ASCII folding
+    if short is None:
+        raise WireError("unknown key type in blob")
+    return short
+
+
+def _sshd_ec_point(key_type: str, point: bytes) -> None:
+    """``sshbuf_get_eckey`` and ``sshkey_ec_validate_public`` for one point."""
+    _name, bits, curve = _ECDSA_CURVES[key_type]
+    if not point or len(point) > _SSHBUF_MAX_ECPOINT:
+        raise WireError("ECDSA point size")
+    if point[0] != 4 or len(point) != 1 + 2 * ((bits + 7) // 8):
+        raise WireError("ECDSA point is not an uncompressed point")
+    try:
+        numbers = ec.EllipticCurvePublicKey.from_encoded_point(curve, point).public_numbers()
+    except ValueError:
+        raise WireError("ECDSA point is not on the curve") from None
+    order = _EC_ORDERS[bits]
+    half = order.bit_length() // 2
+    for coord in (numbers.x, numbers.y):
+        if coord.bit_length() <= half or coord >= order - 1:
+            raise WireError("ECDSA point fails sshd's public value checks")
+
+
+def read_sshd_key(line_type: str, blob: bytes, comment: str = "") -> PublicKey:
+    """The key sshd reads from ``line_type`` and ``blob``, or ``WireError``.
+
+    ``line_type`` is the first field of the line (one of ``SSHD_LINE_TYPES``).
+    The returned key has the plain type and the canonical blob (minimal
+    integers, full type name), so its fingerprint is the one sshd logs.
+    No key policy and none of keyward's registration checks apply.
+    """
+    plain = SSHD_LINE_TYPES.get(line_type)
+    if plain is None:
+        raise WireError("unknown key type")
+    reader = WireReader(blob)
+    blob_type = _sshd_blob_type(_sshd_cstring(reader))
+    if blob_type != plain:
+        raise WireError("key blob does not match its stated type")
+    parts: list[bytes] = []
+    application: str | None = None
+    if plain in (ED25519, SK_ED25519):
+        point = reader.string()
+        if len(point) != 32:
+            raise WireError("Ed25519 key must be 32 bytes")
+        parts.append(encode_string(point))
+        bits = 256
+    elif plain in _ECDSA_CURVES:
+        name, bits, _curve = _ECDSA_CURVES[plain]
+        if _sshd_cstring(reader) != name.encode("ascii"):
+            raise WireError("curve name does not match the key type")
+        point = reader.string()
+        _sshd_ec_point(plain, point)
+        parts += [encode_string(name.encode("ascii")), encode_string(point)]
+    elif plain == RSA:
+        e = _sshd_bignum(reader)
+        n = _sshd_bignum(reader)
+        bits = n.bit_length()
+        if bits < 1024:  # SSH_RSA_MINIMUM_MODULUS_SIZE
+            raise WireError("RSA modulus below 1024 bits")
+        parts += [encode_mpint(e), encode_mpint(n)]
+    else:  # DSA
+        numbers = [_sshd_bignum(reader) for _ in range(4)]
+        bits = numbers[0].bit_length()
+        parts += [encode_mpint(v) for v in numbers]
+    if plain.startswith("sk-"):
+        app = _sshd_cstring(reader)
+        parts.append(encode_string(app))
+        application = app.decode("utf-8", errors="replace")
+    reader.end()
+    canonical = encode_string(plain.encode("ascii")) + b"".join(parts)
+    return PublicKey._from_sshd(plain, canonical, comment, _KeyInfo(bits, application))
 
 
 def check_policy(key: PublicKey, policy: KeyPolicy) -> None:

@@ -26,6 +26,7 @@ loader turns that into a located problem.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -74,6 +75,11 @@ _HOST = r"(?:\[[0-9A-Fa-f:.%a-z]+\]|[A-Za-z0-9.*_-]+)"
 _PERMITOPEN = re.compile(rf"({_HOST}):([0-9]{{1,5}}|\*)")
 _PERMITLISTEN = re.compile(rf"(?:({_HOST}):)?([0-9]{{1,5}}|\*)")
 _EXPIRY = re.compile(r"[0-9]{14}Z")
+# A from= entry without wildcards made of address characters only: meant as an
+# address, so it must be one.
+_ADDRESS_LIKE = re.compile(r"[0-9.]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+# sshd refuses a permitopen/permitlisten host of NI_MAXHOST characters or more.
+_NI_MAXHOST = 1025
 
 _LINE_BREAKERS = frozenset({"\u2028", "\u2029", "\u0085"})
 
@@ -103,16 +109,60 @@ def _check_value(name: str, value: str) -> None:
                     f"from= pattern {_short(pattern)} is not a host name, address or CIDR "
                     "pattern (comma-separated, no spaces)"
                 )
+            _check_from_entry(pattern)
     elif name == "permitopen":
         match = _PERMITOPEN.fullmatch(value)
-        if not match or not _port_ok(match.group(2)):
+        if not match or not _port_ok(match.group(2)) or len(match.group(1)) >= _NI_MAXHOST:
             raise ValueError(f"permitopen= value {_short(value)} must be host:port")
     elif name == "permitlisten":
         match = _PERMITLISTEN.fullmatch(value)
-        if not match or not _port_ok(match.group(2)):
+        host = match.group(1) if match else None
+        if not match or not _port_ok(match.group(2)) or (host and len(host) >= _NI_MAXHOST):
             raise ValueError(f"permitlisten= value {_short(value)} must be [host:]port")
     elif name == "expiry-time" and not _EXPIRY.fullmatch(value):
         raise ValueError("expiry-time= must be YYYYMMDDHHMMSSZ")
+
+
+def _check_from_entry(pattern: str) -> None:
+    """Refuse a ``from=`` entry sshd would never match, naming it.
+
+    sshd's ``addr_match_list`` first reads every entry as ``address[/len]``.
+    A prefix length beyond 32 (IPv4) or 128 (IPv6), or an address with bits
+    set beyond the prefix (``10.1.2.3/8``), is an *error* there, and an error
+    anywhere in the list refuses every login with the key; any other entry
+    with a ``/`` silently never matches.  An entry that only looks like an
+    address (``10.0.0.256``, ``10.1``) falls back to a wildcard match against
+    the client's address text and never matches either.  All of these are
+    mistakes, so each is refused here.
+    """
+    entry = pattern.removeprefix("!")
+    if "/" in entry:
+        address, _, length = entry.partition("/")
+        if not length.isdigit() or not length.isascii():
+            raise ValueError(f"from= entry {_short(entry)}: prefix length must be a number")
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(
+                f"from= entry {_short(entry)}: {_short(address)} is not an IP address"
+            ) from None
+        if int(length) > parsed.max_prefixlen:
+            raise ValueError(
+                f"from= entry {_short(entry)}: prefix length {int(length)} is out of range "
+                f"(at most {parsed.max_prefixlen} for IPv{parsed.version})"
+            )
+        try:
+            ipaddress.ip_network(entry, strict=True)
+        except ValueError:
+            raise ValueError(
+                f"from= entry {_short(entry)} has address bits set beyond the /{int(length)} "
+                "prefix (sshd never matches it); give the network address"
+            ) from None
+    elif _ADDRESS_LIKE.fullmatch(entry):
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            raise ValueError(f"from= entry {_short(entry)} is not a valid IP address") from None
 
 
 def _port_ok(port: str) -> bool:
@@ -228,8 +278,10 @@ def expiry_time_option(when: datetime) -> str:
     else in keyward.
     """
     utc = as_utc(when)
-    if utc.year < 1970:
-        raise ValueError("expiry-time must not be before 1970")
+    # sshd refuses the whole line for an expiry-time at or before the epoch
+    # ("invalid expires time"): such a line must never be written.
+    if utc.year < 1970 or utc.replace(microsecond=0) == datetime(1970, 1, 1, tzinfo=utc.tzinfo):
+        raise ValueError("expiry-time must be after 1970-01-01T00:00:00Z")
     stamp = (
         f"{utc.year:04d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}{utc.minute:02d}{utc.second:02d}Z"
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -65,9 +67,14 @@ def test_options_and_key(ed: str, prefix: str, options: tuple[str, ...]) -> None
 
 SPLIT_CASES = [
     ("no-pty", ("no-pty",)),
-    ('a="x,y",b', ('a="x,y"', "b")),
-    ('c="say \\"a,b\\""', ('c="say \\"a,b\\""',)),
+    ('from="x,y",pty', ('from="x,y"', "pty")),
+    ('command="say \\"a,b\\""', ('command="say \\"a,b\\""',)),
     ("restrict,pty", ("restrict", "pty")),
+    # sshd passes over empty options: they are not refused, and not reported.
+    ("restrict,", ("restrict",)),
+    (",", ()),
+    ("no-pty,,restrict", ("no-pty", "restrict")),
+    ("NO-PTY,Restrict", ("NO-PTY", "Restrict")),
 ]
 
 
@@ -76,9 +83,31 @@ def test_split_options(text: str, expected: tuple[str, ...]) -> None:
     assert split_options(text) == expected
 
 
-@pytest.mark.parametrize("text", ['a="x', "a,,b", ",a", "a,"])
-def test_split_options_refuses(text: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('command="x', "invalid key option string"),
+        ("a,,b", "unknown key option"),
+        ("BLAH", "unknown key option"),
+        ("ptyx", "unknown key option"),
+        ("pty=1", "unknown key option"),
+        ("no-cert-authority", "unknown key option"),
+        ("command=oops", "missing start quote"),
+        ('command="a",command="b"', 'multiple "command" clauses'),
+        ('from="a",FROM="b"', 'multiple "from" clauses'),
+        ('principals="a",principals="b"', 'multiple "principals" clauses'),
+        ('expiry-time="2025"', "invalid expires time"),
+        ('environment="=x"', "invalid environment string"),
+        ('environment="A-B=x"', "invalid environment string"),
+        ('permitopen="host"', "invalid permission port"),
+        ('permitopen="host:0"', "invalid permission port"),
+        ('permitopen="[::1:22"', "invalid permission hostname"),
+        ('permitlisten="70000"', "invalid permission port"),
+        ('tunnel="blah"', "invalid tun device"),
+    ],
+)
+def test_split_options_refuses(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
         split_options(text)
 
 
@@ -183,3 +212,103 @@ def test_never_raises_on_bytes(data: bytes) -> None:
 )
 def test_never_raises_on_option_soup(parts: list[str]) -> None:
     parse_authorized_keys("".join(parts).encode())
+
+
+# Lines as sshd reads them (auth2-pubkeyfile.c, auth-options.c): the options
+# keyward reports, or the reason sshd skips the line.  tests/test_sshd_parity.py
+# holds these rules to a real sshd.
+SSHD_LINES = [
+    # empty options are passed over, the key is honoured
+    ("restrict, {k}", ("restrict",), None),
+    (", {k}", (), None),
+    ("no-pty,,restrict {k}", ("no-pty", "restrict"), None),
+    ("no-pty,\t{k}", ("no-pty",), None),
+    ('expiry-time="20200101" {k}', ('expiry-time="20200101"',), None),  # past: still a key
+    ('from="10.0.0.0/33" {k}', ('from="10.0.0.0/33"',), None),  # never matches; still a key
+    ("cert-authority {k}", ("cert-authority",), None),
+    ('environment="A=b c",tunnel="any" {k}', ('environment="A=b c"', 'tunnel="any"'), None),
+    # options sshd refuses: the whole line is skipped
+    ("BLAH {k}", None, "unknown key option"),
+    ("ptyx {k}", None, "unknown key option"),
+    ("command=oops {k}", None, "missing start quote"),
+    ("from=10.0.0.1 {k}", None, "missing start quote"),
+    ('command="a",command="b" {k}', None, 'multiple "command" clauses'),
+    ('expiry-time="2025" {k}', None, "invalid expires time"),
+    ('expiry-time="20251301" {k}', None, "invalid expires time"),
+    ('permitopen="h:0" {k}', None, "invalid permission port"),
+    ("ssh-ed25519 {k}", None, "unknown key option"),
+]
+
+
+@pytest.mark.parametrize(("template", "options", "error"), SSHD_LINES)
+def test_lines_as_sshd_reads_them(
+    ed: str, template: str, options: tuple[str, ...] | None, error: str | None
+) -> None:
+    line = _one(template.format(k=ed))
+    if options is None:
+        assert line.key is None
+        assert line.error == f"bad key options: {error}"
+        assert line.options == ()
+    else:
+        assert line.error is None
+        assert line.options == options
+        assert line.key is not None and line.key.openssh() == _bare(ed)
+
+
+def test_padded_rsa_integers_are_the_same_key(keydir: Path) -> None:
+    pub = make_key(keydir, "rsa", 2048, name="rsa-padded")[1]
+    _, b64 = pub.read_text().split()[:2]
+    blob = base64.b64decode(b64)
+    e_len = int.from_bytes(blob[11:15], "big")
+    e, n = blob[15 : 15 + e_len], blob[19 + e_len :]
+    padded = blob[:11] + len(e + b"\0").to_bytes(4, "big") + b"\0" + e + blob[15 + e_len :]
+    assert n and padded != blob
+    line = _one(f"restrict, ssh-rsa {base64.b64encode(padded).decode()} padded")
+    # Reported as sshd sees it: by the fingerprint of the canonical key.
+    assert line.key is not None and line.key.fingerprint == keygen_fingerprint(pub)
+    assert line.options == ("restrict",)
+
+
+def test_base64_spare_bits_and_padding(ecdsa: str) -> None:
+    kind, b64 = ecdsa.split()[:2]
+    data = b64.rstrip("=")
+    assert data != b64  # the blob length leaves spare bits before the padding
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    assert alphabet.index(data[-1]) & 1 == 0
+    spare = data[:-1] + alphabet[alphabet.index(data[-1]) | 1] + b64[len(data) :]
+    for text in (f"{kind} {spare}", f"{kind} {b64.rstrip('=')}"):
+        line = _one(text)
+        assert line.key is None and line.error == "key data is not valid base64"
+    assert _one(f"{kind} {b64[:30]}\v{b64[30:]}").key is not None
+
+
+def test_offboarding_removes_every_shape_sshd_honours(keydir: Path, ed: str) -> None:
+    """A hand-copied line sshd honours leaves the file when its owner is offboarded."""
+    from keyward.desired import DesiredFile, FileTarget
+    from keyward.plan import render
+
+    pub = make_key(keydir, "rsa", 2048, name="rsa-offboard")[1]
+    blob = base64.b64decode(pub.read_text().split()[1])
+    e_len = int.from_bytes(blob[11:15], "big")
+    padded = blob[:11] + (e_len + 1).to_bytes(4, "big") + b"\0" + blob[15:]
+    gone = _one(ed).key
+    assert gone is not None
+    shapes = [f"restrict, {ed}", f", {ed}", f"no-pty,,restrict {ed}", f"no-pty,\t{ed}"]
+    rsa_line = f"restrict, ssh-rsa {base64.b64encode(padded).decode()} hand-copied"
+    purge = frozenset({gone.fingerprint, keygen_fingerprint(pub)})
+    target = FileTarget("web-1", "deploy", "%h/.ssh/authorized_keys")
+    managed = DesiredFile(target, "managed-block", (), is_login=False)
+    current = ("\n".join([*shapes, rsa_line, "# kept"]) + "\n").encode()
+    after = render(managed, current, purge)
+    assert ed.split()[1].encode() not in after
+    assert b"hand-copied" not in after
+    assert b"# kept" in after
+
+
+def test_hostile_option_fields_parse_in_linear_time(ed: str) -> None:
+    """A host file is attacker-writable: a huge options field must not stall the agent."""
+    started = time.monotonic()
+    for field in ("," * 200_000, "no-pty," * 30_000, 'command="' + "x" * 200_000):
+        lines = parse_authorized_keys(f"{field} {ed}\n".encode())
+        assert len(lines) == 1
+    assert time.monotonic() - started < 10

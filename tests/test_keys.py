@@ -15,11 +15,14 @@ from keyward.keys import (
     DEFAULT_POLICY,
     KeyPolicy,
     PublicKey,
+    WireError,
     WireReader,
     check_policy,
     decode_key,
     looks_like_private_key,
     parse_public_key,
+    read_sshd_key,
+    sshd_b64decode,
 )
 from tests.keygen import SoftSK, dsa_supported, keygen_bits, keygen_fingerprint, make_key
 
@@ -324,3 +327,127 @@ def test_parse_public_key_on_random_blobs(key_type: str, tail: bytes, comment: s
     except KeyPolicyError:
         return
     assert WireReader(key.blob).text() == key.key_type
+
+
+# --- reading keys the way sshd does (authorized_keys on hosts) -------------------
+
+B64_CASES = [
+    ("", b""),
+    ("QUJD", b"ABC"),
+    ("QUI=", b"AB"),
+    ("QQ==", b"A"),
+    ("QQ==\r", b"A"),
+    ("Q\vQ=\f=", b"A"),  # b64_pton skips isspace() anywhere
+    ("QUI", None),  # padding is required
+    ("QQ=", None),
+    ("Q===", None),
+    ("QUJD=", None),
+    ("QQ==QQ==", None),
+    ("QR==", None),  # non-zero spare bits: refused by b64_pton, kept by Python
+    ("QUJ=", None),
+    ("QU*D", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), B64_CASES)
+def test_sshd_b64decode(text: str, expected: bytes | None) -> None:
+    if expected is None:
+        with pytest.raises(WireError):
+            sshd_b64decode(text)
+    else:
+        assert sshd_b64decode(text) == expected
+
+
+def _rsa_variant(blob: bytes, name: bytes, e_pad: int, n_pad: int, tail: bytes = b"") -> bytes:
+    reader = WireReader(blob)
+    reader.string()
+    e, n = reader.string(), reader.string()
+    return _s(name) + _s(b"\0" * e_pad + e) + _s(b"\0" * n_pad + n) + tail
+
+
+@pytest.mark.parametrize(
+    ("line_type", "name", "e_pad", "n_pad", "tail", "error"),
+    [
+        ("ssh-rsa", b"ssh-rsa", 0, 0, b"", None),
+        ("ssh-rsa", b"ssh-rsa", 1, 0, b"", None),  # leading zero bytes: sshd trims them
+        ("ssh-rsa", b"ssh-rsa", 2, 3, b"", None),
+        ("rsa-sha2-512", b"ssh-rsa", 0, 0, b"", None),
+        ("ssh-rsa", b"RSA", 0, 0, b"", None),  # short names, any case, inside the blob
+        ("ssh-rsa", b"rsa", 0, 0, b"", None),
+        ("ssh-rsa", b"ssh-rsa\0", 0, 0, b"", None),  # one trailing NUL is dropped
+        ("ssh-rsa", b"rsa-sha2-256", 0, 0, b"", None),
+        ("ssh-rsa", b"ssh-rsa", 0, 0, b"\0", "trailing bytes"),
+        ("ssh-rsa", b"ssh\0rsa", 0, 0, b"", "NUL inside"),
+        ("ssh-rsa", b"ssh-dss", 0, 0, b"", "does not match"),
+        ("ssh-dss", b"ssh-rsa", 0, 0, b"", "does not match"),
+        ("ssh-rsa", b"ssh-rsa-cert-v01@openssh.com", 0, 0, b"", "certificate"),
+        ("ssh-rsa", b"ssh-rsa", 2049, 0, b"", "too large"),
+    ],
+)
+def test_read_sshd_key_rsa(
+    rsa2048_pub: Path,
+    line_type: str,
+    name: bytes,
+    e_pad: int,
+    n_pad: int,
+    tail: bytes,
+    error: str | None,
+) -> None:
+    blob = _rsa_variant(_blob(rsa2048_pub), name, e_pad, n_pad, tail)
+    if error is not None:
+        with pytest.raises(WireError, match=error):
+            read_sshd_key(line_type, blob)
+        return
+    key = read_sshd_key(line_type, blob, "c")
+    # Reported by the fingerprint sshd logs and ssh-keygen prints: the canonical blob's.
+    assert key.key_type == "ssh-rsa"
+    assert key.blob == _blob(rsa2048_pub)
+    assert key.fingerprint == keygen_fingerprint(rsa2048_pub)
+    assert key.bits == 2048 and key.comment == "c"
+
+
+def test_registration_stays_stricter_than_reading(rsa2048_pub: Path) -> None:
+    padded = _rsa_variant(_blob(rsa2048_pub), b"ssh-rsa", 1, 0)
+    assert read_sshd_key("ssh-rsa", padded).fingerprint == keygen_fingerprint(rsa2048_pub)
+    with pytest.raises(KeyPolicyError, match="non-minimal"):
+        parse_public_key(_line("ssh-rsa", padded), KeyPolicy(min_rsa_bits=1024))
+
+
+def test_read_sshd_key_values_sshd_does_not_check(ed25519_pub: Path) -> None:
+    # sshd parses RSA e and n without checking them, and any sk application
+    # string: such a key is still a key on the host and must be seen.
+    n = (1 << 2047) + 1
+    weird_rsa = _s(b"ssh-rsa") + _s(b"\x01") + _s(b"\0" + n.to_bytes(256, "big"))
+    assert read_sshd_key("ssh-rsa", weird_rsa).bits == 2048
+    with pytest.raises(KeyPolicyError):
+        decode_key("ssh-rsa", weird_rsa)
+    small = _s(b"ssh-rsa") + _s(b"\x01\x00\x01") + _s(((1 << 1022) + 1).to_bytes(128, "big"))
+    with pytest.raises(WireError, match="below 1024"):
+        read_sshd_key("ssh-rsa", small)
+    point = WireReader(_blob(ed25519_pub))
+    point.string()
+    sk = _s(b"sk-ssh-ed25519@openssh.com") + _s(point.string()) + _s(b"ssh:\x1b[31m")
+    key = read_sshd_key("sk-ssh-ed25519@openssh.com", sk)
+    assert key.is_sk and key.application == "ssh:\x1b[31m"
+    short = _s(b"ssh-ed25519") + _s(b"\0" * 31)
+    with pytest.raises(WireError, match="32 bytes"):
+        read_sshd_key("ssh-ed25519", short)
+
+
+def test_read_sshd_key_ecdsa_points(keydir: Path) -> None:
+    _, pub = make_key(keydir, "ecdsa", 256, name="ecdsa-read")
+    blob = _blob(pub)
+    assert read_sshd_key("ecdsa-sha2-nistp256", blob).fingerprint == keygen_fingerprint(pub)
+    reader = WireReader(blob)
+    reader.string(), reader.string()
+    point = reader.string()
+    compressed = bytes([2 + (point[-1] & 1)]) + point[1:33]
+    for bad, reason in [
+        (_s(b"ecdsa-sha2-nistp256") + _s(b"nistp256") + _s(compressed), "uncompressed"),
+        (_s(b"ecdsa-sha2-nistp256") + _s(b"nistp384") + _s(point), "curve name"),
+        (_s(b"ECDSA") + _s(b"nistp256") + _s(point), "unknown key type"),
+    ]:
+        with pytest.raises(WireError, match=reason):
+            read_sshd_key("ecdsa-sha2-nistp256", bad)
+    with pytest.raises(WireError, match="does not match"):
+        read_sshd_key("ecdsa-sha2-nistp384", blob)

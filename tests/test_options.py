@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from keyward.authorized_keys import split_options
 from keyward.options import (
     expiry_time_option,
     render_options,
@@ -41,10 +42,15 @@ from keyward.options import (
         ('permitopen="localhost:*"', 'permitopen="localhost:*"'),
         ('permitlisten="8080"', 'permitlisten="8080"'),
         ('permitlisten="localhost:8080"', 'permitlisten="localhost:8080"'),
+        ('from="10.0.0.*,fe80::*,::1,0.0.0.0/0"', 'from="10.0.0.*,fe80::*,::1,0.0.0.0/0"'),
+        ('from="!192.0.2.128/25,2001:db8::/128"', 'from="!192.0.2.128/25,2001:db8::/128"'),
     ],
 )
 def test_allowed_options_are_normalised(text: str, expected: str) -> None:
     assert validate_option(text) == expected
+    # What keyward writes, sshd's option parser accepts (the reader follows it
+    # exactly; tests/test_sshd_parity.py holds it to a real sshd).
+    assert split_options(expected) == (expected,)
 
 
 @pytest.mark.parametrize(
@@ -93,6 +99,17 @@ def test_allowed_options_are_normalised(text: str, expected: str) -> None:
         ('permitopen="db.example.com:99999"', "host:port"),
         ('permitopen="db.example.com:0"', "host:port"),
         ('permitlisten="a:b:c"', "[host:]port"),
+        ('permitopen="' + "h" * 1025 + ':22"', "host:port"),
+        # from= lists are checked like sshd's addr_match_list: these never match
+        ('from="10.0.0.0/33"', "from= entry '10.0.0.0/33': prefix length 33 is out of range"),
+        ('from="10.1.2.3/8"', "from= entry '10.1.2.3/8' has address bits set beyond the /8"),
+        ('from="2001:db8::1/32"', "from= entry '2001:db8::1/32' has address bits set"),
+        ('from="::/129"', "prefix length 129 is out of range (at most 128 for IPv6)"),
+        ('from="192.0.2.0/24,!10.0.0.0/40"', "from= entry '10.0.0.0/40'"),
+        ('from="10.0.0.0/x"', "from= entry '10.0.0.0/x': prefix length must be a number"),
+        ('from="host.example/24"', "'host.example' is not an IP address"),
+        ('from="10.0.0.256"', "from= entry '10.0.0.256' is not a valid IP address"),
+        ('from="10.1"', "from= entry '10.1' is not a valid IP address"),
     ],
 )
 def test_refused_options(text: str, reason: str) -> None:
@@ -177,3 +194,8 @@ def test_expiry_time_option(when: datetime, expected: str) -> None:
 def test_expiry_time_option_refuses_pre_epoch() -> None:
     with pytest.raises(ValueError):
         expiry_time_option(datetime(1969, 12, 31, tzinfo=UTC))
+    # sshd refuses the whole line for the epoch itself ("invalid expires time").
+    with pytest.raises(ValueError, match="after 1970-01-01"):
+        expiry_time_option(datetime(1970, 1, 1, 0, 0, 0, 500000, tzinfo=UTC))
+    option = expiry_time_option(datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC))
+    assert split_options(option) == (option,)
