@@ -10,15 +10,35 @@ import logging
 import sys
 from typing import Any, TextIO
 
-import structlog
+# structlog is imported by the first get_logger(), not here: it costs tens of milliseconds and
+# most commands never log (tests/test_startup.py).  configure() only records its choice.
+_pending: tuple[TextIO, bool, int] | None = None
 
 
 def configure(
     stream: TextIO | None = None, *, json: bool | None = None, level: str = "info"
 ) -> None:
-    """Configure structlog once per process; JSON unless the stream is a terminal."""
+    """Configure structlog once per process; JSON unless the stream is a terminal.
+
+    The stream, format and level are decided now (a bad level fails now); structlog itself
+    is set up when the first logger is asked for, or at once if it is already loaded.
+    """
+    global _pending
     out = stream or sys.stderr
     as_json = json if json is not None else not out.isatty()
+    _pending = (out, as_json, logging.getLevelNamesMapping()[level.upper()])
+    if "structlog" in sys.modules:
+        _apply()
+
+
+def _apply() -> None:
+    global _pending
+    if _pending is None:
+        return
+    import structlog
+
+    out, as_json, threshold = _pending
+    _pending = None
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -30,13 +50,14 @@ def configure(
         processors += [structlog.dev.ConsoleRenderer(colors=False)]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 
 
 def get_logger(**bound: Any) -> Any:
+    import structlog
+
+    _apply()
     return structlog.get_logger("keyward").bind(**bound)

@@ -19,13 +19,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from keyward.embedded_ssh import EmbeddedFleet, asyncssh_can_login
 from keyward.errors import KeywardError
-from keyward.localfleet import LocalFleet, can_login, is_root, safe_base_dir
-from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+
+if TYPE_CHECKING:
+    from keyward.embedded_ssh import EmbeddedFleet
+    from keyward.localfleet import LocalFleet
 
 
 class DemoError(KeywardError):
@@ -105,6 +107,9 @@ class Demo:
         return proc.returncode
 
     def login(self, key: Path, expect: bool) -> None:
+        from keyward.embedded_ssh import asyncssh_can_login
+        from keyward.localfleet import can_login
+
         known = self.inventory / "known_hosts"
         for host in self.fleet.hosts:
             if self.use_ssh_client:
@@ -121,11 +126,18 @@ class Demo:
 
 def _fleet(backend: str, base: Path, hosts: int) -> LocalFleet | EmbeddedFleet:
     if backend == OPENSSH:
+        from keyward.localfleet import LocalFleet
+
         return LocalFleet(base / "fleet", hosts, name_prefix="demo-")
+    from keyward.embedded_ssh import EmbeddedFleet  # asyncssh: only for this backend
+
     return EmbeddedFleet(base / "fleet", hosts, name_prefix="demo-")
 
 
 def run_demo(hosts: int, keep: bool) -> None:
+    from keyward.localfleet import safe_base_dir
+    from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+
     backend = choose_backend()
     user = getpass.getuser()
     base = safe_base_dir("keyward-demo-")
@@ -215,6 +227,12 @@ def _remove_tree(path: Path) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo registry, inventory and keys.")
 def demo(hosts: int, keep: bool) -> None:
     """Run the whole flow against local SSH hosts on loopback; leaves nothing behind."""
+    from keyward.localfleet import is_root
+
     if not is_root() and os.environ.get("KEYWARD_DEMO_ALLOW_USER") is None:
         pass  # works as a normal user too: sshd then serves only that user
     run_demo(hosts, keep)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(demo)
