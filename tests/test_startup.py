@@ -230,10 +230,16 @@ get_logger(host="h1").warning("shown_event")
 
 def test_logging_configured_without_importing_structlog_until_a_log() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", LOG], capture_output=True, text=True, timeout=60, env=_env()
+        [sys.executable, "-c", LOG + "print('rich' in sys.modules)\nimport rich\n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False"
+    # structlog only at the first log; rich (its optional pretty tracebacks) not even then,
+    # yet still importable by anyone else.
+    assert proc.stdout.split() == ["False", "False"]
     lines = [json.loads(line) for line in proc.stderr.splitlines()]
     assert [(line["event"], line["level"], line["host"]) for line in lines] == [
         ("shown_event", "warning", "h1")
@@ -245,3 +251,75 @@ def test_bad_log_level_fails_at_configure() -> None:
 
     with pytest.raises(KeyError):
         configure(level="loud")
+
+
+# -- the demo ------------------------------------------------------------------
+
+DEMO = """
+import json, sys
+launched = []
+def hook(event, args):
+    if event == "subprocess.Popen":
+        launched.append([str(a) for a in args[1]] if isinstance(args[1], list) else [str(args[1])])
+sys.addaudithook(hook)
+from keyward.cli.main import main
+try:
+    main(["demo"])
+finally:
+    open(sys.argv[1], "w").write(json.dumps(launched))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_demo_starts_no_interpreter_per_step(tmp_path: Path) -> None:
+    """Each demo step runs keyward's main() in the demo's process: a new interpreter per
+    step paid the imports 18 times, most of the demo's 22-31 s.  Logins are still checked
+    by separate real ``ssh`` clients when sshd is used."""
+    from keyward.cli.demo import _find_sshd
+
+    out = tmp_path / "launched.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", DEMO, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "demo finished" in proc.stdout
+    assert proc.stdout.count(": logged in") == 3
+    launched: list[list[str]] = json.loads(out.read_text())
+    assert [argv for argv in launched if argv[0] == sys.executable or "keyward" in argv] == []
+    if _find_sshd() is not None:
+        assert sum(Path(argv[0]).name == "ssh" for argv in launched) == 9
+
+
+def test_demo_hosts_skip_the_accounts_rc_files(tmp_path: Path) -> None:
+    """The demo fleet's sessions get an empty $HOME, so a slow ~/.bashrc does not run in
+    every agent session and login; they still start in the account's real home."""
+    import getpass
+    import pwd
+
+    from keyward.cli import demo
+    from keyward.localfleet import safe_base_dir, ssh_login
+    from keyward.sandbox import make_ed25519
+
+    if demo._find_sshd() is None:
+        pytest.skip("needs OpenSSH sshd")
+    user = getpass.getuser()
+    base = safe_base_dir("keyward-test-startup-")
+    try:
+        with demo._fleet(demo.OPENSSH, base, 1, user) as fleet:
+            key = make_ed25519(tmp_path / "id", "t")
+            host = fleet.hosts[0]
+            host.authorized_keys_path(user).write_text(Path(f"{key}.pub").read_text())
+            known = fleet.write_known_hosts(tmp_path / "known_hosts")
+            done = ssh_login(host, user, key, known, 'echo "$HOME"; pwd', timeout=30)
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    home, cwd = done.stdout.split()
+    assert home == str(base / "empty-home")
+    assert cwd == pwd.getpwnam(user).pw_dir
