@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlmodel import col, select
 
-from keyward.agent import scan
-from keyward.agent.connection import Credentials
-from keyward.agent.limits import fds_needed, raise_fd_limit
-from keyward.agent.lock import reconcile_lock
-from keyward.agent.reconcile import HostResult, RunContext, reconcile_fleet
-from keyward.agent.record import record_hosts
-from keyward.agent.recorder import BatchRecorder
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
-from keyward.desired import DesiredFile, FileTarget, compute_desired
 from keyward.errors import InventoryError, KeywardError, RegistryUnavailable, UsageError
-from keyward.inventory import check_inventory, load_inventory, summarize
-from keyward.inventory.model import Host, Inventory
-from keyward.keys import PublicKey, parse_public_key
 from keyward.logs import get_logger
-from keyward.registry.models import HostState
-from keyward.registry.snapshot import load_snapshot
-from keyward.registry.subjects import Subject
-from keyward.state import RegistrySnapshot
+
+if TYPE_CHECKING:
+    from keyward.agent import scan
+    from keyward.agent.connection import Credentials
+    from keyward.agent.reconcile import HostResult
+    from keyward.agent.recorder import BatchRecorder
+    from keyward.desired import DesiredFile, FileTarget
+    from keyward.inventory.model import Host, Inventory
+    from keyward.keys import PublicKey
+    from keyward.state import RegistrySnapshot
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -56,6 +49,8 @@ def inventory() -> None:
 @pass_app
 def inventory_check(app: AppContext) -> None:
     """Validate the inventory; print a summary, or every problem with its file and key."""
+    from keyward.inventory import check_inventory, summarize
+
     root = app.inventory_dir()
     inv, problems = check_inventory(root)
     if inv is None:
@@ -80,6 +75,8 @@ class Prepared:
 
 
 def load_agent_key(inv: Inventory) -> PublicKey:
+    from keyward.keys import parse_public_key
+
     try:
         text = inv.agent.identity_pub.read_text()
     except OSError as exc:
@@ -90,6 +87,8 @@ def load_agent_key(inv: Inventory) -> PublicKey:
 
 
 def prepare(app: AppContext, env: str | None, host: str | None) -> Prepared:
+    from keyward.inventory import load_inventory
+
     inv = load_inventory(app.inventory_dir())
     hosts = inv.select_hosts(env, host)
     return refresh(app, inv, hosts, load_agent_key(inv))
@@ -103,6 +102,9 @@ def refresh(
     Offboarding reads the registry before revoking (to list the targets) and after
     (to reconcile), but the inventory only once.
     """
+    from keyward.desired import compute_desired
+    from keyward.registry.snapshot import load_snapshot
+
     registry = app.registry()
     now = registry.clock()
     with registry.read() as session:
@@ -112,6 +114,8 @@ def refresh(
 
 
 def credentials(inv: Inventory) -> Credentials:
+    from keyward.agent.connection import Credentials
+
     return Credentials.load(
         inv.agent.identity, inv.agent.known_hosts, inv.agent.connect_timeout, inv.agent.python
     )
@@ -233,7 +237,13 @@ def run_agent(
     When the logins put someone into failure mode, a second pass applies the
     stricter options at once instead of at the next run.
     """
+    import asyncio
+
     from keyward.agent.attribution import notify, record_logins, saved_positions, service_keys
+    from keyward.agent.limits import fds_needed, raise_fd_limit
+    from keyward.agent.reconcile import RunContext, reconcile_fleet
+    from keyward.agent.record import record_hosts
+    from keyward.agent.recorder import BatchRecorder
 
     prepared = prepared or prepare(app, env, host)
     registry = app.registry()
@@ -415,6 +425,8 @@ def reconcile(
 
     Exit 0: all hosts done; 1: some host failed (the others were still done).
     """
+    from keyward.agent.lock import reconcile_lock
+
     with reconcile_lock(app.registry(), wait=LOCK_WAIT):
         results = run_agent(app, env, host, concurrency, dry_run, collect=not no_logins)
     if as_json:
@@ -441,7 +453,9 @@ def reconcile(
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
     """Per host: when it was last in sync, what failed, drift found; and the daemon, if any."""
-    from keyward.registry.models import DaemonStatus
+    from sqlmodel import col, select
+
+    from keyward.registry.models import DaemonStatus, HostState
 
     registry = app.registry()
     now = registry.clock()
@@ -564,6 +578,11 @@ def hosts_scan(
     A key that differs from the host's pin is shown as CHANGED and never pinned next
     to the old one: an impostor must not become trusted by a routine --write.
     """
+    import asyncio
+
+    from keyward.agent import scan
+    from keyward.inventory import load_inventory
+
     if (replace or fingerprints) and not write:
         raise UsageError("--replace and --fingerprint only make sense with --write")
     if replace and not fingerprints:
@@ -598,6 +617,9 @@ def _write_pins(app: AppContext, path: Path, existing: str, chosen: list[scan.Sc
     cannot be committed the old file is put back, so a replacement is never
     unaudited.
     """
+    from keyward.agent import scan
+    from keyward.registry.subjects import Subject
+
     log = get_logger()
     text = scan.updated_known_hosts(existing, chosen)
     replaced = [item for item in chosen if item.status == "changed"]
@@ -651,6 +673,3 @@ def _write_pins(app: AppContext, path: Path, existing: str, chosen: list[scan.Sc
 def register(cli: click.Group) -> None:
     for command in (inventory, plan, reconcile, status, hosts):
         cli.add_command(command)
-    from keyward.cli import demo
-
-    cli.add_command(demo.demo)

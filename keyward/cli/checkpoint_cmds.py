@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -13,12 +13,20 @@ from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json
 from keyward.errors import AuditChainBroken, UsageError
 from keyward.logs import get_logger
-from keyward.registry import checkpoint as cp
-from keyward.registry.audit import ChainProblem
-from keyward.registry.subjects import Subject
+
+if TYPE_CHECKING:
+    from keyward.registry import checkpoint as cp
+    from keyward.registry.audit import ChainProblem
 
 pass_app = click.make_pass_decorator(AppContext)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# keyward.registry.checkpoint's names, copied so that defining the options (at import) does
+# not import cryptography and SQLAlchemy; tests/test_startup.py keeps them equal.
+DIR_ENV = "KEYWARD_CHECKPOINT_DIR"
+TRUSTED_ENV = "KEYWARD_CHECKPOINT_TRUSTED_KEY"
+KEY_NAME = "checkpoint_ed25519"
 
 
 def checkpoint_options(func: F) -> F:
@@ -27,18 +35,18 @@ def checkpoint_options(func: F) -> F:
         "--trusted-key",
         "trusted_keys",
         multiple=True,
-        envvar=cp.TRUSTED_ENV,
+        envvar=TRUSTED_ENV,
         metavar="FILE",
         help="Trust only checkpoints signed by the ssh-ed25519 key in FILE (a pinned copy of "
-        f"{cp.KEY_NAME}.pub; repeatable) [env {cp.TRUSTED_ENV}; default: the checkpoint "
+        f"{KEY_NAME}.pub; repeatable) [env {TRUSTED_ENV}; default: the checkpoint "
         "directory's own key]",
     )(func)
     return click.option(
         "--checkpoint-dir",
-        envvar=cp.DIR_ENV,
+        envvar=DIR_ENV,
         metavar="DIR",
         help="Signed audit checkpoints and their key, outside the registry "
-        f"[env {cp.DIR_ENV}; default <state dir>/checkpoints]",
+        f"[env {DIR_ENV}; default <state dir>/checkpoints]",
     )(func)
 
 
@@ -65,6 +73,7 @@ def check_and_checkpoint(
     include this directory's key, verification still runs but nothing is signed (unless
     ``must_write``, which then fails).
     """
+    from keyward.registry import checkpoint as cp
     from keyward.registry.verify import verify_session
 
     keyring = cp.open_keyring(cp.resolve_dir(checkpoint_dir), trusted_keys)
@@ -165,6 +174,8 @@ def audit_checkpoint(
 def _reset(app: AppContext, checkpoint_dir: str | None, trusted_keys: tuple[str, ...]) -> None:
     """Retire the checkpoints of this registry, if its chain holds together on its own."""
     from keyward.cli.registry_cmds import log_events
+    from keyward.registry import checkpoint as cp
+    from keyward.registry.subjects import Subject
     from keyward.registry.verify import verify_session
 
     keyring = cp.open_keyring(cp.resolve_dir(checkpoint_dir), trusted_keys)

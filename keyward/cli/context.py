@@ -6,12 +6,13 @@ import getpass
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from keyward.clock import Clock, system_clock
 from keyward.errors import UsageError
-from keyward.registry import validate
-from keyward.registry.db import resolve_url
-from keyward.registry.store import Registry
+
+if TYPE_CHECKING:
+    from keyward.registry.store import Registry
 
 
 def default_actor(env: dict[str, str]) -> str:
@@ -36,6 +37,8 @@ class AppContext:
     _registry: Registry | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        from keyward.registry import validate  # not at import: `--version` loads no registry
+
         actor = self.actor.strip()
         if not actor or validate.has_control(actor) or len(actor) > 64:
             raise UsageError("--actor must be a single short line (at most 64 characters)")
@@ -43,10 +46,16 @@ class AppContext:
 
     @property
     def url(self) -> str:
+        from keyward.registry.db import resolve_url
+
         return resolve_url(self.db, dict(os.environ), os.geteuid())
 
     def registry(self) -> Registry:
         if self._registry is None:
+            # Imported here: SQLAlchemy costs most of a second, and only commands that read
+            # or write the registry should pay it (tests/test_startup.py).
+            from keyward.registry.store import Registry
+
             self._registry = Registry.open(self.url, self.clock)
         return self._registry
 

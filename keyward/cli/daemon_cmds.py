@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 from keyward.cli.context import AppContext
-from keyward.daemon.service import Daemon, DaemonSettings
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -66,6 +63,10 @@ def daemon(
 
     SIGTERM finishes in-flight writes and exits; SIGHUP reloads the inventory.
     """
+    import asyncio
+
+    from keyward.daemon.service import Daemon, DaemonSettings
+
     settings = DaemonSettings(
         verify_interval=verify_interval,
         poll_interval=poll_interval,

@@ -11,21 +11,26 @@ the keyward command a user would type.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import getpass
+import io
+import json
 import os
+import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from keyward.embedded_ssh import EmbeddedFleet, asyncssh_can_login
 from keyward.errors import KeywardError
-from keyward.localfleet import LocalFleet, can_login, is_root, safe_base_dir
-from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+
+if TYPE_CHECKING:
+    from keyward.embedded_ssh import EmbeddedFleet
+    from keyward.localfleet import LocalFleet
 
 
 class DemoError(KeywardError):
@@ -72,8 +77,8 @@ class Demo:
         # The real ssh client proves logins to real sshd; otherwise an asyncssh client does.
         self.use_ssh_client = backend == OPENSSH and shutil.which("ssh") is not None
         self.inventory = work / "inventory"
+        # What a user would export before typing the commands below.
         self.env = {
-            **os.environ,
             "KEYWARD_DB": str(work / "registry.db"),
             "KEYWARD_INVENTORY": str(self.inventory),
             "KEYWARD_ACTOR": "demo-admin",
@@ -85,32 +90,55 @@ class Demo:
         click.secho(f"\n== {text}", bold=True)
 
     def run(self, *args: str, actor: str | None = None, check: bool = True) -> int:
-        env = dict(self.env)
-        if actor:
-            env["KEYWARD_ACTOR"] = actor
         shown = " ".join(args)
         click.secho(f"$ keyward {shown}", fg="cyan")
-        proc = subprocess.run(
-            [sys.executable, "-m", "keyward", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if proc.stdout:
-            click.echo(proc.stdout.rstrip())
-        if proc.returncode != 0 and check:
-            click.echo(proc.stderr.rstrip(), err=True)
-            raise DemoError(f"demo step failed: keyward {shown} (exit {proc.returncode})")
-        return proc.returncode
+        code, out, err = self.invoke(*args, actor=actor)
+        if out:
+            click.echo(out.rstrip())
+        if code != 0 and check:
+            click.echo(err.rstrip(), err=True)
+            raise DemoError(f"demo step failed: keyward {shown} (exit {code})")
+        return code
+
+    def invoke(self, *args: str, actor: str | None = None) -> tuple[int, str, str]:
+        """Run ``keyward ARGS`` in this process: (exit code, stdout, stderr).
+
+        The same ``main()`` as the ``keyward`` script, with the demo's environment, but
+        without a new interpreter per step: a fresh process pays the imports (SQLAlchemy,
+        asyncssh) again each time, which was most of the demo's run time.
+        """
+        from keyward.cli.main import main
+
+        env = {**self.env, "KEYWARD_ACTOR": actor or self.env["KEYWARD_ACTOR"]}
+        saved = {name: os.environ.get(name) for name in env}
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        os.environ.update(env)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        return code, out.getvalue(), err.getvalue()
 
     def login(self, key: Path, expect: bool) -> None:
+        """Try ``key`` on every host at once (each login is its own client and connection)."""
         known = self.inventory / "known_hosts"
-        for host in self.fleet.hosts:
-            if self.use_ssh_client:
-                ok = can_login(host, self.user, key, known)
-            else:
-                ok = asyncssh_can_login(host, self.user, key, known)
+        if self.use_ssh_client:
+            from keyward.localfleet import can_login as check
+        else:
+            from keyward.embedded_ssh import asyncssh_can_login as check
+
+        hosts = self.fleet.hosts
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            verdicts = list(pool.map(lambda h: check(h, self.user, key, known), hosts))
+        for host, ok in zip(hosts, verdicts, strict=True):
             verdict = "logged in" if ok else "refused"
             click.echo(f"  ssh -i {key.name} {self.user}@{host.address} -p {host.port}: {verdict}")
             if ok != expect:
@@ -119,19 +147,44 @@ class Demo:
                 )
 
 
-def _fleet(backend: str, base: Path, hosts: int) -> LocalFleet | EmbeddedFleet:
+def _no_rc_files(base: Path, user: str) -> str:
+    """sshd_config lines giving ``user``'s sessions an empty ``$HOME`` for rc files.
+
+    The demo's hosts stand in for fresh servers, but they share this machine's accounts:
+    a slow ``~/.bashrc`` (``pyenv init`` takes about 0.3 s) would run in every agent session
+    and every login the demo checks.  The session still runs in the account's real home
+    (sshd changes to the passwd home, not ``$HOME``), and keys are still read from the
+    fleet's ``AuthorizedKeysFile``.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", user):
+        return ""  # a name sshd_config cannot carry unquoted: keep the rc files
+    home = base / "empty-home"
+    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return f"Match User {user}\n  SetEnv HOME={home}\n"
+
+
+def _fleet(backend: str, base: Path, hosts: int, user: str) -> LocalFleet | EmbeddedFleet:
     if backend == OPENSSH:
-        return LocalFleet(base / "fleet", hosts, name_prefix="demo-")
+        from keyward.localfleet import LocalFleet
+
+        return LocalFleet(
+            base / "fleet", hosts, name_prefix="demo-", extra_config=_no_rc_files(base, user)
+        )
+    from keyward.embedded_ssh import EmbeddedFleet  # asyncssh: only for this backend
+
     return EmbeddedFleet(base / "fleet", hosts, name_prefix="demo-")
 
 
 def run_demo(hosts: int, keep: bool) -> None:
+    from keyward.localfleet import safe_base_dir
+    from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+
     backend = choose_backend()
     user = getpass.getuser()
     base = safe_base_dir("keyward-demo-")
     work = Path(tempfile.mkdtemp(prefix="keyward-demo-"))
     try:
-        with _fleet(backend, base, hosts) as fleet:
+        with _fleet(backend, base, hosts, user) as fleet:
             demo = Demo(work, fleet, user, backend)
             keys = work / "keys"
             agent = make_ed25519(keys / "agent", "keyward-agent")
@@ -175,16 +228,10 @@ def run_demo(hosts: int, keep: bool) -> None:
             demo.say("A second reconcile changes nothing")
             demo.run("reconcile")
             demo.say("Revoke alice's key and reconcile: her login is refused everywhere")
-            fingerprint = subprocess.run(
-                [sys.executable, "-m", "keyward", "key", "list", "alice", "--json"],
-                env=demo.env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            import json
-
-            fp = json.loads(fingerprint)[0]["fingerprint"]
+            code, listed, err = demo.invoke("key", "list", "alice", "--json")
+            if code != 0:
+                raise DemoError(f"demo step failed: keyward key list alice --json: {err}")
+            fp = json.loads(listed)[0]["fingerprint"]
             demo.run("key", "revoke", fp, "--reason", "laptop stolen (INC-7)")
             demo.run("reconcile")
             demo.login(alice, expect=False)
@@ -215,6 +262,12 @@ def _remove_tree(path: Path) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo registry, inventory and keys.")
 def demo(hosts: int, keep: bool) -> None:
     """Run the whole flow against local SSH hosts on loopback; leaves nothing behind."""
+    from keyward.localfleet import is_root
+
     if not is_root() and os.environ.get("KEYWARD_DEMO_ALLOW_USER") is None:
         pass  # works as a normal user too: sshd then serves only that user
     run_demo(hosts, keep)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(demo)

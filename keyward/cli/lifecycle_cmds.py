@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlmodel import col, select
 
-from keyward.agent.lock import reconcile_lock
-from keyward.cli.agent_cmds import EXIT_FAILED, Prepared, prepare, refresh, run_agent
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration
 from keyward.cli.registry_cmds import key, key_claim, key_policy, log_events, read_small_file
 from keyward.errors import RegistryError
-from keyward.keys import parse_public_key
-from keyward.registry import lifecycle, ops
-from keyward.registry.models import (
-    AccessRequest,
-    OffboardingCase,
-    OffboardingTarget,
-    Person,
-    Role,
-)
+
+if TYPE_CHECKING:
+    from keyward.cli.agent_cmds import Prepared
+    from keyward.registry.models import (
+        AccessRequest,
+        OffboardingCase,
+        Person,
+        Role,
+    )
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -74,6 +71,9 @@ def key_rotate(
 ) -> None:
     """Replace USERNAME's key: the new one is deployed at once, the old one lapses after --grace."""
     from datetime import timedelta
+
+    from keyward.keys import parse_public_key
+    from keyward.registry import lifecycle
 
     policy = key_policy(app)
     grace_period = duration(grace, "--grace") if grace != "0" else timedelta(0)
@@ -126,6 +126,7 @@ def request_json(a: AccessRequest, p: Person, r: Role) -> dict[str, Any]:
 def access_request(app: AppContext, role: str, environment: str, length: str, reason: str) -> None:
     """Ask for ROLE in one environment for a while (the requester is --actor)."""
     from keyward.inventory import load_inventory
+    from keyward.registry import lifecycle
 
     root = app.inventory_dir()
     if root.is_dir():
@@ -145,6 +146,8 @@ def access_request(app: AppContext, role: str, environment: str, length: str, re
 @pass_app
 def access_approve(app: AppContext, request_id: int, note: str) -> None:
     """Approve a pending request (never your own); it counts from now."""
+    from keyward.registry import lifecycle
+
     with app.registry().write(app.actor) as tx:
         request = lifecycle.decide_access(tx, request_id, approve=True, note=note)
     log_events(tx)
@@ -157,6 +160,8 @@ def access_approve(app: AppContext, request_id: int, note: str) -> None:
 @pass_app
 def access_deny(app: AppContext, request_id: int, note: str) -> None:
     """Deny a pending request."""
+    from keyward.registry import lifecycle
+
     with app.registry().write(app.actor) as tx:
         lifecycle.decide_access(tx, request_id, approve=False, note=note)
     log_events(tx)
@@ -169,6 +174,10 @@ def access_deny(app: AppContext, request_id: int, note: str) -> None:
 @pass_app
 def access_list(app: AppContext, only_open: bool, as_json: bool) -> None:
     """List access requests."""
+    from sqlmodel import col, select
+
+    from keyward.registry.models import AccessRequest, Person, Role
+
     registry = app.registry()
     now = registry.clock()
     with registry.read() as session:
@@ -241,6 +250,11 @@ def _targets(prepared: Prepared, username: str) -> list[tuple[str, str, str, boo
 
 
 def _case_rows(app: AppContext, username: str) -> tuple[OffboardingCase, list[dict[str, Any]]]:
+    from sqlmodel import col, select
+
+    from keyward.registry import ops
+    from keyward.registry.models import OffboardingCase, OffboardingTarget
+
     with app.registry().read() as session:
         person = ops.find_person(session, username)
         case = session.exec(
@@ -273,6 +287,8 @@ def _case_rows(app: AppContext, username: str) -> tuple[OffboardingCase, list[di
 
 
 def _print_case(case: OffboardingCase, rows: list[dict[str, Any]], as_json: bool) -> int:
+    from keyward.cli.agent_cmds import EXIT_FAILED
+
     unconfirmed = [r for r in rows if r["confirmed_at"] is None]
     if as_json:
         emit_json(
@@ -319,6 +335,10 @@ def offboard_start(
     ctx: click.Context, app: AppContext, username: str, reason: str, as_json: bool
 ) -> None:
     """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back."""
+    from keyward.agent.lock import reconcile_lock
+    from keyward.cli.agent_cmds import prepare, refresh, run_agent
+    from keyward.registry import lifecycle
+
     before = prepare(app, None, None)
     targets = _targets(before, username)
     registry = app.registry()
@@ -352,9 +372,6 @@ def offboard_status(ctx: click.Context, app: AppContext, username: str, as_json:
 def register(cli: click.Group) -> None:
     cli.add_command(access)
     cli.add_command(offboard)
-    from keyward.cli import report_cmds
-
-    cli.add_command(report_cmds.report)
 
 
 _ = sys

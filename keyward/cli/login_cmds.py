@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlmodel import col, select
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
 from keyward.cli.parsing import start_of_day
 from keyward.cli.registry_cmds import customer_hosts, log_events, person
 from keyward.errors import RegistryError
-from keyward.registry import ops, validate
-from keyward.registry.models import Alert, FailureMode, LoginEvent
-from keyward.registry.subjects import Subject
+
+if TYPE_CHECKING:
+    from keyward.registry.models import Alert
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -40,6 +39,10 @@ def logins(
     as_json: bool,
 ) -> None:
     """The fleet's access log, attributed to people by the key they used (newest first)."""
+    from sqlmodel import col, select
+
+    from keyward.registry.models import LoginEvent
+
     with app.registry().read() as session:
         query = select(LoginEvent).where(LoginEvent.outcome != "disconnected")
         if username:
@@ -110,6 +113,10 @@ def alert_json(a: Alert) -> dict[str, Any]:
 @pass_app
 def alerts(app: AppContext, only_open: bool, as_json: bool) -> None:
     """Alerts: multi-computer use, keys used from a new address, failed-login bursts."""
+    from sqlmodel import col, select
+
+    from keyward.registry.models import Alert
+
     with app.registry().read() as session:
         query = select(Alert).order_by(col(Alert.id))
         if only_open:
@@ -136,6 +143,12 @@ def alerts(app: AppContext, only_open: bool, as_json: bool) -> None:
 @pass_app
 def person_clear_alert(app: AppContext, username: str, reason: str) -> None:
     """End USERNAME's failure mode and close their open alerts."""
+    from sqlmodel import col, select
+
+    from keyward.registry import ops, validate
+    from keyward.registry.models import Alert, FailureMode
+    from keyward.registry.subjects import Subject
+
     reason = validate.line("reason", reason)
     with app.registry().write(app.actor) as tx:
         who = ops.find_person(tx.session, username)

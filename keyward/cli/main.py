@@ -8,9 +8,11 @@ exit 70; set ``KEYWARD_DEBUG=1`` for the traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
+from typing import NamedTuple
 
 import click
 
@@ -22,7 +24,118 @@ from keyward.logs import configure
 INTERNAL_ERROR = 70
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Entry(NamedTuple):
+    """Where a top-level command lives, and its short help for ``keyward --help``."""
+
+    modules: tuple[str, ...]
+    """Modules of ``keyward.cli`` whose ``register(cli)`` defines it or that attach subcommands
+    to it when imported; all of them are imported before the command runs."""
+    help: str
+    """The first sentence of its docstring, as ``--help`` lists it."""
+
+
+# Every top-level command: adding a command module is one entry here (tests/test_startup.py
+# fails while a module with commands is missing, or a help text here differs from the real one).
+# Commands are imported only when used: SQLAlchemy, asyncssh and cryptography cost most of a
+# second, and `keyward --version` or `keyward key check` need none of them.
+COMMANDS: dict[str, Entry] = {
+    "access": Entry(
+        ("lifecycle_cmds",),
+        "Short-lived access for break-fix work: request, approve (by someone else), list.",
+    ),
+    "alerts": Entry(
+        ("login_cmds",),
+        "Alerts: multi-computer use, keys used from a new address, failed-login bursts.",
+    ),
+    "audit": Entry(("registry_cmds",), "The tamper-evident audit trail."),
+    "backup": Entry(("backup_cmds",), "Snapshots of the registry: take, list, prune, restore."),
+    "daemon": Entry(
+        ("daemon_cmds",),
+        "Keep one connection per host and push every registry change within a second.",
+    ),
+    "demo": Entry(
+        ("demo",),
+        "Run the whole flow against local SSH hosts on loopback; leaves nothing behind.",
+    ),
+    "hosts": Entry(("agent_cmds",), "Hosts and their pinned host keys."),
+    "init": Entry(
+        ("registry_cmds",),
+        "Create the registry (or upgrade an older one to this keyward's schema).",
+    ),
+    "inventory": Entry(
+        ("agent_cmds",), "The inventory: environments, hosts, accounts, access rules."
+    ),
+    "key": Entry(("registry_cmds", "lifecycle_cmds"), "Personal public keys."),
+    "logins": Entry(
+        ("login_cmds",),
+        "The fleet's access log, attributed to people by the key they used (newest first).",
+    ),
+    "offboard": Entry(
+        ("lifecycle_cmds",),
+        "Take a person's access away from every host, with per-host evidence.",
+    ),
+    "person": Entry(("registry_cmds", "login_cmds"), "Staff members: the owners of keys."),
+    "plan": Entry(
+        ("agent_cmds",), "Show what reconcile would change on each host; change nothing."
+    ),
+    "reconcile": Entry(
+        ("agent_cmds",),
+        "Make every managed authorized_keys file match the registry and inventory.",
+    ),
+    "report": Entry(("report_cmds",), "Evidence and reviews for auditors."),
+    "role": Entry(("registry_cmds",), "Roles and who holds them."),
+    "status": Entry(
+        ("agent_cmds",),
+        "Per host: when it was last in sync, what failed, drift found; and the daemon, if any.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's modules only when that command is used.
+
+    ``--help`` lists the commands from ``COMMANDS`` without importing anything.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._loaded: set[str] = set()
+
+    def load(self, name: str) -> None:
+        """Import every module of ``name`` (once) and let each register its commands."""
+        for module in COMMANDS[name].modules:
+            if module not in self._loaded:
+                self._loaded.add(module)
+                importlib.import_module(f"keyward.cli.{module}").register(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            self.load(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Stand-ins carrying only the help text: click shortens them exactly as it would the
+        # real commands' docstrings.
+        shown = [
+            (name, click.Command(name, help=COMMANDS[name].help))
+            if name in COMMANDS and name not in self.commands
+            else (name, self.commands[name])
+            for name in self.list_commands(ctx)
+        ]
+        rows = [(name, cmd) for name, cmd in shown if not cmd.hidden]
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="keyward")
 @click.option(
     "--db",
@@ -50,32 +163,6 @@ def cli(ctx: click.Context, db: str | None, actor: str | None, inventory: str | 
     app = AppContext(db=db, actor=actor or default_actor(dict(os.environ)), inventory=inventory)
     ctx.obj = app
     ctx.call_on_close(app.close)
-
-
-def _register_commands() -> None:
-    from keyward.cli import registry_cmds
-
-    registry_cmds.register(cli)
-    try:
-        from keyward.cli import agent_cmds
-    except ImportError:  # pragma: no cover - during bootstrap of the package
-        return
-    agent_cmds.register(cli)
-    from keyward.cli import lifecycle_cmds
-
-    lifecycle_cmds.register(cli)
-    from keyward.cli import backup_cmds
-
-    backup_cmds.register(cli)
-    from keyward.cli import daemon_cmds
-
-    daemon_cmds.register(cli)
-    from keyward.cli import login_cmds
-
-    login_cmds.register(cli)
-
-
-_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,10 +6,9 @@ import json
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlmodel import col, select
 
 from keyward.cli.checkpoint_cmds import (
     audit_checkpoint,
@@ -21,14 +20,15 @@ from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration, end_of_day, start_of_day
 from keyward.errors import UsageError
-from keyward.inventory.model import PolicySettings
-from keyward.keys import DEFAULT_POLICY, KeyPolicy, PublicKey, decode_key, parse_public_key
 from keyward.logs import get_logger
-from keyward.registry import ops, subjects
-from keyward.registry.db import describe, resolve_url
-from keyward.registry.models import AuditEvent, Membership, Person, Role, SshKey
-from keyward.registry.store import Registry, WriteTx
-from keyward.registry.subjects import Subject
+
+if TYPE_CHECKING:
+    from keyward.inventory.model import PolicySettings
+    from keyward.keys import KeyPolicy, PublicKey
+    from keyward.registry import ops
+    from keyward.registry.models import AuditEvent, Membership, Person, Role, SshKey
+    from keyward.registry.store import WriteTx
+    from keyward.registry.subjects import Subject
 
 MAX_INPUT_BYTES = 64 * 1024
 pass_app = click.make_pass_decorator(AppContext)
@@ -51,6 +51,8 @@ def read_small_file(path: str, what: str) -> bytes:
 
 def key_policy(app: AppContext) -> KeyPolicy:
     """The key policy: the inventory's ``[policy]`` when there is an inventory, else defaults."""
+    from keyward.keys import DEFAULT_POLICY
+
     root = app.inventory_dir()
     if not root.is_dir():
         return DEFAULT_POLICY
@@ -61,6 +63,9 @@ def key_policy(app: AppContext) -> KeyPolicy:
 
 def key_policy_settings(app: AppContext) -> PolicySettings:
     """The inventory's ``[policy]`` (defaults without an inventory)."""
+    from keyward.inventory.model import PolicySettings
+    from keyward.keys import DEFAULT_POLICY
+
     root = app.inventory_dir()
     if not root.is_dir():
         return PolicySettings(DEFAULT_POLICY.max_key_age_days, DEFAULT_POLICY.min_rsa_bits, None)
@@ -101,6 +106,7 @@ def key_claim(
     attest: str | None,
 ) -> ops.KeyClaim:
     """What we can honestly say about a new key: a verified proof, a voucher, or nothing."""
+    from keyward.registry import ops
     from keyward.sshsig import verify_proof
 
     if proof_file and attest:
@@ -135,6 +141,10 @@ def key_status(key: SshKey, now: Any) -> str:
 def init(app: AppContext) -> None:
     """Create the registry (or upgrade an older one to this keyward's schema)."""
     import os
+
+    from keyward.registry.db import describe, resolve_url
+    from keyward.registry.store import Registry
+    from keyward.registry.subjects import Subject
 
     url = resolve_url(app.db, dict(os.environ), os.geteuid())
     registry, before, after = Registry.initialise(url, app.clock)
@@ -189,6 +199,8 @@ def person_json(p: Person) -> dict[str, Any]:
 @pass_app
 def person_add(app: AppContext, username: str, full_name: str, email: str | None) -> None:
     """Register a person."""
+    from keyward.registry import ops
+
     with app.registry().write(app.actor) as tx:
         ops.add_person(tx, username, full_name, email)
     log_events(tx)
@@ -200,6 +212,10 @@ def person_add(app: AppContext, username: str, full_name: str, email: str | None
 @pass_app
 def person_list(app: AppContext, as_json: bool) -> None:
     """List people."""
+    from sqlmodel import select
+
+    from keyward.registry.models import Person
+
     with app.registry().read() as session:
         people = session.exec(select(Person).order_by(Person.username)).all()
         rows = [person_json(p) for p in people]
@@ -218,6 +234,11 @@ def person_list(app: AppContext, as_json: bool) -> None:
 @pass_app
 def person_show(app: AppContext, username: str, as_json: bool) -> None:
     """Show a person with their keys and roles."""
+    from sqlmodel import col, select
+
+    from keyward.registry import ops
+    from keyward.registry.models import Membership, Role, SshKey
+
     registry = app.registry()
     now = registry.clock()
     with registry.read() as session:
@@ -270,6 +291,8 @@ def key() -> None:
 
 
 def key_json(k: SshKey, owner: Person, now: Any) -> dict[str, Any]:
+    from keyward.keys import decode_key
+
     public = decode_key(k.key_type, k.blob, k.comment)
     return {
         "fingerprint": k.fingerprint,
@@ -317,6 +340,9 @@ def key_add(
     attest: str | None,
 ) -> None:
     """Register USERNAME's public key from PUBKEY_FILE ('-' for stdin)."""
+    from keyward.keys import parse_public_key
+    from keyward.registry import ops
+
     policy = key_policy(app)
     text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
     public = parse_public_key(text, policy)
@@ -353,6 +379,7 @@ def key_statement(app: AppContext, username: str, pubkey_file: str) -> None:
     ssh-keygen -Y sign -n keyward -f id_ed25519 statement   # writes statement.sig
     keyward key add alice id_ed25519.pub --proof statement.sig
     """
+    from keyward.keys import parse_public_key
     from keyward.sshsig import proof_statement
 
     policy = key_policy(app)
@@ -376,6 +403,11 @@ def key_list(
     app: AppContext, username: str | None, show_all: bool, expiring: str | None, as_json: bool
 ) -> None:
     """List keys (active ones unless --all)."""
+    from sqlmodel import col, select
+
+    from keyward.registry import ops
+    from keyward.registry.models import Person, SshKey
+
     registry = app.registry()
     now = registry.clock()
     horizon = now + duration(expiring, "--expiring") if expiring else None
@@ -440,6 +472,8 @@ def deployed_hosts(app: AppContext) -> dict[str, list[str]]:
 @pass_app
 def key_revoke(app: AppContext, fingerprint: str, reason: str) -> None:
     """Revoke a key by its SHA256 fingerprint."""
+    from keyward.registry import ops
+
     with app.registry().write(app.actor) as tx:
         ops.revoke_key(tx, fingerprint, reason)
     log_events(tx)
@@ -455,6 +489,7 @@ def key_check(app: AppContext, private_key_file: str, as_json: bool) -> None:
 
     Refuses an unencrypted key; prints the public key and its fingerprint.
     """
+    from keyward.keys import parse_public_key
     from keyward.privkey import check_private_key
 
     policy = key_policy(app)
@@ -529,6 +564,8 @@ def membership_json(m: Membership, r: Role, now: Any) -> dict[str, Any]:
 @pass_app
 def role_add(app: AppContext, name: str, description: str) -> None:
     """Create a role."""
+    from keyward.registry import ops
+
     with app.registry().write(app.actor) as tx:
         ops.add_role(tx, name, description)
     log_events(tx)
@@ -548,6 +585,8 @@ def role_grant(
     app: AppContext, name: str, username: str, reason: str, until: str | None, customer: str | None
 ) -> None:
     """Grant role NAME to USERNAME."""
+    from keyward.registry import ops
+
     until_at = end_of_day(until, "--until") if until else None
     with app.registry().write(app.actor) as tx:
         ops.grant_role(tx, name, username, reason, until_at, customer)
@@ -563,6 +602,8 @@ def role_grant(
 @pass_app
 def role_revoke(app: AppContext, name: str, username: str, reason: str) -> None:
     """End USERNAME's membership of role NAME."""
+    from keyward.registry import ops
+
     with app.registry().write(app.actor) as tx:
         ops.revoke_role(tx, name, username, reason)
     log_events(tx)
@@ -574,6 +615,10 @@ def role_revoke(app: AppContext, name: str, username: str, reason: str) -> None:
 @pass_app
 def role_list(app: AppContext, as_json: bool) -> None:
     """List roles and their current members."""
+    from sqlmodel import col, select
+
+    from keyward.registry.models import Membership, Person, Role
+
     registry = app.registry()
     now = registry.clock()
     with registry.read() as session:
@@ -641,6 +686,12 @@ def audit_log(
     as_json: bool,
 ) -> None:
     """Show audit events, oldest first."""
+    from sqlmodel import col, select
+
+    from keyward.registry import subjects
+    from keyward.registry.models import AuditEvent
+    from keyward.registry.subjects import Subject
+
     with app.registry().read() as session:
         query = select(AuditEvent).order_by(col(AuditEvent.seq))
         if since:

@@ -5,25 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlmodel import col, select
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, ts
-from keyward.desired import FileTarget
-from keyward.plan import sha256
-from keyward.registry import ops, subjects
-from keyward.registry.models import (
-    AuditEvent,
-    HostState,
-    LoginEvent,
-    OffboardingCase,
-    OffboardingTarget,
-    SshKey,
-)
-from keyward.registry.subjects import Subject
+
+if TYPE_CHECKING:
+    from keyward.desired import FileTarget
+    from keyward.registry.models import (
+        HostState,
+    )
 
 pass_app = click.make_pass_decorator(AppContext)
 FORMATS = click.Choice(["md", "json", "csv"])
@@ -53,7 +46,18 @@ def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str
 
 
 def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
+    from sqlmodel import col, select
+
     from keyward.agent.login_store import source_of_pos
+    from keyward.registry import ops, subjects
+    from keyward.registry.models import (
+        AuditEvent,
+        LoginEvent,
+        OffboardingCase,
+        OffboardingTarget,
+        SshKey,
+    )
+    from keyward.registry.subjects import Subject
 
     with app.registry().read() as session:
         person = ops.find_person(session, username)
@@ -253,13 +257,14 @@ def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
 def access_rows(
     app: AppContext, env: str | None, customer: str | None = None
 ) -> list[dict[str, Any]]:
+    from sqlmodel import col, select
+
     from keyward.cli.agent_cmds import prepare
+    from keyward.registry.models import HostState, LoginEvent
 
     prepared = prepare(app, env, None)
     snapshot = prepared.snapshot
     from sqlalchemy import func
-
-    from keyward.registry.models import LoginEvent
 
     with app.registry().read() as session:
         states = {s.host: s for s in session.exec(select(HostState))}
@@ -328,6 +333,8 @@ def access_rows(
 
 def _confirmed_at(state: HostState | None, target: FileTarget, content: bytes | None) -> str | None:
     """When the agent last confirmed this exact file content on the host."""
+    from keyward.plan import sha256
+
     if state is None or content is None or state.last_success is None:
         return None
     files = json.loads(state.files or "{}")
@@ -384,3 +391,7 @@ def report_access(app: AppContext, env: str | None, customer: str | None, fmt: s
             "role, host and account that keyward deploys a key to.\n"
         )
         click.echo(_md_table(rows, ACCESS_COLUMNS))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(report)
