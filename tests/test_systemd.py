@@ -185,7 +185,7 @@ def test_security_exposure_stays_low(analyze: str, tmp_path: Path) -> None:
 def test_service_runs_keyward_reconcile_once(service: Unit) -> None:
     assert last(service, "Service", "Type") == "oneshot"
     exec_start = service["Service"]["ExecStart"]
-    assert exec_start == [f"{DOCUMENTED_EXEC} reconcile"]
+    assert exec_start == [f"{DOCUMENTED_EXEC} --log-format json reconcile"]
     assert Path(exec_start[0].split()[0]).is_absolute()
     environment = set(service["Service"].get("Environment", []))
     assert "KEYWARD_INVENTORY=/etc/keyward/inventory" in environment
@@ -284,7 +284,7 @@ DAEMON = "keyward.service"
 
 def test_daemon_unit_verifies_cleanly(analyze: str, tmp_path: Path) -> None:
     text = (UNIT_DIR / DAEMON).read_text()
-    assert f"ExecStart={DOCUMENTED_EXEC} daemon" in text
+    assert f"ExecStart={DOCUMENTED_EXEC} --log-format json daemon" in text
     (tmp_path / DAEMON).write_text(
         text.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
     )
