@@ -9,10 +9,17 @@ from typing import Any
 import click
 from sqlmodel import col, select
 
-from keyward.agent.lock import reconcile_lock
-from keyward.cli.agent_cmds import EXIT_FAILED, Prepared, prepare, refresh, run_agent
+from keyward.agent.lock import Holder, reconcile_lock
+from keyward.cli.agent_cmds import (
+    EXIT_FAILED,
+    Prepared,
+    prepare,
+    refresh,
+    run_agent,
+    say_lock_wait,
+)
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.output import chatter, emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration
 from keyward.cli.registry_cmds import key, key_claim, key_policy, log_events, read_small_file
 from keyward.errors import RegistryError
@@ -326,11 +333,16 @@ def offboard_start(
         case = lifecycle.offboard(tx, username, reason, targets)
     log_events(tx)
     if not as_json:
-        click.echo(
+        chatter(
             f"offboarding case {case.id}: {username} revoked in the registry; "
             f"confirming on {len({t[0] for t in targets})} hosts"
         )
-    with reconcile_lock(registry, wait=float("inf")):
+    with reconcile_lock(
+        registry,
+        wait=float("inf"),
+        holder=Holder("keyward offboard", app.actor),
+        on_wait=say_lock_wait,
+    ):
         # The registry is read again (the revocation is in it); the inventory is not.
         after = refresh(app, before.inventory, before.hosts, before.agent_key)
         run_agent(app, None, None, None, dry_run=False, prepared=after)
