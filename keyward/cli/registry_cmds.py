@@ -23,7 +23,7 @@ from keyward.cli.parsing import duration, end_of_day, start_of_day
 from keyward.errors import UsageError
 from keyward.inventory.model import PolicySettings
 from keyward.keys import DEFAULT_POLICY, KeyPolicy, PublicKey, decode_key, parse_public_key
-from keyward.logs import get_logger
+from keyward.logs import get_logger, human_value
 from keyward.registry import ops, subjects
 from keyward.registry.db import describe, resolve_url
 from keyward.registry.models import AuditEvent, Membership, Person, Role, SshKey
@@ -666,7 +666,9 @@ def audit_log(
         emit_json(rows)
         return
     for r in rows:
-        details = " ".join(f"{k}={v}" for k, v in sorted(r["details"].items()) if v is not None)
+        details = " ".join(
+            f"{k}={human_value(v)}" for k, v in sorted(r["details"].items()) if v is not None
+        )
         about = f"{r['subject_kind']}:{r['subject']}" if r["subject_kind"] else r["subject"]
         click.echo(
             f"{r['seq']:>6}  {r['at']}  {r['actor']:<12} {r['action']:<22} {about:<16} {details}"
