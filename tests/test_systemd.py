@@ -342,3 +342,31 @@ def test_metrics_socket_is_the_services_loopback_address() -> None:
     assert listen.startswith("127.0.0.1:")
     exec_start = last(parse_unit((UNIT_DIR / DAEMON).read_text()), "Service", "ExecStart")
     assert f"--metrics {listen}" in exec_start
+
+
+# -- the log every unit keeps -------------------------------------------------
+
+
+def keyward_exec_starts() -> list[tuple[str, list[str]]]:
+    found = []
+    for unit_file in sorted(UNIT_DIR.glob("*.service")):
+        for value in parse_unit(unit_file.read_text()).get("Service", {}).get("ExecStart", []):
+            argv = value.split()
+            if argv and argv[0] == DOCUMENTED_EXEC:
+                found.append((unit_file.name, argv[1:]))
+    return found
+
+
+def test_every_unit_keeps_the_full_structured_log() -> None:
+    """Without a terminal keyward logs warnings only; the journal must get every change, so
+    each unit asks for ``--log-format json`` (JSON lines from info up), and the real CLI
+    accepts the unit's command line as written."""
+    from tests.cli_runner import Keyward
+
+    found = keyward_exec_starts()
+    assert {unit for unit, _ in found} >= {SERVICE, DAEMON, "keyward-backup.service"}
+    runner = Keyward("sqlite:////nonexistent/registry.db", "/nonexistent")
+    for unit, args in found:
+        assert args[:2] == ["--log-format", "json"], unit
+        result = runner(*args, "--help")
+        assert result.code == 0, f"{unit}: {result}"
