@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from keyward.errors import KeyPolicyError
@@ -64,10 +65,7 @@ OPENSSH_CIPHERS: dict[str, tuple[int, int]] = {
 }
 _SK_TYPES = (SK_ED25519, SK_ECDSA_256)
 
-_ARMOR = re.compile(
-    r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----\r?\n(?P<body>.*?)-----END (?P=label)-----",
-    re.DOTALL,
-)
+_BEGIN_LINE = re.compile(r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----\r?\n")
 
 # OIDs met in PKCS#8 (RFC 5208/5958, RFC 8018, RFC 7914).  Only the schemes
 # OpenSSL 3's default provider decrypts are named: anything else (PBES1 with
@@ -187,15 +185,20 @@ def inspect_private_key(data: bytes) -> PrivateKeyReport:
     curve: str | None = None
     saw_openssh = False
     others: list[str] = []
-    for match in _ARMOR.finditer(text):
-        label = match.group("label")
-        body = match.group("body")
+    for label, body, rest in _armor_blocks(text):
         if label == "OPENSSH PRIVATE KEY":
             saw_openssh = True
         elif label == "EC PARAMETERS":
             curve = _ec_parameters_curve(body)
             others.append(label)
         elif label.endswith("PRIVATE KEY"):
+            if rest.strip():
+                # OpenSSL skips a block it cannot read and loads the next one; which
+                # blocks it skips is intricate, so one file holds one private key.
+                raise KeyPolicyError(
+                    "more than one private key block, or text after the private key:"
+                    " keep one key per file"
+                )
             if label in _PEM_TYPES:
                 return _inspect_pem(label, body, curve)
             if label == "ENCRYPTED PRIVATE KEY":
@@ -217,6 +220,32 @@ def inspect_private_key(data: bytes) -> PrivateKeyReport:
     raise _refuse_unknown(text)
 
 
+def _armor_blocks(text: str) -> Iterator[tuple[str, str, str]]:
+    """Each PEM block of ``text`` as (label, body, everything after its END line), in order.
+
+    Strict where OpenSSL is lenient, so that keyward never judges a block OpenSSL skips:
+    every ``-----BEGIN`` in the file must start a line of exactly ``-----BEGIN LABEL-----``
+    and be closed by its own ``-----END LABEL-----`` line before the next one begins;
+    anything else is refused.  Linear in the size of the file.
+    """
+    at = 0
+    while (start := text.find("-----BEGIN", at)) >= 0:
+        line = _BEGIN_LINE.match(text, start)
+        if line is None or (start > 0 and text[start - 1] != "\n"):
+            raise KeyPolicyError("malformed -----BEGIN line in the private key file")
+        label = line.group("label")
+        end_marker = f"-----END {label}-----"
+        end = text.find(end_marker, line.end())
+        following = text.find("-----BEGIN", line.end())
+        if end < 0 or (0 <= following < end) or text[end - 1] != "\n":
+            raise KeyPolicyError(f"the {label} block has no -----END {label}----- line")
+        after = end + len(end_marker)
+        if not (after == len(text) or text.startswith(("\n", "\r\n"), after)):
+            raise KeyPolicyError(f"malformed -----END {label}----- line in the private key file")
+        yield label, text[line.end() : end], text[after:]
+        at = after
+
+
 def _b64(body: str, canonical: bool = False) -> bytes:
     """Decode base64 strictly; ``canonical`` also refuses stray bits, as b64_pton does."""
     cleaned = "".join(body.split())
@@ -235,6 +264,12 @@ def _openssh_body(data: bytes) -> bytes:
     if end < 0:
         raise KeyPolicyError(
             "OpenSSH private key has no -----END OPENSSH PRIVATE KEY----- line ending in a newline"
+        )
+    if b"-----BEGIN" in data[end:]:
+        # OpenSSH falls back to its PEM reader when the first key does not parse; a
+        # second key block would then be the one it loads.
+        raise KeyPolicyError(
+            "more than one private key block, or text after the private key: keep one key per file"
         )
     return _b64(data[len(OPENSSH_BEGIN) : end + 1].decode("latin-1"), canonical=True)
 
@@ -335,7 +370,8 @@ def _check_clear_section(section: bytes, pub_blob: bytes, pub_type: str) -> None
     reader.byte()  # flags
     reader.string()  # key handle
     reader.string()  # reserved
-    reader.string()  # comment
+    if b"\0" in reader.string():  # sshbuf_get_cstring refuses a NUL in the comment
+        raise WireError("NUL byte in the comment")
     for i, pad in enumerate(reader.raw(reader.remaining), start=1):
         if pad != i & 0xFF:
             raise WireError("bad padding")

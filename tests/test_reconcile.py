@@ -137,3 +137,51 @@ def test_each_open_case_gets_its_own_evidence() -> None:
     )
     assert [(c.case_id, c.clean, c.removed) for c in out] == [(1, True, 1), (2, False, 0)]
     assert out[1].error == "1 of the person's keys still present"
+
+
+class _Helper:
+    """Answers the ``auth_log`` request as a host's helper would, with a chosen source."""
+
+    def __init__(self, reply: dict[str, object]) -> None:
+        self.reply = reply
+
+    async def call(self, op: str, **args: object) -> dict[str, object]:
+        assert op == "auth_log"
+        return self.reply
+
+
+JOURNAL_REPLY = {
+    "ok": True,
+    "source": "journal",
+    "cursor": "s=1",
+    "lines": [{"text": "sshd[1]: Accepted publickey for root", "ts": None, "pos": None}],
+}
+
+
+@pytest.mark.parametrize(
+    ("asked", "kind", "lines"),
+    [("auto", "journal", 1), ("journal", "journal", 1), ("/var/log/auth.log", None, 0)],
+)
+def test_a_batch_is_journal_only_where_the_inventory_asked_for_it(
+    asked: str, kind: str | None, lines: int
+) -> None:
+    """A host told to read a file cannot make its lines count as the trusted journal."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from keyward.agent.reconcile import collect_auth_log
+    from keyward.inventory.model import Host
+
+    host = Host("h1", "prod", "127.0.0.1", 22, "root", ("%h/.ssh/authorized_keys",),
+                "exclusive", (), ("root",), auth_log=asked)  # fmt: skip
+    conn = SimpleNamespace(host=host, helper=_Helper(JOURNAL_REPLY))
+    ctx = SimpleNamespace(auth_positions={}, log=SimpleNamespace(bind=lambda **_: _Quiet()))
+    batch = asyncio.run(collect_auth_log(cast(Any, conn), cast(Any, ctx)))
+    assert len(batch.lines) == lines
+    assert (batch.kind if batch.error is None else None) == kind
+
+
+class _Quiet:
+    def warning(self, *args: object, **kwargs: object) -> None:
+        pass

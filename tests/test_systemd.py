@@ -344,6 +344,57 @@ def test_metrics_socket_is_the_services_loopback_address() -> None:
     assert f"--metrics {listen}" in exec_start
 
 
+# -- the audit checkpoint timer -------------------------------------------------
+
+CHECKPOINT_SERVICE = "keyward-checkpoint.service"
+CHECKPOINT_TIMER = "keyward-checkpoint.timer"
+
+
+def test_checkpoint_units_verify_cleanly(analyze: str, tmp_path: Path) -> None:
+    service = (UNIT_DIR / CHECKPOINT_SERVICE).read_text()
+    assert f"ExecStart={DOCUMENTED_EXEC} --log-format json audit checkpoint" in service
+    (tmp_path / CHECKPOINT_SERVICE).write_text(
+        service.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
+    )
+    shutil.copy(UNIT_DIR / CHECKPOINT_TIMER, tmp_path / CHECKPOINT_TIMER)
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", "--generators=no", CHECKPOINT_SERVICE, CHECKPOINT_TIMER],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [ln for ln in (proc.stdout + proc.stderr).splitlines() if "keyward" in ln] == []
+
+
+def test_checkpoint_service_is_hardened_and_private(analyze: str) -> None:
+    """It holds the checkpoint signing key: files 0600, nothing writable but its state."""
+    unit = parse_unit((UNIT_DIR / CHECKPOINT_SERVICE).read_text())
+    for key, wanted in HARDENING.items():
+        assert same(last(unit, "Service", key), wanted), key
+    assert last(unit, "Service", "CapabilityBoundingSet") == ""
+    assert last(unit, "Service", "ReadWritePaths") == "/var/lib/keyward"
+    timer = parse_unit((UNIT_DIR / CHECKPOINT_TIMER).read_text())
+    assert last(timer, "Timer", "Unit") == CHECKPOINT_SERVICE
+    assert same(last(timer, "Timer", "Persistent"), "yes")
+    # at most 15 minutes between checkpoints: the documented window
+    proc = subprocess.run(
+        [analyze, "calendar", "--iterations=3", last(timer, "Timer", "OnCalendar")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    runs = [
+        datetime.fromisoformat(" ".join(line.split()[-3:-1]))
+        for line in proc.stdout.splitlines()
+        if "Next elapse" in line or "Iter." in line
+    ]
+    assert len(runs) == 3
+    assert all(b - a <= timedelta(minutes=15) for a, b in pairwise(runs))
+
+
 # -- the log every unit keeps -------------------------------------------------
 
 
@@ -364,7 +415,12 @@ def test_every_unit_keeps_the_full_structured_log() -> None:
     from tests.cli_runner import Keyward
 
     found = keyward_exec_starts()
-    assert {unit for unit, _ in found} >= {SERVICE, DAEMON, "keyward-backup.service"}
+    assert {unit for unit, _ in found} >= {
+        SERVICE,
+        DAEMON,
+        CHECKPOINT_SERVICE,
+        "keyward-backup.service",
+    }
     runner = Keyward("sqlite:////nonexistent/registry.db", "/nonexistent")
     for unit, args in found:
         assert args[:2] == ["--log-format", "json"], unit

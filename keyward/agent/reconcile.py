@@ -274,6 +274,12 @@ async def collect_auth_log(conn: HostConnection, ctx: RunContext) -> AuthBatch:
         message = str(error.get("message") or error.get("code") or "auth log unreadable")
         ctx.log.bind(host=conn.host.name).warning("auth_log_unreadable", error=message)
         return AuthBatch(conn.host.auth_log, (), None, message)
+    if reply.get("source") == "journal" and conn.host.auth_log not in ("auto", "journal"):
+        # The journal is trusted and a file is not: the kind of a batch follows what the
+        # inventory asked for, never only what the host answered.
+        message = f"asked for {conn.host.auth_log}, the host answered with the journal"
+        ctx.log.bind(host=conn.host.name).warning("auth_log_unreadable", error=message)
+        return AuthBatch(conn.host.auth_log, (), None, message)
     lines = tuple(
         LogLine(str(item.get("text", "")), item.get("ts"), item.get("pos"))
         for item in reply.get("lines", [])

@@ -22,7 +22,7 @@ MIGRATIONS_DIR = Path(keyward.migrations.__file__).parent
 # The newest revision in keyward/migrations/versions. Every command checks the registry
 # against it; reading it from the scripts would import Alembic and every migration on each
 # run. tests/test_migrations.py checks that it matches the scripts.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def _config() -> Config:
