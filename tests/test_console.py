@@ -25,6 +25,7 @@ from keyward.agent.lock import Holder, LockBusy, reconcile_lock
 from keyward.cli.output import table
 from keyward.daemon.support import WriterLock
 from keyward.logs import human_value
+from keyward.plan import LineChange, shown_changes
 from keyward.registry.store import Registry
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward, Result
@@ -305,6 +306,19 @@ def test_reconcile_says_whom_it_waits_for(env_any_db: AgentEnv) -> None:
     assert len(result.err.splitlines()) == 1
 
 
+def test_offboard_says_whom_it_waits_for(env: AgentEnv) -> None:
+    env.person_with_key("alice", "devops")
+    result = while_locked(env, "offboard", "alice", "--reason", "left")
+    assert result.code == 0, str(result)
+    assert result.err.splitlines() == [
+        line
+        for line in result.err.splitlines()
+        if line.startswith("waiting for the writers' lock held by keyward offboard (pid ")
+    ]
+    assert len(result.err.splitlines()) == 1
+    assert "confirmed on every host" in result.out
+
+
 def test_quiet_reconcile_waits_silently(env: AgentEnv) -> None:
     result = while_locked(env, "-q", "reconcile")
     assert result.code == 0 and result.err == "", str(result)
@@ -331,3 +345,51 @@ def test_a_busy_lock_names_the_daemon(db_url: str, tmp_path: Path) -> None:
         registry.dispose()
     assert message.startswith("another keyward writer is running: keyward daemon ("), message
     assert str(os.getpid()) in message
+
+
+# -- the plan as people read it (pure) ----------------------------------------------
+
+E1, E2 = 'expiry-time="20270101000000Z"', 'expiry-time="20270301000000Z"'
+
+
+def rm(fp: str | None, *options: str, reason: str = "replaced") -> LineChange:
+    return LineChange("remove", fp, "alice", reason, tuple(options))
+
+
+def add(fp: str, *options: str) -> LineChange:
+    return LineChange("add", fp, "alice", "granted", tuple(options))
+
+
+@pytest.mark.parametrize(
+    ("changes", "shown"),
+    [
+        # only the expiry differs: one update, old -> new
+        ([rm("A", E1), add("A", E2)], [("update", "A", "20270101000000Z", "20270301000000Z")]),
+        # other options too: a real replacement, shown as it is
+        (
+            [rm("A", E1), add("A", "no-pty", E2)],
+            [("remove", "A", None, None), ("add", "A", None, None)],
+        ),
+        # another key: not an update
+        ([rm("A", E1), add("B", E2)], [("remove", "A", None, None), ("add", "B", None, None)]),
+        # an expiry appears or goes away: still one update
+        ([rm("A", "no-pty"), add("A", "no-pty", E2)], [("update", "A", None, "20270301000000Z")]),
+        # option names are case-insensitive in sshd
+        (
+            [rm("A", E1.upper()), add("A", E2)],
+            [("update", "A", "20270101000000Z", "20270301000000Z")],
+        ),
+        # a duplicate line stays a removal; the update takes the first removal's place
+        (
+            [rm("A", E1), rm("A", E1, reason="duplicate"), add("A", E2)],
+            [("update", "A", "20270101000000Z", "20270301000000Z"), ("remove", "A", None, None)],
+        ),
+        # nothing to pair: unparsable line, plain addition
+        ([rm(None), add("C", E2)], [("remove", None, None, None), ("add", "C", None, None)]),
+    ],
+)
+def test_shown_changes(
+    changes: list[LineChange], shown: list[tuple[str, str | None, str | None, str | None]]
+) -> None:
+    got = shown_changes(changes)
+    assert [(c.action, c.fingerprint, c.old_expiry, c.new_expiry) for c in got] == shown
