@@ -67,7 +67,7 @@ def configure(
     if as_json:
         processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
     else:
-        processors += [human_line]
+        processors += [structlog.processors.format_exc_info, human_line]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
