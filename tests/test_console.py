@@ -215,8 +215,10 @@ def test_hosts_scan_piped_has_no_progress(env: AgentEnv) -> None:
 def test_offboard_and_evidence_say_yes_and_no(env: AgentEnv) -> None:
     env.person_with_key("alice", "devops")
     env.kw.ok("reconcile")
-    offboard = env.kw("offboard", "alice", "--reason", "left")
+    offboard = env.kw("-q", "offboard", "alice", "--reason", "left")
     assert offboard.code == 0, str(offboard)
+    assert "revoked in the registry" not in offboard.out  # -q: no chatter
+    assert "confirmed on every host" in offboard.out  # the answer stays
     log = env.kw.ok("audit", "log").out
     assert "=True" not in log and "=False" not in log and "['" not in log
     report = env.kw.ok("report", "offboarding", "alice").out
@@ -263,8 +265,12 @@ def test_plan_shows_a_changed_expiry_as_one_update_and_ends_with_a_summary(
     diff = env.kw("plan", "--json").json()
     actions = sorted(c["action"] for r in diff for f in r["files"] for c in f["changes"])
     assert actions == ["add"] * 6 + ["remove"] * 6
-    # And applying it is unchanged: after reconcile, the plan is empty.
-    env.kw.ok("reconcile")
+    # Applying it is unchanged, and the full log keeps every line written and removed.
+    applied = env.kw.ok("--log-format", "json", "reconcile")
+    written = [
+        e["event"] for e in json_events(applied.err) if e["event"] in ("key_added", "key_removed")
+    ]
+    assert sorted(written) == ["key_added"] * 6 + ["key_removed"] * 6
     clean = env.kw("plan")
     assert clean.code == 0, str(clean)
     assert clean.out.splitlines()[-1] == (
