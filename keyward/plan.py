@@ -5,6 +5,11 @@ step executes exactly it.  Every removed line is classified so the log says
 what it means: a ``revoked``, ``expired`` or ``offboarded`` key, access that
 ``access-ended``, a line ``replaced`` by the same key with other options, or
 ``drift`` (a line keyward never wrote, such as a key added by hand).
+
+For people, ``shown_changes`` pairs the removal and the addition of the same
+key whose only difference is its ``expiry-time`` into one ``update``: what an
+administrator sees is "alice's key now expires later", not a key taken away and
+another given.  The plan itself, and what the agent applies, stays the diff.
 """
 
 from __future__ import annotations
@@ -49,6 +54,83 @@ class LineChange:
     reason: str
     options: tuple[str, ...] = ()
     lineno: int | None = None
+
+
+@dataclass(frozen=True)
+class ShownChange:
+    """One line of a printed plan: an addition, a removal, or an expiry ``update``."""
+
+    action: Literal["add", "remove", "update"]
+    fingerprint: str | None
+    owner: str | None
+    reason: str
+    options: tuple[str, ...] = ()
+    old_expiry: str | None = None
+    new_expiry: str | None = None
+
+
+EXPIRY_OPTION = "expiry-time="
+
+
+def expiry_of(options: Sequence[str]) -> str | None:
+    """The ``expiry-time`` value of a line's options (unquoted), or None."""
+    for option in options:
+        if option[: len(EXPIRY_OPTION)].lower() == EXPIRY_OPTION:
+            return option[len(EXPIRY_OPTION) :].strip('"')
+    return None
+
+
+def _without_expiry(options: Sequence[str]) -> tuple[str, ...]:
+    return tuple(o for o in options if o[: len(EXPIRY_OPTION)].lower() != EXPIRY_OPTION)
+
+
+def shown_changes(changes: Sequence[LineChange]) -> list[ShownChange]:
+    """The changes as a person reads them: a changed expiry is one ``update``.
+
+    A removal and an addition pair up when they are the same key (fingerprint)
+    with the same options apart from ``expiry-time``, and the expiry differs.  The
+    update takes the removal's place; everything else is shown as it is.
+    """
+    adds: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    for index, change in enumerate(changes):
+        if change.action == "add" and change.fingerprint is not None:
+            key = (change.fingerprint, _without_expiry(change.options))
+            adds.setdefault(key, []).append(index)
+    paired: dict[int, int] = {}  # removal index -> addition index
+    for index, change in enumerate(changes):
+        if change.action != "remove" or change.fingerprint is None:
+            continue
+        candidates = adds.get((change.fingerprint, _without_expiry(change.options)), [])
+        for add_index in candidates:
+            if expiry_of(changes[add_index].options) != expiry_of(change.options):
+                paired[index] = add_index
+                candidates.remove(add_index)
+                break
+    used = set(paired.values())
+    out: list[ShownChange] = []
+    for index, change in enumerate(changes):
+        if index in used:
+            continue
+        if index in paired:
+            new = changes[paired[index]]
+            out.append(
+                ShownChange(
+                    "update",
+                    change.fingerprint,
+                    new.owner or change.owner,
+                    "expiry",
+                    new.options,
+                    expiry_of(change.options),
+                    expiry_of(new.options),
+                )
+            )
+            continue
+        out.append(
+            ShownChange(
+                change.action, change.fingerprint, change.owner, change.reason, change.options
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)

@@ -615,8 +615,8 @@ def test_backup_service_creates_then_prunes(analyze: str) -> None:
     service = parse_unit((UNIT_DIR / SERVICE).read_text())["Service"]
     assert service["Type"] == ["oneshot"]
     assert service["ExecStart"] == [
-        f"{DOCUMENTED_EXEC} backup create",
-        f"{DOCUMENTED_EXEC} backup prune --keep-days 30",
+        f"{DOCUMENTED_EXEC} --log-format json backup create",
+        f"{DOCUMENTED_EXEC} --log-format json backup prune --keep-days 30",
     ]
     assert "KEYWARD_ACTOR=keyward-backup" in service["Environment"]
     for key, wanted in {

@@ -109,11 +109,13 @@ def tree_of(*names: str) -> dict[str, object]:
 def test_version_and_help_import_no_registry_agent_or_ssh(tmp_path: Path, args: list[str]) -> None:
     modules = imported_by(tmp_path, *args)
     assert loaded(modules, (*REGISTRY, *SSH, "cryptography", "structlog")) == []
-    # Not even keyward's own registry, agent or command modules: only main and its context.
-    assert loaded(modules, ("keyward.registry", "keyward.agent", "keyward.daemon")) == []
+    # Not even keyward's own registry, agent or command modules: only main, its context and
+    # the console settings the global options fill in (stdlib and click only).
+    assert loaded(modules, ("keyward.registry", "keyward.agent", "keyward.daemon", "rich")) == []
     assert sorted(m for m in modules if m.startswith("keyward.cli.")) == [
         "keyward.cli.context",
         "keyward.cli.main",
+        "keyward.cli.output",
     ]
 
 

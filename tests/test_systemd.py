@@ -185,7 +185,7 @@ def test_security_exposure_stays_low(analyze: str, tmp_path: Path) -> None:
 def test_service_runs_keyward_reconcile_once(service: Unit) -> None:
     assert last(service, "Service", "Type") == "oneshot"
     exec_start = service["Service"]["ExecStart"]
-    assert exec_start == [f"{DOCUMENTED_EXEC} reconcile"]
+    assert exec_start == [f"{DOCUMENTED_EXEC} --log-format json reconcile"]
     assert Path(exec_start[0].split()[0]).is_absolute()
     environment = set(service["Service"].get("Environment", []))
     assert "KEYWARD_INVENTORY=/etc/keyward/inventory" in environment
@@ -284,7 +284,7 @@ DAEMON = "keyward.service"
 
 def test_daemon_unit_verifies_cleanly(analyze: str, tmp_path: Path) -> None:
     text = (UNIT_DIR / DAEMON).read_text()
-    assert f"ExecStart={DOCUMENTED_EXEC} daemon" in text
+    assert f"ExecStart={DOCUMENTED_EXEC} --log-format json daemon" in text
     (tmp_path / DAEMON).write_text(
         text.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
     )
@@ -352,7 +352,7 @@ CHECKPOINT_TIMER = "keyward-checkpoint.timer"
 
 def test_checkpoint_units_verify_cleanly(analyze: str, tmp_path: Path) -> None:
     service = (UNIT_DIR / CHECKPOINT_SERVICE).read_text()
-    assert f"ExecStart={DOCUMENTED_EXEC} audit checkpoint" in service
+    assert f"ExecStart={DOCUMENTED_EXEC} --log-format json audit checkpoint" in service
     (tmp_path / CHECKPOINT_SERVICE).write_text(
         service.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
     )
@@ -393,3 +393,36 @@ def test_checkpoint_service_is_hardened_and_private(analyze: str) -> None:
     ]
     assert len(runs) == 3
     assert all(b - a <= timedelta(minutes=15) for a, b in pairwise(runs))
+
+
+# -- the log every unit keeps -------------------------------------------------
+
+
+def keyward_exec_starts() -> list[tuple[str, list[str]]]:
+    found = []
+    for unit_file in sorted(UNIT_DIR.glob("*.service")):
+        for value in parse_unit(unit_file.read_text()).get("Service", {}).get("ExecStart", []):
+            argv = value.split()
+            if argv and argv[0] == DOCUMENTED_EXEC:
+                found.append((unit_file.name, argv[1:]))
+    return found
+
+
+def test_every_unit_keeps_the_full_structured_log() -> None:
+    """Without a terminal keyward logs warnings only; the journal must get every change, so
+    each unit asks for ``--log-format json`` (JSON lines from info up), and the real CLI
+    accepts the unit's command line as written."""
+    from tests.cli_runner import Keyward
+
+    found = keyward_exec_starts()
+    assert {unit for unit, _ in found} >= {
+        SERVICE,
+        DAEMON,
+        CHECKPOINT_SERVICE,
+        "keyward-backup.service",
+    }
+    runner = Keyward("sqlite:////nonexistent/registry.db", "/nonexistent")
+    for unit, args in found:
+        assert args[:2] == ["--log-format", "json"], unit
+        result = runner(*args, "--help")
+        assert result.code == 0, f"{unit}: {result}"

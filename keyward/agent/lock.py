@@ -4,15 +4,25 @@
 this lock, so two processes never interleave writes to the same host file.
 The daemon holds it only for the moment of a push; one-shot commands wait up
 to ``wait`` seconds for it.
+
+A waiting administrator is told who holds it.  The holder says so itself: in
+the lock file (one JSON line: command, actor, pid, host, since), and on
+PostgreSQL in its lock connection's ``application_name``, which any session can
+read back through ``pg_locks`` and ``pg_stat_activity``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import text
 
@@ -22,6 +32,9 @@ from keyward.registry.store import Registry
 
 ADVISORY_LOCK_ID = 0x6B657977  # "keyw"
 POLL = 0.05
+UNKNOWN_HOLDER = "another keyward process (it did not say which)"
+# PostgreSQL keeps the first NAMEDATALEN-1 bytes of an application_name.
+APPLICATION_NAME_MAX = 63
 
 
 class LockBusy(KeywardError):
@@ -30,26 +43,158 @@ class LockBusy(KeywardError):
     exit_code = 1
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who takes the lock, as a waiting process will be told."""
+
+    command: str  # "keyward reconcile", "keyward offboard", "keyward daemon"
+    actor: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "actor": self.actor,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    def application_name(self) -> str:
+        """The PostgreSQL lock connection's name: ``command|pid|host|actor`` in 63 bytes."""
+        name = f"{self.command}|{os.getpid()}|{socket.gethostname()}|{self.actor or ''}"
+        return name.encode("ascii", "replace").decode()[:APPLICATION_NAME_MAX]
+
+
+def parse_application_name(name: str) -> dict[str, Any] | None:
+    """The record behind ``Holder.application_name``, or None for another program's name."""
+    parts = name.split("|", 3)
+    if len(parts) < 3 or not parts[0].startswith("keyward"):
+        return None
+    record: dict[str, Any] = {"command": parts[0], "pid": parts[1], "host": parts[2]}
+    if len(parts) == 4 and parts[3]:
+        record["actor"] = parts[3]
+    return record
+
+
+def describe(record: dict[str, Any], where: str | None = None) -> str:
+    """``keyward reconcile (pid 42 on admin-1, actor alice, since 2026-12-04T06:00:00Z)``."""
+    command = _safe(record.get("command")) or "keyward"
+    pid, host = record.get("pid"), record.get("host")
+    facts = []
+    if pid or host:
+        facts.append(
+            " ".join(x for x in (pid and f"pid {_safe(pid)}", host and f"on {_safe(host)}") if x)
+        )
+    if record.get("actor"):
+        facts.append(f"actor {_safe(record['actor'])}")
+    if record.get("since"):
+        facts.append(f"since {_safe(record['since'])}")
+    if where:
+        facts.append(where)
+    return f"{command} ({', '.join(facts)})" if facts else command
+
+
+def _safe(value: Any) -> str:
+    """Text from another process's lock file, made safe for a terminal."""
+    return "".join(ch for ch in str(value) if ch.isprintable())[:200]
+
+
+def mark_file(fd: int, holder: Holder) -> None:
+    """Write who holds the lock into the (already locked) lock file."""
+    data = (json.dumps(holder.record(), sort_keys=True) + "\n").encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def unmark_file(fd: int) -> None:
+    """Forget the holder before letting go, so no one is told of a holder long gone."""
+    with suppress(OSError):
+        os.ftruncate(fd, 0)
+
+
+def file_holder(lock_path: str) -> str:
+    """Who holds the file lock, as its holder wrote it."""
+    try:
+        with open(lock_path, "rb") as handle:
+            raw = handle.read(4096)
+        record = json.loads(raw.decode("utf-8", "replace") or "null")
+    except (OSError, ValueError):
+        return UNKNOWN_HOLDER
+    if not isinstance(record, dict) or not record.get("command"):
+        return UNKNOWN_HOLDER
+    return describe(record)
+
+
+def name_pg_connection(conn: Any, holder: Holder) -> None:
+    conn.execute(
+        text("SELECT set_config('application_name', :name, false)"),
+        {"name": holder.application_name()},
+    )
+
+
+def pg_holder(conn: Any) -> str:
+    """Who holds the advisory lock: the holding session's application_name and backend."""
+    row = conn.execute(
+        text(
+            "SELECT a.application_name, a.pid, host(a.client_addr) "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 "
+            "AND l.objid = :id AND l.objsubid = 1"
+        ),
+        {"id": ADVISORY_LOCK_ID},
+    ).first()
+    conn.commit()
+    if row is None:
+        return UNKNOWN_HOLDER
+    name, backend, addr = row
+    where = f"PostgreSQL backend {backend}" + (f" from {addr}" if addr else "")
+    record = parse_application_name(str(name or ""))
+    if record is None:
+        return f"{UNKNOWN_HOLDER} ({where})"
+    return describe(record, where)
+
+
 @contextmanager
-def reconcile_lock(registry: Registry, wait: float = 0.0) -> Iterator[None]:
-    """Hold the writers' lock, waiting up to ``wait`` seconds (``float('inf')``: forever)."""
+def reconcile_lock(
+    registry: Registry,
+    wait: float = 0.0,
+    *,
+    holder: Holder | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold the writers' lock, waiting up to ``wait`` seconds (``float('inf')``: forever).
+
+    When the lock is taken, ``on_wait`` is called once with who holds it, before waiting.
+    """
+    me = holder or Holder("keyward")
     deadline = time.monotonic() + wait
+    told = False
     if registry.backend == "postgresql":
         with registry.engine.connect() as conn:
-            while True:
-                got = conn.execute(
-                    text("SELECT pg_try_advisory_lock(:id)"), {"id": ADVISORY_LOCK_ID}
-                ).scalar()
-                conn.commit()
-                if got:
-                    break
-                if time.monotonic() >= deadline:
-                    raise LockBusy("another keyward writer is running (advisory lock held)")
-                time.sleep(POLL)
+            name_pg_connection(conn, me)
+            conn.commit()
             try:
-                yield
+                while True:
+                    got = conn.execute(
+                        text("SELECT pg_try_advisory_lock(:id)"), {"id": ADVISORY_LOCK_ID}
+                    ).scalar()
+                    conn.commit()
+                    if got:
+                        break
+                    if time.monotonic() >= deadline:
+                        raise LockBusy(f"another keyward writer is running: {pg_holder(conn)}")
+                    if on_wait is not None and not told:
+                        told = True
+                        on_wait(pg_holder(conn))
+                    time.sleep(POLL)
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ADVISORY_LOCK_ID})
+                    conn.commit()
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ADVISORY_LOCK_ID})
+                # The connection goes back to the pool: do not let it go on naming this holder.
+                conn.execute(text("RESET application_name"))
                 conn.commit()
         return
     path = sqlite_path(registry.url)
@@ -65,9 +210,17 @@ def reconcile_lock(registry: Registry, wait: float = 0.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise LockBusy(
-                        f"another keyward writer is running (lock {lock_path})"
+                        f"another keyward writer is running: {file_holder(lock_path)} "
+                        f"(lock {lock_path})"
                     ) from None
+                if on_wait is not None and not told:
+                    told = True
+                    on_wait(file_holder(lock_path))
                 time.sleep(POLL)
-        yield
+        mark_file(fd, me)
+        try:
+            yield
+        finally:
+            unmark_file(fd)
     finally:
         os.close(fd)

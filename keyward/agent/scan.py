@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,13 +78,24 @@ def host_key_algs(pins: Sequence[asyncssh.SSHKey]) -> list[str]:
 
 
 async def scan_hosts(
-    hosts: Sequence[Host], known_hosts_text: str, timeout: float
+    hosts: Sequence[Host],
+    known_hosts_text: str,
+    timeout: float,
+    on_done: Callable[[bool], None] | None = None,
 ) -> tuple[list[Scanned], list[tuple[Host, str]]]:
-    """Each host's presented key compared with its pins; failures apart (in input order)."""
+    """Each host's presented key compared with its pins; failures apart (in input order).
+
+    ``on_done(failed)`` is called as each host is done (the CLI's progress bar).
+    """
     found: dict[str, Scanned] = {}
     failed: dict[str, tuple[Host, str]] = {}
 
     async def one(host: Host) -> None:
+        await scan_one(host)
+        if on_done is not None:
+            on_done(host.name in failed)
+
+    async def scan_one(host: Host) -> None:
         pins = pinned_keys(known_hosts_text, host)
         try:
             key = await asyncio.wait_for(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, table, ts
+from keyward.cli.output import chatter, emit_json, progress, table, ts
 from keyward.errors import InventoryError, KeywardError, RegistryUnavailable, UsageError
 from keyward.logs import get_logger
 
@@ -169,7 +170,63 @@ def printable(text: str) -> str:
     )
 
 
+def _expiry_text(value: str | None) -> str:
+    """``20261231235959Z`` as ``2026-12-31 23:59 UTC``; anything else as written."""
+    if value is None:
+        return "never"
+    if len(value) == 15 and value[:14].isdigit() and value.endswith("Z"):
+        return f"{value[:4]}-{value[4:6]}-{value[6:8]} {value[8:10]}:{value[10:12]} UTC"
+    return printable(value)
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """The numbers of the plan's last line, and of its ``plan_finished`` log event."""
+
+    hosts: int
+    to_change: int
+    in_sync: int
+    failed: int
+    additions: int
+    removals: int
+    updates: int
+
+    def line(self) -> str:
+        def n(count: int, one: str, many: str) -> str:
+            return f"{count} {one if count == 1 else many}"
+
+        return (
+            f"plan: {n(self.hosts, 'host', 'hosts')}, {self.to_change} to change "
+            f"({n(self.additions, 'addition', 'additions')}, "
+            f"{n(self.removals, 'removal', 'removals')}, {n(self.updates, 'update', 'updates')}), "
+            f"{self.in_sync} in sync, {self.failed} failed"
+        )
+
+
+def plan_summary(results: list[HostResult]) -> PlanSummary:
+    from keyward.plan import shown_changes
+
+    statuses = [result_json(r)["status"] for r in results]
+    counts = {"add": 0, "remove": 0, "update": 0}
+    for result in results:
+        for f in result.files:
+            for shown in shown_changes(f.plan.changes):
+                counts[shown.action] += 1
+    return PlanSummary(
+        hosts=len(results),
+        to_change=statuses.count("pending"),
+        in_sync=statuses.count("in-sync"),
+        failed=statuses.count("error"),
+        additions=counts["add"],
+        removals=counts["remove"],
+        updates=counts["update"],
+    )
+
+
 def print_plan(results: list[HostResult], applied: bool) -> None:
+    """The plan for people: per host and file, each line change, then one summary line."""
+    from keyward.plan import EXPIRY_OPTION, shown_changes
+
     for result in results:
         data = result_json(result)
         click.echo(f"{data['host']} ({data['environment']}): {data['status']}")
@@ -177,38 +234,55 @@ def print_plan(results: list[HostResult], applied: bool) -> None:
             click.echo(f"  error: {result.error}")
         for warning in result.warnings:
             click.echo(f"  warning: {warning}")
-        for f in data["files"]:
+        for f, file_result in zip(data["files"], result.files, strict=True):
             if f["action"] == "in-sync" and not f["error"]:
                 continue
             verb = f["action"] + (" (written)" if f["written"] else "")
             click.echo(f"  {f['account']}  {f['path'] or f['pattern']}  {verb}")
             if f["error"]:
                 click.echo(f"    error: {f['error']}")
-            for c in f["changes"]:
-                sign = "+" if c["action"] == "add" else "-"
-                owner = c["owner"] or "(unknown key)"
-                fp = c["fingerprint"] or "(unparsable line)"
-                opts = f"  [{printable(','.join(c['options']))}]" if c["options"] else ""
-                click.echo(f"    {sign} {owner:<14} {fp}  {c['reason']}{opts}")
+            for c in shown_changes(file_result.plan.changes):
+                owner = c.owner or "(unknown key)"
+                fp = c.fingerprint or "(unparsable line)"
+                if c.action == "update":
+                    rest = [o for o in c.options if not o.lower().startswith(EXPIRY_OPTION)]
+                    opts = f"  [{printable(','.join(rest))}]" if rest else ""
+                    click.echo(
+                        f"    ~ {owner:<14} {fp}  expiry {_expiry_text(c.old_expiry)} -> "
+                        f"{_expiry_text(c.new_expiry)}{opts}"
+                    )
+                    continue
+                sign = "+" if c.action == "add" else "-"
+                opts = f"  [{printable(','.join(c.options))}]" if c.options else ""
+                click.echo(f"    {sign} {owner:<14} {fp}  {c.reason}{opts}")
+    click.echo(plan_summary(results).line())
 
 
-class Progress:
-    """A one-line progress counter on a terminal; silent otherwise (logs say it all)."""
+def log_plan(results: list[HostResult]) -> None:
+    """Log the plan as it is printed: one ``change_planned`` per printed change (an expiry
+    change is one ``update``, as on screen), then ``plan_finished`` with the summary's
+    numbers.  So the structured log says what the screen said."""
+    from keyward.plan import shown_changes
 
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.failed = 0
-        self.enabled = sys.stderr.isatty()
-
-    def __call__(self, result: HostResult) -> None:
-        self.done += 1
-        self.failed += 0 if result.ok else 1
-        if self.enabled:
-            sys.stderr.write(f"\rhosts {self.done}/{self.total}  failed {self.failed}   ")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+    log = get_logger()
+    for result in results:
+        for f in result.files:
+            for c in shown_changes(f.plan.changes):
+                extra: dict[str, Any] = {}
+                if c.action == "update":
+                    extra = {"old_expiry": c.old_expiry, "new_expiry": c.new_expiry}
+                log.info(
+                    "change_planned",
+                    host=result.host.name,
+                    account=f.plan.target.account,
+                    path=f.plan.path or f.plan.target.pattern,
+                    action=c.action,
+                    fingerprint=c.fingerprint,
+                    person=c.owner,
+                    reason=c.reason,
+                    **extra,
+                )
+    log.info("plan_finished", **dataclasses.asdict(plan_summary(results)))
 
 
 def open_case_watch(app: AppContext) -> dict[int, frozenset[str]]:
@@ -275,7 +349,6 @@ def run_agent(
     limit = concurrency or prepared.inventory.agent.concurrency
     # Concurrency bounds the open connections; the soft fd limit must cover them.
     fd_soft, _ = raise_fd_limit(fds_needed(limit))
-    progress = Progress(len(prepared.hosts))
     alerts: list[int] = []
     failure_modes = 0
     unrecorded: list[HostResult] = []
@@ -316,16 +389,18 @@ def run_agent(
     async def run_and_record() -> list[HostResult]:
         recorder: BatchRecorder[HostResult] = BatchRecorder(record)
 
-        def done(result: HostResult) -> None:
-            progress(result)
-            if not dry_run:
-                recorder.add(result)
-
         recorder.start()
-        try:
-            return await reconcile_fleet(prepared.hosts, ctx, limit, done)
-        finally:
-            await recorder.close()
+        with progress(len(prepared.hosts), "plan" if dry_run else "reconcile") as advance:
+
+            def done(result: HostResult) -> None:
+                advance(not result.ok)
+                if not dry_run:
+                    recorder.add(result)
+
+            try:
+                return await reconcile_fleet(prepared.hosts, ctx, limit, done)
+            finally:
+                await recorder.close()
 
     log.info(
         "run_started",
@@ -335,11 +410,13 @@ def run_agent(
         fd_limit=fd_soft,
     )
     results = asyncio.run(run_and_record())
+    # A dry run writes nothing: its changes are the plan's (``plan_finished``), not a count
+    # of zero that would contradict what ``keyward plan`` prints.
     log.info(
         "run_finished",
         hosts=len(results),
         failed=sum(1 for r in results if not r.ok),
-        changes=sum(r.changes for r in results),
+        **({"dry_run": True} if dry_run else {"changes": sum(r.changes for r in results)}),
     )
     for attempt in range(10):
         pending, unrecorded[:] = list(unrecorded), []
@@ -355,7 +432,7 @@ def run_agent(
         names = ", ".join(r.host.name for r in unrecorded)
         raise RegistryUnavailable(
             f"hosts {names} were reconciled but their changes could not be recorded in the "
-            "registry; see the JSON log (record_failed) and run keyward reconcile again"
+            "registry; see the log (record_failed) and run keyward reconcile again"
         )
     if alerts:
         notify(registry, app.actor, tuple(alerts), prepared.inventory.policy.alert_command)
@@ -363,6 +440,12 @@ def run_agent(
         log.warning("failure_mode_applied", people=failure_modes)
         return run_agent(app, env, host, concurrency, dry_run, None, collect=False)
     return results
+
+
+def say_lock_wait(holder: str) -> None:
+    """On stderr (and in the log): a writer is waiting, and for whom."""
+    get_logger().info("lock_wait", holder=holder)
+    chatter(f"waiting for the writers' lock held by {holder}", err=True)
 
 
 def exit_code(results: list[HostResult]) -> int:
@@ -390,6 +473,7 @@ def plan(
     Exit 0: everything in sync; 3: changes pending; 1: a host failed; 2: bad input.
     """
     results = run_agent(app, env, host, None, dry_run=True, check_sshd=True)
+    log_plan(results)
     if as_json:
         emit_json([result_json(r) for r in results])
     else:
@@ -425,9 +509,14 @@ def reconcile(
 
     Exit 0: all hosts done; 1: some host failed (the others were still done).
     """
-    from keyward.agent.lock import reconcile_lock
+    from keyward.agent.lock import Holder, reconcile_lock
 
-    with reconcile_lock(app.registry(), wait=LOCK_WAIT):
+    with reconcile_lock(
+        app.registry(),
+        wait=LOCK_WAIT,
+        holder=Holder("keyward reconcile", app.actor),
+        on_wait=say_lock_wait,
+    ):
         results = run_agent(app, env, host, concurrency, dry_run, collect=not no_logins)
     if as_json:
         emit_json([result_json(r) for r in results])
@@ -595,7 +684,10 @@ def hosts_scan(
         existing = path.read_text() if path.exists() else ""
     except OSError as exc:
         raise UsageError(f"cannot read known_hosts {path}: {exc.strerror}") from None
-    found, failures = asyncio.run(scan.scan_hosts(targets, existing, inv.agent.connect_timeout))
+    with progress(len(set(names)), "hosts scan") as advance:
+        found, failures = asyncio.run(
+            scan.scan_hosts(targets, existing, inv.agent.connect_timeout, on_done=advance)
+        )
     for item in found:
         click.echo(item.describe())
         if item.status != "changed":  # a changed key is not offered as a line to paste

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.output import chatter, emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration
 from keyward.cli.registry_cmds import key, key_claim, key_policy, log_events, read_small_file
 from keyward.errors import RegistryError
@@ -335,8 +335,8 @@ def offboard_start(
     ctx: click.Context, app: AppContext, username: str, reason: str, as_json: bool
 ) -> None:
     """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back."""
-    from keyward.agent.lock import reconcile_lock
-    from keyward.cli.agent_cmds import prepare, refresh, run_agent
+    from keyward.agent.lock import Holder, reconcile_lock
+    from keyward.cli.agent_cmds import prepare, refresh, run_agent, say_lock_wait
     from keyward.registry import lifecycle
 
     before = prepare(app, None, None)
@@ -346,11 +346,16 @@ def offboard_start(
         case = lifecycle.offboard(tx, username, reason, targets)
     log_events(tx)
     if not as_json:
-        click.echo(
+        chatter(
             f"offboarding case {case.id}: {username} revoked in the registry; "
             f"confirming on {len({t[0] for t in targets})} hosts"
         )
-    with reconcile_lock(registry, wait=float("inf")):
+    with reconcile_lock(
+        registry,
+        wait=float("inf"),
+        holder=Holder("keyward offboard", app.actor),
+        on_wait=say_lock_wait,
+    ):
         # The registry is read again (the revocation is in it); the inventory is not.
         after = refresh(app, before.inventory, before.hosts, before.agent_key)
         run_agent(app, None, None, None, dry_run=False, prepared=after)

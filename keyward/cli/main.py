@@ -15,11 +15,13 @@ import traceback
 from typing import NamedTuple
 
 import click
+from click.utils import PacifyFlushWrapper
 
 from keyward import __version__
 from keyward.cli.context import AppContext, default_actor
-from keyward.errors import KeywardError
-from keyward.logs import configure
+from keyward.cli.output import CONSOLE
+from keyward.errors import KeywardError, UsageError
+from keyward.logs import LogFormat, configure, console_level
 
 INTERNAL_ERROR = 70
 
@@ -156,10 +158,47 @@ class LazyGroup(click.Group):
     help="Inventory directory [env KEYWARD_INVENTORY; default ./inventory, then "
     "/etc/keyward/inventory]",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More log on stderr: -v info, -vv debug (default: warnings and errors).",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Errors only on stderr; no progress, no lock-wait or other chatter.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "human", "json"]),
+    default="auto",
+    show_default=True,
+    envvar="KEYWARD_LOG_FORMAT",
+    help="Log lines on stderr: auto = readable on a terminal, JSON otherwise; json = the full "
+    "structured log (info and up), as the systemd units use [env KEYWARD_LOG_FORMAT].",
+)
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, actor: str | None, inventory: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    db: str | None,
+    actor: str | None,
+    inventory: str | None,
+    verbose: int,
+    quiet: bool,
+    log_format: LogFormat,
+) -> None:
     """keyward: who can log in where, why and since when, kept true on every host."""
-    configure()
+    if verbose and quiet:
+        raise UsageError("-v and -q contradict each other; give one")
+    # The daemon's only output is its log: it reports at info unless told otherwise.
+    default = "info" if ctx.invoked_subcommand == "daemon" else "warning"
+    configure(
+        log_format=log_format,
+        level=console_level(verbose, quiet, log_format, default=default),
+    )
+    CONSOLE.quiet = quiet
     app = AppContext(db=db, actor=actor or default_actor(dict(os.environ)), inventory=inventory)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -169,6 +208,17 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning every KeywardError into one line on stderr and its exit code."""
     try:
         rc = cli.main(args=argv, prog_name="keyward", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _reader_went_away()
+        sys.exit(0)
+    except SystemExit:
+        # click turns EPIPE while a command writes into sys.exit(1) after wrapping the
+        # streams; a reader that stopped reading is not a failure of the command.
+        if isinstance(sys.stdout, PacifyFlushWrapper):
+            _reader_went_away()
+            sys.exit(0)
+        raise
     except KeywardError as exc:
         click.echo(f"keyward: error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
@@ -182,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("keyward: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
+        if _is_broken_pipe(exc):
+            _reader_went_away()
+            sys.exit(0)
         if os.environ.get("KEYWARD_DEBUG"):
             traceback.print_exc()
         first = " ".join(str(exc).split())[:300]
@@ -191,3 +244,29 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(INTERNAL_ERROR)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    """A closed stdout, possibly wrapped by a library that re-raised it as its own error."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reader_went_away() -> None:
+    """``keyward audit log | head``: the reader had enough, which is not an error.
+
+    As the Python documentation recommends, stdout is pointed at /dev/null so the
+    interpreter's final flush of what is still buffered cannot fail again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests): nothing to flush
+        pass

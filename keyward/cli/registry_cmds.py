@@ -20,7 +20,7 @@ from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
 from keyward.cli.parsing import duration, end_of_day, start_of_day
 from keyward.errors import UsageError
-from keyward.logs import get_logger
+from keyward.logs import get_logger, human_value
 
 if TYPE_CHECKING:
     from keyward.inventory.model import PolicySettings
@@ -717,7 +717,9 @@ def audit_log(
         emit_json(rows)
         return
     for r in rows:
-        details = " ".join(f"{k}={v}" for k, v in sorted(r["details"].items()) if v is not None)
+        details = " ".join(
+            f"{k}={human_value(v)}" for k, v in sorted(r["details"].items()) if v is not None
+        )
         about = f"{r['subject_kind']}:{r['subject']}" if r["subject_kind"] else r["subject"]
         click.echo(
             f"{r['seq']:>6}  {r['at']}  {r['actor']:<12} {r['action']:<22} {about:<16} {details}"

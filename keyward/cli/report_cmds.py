@@ -28,6 +28,8 @@ def report() -> None:
 
 
 def _md_escape(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"  # a report is for people; its JSON keeps true/false
     text = "-" if value is None or value == "" else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
 

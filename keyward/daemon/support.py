@@ -10,7 +10,13 @@ from typing import Any
 
 from sqlalchemy import text
 
-from keyward.agent.lock import ADVISORY_LOCK_ID
+from keyward.agent.lock import (
+    ADVISORY_LOCK_ID,
+    Holder,
+    mark_file,
+    name_pg_connection,
+    unmark_file,
+)
 from keyward.registry.db import sqlite_path
 from keyward.registry.store import Registry
 
@@ -29,6 +35,9 @@ def sd_notify(state: str) -> bool:
         return True
     except OSError:
         return False
+
+
+DAEMON_HOLDER = Holder("keyward daemon")
 
 
 class WriterLock:
@@ -60,6 +69,8 @@ class WriterLock:
         if self._registry.backend == "postgresql":
             if self._conn is None:
                 self._conn = self._registry.engine.connect()
+                # A waiting `keyward reconcile` reads this to say who it waits for.
+                name_pg_connection(self._conn, DAEMON_HOLDER)
             got = bool(
                 self._conn.execute(
                     text("SELECT pg_try_advisory_lock(:id)"), {"id": ADVISORY_LOCK_ID}
@@ -73,9 +84,10 @@ class WriterLock:
             self._fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
         except BlockingIOError:
             return False
+        mark_file(self._fd, DAEMON_HOLDER)
+        return True
 
     async def release(self) -> None:
         async with self._steps:
@@ -90,6 +102,7 @@ class WriterLock:
                 self._conn.commit()
             return
         if self._fd is not None:
+            unmark_file(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ classes assume they were built from a checked inventory.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -210,7 +211,13 @@ class Inventory:
         for host in self.hosts():
             if host.name == name:
                 return host
-        raise UsageError(f"unknown host {name!r}; see keyward inventory show")
+        names = [host.name for host in self.hosts()]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UsageError(
+            f"unknown host {name!r}{hint}; the inventory has {len(names)} hosts "
+            "(see 'keyward inventory check')"
+        )
 
     def select_hosts(self, env: str | None = None, host: str | None = None) -> tuple[Host, ...]:
         """Hosts named by the CLI's ``--env``/``--host``: all, one environment, or one host.
