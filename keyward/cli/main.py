@@ -73,6 +73,7 @@ def _register_commands() -> None:
     from keyward.cli import login_cmds
 
     login_cmds.register(cli)
+    __import__("keyward.cli.explain_cmds", fromlist=["register"]).register(cli)
 
 
 _register_commands()
