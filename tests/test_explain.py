@@ -293,6 +293,8 @@ def test_unattested_key_is_explained_and_key_attest_raises_it(env: AgentEnv) -> 
     assert "no key" in kw.fails("key", "attest", "SHA256:" + "A" * 43, "--attest", "admin").err
 
     assert "attestation none -> admin" in kw.ok("key", "attest", fp, "--attest", "admin").out
+    same = kw.fails("key", "add", "alice", str(env.pub("alice")), "--attest", "admin")
+    assert "keys are personal" in same.err and "key attest" not in same.err  # nothing to raise
     pending = kw.ok("explain", "alice", h.name, env.deploy).out
     assert "CAN log in" in pending and "role devops (granted by security)" in pending
     assert "not deployed yet: the next reconcile adds it" in pending

@@ -93,17 +93,19 @@ def add_key(
     if claim.expires_at <= tx.now:
         raise UsageError("the expiry date is in the past")
     existing = tx.session.exec(select(SshKey).where(SshKey.fingerprint == key.fingerprint)).first()
-    if existing is not None and existing.person_id == person.id:
-        # The caller named the owner, so saying it is theirs reveals nothing.
-        if att.attestation_rank(claim.attestation) > att.attestation_rank(existing.attestation):
-            raise RegistryError(
-                f"key {key.fingerprint} is already registered to {username} with attestation "
-                f"{existing.attestation}; to raise it to {claim.attestation} use "
-                f"'keyward key attest {key.fingerprint}'"
-            )
+    rank = att.attestation_rank
+    if (
+        existing is not None
+        and existing.person_id == person.id
+        and existing.revoked_at is None
+        and existing.expires_at > tx.now
+        and rank(claim.attestation) > rank(existing.attestation)
+    ):
+        # A stronger claim for the same person's key: raising it is what was meant.
         raise RegistryError(
-            f"key {key.fingerprint} is already registered to {username} "
-            f"(attestation {existing.attestation})"
+            f"key {key.fingerprint} is already registered to {username} with attestation "
+            f"{existing.attestation}; to raise it to {claim.attestation} use "
+            f"'keyward key attest {key.fingerprint}'"
         )
     if existing is not None:
         # Do not say whose it is: keys are personal, and the caller may not know.
