@@ -95,6 +95,10 @@ class Sync:
     last_success: datetime | None
     last_error: str | None
     message: str
+    # The person's desired keys missing from the recorded file, and their keys on it that
+    # are no longer desired (they still let the person in until the next reconcile).
+    missing: tuple[str, ...] = ()
+    lingering: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,14 +376,14 @@ class _Walker:
             in_sync = present == wanted
         if in_sync:
             return Sync("in-sync", last, error, f"host {since}{failing}")
-        if wanted - present:
+        missing, lingering = tuple(sorted(wanted - present)), tuple(sorted(present - wanted))
+        if missing:
             what = "not deployed yet: the next reconcile adds it"
-        elif present - wanted:
-            extra = ", ".join(sorted(present - wanted))
-            what = f"still on the host ({extra}): the next reconcile removes it"
+        elif lingering:
+            what = f"still on the host ({', '.join(lingering)}): the next reconcile removes it"
         else:
             what = "other changes to this file are pending reconcile"
-        return Sync("pending", last, error, f"{what} (host {since}){failing}")
+        return Sync("pending", last, error, f"{what} (host {since}){failing}", missing, lingering)
 
 
 def _attestation_reason(record: KeyRecord, env: str, minimum: str) -> Reason:
@@ -440,8 +444,12 @@ def describe(place: Place) -> str:
                 + (f" [{opts}]" if opts else "")
             )
         notes = "".join(f"; note: {n}" for n in place.notes)
-        return f"{where}: CAN log in with {'; '.join(parts)}; {place.sync.message}{notes}"
+        head = "CAN log in after the next reconcile" if place.sync.missing else "CAN log in"
+        return f"{where}: {head} with {'; '.join(parts)}; {place.sync.message}{notes}"
     why = "; ".join(r.message + (f" (fix: {r.fix})" if r.fix else "") for r in place.reasons)
+    if place.sync.lingering:
+        # The registry says no, but the host still lets them in: say that first.
+        return f"{where}: STILL CAN log in until the next reconcile: {place.sync.message}; {why}"
     sync = f"; {place.sync.message}" if place.sync.status == "pending" else ""
     return f"{where}: CANNOT log in: {why}{sync}"
 
@@ -472,5 +480,7 @@ def place_json(place: Place) -> dict[str, Any]:
             "last_success": _ts(place.sync.last_success),
             "last_error": place.sync.last_error,
             "message": place.sync.message,
+            "missing": list(place.sync.missing),
+            "lingering": list(place.sync.lingering),
         },
     }

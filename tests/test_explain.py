@@ -229,6 +229,8 @@ def test_sync_is_judged_against_the_recorded_file(key: PublicKey) -> None:
     pending = sync("0" * 64, frozenset(), error="connection refused")
     assert pending.sync.status == "pending"
     assert "not deployed yet: the next reconcile adds it" in describe(pending)
+    assert describe(pending).startswith("web-1 deploy: CAN log in after the next reconcile with ")
+    assert pending.sync.missing == (key.fingerprint,)
     assert "the last attempt failed: connection refused" in describe(pending)
     # Revoked in the registry but still on the host until the next reconcile.
     revoked = snapshot(key, revoked=True)
@@ -241,7 +243,12 @@ def test_sync_is_judged_against_the_recorded_file(key: PublicKey) -> None:
     )
     (gone,) = explain(revoked, inv, "alice", {"web-1": state}, NOW, "web-1", "deploy")
     assert gone.sync.status == "pending"
-    assert "still on the host" in describe(gone) and "next reconcile removes it" in describe(gone)
+    assert describe(gone).startswith(
+        f"web-1 deploy: STILL CAN log in until the next reconcile: still on the host "
+        f"({key.fingerprint}): the next reconcile removes it"
+    )
+    assert "every key of alice is revoked or expired" in describe(gone)
+    assert place_json(gone)["sync"]["lingering"] == [key.fingerprint]
 
 
 @pytest.mark.parametrize(
@@ -296,7 +303,8 @@ def test_unattested_key_is_explained_and_key_attest_raises_it(env: AgentEnv) -> 
     same = kw.fails("key", "add", "alice", str(env.pub("alice")), "--attest", "admin")
     assert "keys are personal" in same.err and "key attest" not in same.err  # nothing to raise
     pending = kw.ok("explain", "alice", h.name, env.deploy).out
-    assert "CAN log in" in pending and "role devops (granted by security)" in pending
+    assert "CAN log in after the next reconcile" in pending
+    assert "role devops (granted by security)" in pending
     assert "not deployed yet: the next reconcile adds it" in pending
     kw.ok("reconcile")
     assert env.can_login(h, env.deploy, "alice")
@@ -309,6 +317,10 @@ def test_unattested_key_is_explained_and_key_attest_raises_it(env: AgentEnv) -> 
     # A proof raises it further; going back down to admin is refused in one line.
     today = datetime.now(UTC).date()
     sig = env.keys / "alice.sig"
+    sig.write_bytes(ssh_sign(env.key("alice"), proof_statement("bob", fp, today)))
+    assert "signature does not match" in kw.fails("key", "attest", fp, "--proof", str(sig)).err
+    both = kw.fails("key", "attest", fp, "--proof", str(sig), "--attest", "admin")
+    assert "not both" in both.err
     sig.write_bytes(ssh_sign(env.key("alice"), proof_statement("alice", fp, today)))
     assert "admin -> proof" in kw.ok("key", "attest", fp, "--proof", str(sig)).out
     lower = kw.fails("key", "attest", fp, "--attest", "admin")
@@ -327,6 +339,16 @@ def test_unattested_key_is_explained_and_key_attest_raises_it(env: AgentEnv) -> 
     assert len(summary) == 3 * 3 + 1
     assert summary[-1] == "alice can log in at 6 of 9 places"
     assert sum("CANNOT log in" in ln and "is for role qa" in ln for ln in summary) == 3
+
+    # Revoked in the registry, not yet on the host: explain says they still get in.
+    kw.ok("key", "revoke", fp, "--reason", "laptop lost")
+    still = kw.ok("explain", "alice", h.name, env.deploy).out
+    assert still.startswith(f"{h.name} {env.deploy}: STILL CAN log in until the next reconcile")
+    assert env.can_login(h, env.deploy, "alice")
+    kw.ok("reconcile")
+    gone = kw.ok("explain", "alice", h.name, env.deploy).out
+    assert gone.startswith(f"{h.name} {env.deploy}: CANNOT log in: every key of alice is revoked")
+    assert not env.can_login(h, env.deploy, "alice")
 
 
 def test_explain_unknown_names_exit_2(env: AgentEnv) -> None:
