@@ -31,6 +31,7 @@ from keyward.sandbox import make_ed25519
 from keyward.sshsig import proof_statement
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
 from tests.agent_env import AgentEnv
+from tests.cli_runner import Keyward
 from tests.keygen import ssh_sign
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -198,6 +199,20 @@ def test_reasons_name_the_grant_and_the_fix(key: PublicKey) -> None:
     # The login account has no access rule: nobody but the agent gets in there.
     root = explain(snapshot(key), inv, "alice", {}, NOW, "web-1", "root")[0]
     assert [r.code for r in root.reasons] == ["no-access-rule"]
+
+
+def test_a_second_key_below_the_minimum_is_noted_where_the_first_gets_in(
+    key: PublicKey, tmp_path: Path
+) -> None:
+    other = parse_public_key(Path(f"{make_ed25519(tmp_path / 'k2', 'k2@x')}.pub").read_text())
+    weak = KeyRecord(other, "alice", "none", NOW - DAY, NOW + 100 * DAY)
+    snap = snapshot(key)
+    snap = replace(snap, keys=(*snap.keys, weak), by_fingerprint={})
+    (place,) = explain(snap, inventory("admin"), "alice", {}, NOW, "web-1", "deploy")
+    assert place.can_login and [a.fingerprint for a in place.access] == [key.fingerprint]
+    assert place.notes == (
+        f"key {other.fingerprint} is not deployed: attestation none is below min_attestation admin",
+    )
 
 
 def test_restricted_person_is_shown_with_the_from_option(key: PublicKey) -> None:
@@ -398,3 +413,17 @@ def test_hosts_scan_selects_by_environment_or_all(env: AgentEnv) -> None:
     new = new_host_key(env, env.hosts[1])
     refused = kw.fails("hosts", "scan", "--env", "test", "--write")
     assert f"presented {new}" in refused.err and known.read_text() == before
+
+
+def test_key_attest_on_each_backend(kw: Keyward, tmp_path: Path) -> None:
+    path = make_ed25519(tmp_path / "alice", "alice@x")
+    kw.ok("person", "add", "alice", "--name", "Alice")
+    fp = kw.ok("key", "add", "alice", f"{path}.pub").out.split()[3]
+    assert "attestation none -> admin" in kw.ok("key", "attest", fp, "--attest", "admin").out
+    assert "already has attestation admin" in kw.fails("key", "attest", fp, "--attest", "admin").err
+    (listed,) = kw.ok("key", "list", "alice", "--json").json()
+    assert listed["attestation"] == "admin" and listed["attested_by"] == "admin"
+    kw.ok("key", "revoke", fp, "--reason", "lost")
+    assert "is revoked" in kw.fails("key", "attest", fp, "--attest", "admin").err
+    (event,) = kw.ok("audit", "log", "--json", "--action", "key.attest").json()
+    assert (event["subject_kind"], event["subject"]) == ("person", "alice")
