@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from keyward.agent.reconcile import HostResult
     from keyward.agent.recorder import BatchRecorder
     from keyward.desired import DesiredFile, FileTarget
-    from keyward.inventory.model import Host, Inventory
+    from keyward.inventory.model import Environment, Host, Inventory
     from keyward.keys import PublicKey
     from keyward.state import RegistrySnapshot
 
@@ -60,6 +60,116 @@ def inventory_check(app: AppContext) -> None:
         noun = "problem" if len(problems) == 1 else "problems"
         raise InventoryError(f"{root}: {len(problems)} {noun}")
     click.echo(summarize(inv))
+
+
+@inventory.command("show")
+@click.option("--env", default=None, help="Only this environment.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def inventory_show(app: AppContext, env: str | None, as_json: bool) -> None:
+    """Environments, hosts, accounts, access rules and break-glass keys, as loaded."""
+    from keyward.inventory import load_inventory
+
+    inv = load_inventory(app.inventory_dir())
+    envs = (inv.environment(env),) if env is not None else inv.environments
+    data = [_environment_json(e) for e in envs]
+    if as_json:
+        emit_json({"root": str(inv.root), "environments": data})
+        return
+    for e in data:
+        customer = f", customer {e['customer']}" if e["customer"] else ""
+        click.echo(
+            f"environment {e['name']} ({e['source_file']}): "
+            f"min_attestation {e['min_attestation']}{customer}"
+        )
+        click.echo("  hosts:")
+        for h in e["hosts"]:
+            extra = f" customer {h['customer']}" if h["customer"] else ""
+            click.echo(
+                f"    {h['name']}  {h['address']}:{h['port']}  login {h['login']}  "
+                f"{h['mode']}  groups {','.join(h['groups']) or '-'}  "
+                f"accounts {','.join(h['managed_accounts'])}{extra}"
+            )
+        click.echo("  access:")
+        for r in e["access"]:
+            click.echo(
+                f"    {r['source']}: roles {','.join(r['roles'])} -> accounts "
+                f"{','.join(r['accounts'])} on {_scope(r)}"
+                + (f"  [{printable(','.join(r['options']))}]" if r["options"] else "")
+            )
+        if not e["access"]:
+            click.echo("    (none)")
+        if e["break_glass"]:
+            click.echo("  break-glass:")
+            for g in e["break_glass"]:
+                click.echo(
+                    f"    {g['source']}: {g['fingerprint']} -> accounts "
+                    f"{','.join(g['accounts'])} on {_scope(g)}"
+                )
+
+
+def _scope(rule: dict[str, Any]) -> str:
+    """Which hosts a rule covers, in words."""
+    if rule["groups"] is None and rule["hosts"] is None:
+        return "every host"
+    parts = []
+    if rule["groups"]:
+        parts.append("groups " + ",".join(rule["groups"]))
+    if rule["hosts"]:
+        parts.append("hosts " + ",".join(rule["hosts"]))
+    return " and ".join(parts) or "no host"
+
+
+def _environment_json(env: Environment) -> dict[str, Any]:
+    def listed(values: tuple[str, ...] | None) -> list[str] | None:
+        return None if values is None else list(values)
+
+    return {
+        "name": env.name,
+        "min_attestation": env.min_attestation,
+        "customer": env.customer,
+        "source_file": env.source_file,
+        "hosts": [
+            {
+                "name": h.name,
+                "address": h.address,
+                "port": h.port,
+                "login": h.login,
+                "mode": h.mode,
+                "groups": list(h.groups),
+                "accounts": list(h.accounts),
+                "managed_accounts": list(h.managed_accounts),
+                "authorized_keys": list(h.authorized_keys),
+                "customer": h.customer,
+                "auth_log": h.auth_log,
+                "auth_log_trusted": h.auth_log_trusted,
+                "sshd_config": h.sshd_config,
+            }
+            for h in env.hosts
+        ],
+        "access": [
+            {
+                "roles": list(r.roles),
+                "accounts": list(r.accounts),
+                "groups": listed(r.groups),
+                "hosts": listed(r.hosts),
+                "options": list(r.options),
+                "source": r.source,
+            }
+            for r in env.access
+        ],
+        "break_glass": [
+            {
+                "fingerprint": g.key.fingerprint,
+                "accounts": list(g.accounts),
+                "groups": listed(g.groups),
+                "hosts": listed(g.hosts),
+                "options": list(g.options),
+                "source": g.source,
+            }
+            for g in env.break_glass
+        ],
+    }
 
 
 # -- shared preparation -------------------------------------------------------
@@ -640,7 +750,9 @@ def hosts() -> None:
 
 
 @hosts.command("scan")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
+@click.option("--env", default=None, help="Every host of this environment.")
+@click.option("--all", "all_hosts", is_flag=True, help="Every host of the inventory.")
 @click.option("--write", is_flag=True, help="Pin the keys of hosts seen for the first time.")
 @click.option(
     "--replace",
@@ -658,11 +770,13 @@ def hosts() -> None:
 def hosts_scan(
     app: AppContext,
     names: tuple[str, ...],
+    env: str | None,
+    all_hosts: bool,
     write: bool,
     replace: bool,
     fingerprints: tuple[str, ...],
 ) -> None:
-    """Fetch the host keys of NAMES (inventory host names) and print them for review.
+    """Fetch the host keys of NAMES (inventory host names), --env ENV or --all; print them.
 
     A key that differs from the host's pin is shown as CHANGED and never pinned next
     to the old one: an impostor must not become trusted by a routine --write.
@@ -676,9 +790,13 @@ def hosts_scan(
         raise UsageError("--replace and --fingerprint only make sense with --write")
     if replace and not fingerprints:
         raise UsageError("--replace needs --fingerprint naming the new key you checked")
+    if (1 if names else 0) + (env is not None) + all_hosts != 1:
+        raise UsageError(
+            "name the hosts to scan: host NAMES, --env ENV or --all (exactly one of them)"
+        )
     wanted = [scan.check_fingerprint(fp) for fp in fingerprints]
     inv = load_inventory(app.inventory_dir())
-    targets = [inv.host(name) for name in names]
+    targets = [inv.host(name) for name in names] if names else list(inv.select_hosts(env))
     path = inv.agent.known_hosts
     try:
         existing = path.read_text() if path.exists() else ""

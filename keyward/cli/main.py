@@ -59,6 +59,10 @@ COMMANDS: dict[str, Entry] = {
         ("demo",),
         "Run the whole flow against local SSH hosts on loopback; leaves nothing behind.",
     ),
+    "explain": Entry(
+        ("explain_cmds",),
+        "Can USERNAME log in (on HOST, as ACCOUNT), and if not, exactly why.",
+    ),
     "hosts": Entry(("agent_cmds",), "Hosts and their pinned host keys."),
     "init": Entry(
         ("registry_cmds",),
@@ -67,7 +71,7 @@ COMMANDS: dict[str, Entry] = {
     "inventory": Entry(
         ("agent_cmds",), "The inventory: environments, hosts, accounts, access rules."
     ),
-    "key": Entry(("registry_cmds", "lifecycle_cmds"), "Personal public keys."),
+    "key": Entry(("registry_cmds", "lifecycle_cmds", "explain_cmds"), "Personal public keys."),
     "logins": Entry(
         ("login_cmds",),
         "The fleet's access log, attributed to people by the key they used (newest first).",

@@ -216,7 +216,7 @@ class Inventory:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UsageError(
             f"unknown host {name!r}{hint}; the inventory has {len(names)} hosts "
-            "(see 'keyward inventory check')"
+            "(see 'keyward inventory show')"
         )
 
     def select_hosts(self, env: str | None = None, host: str | None = None) -> tuple[Host, ...]:

@@ -93,6 +93,20 @@ def add_key(
     if claim.expires_at <= tx.now:
         raise UsageError("the expiry date is in the past")
     existing = tx.session.exec(select(SshKey).where(SshKey.fingerprint == key.fingerprint)).first()
+    rank = att.attestation_rank
+    if (
+        existing is not None
+        and existing.person_id == person.id
+        and existing.revoked_at is None
+        and existing.expires_at > tx.now
+        and rank(claim.attestation) > rank(existing.attestation)
+    ):
+        # A stronger claim for the same person's key: raising it is what was meant.
+        raise RegistryError(
+            f"key {key.fingerprint} is already registered to {username} with attestation "
+            f"{existing.attestation}; to raise it to {claim.attestation} use "
+            f"'keyward key attest {key.fingerprint}'"
+        )
     if existing is not None:
         # Do not say whose it is: keys are personal, and the caller may not know.
         raise RegistryError(
@@ -150,6 +164,50 @@ def revoke_key(tx: WriteTx, fingerprint: str, reason: str) -> SshKey:
         {"fingerprint": fingerprint, "reason": reason},
     )
     return key
+
+
+def attest_key(tx: WriteTx, fingerprint: str, claim: KeyClaim, key: PublicKey) -> SshKey:
+    """Raise a registered key's attestation; lowering or repeating it is refused.
+
+    ``claim`` was established by the caller the way ``key add`` establishes it (a
+    verified proof, or the acting administrator's word), so the same evidence raises
+    a key whether it comes with the key or later.  One ``key.attest`` event records
+    the old and new level.
+    """
+    row = find_key(tx.session, fingerprint)
+    person = tx.session.get(Person, row.person_id)
+    assert person is not None
+    require_active(person)
+    if row.revoked_at is not None:
+        raise RegistryError(f"key {fingerprint} is revoked; register a new key instead")
+    if row.expires_at <= tx.now:
+        raise RegistryError(f"key {fingerprint} has expired; register a new key instead")
+    new_rank = att.attestation_rank(claim.attestation)
+    if claim.attestation == "sk" and not key.is_sk:
+        raise UsageError("attestation 'sk' is only for FIDO security keys (sk-* key types)")
+    old = row.attestation
+    if new_rank <= att.attestation_rank(old):
+        verb = "already has" if new_rank == att.attestation_rank(old) else "has the higher"
+        raise RegistryError(
+            f"key {fingerprint} {verb} attestation {old}; only raising is allowed "
+            f"({' < '.join(att.ATTESTATION_LEVELS)})"
+        )
+    row.attestation = claim.attestation
+    row.attested_by = claim.attested_by
+    row.proof_date = claim.proof_date
+    tx.session.add(row)
+    tx.audit(
+        "key.attest",
+        Subject.person(person.username),
+        {
+            "fingerprint": fingerprint,
+            "old_attestation": old,
+            "new_attestation": claim.attestation,
+            "attested_by": claim.attested_by,
+            "proof_date": claim.proof_date,
+        },
+    )
+    return row
 
 
 # -- roles --------------------------------------------------------------------
