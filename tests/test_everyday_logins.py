@@ -1,0 +1,81 @@
+"""Everyday login review: one alert cleared by id, alert filters, keyward's own sessions hidden.
+
+Real sshd hosts and the real ssh client, as in test_logins.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tests.agent_env import AgentEnv
+from tests.journal_standin import use_journal
+from tests.test_logins import login, logins
+
+
+def test_one_alert_cleared_by_id_and_its_failure_mode_with_it(env: AgentEnv) -> None:
+    env.rewrite_inventory(
+        dataclasses.replace(
+            env.spec,
+            policy=(
+                "failed_login_threshold = 3",
+                "failed_login_window_minutes = 10",
+                'failure_mode = "suspend"',
+            ),
+        )
+    )
+    env.person_with_key("bob", "devops")
+    host = env.hosts[0]
+    use_journal(env, host)
+    env.kw.ok("reconcile")
+    for _ in range(5):  # bob's key on an account he was never granted
+        assert login(env, host, env.app, "bob", "127.0.0.9") == 255
+    for _ in range(5):  # a key nobody registered
+        assert login(env, host, env.deploy, "mallory", "127.0.0.5") == 255
+    env.kw.ok("reconcile")
+    assert not env.can_login(host, env.deploy, "bob")  # failure mode: suspended
+
+    bursts = env.kw.ok("alerts", "--open", "--kind", "failed_logins", "--json").json()
+    unknown = [a for a in bursts if a["person"] is None]
+    bobs = [a for a in bursts if a["person"] == "bob"]
+    assert len(unknown) == 1 and unknown[0]["host"] == host.name and len(bobs) == 1
+    assert env.kw.ok("alerts", "--person", "bob", "--json").json() == bobs
+    # --host finds both: the unknown key's alert by its host, bob's by the hosts it spans.
+    on_host = env.kw.ok("alerts", "--kind", "failed_logins", "--host", host.name, "--json")
+    assert sorted(a["id"] for a in on_host.json()) == sorted(a["id"] for a in bursts)
+    assert env.kw.ok("alerts", "--host", env.hosts[2].name, "--json").json() == []
+
+    # The unknown key's alert, which 'person clear-alert' cannot reach, is cleared by id;
+    # bob's failure mode belongs to his own alert and stays.
+    out = env.kw.ok("alerts", "clear", str(unknown[0]["id"]), "--reason", "a scanner", "--json")
+    assert out.json()["status"] == "cleared" and out.json()["failure_mode_cleared"] is False
+    assert out.json()["clear_reason"] == "a scanner"
+    env.kw.ok("reconcile")
+    assert not env.can_login(host, env.deploy, "bob")
+    again = env.kw.fails("alerts", "clear", str(unknown[0]["id"]), "--reason", "twice")
+    assert "already cleared" in again.err
+    assert "no alert 999" in env.kw.fails("alerts", "clear", "999", "--reason", "x").err
+
+    out = env.kw.ok("alerts", "clear", str(bobs[0]["id"]), "--reason", "bob mistyped")
+    assert "failure mode ended" in out.out
+    env.kw.ok("reconcile")
+    assert env.can_login(host, env.deploy, "bob")
+    assert env.kw.ok("alerts", "--open", "--kind", "failed_logins", "--json").json() == []
+    cleared = env.kw.ok("audit", "log", "--action", "alert.clear", "--json").json()
+    assert [(e["subject_kind"], e["subject"]) for e in cleared] == [
+        ("host", host.name),
+        ("person", "bob"),
+    ]
+    assert cleared[1]["details"]["failure_mode_cleared"] is True
+
+
+def test_logins_hides_keyward_own_sessions_unless_all(env: AgentEnv) -> None:
+    env.person_with_key("alice", "devops")
+    env.kw.ok("reconcile")
+    assert login(env, env.hosts[0], env.deploy, "alice", "127.0.0.2") == 0
+    env.kw.ok("reconcile")
+    env.kw.ok("reconcile")
+    everything = logins(env, "--all")
+    assert {e["person"] for e in everything} == {"alice", "keyward-agent"}
+    shown = logins(env)
+    assert [e["person"] for e in shown] == ["alice"]
+    assert "keyward-agent" not in env.kw.ok("logins").out
