@@ -186,12 +186,18 @@ def person_json(p: Person) -> dict[str, Any]:
 @click.argument("username")
 @click.option("--name", "full_name", required=True, help="Full name.")
 @click.option("--email", default=None, help="Email address.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def person_add(app: AppContext, username: str, full_name: str, email: str | None) -> None:
+def person_add(
+    app: AppContext, username: str, full_name: str, email: str | None, as_json: bool
+) -> None:
     """Register a person."""
     with app.registry().write(app.actor) as tx:
-        ops.add_person(tx, username, full_name, email)
+        result = person_json(ops.add_person(tx, username, full_name, email))
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(f"added person {username}")
 
 
@@ -307,6 +313,7 @@ def key_json(k: SshKey, owner: Person, now: Any) -> dict[str, Any]:
     default=None,
     help="admin: you vouch for the key; sk: a FIDO security key.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def key_add(
     app: AppContext,
@@ -315,11 +322,14 @@ def key_add(
     expires: str | None,
     proof_file: str | None,
     attest: str | None,
+    as_json: bool,
 ) -> None:
     """Register USERNAME's public key from PUBKEY_FILE ('-' for stdin)."""
+    from keyward.keys import from_pub_file
+
     policy = key_policy(app)
     text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
-    public = parse_public_key(text, policy)
+    public = parse_public_key(from_pub_file(text), policy)
     registry = app.registry()
     now = registry.clock()
     latest = now + timedelta(days=policy.max_key_age_days)
@@ -333,8 +343,12 @@ def key_add(
         expires_at = min(expires_at, latest)
     claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
     with registry.write(app.actor) as tx:
-        ops.add_key(tx, username, public, claim)
+        row = ops.add_key(tx, username, public, claim)
+        result = key_json(row, ops.find_person(tx.session, username), tx.now)
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(
         f"added {public.key_type} key {public.fingerprint} for {username} "
         f"(attestation {claim.attestation}, expires {short_ts(expires_at)} UTC)"
@@ -353,11 +367,12 @@ def key_statement(app: AppContext, username: str, pubkey_file: str) -> None:
     ssh-keygen -Y sign -n keyward -f id_ed25519 statement   # writes statement.sig
     keyward key add alice id_ed25519.pub --proof statement.sig
     """
+    from keyward.keys import from_pub_file
     from keyward.sshsig import proof_statement
 
     policy = key_policy(app)
     text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
-    public = parse_public_key(text, policy)
+    public = parse_public_key(from_pub_file(text), policy)
     sys.stdout.buffer.write(proof_statement(username, public.fingerprint, app.clock().date()))
 
 
@@ -437,13 +452,25 @@ def deployed_hosts(app: AppContext) -> dict[str, list[str]]:
 @key.command("revoke")
 @click.argument("fingerprint")
 @click.option("--reason", required=True, help="Why (recorded).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def key_revoke(app: AppContext, fingerprint: str, reason: str) -> None:
-    """Revoke a key by its SHA256 fingerprint."""
-    with app.registry().write(app.actor) as tx:
-        ops.revoke_key(tx, fingerprint, reason)
+def key_revoke(app: AppContext, fingerprint: str, reason: str, as_json: bool) -> None:
+    """Revoke a key by its SHA256 fingerprint.
+
+    FINGERPRINT may be the short form written on host lines: the comment
+    keyward:OWNER:XXXXXXXXXXXXXXXX, or its 16 characters; more characters are fine.
+    """
+    registry = app.registry()
+    with registry.write(app.actor) as tx:
+        revoked = ops.revoke_key(tx, fingerprint, reason)
+        owner = tx.session.get(Person, revoked.person_id)
+        assert owner is not None
+        result = key_json(revoked, owner, tx.now)
     log_events(tx)
-    click.echo(f"revoked key {fingerprint}")
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"revoked key {revoked.fingerprint} of {owner.username}")
 
 
 @key.command("check")
@@ -526,12 +553,22 @@ def membership_json(m: Membership, r: Role, now: Any) -> dict[str, Any]:
 @role.command("add")
 @click.argument("name")
 @click.option("--description", default="", help="What the role is for.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def role_add(app: AppContext, name: str, description: str) -> None:
+def role_add(app: AppContext, name: str, description: str, as_json: bool) -> None:
     """Create a role."""
     with app.registry().write(app.actor) as tx:
-        ops.add_role(tx, name, description)
+        created = ops.add_role(tx, name, description)
+        result = {
+            "name": created.name,
+            "description": created.description,
+            "created_by": created.created_by,
+            "created_at": ts(created.created_at),
+        }
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(f"added role {name}")
 
 
@@ -543,15 +580,29 @@ def role_add(app: AppContext, name: str, description: str) -> None:
     "--until", default=None, metavar="YYYY-MM-DD", help="The grant lapses after this day."
 )
 @click.option("--customer", default=None, help="Limit the grant to one customer's hosts.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def role_grant(
-    app: AppContext, name: str, username: str, reason: str, until: str | None, customer: str | None
+    app: AppContext,
+    name: str,
+    username: str,
+    reason: str,
+    until: str | None,
+    customer: str | None,
+    as_json: bool,
 ) -> None:
     """Grant role NAME to USERNAME."""
     until_at = end_of_day(until, "--until") if until else None
     with app.registry().write(app.actor) as tx:
-        ops.grant_role(tx, name, username, reason, until_at, customer)
+        granted = ops.grant_role(tx, name, username, reason, until_at, customer)
+        result = {
+            "person": username,
+            **membership_json(granted, ops.find_role(tx.session, name), tx.now),
+        }
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     suffix = f" until {short_ts(until_at)} UTC" if until_at else ""
     click.echo(f"granted role {name} to {username}{suffix}")
 
