@@ -79,3 +79,42 @@ def test_logins_hides_keyward_own_sessions_unless_all(env: AgentEnv) -> None:
     shown = logins(env)
     assert [e["person"] for e in shown] == ["alice"]
     assert "keyward-agent" not in env.kw.ok("logins").out
+
+
+def test_rehire_keeps_history_and_old_keys_revoked(env: AgentEnv) -> None:
+    old_fp = env.person_with_key("carol", "devops")
+    host = env.hosts[0]
+    env.kw.ok("reconcile")
+    assert env.kw("offboard", "carol", "--reason", "left (HR-1)").code == 0
+    assert not env.can_login(host, env.deploy, "carol")
+    err = env.kw.fails("person", "add", "carol", "--name", "Carol").err
+    assert "person rehire carol" in err  # the username is taken, and the error says what to do
+
+    out = env.kw.ok("person", "rehire", "carol", "--reason", "back (HR-9)", "--json").json()
+    assert out["status"] == "active"
+    assert [p["ended_at"] is None for p in out["periods"]] == [False, True]
+    assert "is active" in env.kw.fails("person", "rehire", "carol", "--reason", "x").err
+    # The earlier period's key stays revoked: it cannot be added back, and deploys nowhere.
+    assert "already registered" in env.kw.fails("key", "add", "carol", str(env.pub("carol"))).err
+    env.kw.ok("reconcile")
+    assert not env.can_login(host, env.deploy, "carol")
+    # A new key and a new grant, as for a new person.
+    env.kw.ok("key", "add", "carol", str(env.pub("dave")), "--attest", "admin")
+    env.kw.ok("role", "grant", "devops", "carol", "--reason", "back", actor="security")
+    env.kw.ok("reconcile")
+    assert env.can_login(host, env.deploy, "dave")
+    env.kw.ok("reconcile")  # collects that login
+    mine = [e for e in logins(env, "--person", "carol") if e["outcome"] == "accepted"]
+    assert mine and all(e["fingerprint"] != old_fp for e in mine)
+    # A login with the new key is not "after offboarding": that was the earlier period.
+    kinds = {a["kind"] for a in env.kw.ok("alerts", "--person", "carol", "--json").json()}
+    assert "login_after_offboarding" not in kinds
+
+    shown = env.kw.ok("person", "show", "carol", "--json").json()
+    assert len(shown["periods"]) == 2 and shown["periods"][0]["ended_at"] is not None
+    assert [k["status"] for k in shown["keys"]].count("revoked") == 1
+    assert "employed: " in env.kw.ok("person", "show", "carol").out
+    actions = [e["action"] for e in env.kw.ok("audit", "log", "--person", "carol", "--json").json()]
+    assert actions.index("person.add") < actions.index("person.offboard")
+    assert actions.index("person.offboard") < actions.index("person.rehire")
+    env.kw.ok("audit", "verify")

@@ -93,3 +93,22 @@ def test_key_add_accepts_a_pub_file_saved_with_crlf(alice: Keyward, tmp_path: Pa
         hostile.write_bytes(bad.encode())
         alice.fails("key", "add", "bob", str(hostile))
     assert alice.ok("key", "list", "bob", "--json").json() == []
+
+
+def test_person_edit_name_and_email_audited(alice: Keyward) -> None:
+    out = alice.ok("person", "edit", "alice", "--name", "Alice Married", "--json").json()
+    assert out["full_name"] == "Alice Married" and out["email"] == "alice@example.com"
+    alice.ok("person", "edit", "alice", "--email", "alice@new.example")
+    assert "nothing to change" in alice.fails("person", "edit", "bob", "--email", "").err
+    shown = alice.ok("person", "show", "alice", "--json").json()
+    assert (shown["full_name"], shown["email"]) == ("Alice Married", "alice@new.example")
+    edits = alice.ok("audit", "log", "--action", "person.edit", "--json").json()
+    assert edits[0]["details"] == {"full_name": {"from": "Alice Example", "to": "Alice Married"}}
+    assert edits[1]["details"]["email"] == {"from": "alice@example.com", "to": "alice@new.example"}
+    alice.ok("person", "edit", "alice", "--email", "")
+    assert alice.ok("person", "show", "alice", "--json").json()["email"] is None
+    assert "nothing to change" in alice.fails("person", "edit", "alice").err
+    assert "invalid email" in alice.fails("person", "edit", "alice", "--email", "no-at").err
+    assert "control characters" in alice.fails("person", "edit", "alice", "--name", "A\x1bB").err
+    assert "no person" in alice.fails("person", "edit", "zed", "--name", "Z").err
+    alice.ok("audit", "verify")

@@ -223,7 +223,9 @@ def person_list(app: AppContext, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def person_show(app: AppContext, username: str, as_json: bool) -> None:
-    """Show a person with their keys and roles."""
+    """Show a person with their keys, roles and periods of employment."""
+    from keyward.registry.lifecycle import employment_periods
+
     registry = app.registry()
     now = registry.clock()
     with registry.read() as session:
@@ -238,10 +240,18 @@ def person_show(app: AppContext, username: str, as_json: bool) -> None:
         data = person_json(p)
         data["keys"] = [key_json(k, p, now) for k in keys]
         data["roles"] = [membership_json(m, r, now) for m, r in memberships]
+        data["periods"] = employment_periods(session, p)
     if as_json:
         emit_json(data)
         return
     click.echo(f"{data['username']}  {data['full_name']}  <{data['email'] or '-'}>  {p.status}")
+    click.echo(
+        "employed: "
+        + "; ".join(
+            f"{(period['started_at'] or '?')[:10]} to {(period['ended_at'] or 'now')[:10]}"
+            for period in data["periods"]
+        )
+    )
     click.echo("keys:")
     table(
         data["keys"],
@@ -264,6 +274,61 @@ def person_show(app: AppContext, username: str, as_json: bool) -> None:
             ("status", "STATUS"),
             ("reason", "REASON"),
         ],
+    )
+
+
+@person.command("edit")
+@click.argument("username")
+@click.option("--name", "full_name", default=None, help="The corrected full name.")
+@click.option("--email", default=None, help="The corrected e-mail address ('' removes it).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def person_edit(
+    app: AppContext, username: str, full_name: str | None, email: str | None, as_json: bool
+) -> None:
+    """Correct USERNAME's name or e-mail; the old and new values are in the audit trail."""
+    with app.registry().write(app.actor) as tx:
+        result = person_json(ops.edit_person(tx, username, full_name, email))
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"changed {', '.join(json.loads(tx.events[-1].details))} of {username}")
+
+
+@person.command("rehire")
+@click.argument("username")
+@click.option("--reason", required=True, help="Why (e.g. the HR ticket); recorded.")
+@click.option("--name", "full_name", default=None, help="Full name, if it changed (or was purged).")
+@click.option("--email", default=None, help="E-mail address, if it changed ('' removes it).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def person_rehire(
+    app: AppContext,
+    username: str,
+    reason: str,
+    full_name: str | None,
+    email: str | None,
+    as_json: bool,
+) -> None:
+    """Employ an offboarded person again under the same username: a new period.
+
+    Their history stays; the earlier period's keys stay revoked and its roles ended:
+    add keys and grant roles as for a new person.  'person show' lists both periods.
+    """
+    from keyward.registry.lifecycle import employment_periods, rehire
+
+    with app.registry().write(app.actor) as tx:
+        returned = rehire(tx, username, reason, full_name, email)
+        result = person_json(returned)
+        result["periods"] = employment_periods(tx.session, returned)
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"rehired {username}: employment period {len(result['periods'])} starts now; "
+        "add a key and grant roles as for a new person"
     )
 
 

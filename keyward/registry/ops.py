@@ -41,7 +41,13 @@ def add_person(tx: WriteTx, username: str, full_name: str, email: str | None) ->
     full_name = validate.line("full name", full_name, max_length=200)
     if email is not None:
         email = validate.email(email)
-    if tx.session.exec(select(Person).where(Person.username == username)).first():
+    existing = tx.session.exec(select(Person).where(Person.username == username)).first()
+    if existing is not None and existing.status == "offboarded":
+        raise RegistryError(
+            f"person {username!r} already exists (offboarded); to employ them again under "
+            f"the same username, use 'keyward person rehire {username} --reason TEXT'"
+        )
+    if existing is not None:
         raise RegistryError(f"person {username!r} already exists")
     person = Person(
         username=username,
@@ -54,6 +60,38 @@ def add_person(tx: WriteTx, username: str, full_name: str, email: str | None) ->
     tx.session.add(person)
     tx.session.flush()
     tx.audit("person.add", Subject.person(username), {"full_name": full_name, "email": email})
+    return person
+
+
+def edit_person(tx: WriteTx, username: str, full_name: str | None, email: str | None) -> Person:
+    """Correct a person's name or e-mail; the old values are audited.
+
+    None leaves a field as it is; an empty e-mail removes it.
+
+    A purged person's details were removed on purpose and are not put back here;
+    ``person rehire --name`` does that when they return.
+    """
+    from keyward.registry.lifecycle import PURGED_NAME
+
+    person = find_person(tx.session, username)
+    if person.full_name == PURGED_NAME:
+        raise RegistryError(f"{username!r} was purged; 'person rehire' gives them details again")
+    changes: dict[str, dict[str, str | None]] = {}
+    if full_name is not None:
+        full_name = validate.line("full name", full_name, max_length=200)
+        if full_name != person.full_name:
+            changes["full_name"] = {"from": person.full_name, "to": full_name}
+            person.full_name = full_name
+    if email is not None:
+        new_email = validate.email(email) if email.strip() else None
+        if new_email != person.email:
+            changes["email"] = {"from": person.email, "to": new_email}
+            person.email = new_email
+    if not changes:
+        raise UsageError("nothing to change: give --name or --email with a new value")
+    person.changed_at = tx.now
+    tx.session.add(person)
+    tx.audit("person.edit", Subject.person(username), changes)
     return person
 
 
