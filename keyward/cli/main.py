@@ -73,6 +73,9 @@ def _register_commands() -> None:
     from keyward.cli import login_cmds
 
     login_cmds.register(cli)
+    from keyward.cli import import_cmds
+
+    import_cmds.register(cli)
 
 
 _register_commands()
