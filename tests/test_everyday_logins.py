@@ -118,3 +118,33 @@ def test_rehire_keeps_history_and_old_keys_revoked(env: AgentEnv) -> None:
     assert actions.index("person.add") < actions.index("person.offboard")
     assert actions.index("person.offboard") < actions.index("person.rehire")
     env.kw.ok("audit", "verify")
+
+
+def test_hosts_scan_and_inventory_check_json(env: AgentEnv) -> None:
+    known = env.inventory / "known_hosts"
+    a, b = env.hosts[0], env.hosts[1]
+    pinned_b = [ln for ln in known.read_text().splitlines() if b.name in ln or str(b.port) in ln]
+    known.write_text("\n".join(pinned_b) + "\n")  # a is seen for the first time, b is pinned
+    out = env.kw.ok("hosts", "scan", "--write", "--json", a.name, b.name)
+    report = {h["host"]: h for h in out.json()["hosts"]}  # stdout is the JSON alone
+    assert report[a.name]["status"] == "new" and report[a.name]["written"] is True
+    assert report[a.name]["line"] == a.known_hosts_line()
+    assert report[b.name]["status"] == "pinned" and report[b.name]["written"] is False
+    assert out.json()["failures"] == []
+    assert "added 1 host keys" in out.err
+    assert a.known_hosts_line() in known.read_text()
+
+    check = env.kw.ok("inventory", "check", "--json").json()
+    assert check["ok"] is True and check["problems"] == []
+    assert [(e["name"], sorted(e["hosts"])) for e in check["environments"]] == [
+        ("test", sorted(h.name for h in env.hosts))
+    ]
+    broken = next(env.inventory.glob("*.toml"))
+    for path in env.inventory.glob("*.toml"):
+        if "[[hosts]]" in path.read_text():
+            broken = path
+    broken.write_text(broken.read_text() + "\n[[hosts]]\nport = 'x'\n")
+    bad = env.kw.fails("inventory", "check", "--json")
+    assert bad.json()["ok"] is False and bad.json()["environments"] == []
+    assert all(p["file"] and p["message"] for p in bad.json()["problems"])
+    assert str(bad.json()["problems"][0]["message"]) in bad.err
