@@ -112,3 +112,34 @@ def test_person_edit_name_and_email_audited(alice: Keyward) -> None:
     assert "control characters" in alice.fails("person", "edit", "alice", "--name", "A\x1bB").err
     assert "no person" in alice.fails("person", "edit", "zed", "--name", "Z").err
     alice.ok("audit", "verify")
+
+
+def test_creating_commands_answer_in_json(alice: Keyward, tmp_path: Path) -> None:
+    person = alice.ok("person", "add", "carol", "--name", "Carol", "--json").json()
+    assert (person["username"], person["status"]) == ("carol", "active")
+    role = alice.ok("role", "add", "devops", "--description", "ops", "--json").json()
+    assert role == {
+        "name": "devops",
+        "description": "ops",
+        "created_by": "admin",
+        "created_at": role["created_at"],
+    }
+    grant = alice.ok("role", "grant", "devops", "alice", "--reason", "OPS-1", "--json").json()
+    assert (grant["person"], grant["role"], grant["granted_by"], grant["status"]) == (
+        "alice",
+        "devops",
+        "admin",
+        "active",
+    )
+    old = _key(alice, tmp_path, "alice", "old")
+    _, new_pub = make_key(tmp_path, "ed25519", name="new")
+    rotated = alice.ok("key", "rotate", "alice", str(new_pub), "--json").json()
+    assert rotated["old"]["fingerprint"] == old
+    assert rotated["new"]["fingerprint"] == parse_public_key(new_pub.read_text()).fingerprint
+    request = alice.ok(
+        "access", "request", "devops", "--env", "production", "--for", "4h",
+        "--reason", "INC-1", "--json", actor="bob",
+    ).json()  # fmt: skip
+    assert (request["person"], request["status"]) == ("bob", "pending")
+    listed = alice.ok("access", "list", "--json").json()
+    assert [r["id"] for r in listed] == [request["id"]]

@@ -76,6 +76,8 @@ def test_import_reports_every_problem_with_its_line_and_imports_nothing(
         f"gina,Gina,,{line},\n"  # 10: frank's key again
         "hank,Hank,not-an-email,missing.pub,\n"  # 11: two problems on one line
         "ivan,Ivan\n"  # 12: too few fields
+        f'judy,Judy,,"{priv.read_text().strip()}",\n'  # 13 (and on): a private key pasted
+        "kim,Kim,,,devops\n"  # fine, after a record of several lines
     )
     before = _audit_head(roles)
     result = roles.fails("import", str(csv_file))
@@ -83,15 +85,16 @@ def test_import_reports_every_problem_with_its_line_and_imports_nothing(
     label = str(csv_file)
     assert all(p.startswith(f"{label}:") for p in problems), result.err
     lines = sorted(int(p[len(label) + 1 :].split(":", 1)[0]) for p in problems)
-    assert lines == [3, 4, 5, 6, 7, 8, 10, 11, 11, 12], result.err
+    assert lines == [3, 4, 5, 6, 7, 8, 10, 11, 11, 12, 13], result.err
     text = result.err
     assert "invalid username" in text and "no role 'ops'" in text
     assert "also on line 2" in text and "PRIVATE key" in text
     assert "cannot grant a role to themselves" in text and "already exists" in text
     assert "also on line 9" in text and "invalid email" in text and "cannot read key file" in text
     assert result.err.splitlines()[-1].startswith("keyward: error: ")
-    assert "10 problems; nothing was imported" in result.err
-    assert "AAAA" not in result.err  # no key material in the messages
+    assert "11 problems; nothing was imported" in result.err
+    assert "AAAA" not in result.err and "b3BlbnNz" not in result.err  # no key material
+    assert result.err.count("PRIVATE key") == 2  # the file (line 6) and the pasted text
     assert _audit_head(roles) == before
     assert {p["username"] for p in roles.ok("person", "list", "--json").json()} == {"existing"}
     # --json lists the same problems, and still exits 2.

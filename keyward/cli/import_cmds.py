@@ -20,9 +20,16 @@ import click
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json
-from keyward.cli.registry_cmds import key_policy, log_events, read_small_file
+from keyward.cli.registry_cmds import MAX_INPUT_BYTES, key_policy, log_events
 from keyward.errors import KeywardError, UsageError
-from keyward.keys import KNOWN_TYPES, KeyPolicy, PublicKey, from_pub_file, parse_public_key
+from keyward.keys import (
+    KNOWN_TYPES,
+    KeyPolicy,
+    PublicKey,
+    from_pub_file,
+    looks_like_private_key,
+    parse_public_key,
+)
 from keyward.registry import ops
 from keyward.registry.store import WriteTx
 
@@ -31,6 +38,7 @@ pass_app = click.make_pass_decorator(AppContext)
 COLUMNS = ("username", "name", "email", "key", "roles")
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_ROWS = 10_000
+MAX_KEY_FILE = MAX_INPUT_BYTES  # as 'key add'
 _ROLE_SPLIT = re.compile(r"[;\s]+")
 
 
@@ -99,8 +107,9 @@ def _read_rows(data: bytes, label: str, outcome: Outcome) -> list[Row]:
                 + (f"; unknown {', '.join(repr(u[:40]) for u in unknown)}" if unknown else "")
             )
         rows: list[Row] = []
+        last = reader.line_num
         for values in reader:
-            line = reader.line_num
+            line, last = last + 1, reader.line_num  # a quoted field may span lines: the first
             if not any(v.strip() for v in values):
                 continue  # a blank line
             if len(rows) >= MAX_ROWS:
@@ -128,11 +137,18 @@ def _public_key(row: Row, base: Path, policy: KeyPolicy) -> PublicKey | None:
     """The row's key: the text itself if it starts with a key type, else a file next to the CSV."""
     if not row.key:
         return None
-    if row.key.split(maxsplit=1)[0] in KNOWN_TYPES:
-        text = row.key
+    if row.key.split(maxsplit=1)[0] in KNOWN_TYPES or looks_like_private_key(row.key):
+        text = row.key  # a pasted private key is refused as one, never echoed as a "path"
     else:
         path = Path(row.key)
-        data = read_small_file(str(path if path.is_absolute() else base / path), "key file")
+        try:
+            with (path if path.is_absolute() else base / path).open("rb") as handle:
+                data = handle.read(MAX_KEY_FILE + 1)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not a file name"
+            raise UsageError(f"cannot read key file {row.key[:60]!r}: {reason}") from None
+        if len(data) > MAX_KEY_FILE:
+            raise UsageError(f"key file {row.key[:60]!r} is larger than {MAX_KEY_FILE} bytes")
         text = data.decode("utf-8", errors="replace")
     return parse_public_key(from_pub_file(text), policy)
 
