@@ -81,7 +81,8 @@ def test_logins_hides_keyward_own_sessions_unless_all(env: AgentEnv) -> None:
     assert "keyward-agent" not in env.kw.ok("logins").out
 
 
-def test_rehire_keeps_history_and_old_keys_revoked(env: AgentEnv) -> None:
+def test_rehire_keeps_history_and_old_keys_revoked(env_any_db: AgentEnv) -> None:
+    env = env_any_db
     old_fp = env.person_with_key("carol", "devops")
     host = env.hosts[0]
     env.kw.ok("reconcile")
