@@ -39,11 +39,18 @@ def test_import_people_keys_and_roles_in_one_go(roles: Keyward, tmp_path: Path) 
     dry = roles.ok("import", str(csv_file), "--dry-run")
     assert "would import 3 people, 2 keys, 4 role grants" in dry.out
     assert _audit_head(roles) == before  # a dry run changes nothing
-    summary = roles.ok("import", str(csv_file), "--json", actor="hr-admin").json()
+    summary = roles.ok(
+        "import", str(csv_file), "--attest", "admin", "--json", actor="hr-admin"
+    ).json()
     assert summary["imported"] is True and summary["problems"] == []
     by_user = {p["username"]: p for p in summary["people"]}
     assert by_user["alice"]["fingerprint"] == parse_public_key(alice_pub.read_text()).fingerprint
     assert by_user["bob"]["roles"] == ["devops", "qa"] and by_user["carol"]["fingerprint"] is None
+    keys = roles.ok("key", "list", "--json").json()
+    assert {(k["owner"], k["attestation"], k["attested_by"]) for k in keys} == {
+        ("alice", "admin", "hr-admin"),
+        ("bob", "admin", "hr-admin"),
+    }
     people = {p["username"]: p for p in roles.ok("person", "list", "--json").json()}
     assert (
         people["bob"]["full_name"] == "Bob, Jr." and people["alice"]["email"] == "alice@example.com"
