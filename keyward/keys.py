@@ -615,6 +615,16 @@ def _decode_b64(token: str) -> bytes:
     return blob
 
 
+def from_pub_file(text: str) -> str:
+    """A ``.pub`` file's text with Windows line endings (CRLF) made plain LF.
+
+    An editor on Windows saves ``type base64 comment\r\n``: the same key, which
+    ``key add`` accepts.  Only CR directly before LF goes; a lone CR anywhere else
+    (inside a comment, say) is kept, so ``parse_public_key`` still refuses it.
+    """
+    return text.replace("\r\n", "\n")
+
+
 def parse_public_key(text: str, policy: KeyPolicy = DEFAULT_POLICY) -> PublicKey:
     """Parse exactly one ``type base64 [comment]`` line and apply ``policy``.
 

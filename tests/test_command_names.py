@@ -129,5 +129,5 @@ def test_an_unknown_host_names_close_ones_and_a_real_command(env: AgentEnv, comm
     result = env.kw.fails(command, "--host", near)
     assert result.err.startswith(f"keyward: error: unknown host {near!r} (did you mean ")
     assert env.hosts[0].name in result.err
-    assert "'keyward inventory check'" in result.err
+    assert "'keyward inventory show'" in result.err
     assert len(result.err.splitlines()) == 1

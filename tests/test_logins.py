@@ -55,7 +55,8 @@ def test_logins_are_attributed_and_collected_incrementally(env: AgentEnv) -> Non
     ]
     assert [e["host"] for e in logins(env, "--person", "alice", "--host", h2.name)] == [h2.name]
     people = [e for e in logins(env) if e["person"] != "keyward-agent"]
-    assert {e["person"] for e in logins(env)} == {"alice", "keyward-agent", None}
+    assert {e["person"] for e in logins(env)} == {"alice", None}  # keyward's own: --all
+    assert {e["person"] for e in logins(env, "--all")} == {"alice", "keyward-agent", None}
     env.kw.ok("reconcile")
     again = [e for e in logins(env) if e["person"] != "keyward-agent"]
     assert again == people  # a second collection stores no duplicates

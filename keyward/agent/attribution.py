@@ -241,29 +241,40 @@ def _after_offboarding(tx: WriteTx, stored: list[HostLogins]) -> list[Alert]:
 
     A host that was down during ``keyward offboard`` still has the person's key until
     the agent reaches it again; a login in between is evidence the report must show.
-    One alert per person, host and account in a collection.
+    One alert per person, host and account in a collection.  Only logins with a key
+    the case revoked count: a re-hired person (``person rehire``) logs in with new
+    keys, which are no evidence against the earlier offboarding.
     """
     accepted = [e for logins in stored for e in logins.fresh if e.outcome == "accepted"]
     people = sorted({e.person for e in accepted if e.person})
     if not people:
         return []
+    revoked: dict[str, tuple[int, datetime]] = {}  # fingerprint -> its earliest case
     cases: dict[str, tuple[int, datetime]] = {}
     for chunk in chunks(people):
-        for username, case_id, started_at in tx.session.exec(
-            select(Person.username, OffboardingCase.id, OffboardingCase.started_at)
+        for case_id, started_at, fingerprints in tx.session.exec(
+            select(
+                OffboardingCase.id,
+                OffboardingCase.started_at,
+                OffboardingCase.fingerprints,
+            )
+            .select_from(Person)
             .join(OffboardingCase, col(OffboardingCase.person_id) == col(Person.id))
             .where(col(Person.username).in_(chunk))
             .order_by(col(OffboardingCase.id))
         ):
-            cases[username] = (case_id or 0, started_at)  # the latest case wins
+            for fingerprint in json.loads(fingerprints):
+                revoked.setdefault(fingerprint, (case_id or 0, started_at))
     late: dict[tuple[str, str, str], list[LoginEvent]] = {}
     for e in accepted:
-        case = cases.get(e.person or "")
+        case = revoked.get(e.fingerprint or "")
         if case is not None and e.at >= case[1]:
-            late.setdefault((e.person or "", e.host, e.account), []).append(e)
+            key = (e.person or "", e.host, e.account)
+            late.setdefault(key, []).append(e)
+            cases[key[0]] = max(cases.get(key[0], case), case)
     alerts: list[Alert] = []
     for (person, host, account), events in sorted(late.items()):
-        case_id, started_at = cases[person]
+        case_id, started_at = cases[person]  # the latest case a late key belongs to
         addresses = sorted({e.addr for e in events})
         alerts.append(
             Alert(

@@ -47,19 +47,46 @@ def inventory() -> None:
 
 
 @inventory.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def inventory_check(app: AppContext) -> None:
+def inventory_check(app: AppContext, as_json: bool) -> None:
     """Validate the inventory; print a summary, or every problem with its file and key."""
     from keyward.inventory import check_inventory, summarize
 
     root = app.inventory_dir()
     inv, problems = check_inventory(root)
+    if as_json:
+        emit_json(inventory_check_json(root, inv, problems))
     if inv is None:
         for problem in problems:
             click.echo(str(problem), err=True)
         noun = "problem" if len(problems) == 1 else "problems"
         raise InventoryError(f"{root}: {len(problems)} {noun}")
-    click.echo(summarize(inv))
+    if not as_json:
+        click.echo(summarize(inv))
+
+
+def inventory_check_json(root: Path, inv: Inventory | None, problems: list[Any]) -> dict[str, Any]:
+    """``inventory check --json``: the problems, or the same totals as the summary."""
+    return {
+        "root": str(root),
+        "ok": inv is not None,
+        "problems": [{"file": p.file, "key": p.key, "message": p.message} for p in problems],
+        "environments": [
+            {
+                "name": env.name,
+                "file": str(env.source_file),
+                "customer": env.customer,
+                "min_attestation": env.min_attestation,
+                "hosts": [h.name for h in env.hosts],
+                "managed_accounts": sum(len(h.managed_accounts) for h in env.hosts),
+                "access_rules": len(env.access),
+                "break_glass_keys": len(env.break_glass),
+                "roles": sorted({role for rule in env.access for role in rule.roles}),
+            }
+            for env in (inv.environments if inv is not None else ())
+        ],
+    }
 
 
 @inventory.command("show")
@@ -766,6 +793,7 @@ def hosts() -> None:
     metavar="SHA256:...",
     help="With --write: pin only these presented keys, the ones you checked out of band.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def hosts_scan(
     app: AppContext,
@@ -775,6 +803,7 @@ def hosts_scan(
     write: bool,
     replace: bool,
     fingerprints: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Fetch the host keys of NAMES (inventory host names), --env ENV or --all; print them.
 
@@ -802,26 +831,49 @@ def hosts_scan(
         existing = path.read_text() if path.exists() else ""
     except OSError as exc:
         raise UsageError(f"cannot read known_hosts {path}: {exc.strerror}") from None
-    with progress(len(set(names)), "hosts scan") as advance:
+    with progress(len(targets), "hosts scan") as advance:
         found, failures = asyncio.run(
             scan.scan_hosts(targets, existing, inv.agent.connect_timeout, on_done=advance)
         )
-    for item in found:
+    for item in found if not as_json else ():
         click.echo(item.describe())
         if item.status != "changed":  # a changed key is not offered as a line to paste
             click.echo(item.line)
     for host, error in failures:
         click.echo(f"# {host.name}: {error}", err=True)
+    chosen: list[scan.Scanned] = []
     if write:
         chosen = scan.select_pins(found, replace=replace, fingerprints=wanted)
         if chosen:
-            _write_pins(app, path, existing, chosen)
+            _write_pins(app, path, existing, chosen, err=as_json)
+    if as_json:
+        emit_json(
+            {
+                "hosts": [
+                    {
+                        "host": item.host.name,
+                        "fingerprint": item.fingerprint,
+                        "status": item.status,
+                        "pinned": list(item.pinned),
+                        # a changed key is not offered as a line to paste
+                        "line": item.line if item.status != "changed" else None,
+                        "written": item in chosen,
+                    }
+                    for item in found
+                ],
+                "failures": [{"host": host.name, "error": error} for host, error in failures],
+            }
+        )
     if failures:
         sys.exit(EXIT_FAILED)
 
 
-def _write_pins(app: AppContext, path: Path, existing: str, chosen: list[scan.Scanned]) -> None:
+def _write_pins(
+    app: AppContext, path: Path, existing: str, chosen: list[scan.Scanned], err: bool = False
+) -> None:
     """Write the chosen pins; a replaced pin is audited in the same registry transaction.
+
+    ``err``: say what was written on stderr (stdout carries the JSON).
 
     The file is replaced atomically inside the transaction; if the audit record
     cannot be committed the old file is put back, so a replacement is never
@@ -866,7 +918,8 @@ def _write_pins(app: AppContext, path: Path, existing: str, chosen: list[scan.Sc
             )
             click.echo(
                 f"replaced the pinned host key of {item.host.name} "
-                f"({', '.join(item.pinned)} -> {item.fingerprint})"
+                f"({', '.join(item.pinned)} -> {item.fingerprint})",
+                err=err,
             )
         else:
             log.info(
@@ -877,7 +930,7 @@ def _write_pins(app: AppContext, path: Path, existing: str, chosen: list[scan.Sc
             )
     added = len(chosen) - len(replaced)
     if added:
-        click.echo(f"added {added} host keys to {path}")
+        click.echo(f"added {added} host keys to {path}", err=err)
 
 
 def register(cli: click.Group) -> None:

@@ -59,6 +59,7 @@ pass_app = click.make_pass_decorator(AppContext)
     default=None,
     help="Attestation for the new key, if no proof.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def key_rotate(
     app: AppContext,
@@ -68,24 +69,31 @@ def key_rotate(
     old_fingerprint: str | None,
     proof_file: str | None,
     attest: str | None,
+    as_json: bool,
 ) -> None:
     """Replace USERNAME's key: the new one is deployed at once, the old one lapses after --grace."""
     from datetime import timedelta
 
-    from keyward.keys import parse_public_key
-    from keyward.registry import lifecycle
+    from keyward.cli.registry_cmds import key_json
+    from keyward.keys import from_pub_file, parse_public_key
+    from keyward.registry import lifecycle, ops
 
     policy = key_policy(app)
     grace_period = duration(grace, "--grace") if grace != "0" else timedelta(0)
     text = read_small_file(new_pubkey_file, "public key file").decode("utf-8", errors="replace")
-    public = parse_public_key(text, policy)
+    public = parse_public_key(from_pub_file(text), policy)
     registry = app.registry()
     now = registry.clock()
     expires_at = now + timedelta(days=policy.max_key_age_days)
     claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
     with registry.write(app.actor) as tx:
         old, new = lifecycle.rotate_key(tx, username, public, claim, grace_period, old_fingerprint)
+        owner = ops.find_person(tx.session, username)
+        result = {"old": key_json(old, owner, tx.now), "new": key_json(new, owner, tx.now)}
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(
         f"rotated {username}: new key {new.fingerprint} deployed at the next reconcile; "
         f"old key {old.fingerprint} valid until {short_ts(old.expires_at)} UTC"
@@ -122,18 +130,29 @@ def request_json(a: AccessRequest, p: Person, r: Role) -> dict[str, Any]:
 @click.option("--env", "environment", required=True, help="The environment the access is for.")
 @click.option("--for", "length", required=True, metavar="DURATION", help="e.g. 30m, 4h.")
 @click.option("--reason", required=True, help="Why (e.g. an incident); recorded.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def access_request(app: AppContext, role: str, environment: str, length: str, reason: str) -> None:
+def access_request(
+    app: AppContext, role: str, environment: str, length: str, reason: str, as_json: bool
+) -> None:
     """Ask for ROLE in one environment for a while (the requester is --actor)."""
     from keyward.inventory import load_inventory
-    from keyward.registry import lifecycle
+    from keyward.registry import lifecycle, ops
 
     root = app.inventory_dir()
     if root.is_dir():
         load_inventory(root).environment(environment)
     with app.registry().write(app.actor) as tx:
         request = lifecycle.request_access(tx, role, environment, duration(length, "--for"), reason)
+        result = request_json(
+            request,
+            ops.find_person(tx.session, app.actor),
+            ops.find_role(tx.session, role),
+        )
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(
         f"access request {request.id}: {role} in {environment} for {length}, "
         "waiting for approval by someone else"

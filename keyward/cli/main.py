@@ -64,6 +64,10 @@ COMMANDS: dict[str, Entry] = {
         "Can USERNAME log in (on HOST, as ACCOUNT), and if not, exactly why.",
     ),
     "hosts": Entry(("agent_cmds",), "Hosts and their pinned host keys."),
+    "import": Entry(
+        ("import_cmds",),
+        "Onboard the people of a CSV file in one transaction: all rows, or none.",
+    ),
     "init": Entry(
         ("registry_cmds",),
         "Create the registry (or upgrade an older one to this keyward's schema).",

@@ -196,14 +196,20 @@ def person_json(p: Person) -> dict[str, Any]:
 @click.argument("username")
 @click.option("--name", "full_name", required=True, help="Full name.")
 @click.option("--email", default=None, help="Email address.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def person_add(app: AppContext, username: str, full_name: str, email: str | None) -> None:
+def person_add(
+    app: AppContext, username: str, full_name: str, email: str | None, as_json: bool
+) -> None:
     """Register a person."""
     from keyward.registry import ops
 
     with app.registry().write(app.actor) as tx:
-        ops.add_person(tx, username, full_name, email)
+        result = person_json(ops.add_person(tx, username, full_name, email))
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(f"added person {username}")
 
 
@@ -233,10 +239,11 @@ def person_list(app: AppContext, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def person_show(app: AppContext, username: str, as_json: bool) -> None:
-    """Show a person with their keys and roles."""
+    """Show a person with their keys, roles and periods of employment."""
     from sqlmodel import col, select
 
     from keyward.registry import ops
+    from keyward.registry.lifecycle import employment_periods
     from keyward.registry.models import Membership, Role, SshKey
 
     registry = app.registry()
@@ -253,10 +260,18 @@ def person_show(app: AppContext, username: str, as_json: bool) -> None:
         data = person_json(p)
         data["keys"] = [key_json(k, p, now) for k in keys]
         data["roles"] = [membership_json(m, r, now) for m, r in memberships]
+        data["periods"] = employment_periods(session, p)
     if as_json:
         emit_json(data)
         return
     click.echo(f"{data['username']}  {data['full_name']}  <{data['email'] or '-'}>  {p.status}")
+    click.echo(
+        "employed: "
+        + "; ".join(
+            f"{(period['started_at'] or '?')[:10]} to {(period['ended_at'] or 'now')[:10]}"
+            for period in data["periods"]
+        )
+    )
     click.echo("keys:")
     table(
         data["keys"],
@@ -279,6 +294,63 @@ def person_show(app: AppContext, username: str, as_json: bool) -> None:
             ("status", "STATUS"),
             ("reason", "REASON"),
         ],
+    )
+
+
+@person.command("edit")
+@click.argument("username")
+@click.option("--name", "full_name", default=None, help="The corrected full name.")
+@click.option("--email", default=None, help="The corrected e-mail address ('' removes it).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def person_edit(
+    app: AppContext, username: str, full_name: str | None, email: str | None, as_json: bool
+) -> None:
+    """Correct USERNAME's name or e-mail; the old and new values are in the audit trail."""
+    from keyward.registry import ops
+
+    with app.registry().write(app.actor) as tx:
+        result = person_json(ops.edit_person(tx, username, full_name, email))
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"changed {', '.join(json.loads(tx.events[-1].details))} of {username}")
+
+
+@person.command("rehire")
+@click.argument("username")
+@click.option("--reason", required=True, help="Why (e.g. the HR ticket); recorded.")
+@click.option("--name", "full_name", default=None, help="Full name, if it changed (or was purged).")
+@click.option("--email", default=None, help="E-mail address, if it changed ('' removes it).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def person_rehire(
+    app: AppContext,
+    username: str,
+    reason: str,
+    full_name: str | None,
+    email: str | None,
+    as_json: bool,
+) -> None:
+    """Employ an offboarded person again under the same username: a new period.
+
+    Their history stays; the earlier period's keys stay revoked and its roles ended:
+    add keys and grant roles as for a new person.  'person show' lists both periods.
+    """
+    from keyward.registry.lifecycle import employment_periods, rehire
+
+    with app.registry().write(app.actor) as tx:
+        returned = rehire(tx, username, reason, full_name, email)
+        result = person_json(returned)
+        result["periods"] = employment_periods(tx.session, returned)
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"rehired {username}: employment period {len(result['periods'])} starts now; "
+        "add a key and grant roles as for a new person"
     )
 
 
@@ -330,6 +402,7 @@ def key_json(k: SshKey, owner: Person, now: Any) -> dict[str, Any]:
     default=None,
     help="admin: you vouch for the key; sk: a FIDO security key.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def key_add(
     app: AppContext,
@@ -338,14 +411,15 @@ def key_add(
     expires: str | None,
     proof_file: str | None,
     attest: str | None,
+    as_json: bool,
 ) -> None:
     """Register USERNAME's public key from PUBKEY_FILE ('-' for stdin)."""
-    from keyward.keys import parse_public_key
+    from keyward.keys import from_pub_file, parse_public_key
     from keyward.registry import ops
 
     policy = key_policy(app)
     text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
-    public = parse_public_key(text, policy)
+    public = parse_public_key(from_pub_file(text), policy)
     registry = app.registry()
     now = registry.clock()
     latest = now + timedelta(days=policy.max_key_age_days)
@@ -359,8 +433,12 @@ def key_add(
         expires_at = min(expires_at, latest)
     claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
     with registry.write(app.actor) as tx:
-        ops.add_key(tx, username, public, claim)
+        row = ops.add_key(tx, username, public, claim)
+        result = key_json(row, ops.find_person(tx.session, username), tx.now)
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(
         f"added {public.key_type} key {public.fingerprint} for {username} "
         f"(attestation {claim.attestation}, expires {short_ts(expires_at)} UTC)"
@@ -379,12 +457,12 @@ def key_statement(app: AppContext, username: str, pubkey_file: str) -> None:
     ssh-keygen -Y sign -n keyward -f id_ed25519 statement   # writes statement.sig
     keyward key add alice id_ed25519.pub --proof statement.sig
     """
-    from keyward.keys import parse_public_key
+    from keyward.keys import from_pub_file, parse_public_key
     from keyward.sshsig import proof_statement
 
     policy = key_policy(app)
     text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
-    public = parse_public_key(text, policy)
+    public = parse_public_key(from_pub_file(text), policy)
     sys.stdout.buffer.write(proof_statement(username, public.fingerprint, app.clock().date()))
 
 
@@ -469,15 +547,28 @@ def deployed_hosts(app: AppContext) -> dict[str, list[str]]:
 @key.command("revoke")
 @click.argument("fingerprint")
 @click.option("--reason", required=True, help="Why (recorded).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def key_revoke(app: AppContext, fingerprint: str, reason: str) -> None:
-    """Revoke a key by its SHA256 fingerprint."""
-    from keyward.registry import ops
+def key_revoke(app: AppContext, fingerprint: str, reason: str, as_json: bool) -> None:
+    """Revoke a key by its SHA256 fingerprint.
 
-    with app.registry().write(app.actor) as tx:
-        ops.revoke_key(tx, fingerprint, reason)
+    FINGERPRINT may be the short form written on host lines: the comment
+    keyward:OWNER:XXXXXXXXXXXXXXXX, or its 16 characters; more characters are fine.
+    """
+    from keyward.registry import ops
+    from keyward.registry.models import Person
+
+    registry = app.registry()
+    with registry.write(app.actor) as tx:
+        revoked = ops.revoke_key(tx, fingerprint, reason)
+        owner = tx.session.get(Person, revoked.person_id)
+        assert owner is not None
+        result = key_json(revoked, owner, tx.now)
     log_events(tx)
-    click.echo(f"revoked key {fingerprint}")
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"revoked key {revoked.fingerprint} of {owner.username}")
 
 
 @key.command("check")
@@ -561,14 +652,24 @@ def membership_json(m: Membership, r: Role, now: Any) -> dict[str, Any]:
 @role.command("add")
 @click.argument("name")
 @click.option("--description", default="", help="What the role is for.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
-def role_add(app: AppContext, name: str, description: str) -> None:
+def role_add(app: AppContext, name: str, description: str, as_json: bool) -> None:
     """Create a role."""
     from keyward.registry import ops
 
     with app.registry().write(app.actor) as tx:
-        ops.add_role(tx, name, description)
+        created = ops.add_role(tx, name, description)
+        result = {
+            "name": created.name,
+            "description": created.description,
+            "created_by": created.created_by,
+            "created_at": ts(created.created_at),
+        }
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     click.echo(f"added role {name}")
 
 
@@ -580,17 +681,31 @@ def role_add(app: AppContext, name: str, description: str) -> None:
     "--until", default=None, metavar="YYYY-MM-DD", help="The grant lapses after this day."
 )
 @click.option("--customer", default=None, help="Limit the grant to one customer's hosts.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def role_grant(
-    app: AppContext, name: str, username: str, reason: str, until: str | None, customer: str | None
+    app: AppContext,
+    name: str,
+    username: str,
+    reason: str,
+    until: str | None,
+    customer: str | None,
+    as_json: bool,
 ) -> None:
     """Grant role NAME to USERNAME."""
     from keyward.registry import ops
 
     until_at = end_of_day(until, "--until") if until else None
     with app.registry().write(app.actor) as tx:
-        ops.grant_role(tx, name, username, reason, until_at, customer)
+        granted = ops.grant_role(tx, name, username, reason, until_at, customer)
+        result = {
+            "person": username,
+            **membership_json(granted, ops.find_role(tx.session, name), tx.now),
+        }
     log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
     suffix = f" until {short_ts(until_at)} UTC" if until_at else ""
     click.echo(f"granted role {name} to {username}{suffix}")
 

@@ -265,6 +265,100 @@ def offboard(
     return case
 
 
+# -- re-hire ------------------------------------------------------------------
+
+
+def rehire(
+    tx: WriteTx,
+    username: str,
+    reason: str,
+    full_name: str | None = None,
+    email: str | None = None,
+) -> Person:
+    """Make an offboarded person active again under the same username: a new employment period.
+
+    The row (and so the history: keys, grants, logins, audit events) is kept; the
+    keys of the earlier period stay revoked and the roles ended, so nothing comes
+    back by itself: new keys are added and roles granted like for a new person.
+    Refused while an offboarding case is still open, so the evidence that the
+    earlier period's keys are gone from every host is complete first.
+    """
+    reason = validate.line("reason", reason)
+    person = ops.find_person(tx.session, username)
+    if person.status != "offboarded":
+        raise RegistryError(
+            f"{username!r} is {person.status}; only an offboarded person is rehired"
+        )
+    if tx.session.exec(
+        select(OffboardingCase).where(
+            OffboardingCase.person_id == person.id, OffboardingCase.status == "open"
+        )
+    ).first():
+        raise RegistryError(
+            f"{username!r} still has an open offboarding case; it must be confirmed on every "
+            f"host first ('keyward offboard status {username}')"
+        )
+    if full_name is not None:
+        person.full_name = validate.line("full name", full_name, max_length=200)
+    elif person.full_name == PURGED_NAME:
+        raise UsageError(f"{username!r} was purged; give --name (and --email) again")
+    if email is not None:
+        person.email = validate.email(email) if email.strip() else None
+    person.status = "active"
+    person.changed_at = tx.now
+    tx.session.add(person)
+    tx.audit(
+        "person.rehire",
+        Subject.person(username),
+        {"reason": reason, "full_name": person.full_name, "email": person.email},
+    )
+    return person
+
+
+PERIOD_START = ("person.add", "person.rehire")
+PERIOD_END = "person.offboard"
+
+
+def employment_periods(session: Session, person: Person) -> list[dict[str, str | None]]:
+    """The person's periods of employment, oldest first, read from the audit trail.
+
+    Each ``person.add`` or ``person.rehire`` starts one and ``person.offboard`` ends
+    it; the chain covers these events, and a purge keeps their time and action
+    (only details are redacted), so the periods survive a purge too.
+    """
+    from keyward.registry.models import AuditEvent
+
+    subject = Subject.person(person.username)
+    candidates = session.exec(
+        select(AuditEvent)
+        .where(
+            subjects.matches(subject),
+            col(AuditEvent.action).in_([*PERIOD_START, PERIOD_END]),
+        )
+        .order_by(col(AuditEvent.seq))
+    ).all()
+    periods: list[dict[str, str | None]] = []
+    for event in subjects.about(session, candidates, subject):
+        stamp = event.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if event.action in PERIOD_START:
+            periods.append(
+                {"started_at": stamp, "started_by": event.actor, "ended_at": None, "ended_by": None}
+            )
+        elif periods and periods[-1]["ended_at"] is None:
+            periods[-1]["ended_at"] = stamp
+            periods[-1]["ended_by"] = event.actor
+    if not periods:  # a registry restored without its history: the row is all there is
+        periods.append(
+            {
+                "started_at": person.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "started_by": None,
+                "ended_at": None,
+                "ended_by": None,
+            }
+        )
+    return periods
+
+
 def open_cases(session: Session) -> list[tuple[OffboardingCase, Person]]:
     return list(
         session.exec(

@@ -7,6 +7,7 @@ transaction.  Messages never reveal who owns a key to someone registering it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,7 +41,13 @@ def add_person(tx: WriteTx, username: str, full_name: str, email: str | None) ->
     full_name = validate.line("full name", full_name, max_length=200)
     if email is not None:
         email = validate.email(email)
-    if tx.session.exec(select(Person).where(Person.username == username)).first():
+    existing = tx.session.exec(select(Person).where(Person.username == username)).first()
+    if existing is not None and existing.status == "offboarded":
+        raise RegistryError(
+            f"person {username!r} already exists (offboarded); to employ them again under "
+            f"the same username, use 'keyward person rehire {username} --reason TEXT'"
+        )
+    if existing is not None:
         raise RegistryError(f"person {username!r} already exists")
     person = Person(
         username=username,
@@ -53,6 +60,38 @@ def add_person(tx: WriteTx, username: str, full_name: str, email: str | None) ->
     tx.session.add(person)
     tx.session.flush()
     tx.audit("person.add", Subject.person(username), {"full_name": full_name, "email": email})
+    return person
+
+
+def edit_person(tx: WriteTx, username: str, full_name: str | None, email: str | None) -> Person:
+    """Correct a person's name or e-mail; the old values are audited.
+
+    None leaves a field as it is; an empty e-mail removes it.
+
+    A purged person's details were removed on purpose and are not put back here;
+    ``person rehire --name`` does that when they return.
+    """
+    from keyward.registry.lifecycle import PURGED_NAME
+
+    person = find_person(tx.session, username)
+    if person.full_name == PURGED_NAME:
+        raise RegistryError(f"{username!r} was purged; 'person rehire' gives them details again")
+    changes: dict[str, dict[str, str | None]] = {}
+    if full_name is not None:
+        full_name = validate.line("full name", full_name, max_length=200)
+        if full_name != person.full_name:
+            changes["full_name"] = {"from": person.full_name, "to": full_name}
+            person.full_name = full_name
+    if email is not None:
+        new_email = validate.email(email) if email.strip() else None
+        if new_email != person.email:
+            changes["email"] = {"from": person.email, "to": new_email}
+            person.email = new_email
+    if not changes:
+        raise UsageError("nothing to change: give --name or --email with a new value")
+    person.changed_at = tx.now
+    tx.session.add(person)
+    tx.audit("person.edit", Subject.person(username), changes)
     return person
 
 
@@ -69,6 +108,50 @@ def find_key(session: Session, fingerprint: str) -> SshKey:
     if key is None:
         raise RegistryError(f"no key {fingerprint} in the registry")
     return key
+
+
+SHORT_FINGERPRINT = 16
+"""Characters of the fingerprint after ``SHA256:`` written on host lines (``keyward:OWNER:...``)."""
+
+_HOST_COMMENT_RE = re.compile(r"keyward:([^:\s]+):([A-Za-z0-9+/]+)")
+_PREFIX_RE = re.compile(rf"(?:SHA256:)?([A-Za-z0-9+/]{{{SHORT_FINGERPRINT},43}})")
+
+
+def resolve_key(session: Session, text: str) -> SshKey:
+    """The key ``text`` names: a full ``SHA256:`` fingerprint, or the short form on host lines.
+
+    Accepted: ``SHA256:<43 chars>``; ``SHA256:<prefix>`` or ``<prefix>`` of at least
+    16 characters; and the whole host-line comment ``keyward:OWNER:<prefix>``, whose
+    owner must then match.  A prefix that fits more than one key is refused, naming
+    them, rather than guessed.
+    """
+    text = text.strip()
+    owner: str | None = None
+    comment = _HOST_COMMENT_RE.fullmatch(text)
+    if comment:
+        owner, text = comment.group(1), comment.group(2)
+    match = _PREFIX_RE.fullmatch(text)
+    if match is None:
+        raise UsageError(
+            f"{text!r} is not a fingerprint: give SHA256:... or at least the "
+            f"{SHORT_FINGERPRINT} characters written on host lines (keyward:OWNER:...)"
+        )
+    prefix = "SHA256:" + match.group(1)
+    # LIKE is case-insensitive on SQLite; the exact test is done here.
+    rows = session.exec(
+        select(SshKey, Person)
+        .join(Person, col(Person.id) == col(SshKey.person_id))
+        .where(col(SshKey.fingerprint).startswith(prefix, autoescape=True))
+    ).all()
+    found = [(k, p) for k, p in rows if k.fingerprint.startswith(prefix)]
+    if owner is not None:
+        found = [(k, p) for k, p in found if p.username == owner]
+    if not found:
+        raise RegistryError(f"no key {prefix}{'' if len(prefix) == 50 else '...'} in the registry")
+    if len(found) > 1:
+        names = ", ".join(f"{k.fingerprint} ({p.username})" for k, p in found)
+        raise UsageError(f"{prefix}... matches {len(found)} keys: {names}; give more of it")
+    return found[0][0]
 
 
 @dataclass(frozen=True)
@@ -148,8 +231,10 @@ def add_key(
 
 
 def revoke_key(tx: WriteTx, fingerprint: str, reason: str) -> SshKey:
+    """Revoke the key ``fingerprint`` names (full, or the short form of host lines)."""
     reason = validate.line("reason", reason)
-    key = find_key(tx.session, fingerprint)
+    key = resolve_key(tx.session, fingerprint)
+    fingerprint = key.fingerprint
     if key.revoked_at is not None:
         raise RegistryError(f"key {fingerprint} is already revoked")
     person = tx.session.get(Person, key.person_id)
