@@ -40,6 +40,7 @@ def _run_demo(backend: str | None) -> str:
     return out
 
 
+@pytest.mark.fleet  # real sshd and ssh, started by the demo process (out of the guard's sight)
 def test_demo_runs_end_to_end_and_leaves_nothing_behind() -> None:
     out = _run_demo(None)
     expected = "OpenSSH sshd" if _find_sshd() is not None else "embedded asyncssh"
