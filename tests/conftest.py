@@ -10,7 +10,9 @@ Every test carries exactly one speed class, so a developer can run the fast ones
   everything built on it in its ``postgresql`` variant).
 - ``unit``: everything else, the default. A unit test that starts one of those programs or
   connects to PostgreSQL fails with a message saying which marker it needs, so the
-  markers cannot rot: a new module left unmarked is caught the first time it runs.
+  markers cannot rot: a new module left unmarked is caught the first time it runs. The
+  guard sees what the test process itself starts; a test that runs the CLI as a
+  subprocess which then starts sshd (``keyward demo``) must be marked by hand.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind() -> None:
     assert f"backend: {expected}" in out
 
 
+@pytest.mark.fleet  # three embedded SSH servers and real accounts: half a minute
 @pytest.mark.timeout(300)
 def test_demo_runs_on_embedded_ssh_servers_without_sshd() -> None:
     """KEYWARD_DEMO_BACKEND=embedded: asyncssh servers in the demo process, asyncssh logins."""
