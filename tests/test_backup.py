@@ -309,6 +309,7 @@ def test_restore_into_a_non_empty_registry_needs_force(
     assert event["details"]["replaced"]["people"] == 1  # type: ignore[index]
 
 
+@pytest.mark.postgres  # the sqlite variant makes a PostgreSQL registry to restore into
 def test_restore_refuses_a_snapshot_of_the_other_backend(
     kw: Keyward, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

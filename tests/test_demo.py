@@ -40,12 +40,14 @@ def _run_demo(backend: str | None) -> str:
     return out
 
 
+@pytest.mark.fleet  # real sshd and ssh, started by the demo process (out of the guard's sight)
 def test_demo_runs_end_to_end_and_leaves_nothing_behind() -> None:
     out = _run_demo(None)
     expected = "OpenSSH sshd" if _find_sshd() is not None else "embedded asyncssh"
     assert f"backend: {expected}" in out
 
 
+@pytest.mark.fleet  # three embedded SSH servers and real accounts: half a minute
 @pytest.mark.timeout(300)
 def test_demo_runs_on_embedded_ssh_servers_without_sshd() -> None:
     """KEYWARD_DEMO_BACKEND=embedded: asyncssh servers in the demo process, asyncssh logins."""

@@ -114,6 +114,7 @@ def test_base_dir_under_tmp_is_refused(tmp_path: Path) -> None:
 
 
 @needs_root
+@pytest.mark.fleet
 @pytest.mark.timeout(120)
 def test_fleet_logins(base_dir: Path, account: str) -> None:
     key = base_dir / "id_test"
@@ -186,6 +187,7 @@ def _client_args(host: FleetHost, user: str, key: Path, known: Path) -> list[str
     return ssh_command(host, user, key, known, "")[1:-1]
 
 
+@pytest.mark.fleet
 @pytest.mark.timeout(60)
 def test_fleet_stops_on_exception(base_dir: Path) -> None:
     pids: set[int | None] = set()
@@ -196,6 +198,7 @@ def test_fleet_stops_on_exception(base_dir: Path) -> None:
     assert not pids & set(_sshd_pids())
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(120)
 def test_pgserver_select_one() -> None:
     with PgServer() as pg:

@@ -34,6 +34,7 @@ from keyward.agent.bootstrap import remote_command
 from tests.hungfs import hung_fuse
 
 pytestmark = [
+    pytest.mark.fleet,  # root: creates local accounts and mounts file systems
     pytest.mark.timeout(120),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, chown, mount)"),
     pytest.mark.skipif(shutil.which("useradd") is None, reason="needs useradd"),

@@ -427,6 +427,7 @@ async def _offer_every_key(host: FleetHost, user: str, known: Path, cases: list[
                 position -= 1  # offer the key in flight again on a fresh connection
 
 
+@pytest.mark.fleet
 @pytest.mark.timeout(180)
 def test_reader_agrees_with_sshd(base_dir: Path) -> None:
     keydir = base_dir / "ids"
@@ -504,6 +505,7 @@ FROM_CASES: list[tuple[str, bool]] = [
 ]
 
 
+@pytest.mark.fleet
 @pytest.mark.timeout(120)
 def test_from_lists_keyward_refuses_are_never_matched_by_sshd(base_dir: Path) -> None:
     keydir = base_dir / "from-ids"

@@ -272,6 +272,7 @@ finally:
 """
 
 
+@pytest.mark.fleet
 @pytest.mark.timeout(300)
 def test_demo_starts_no_interpreter_per_step(tmp_path: Path) -> None:
     """Each demo step runs keyward's main() in the demo's process: a new interpreter per
@@ -296,6 +297,7 @@ def test_demo_starts_no_interpreter_per_step(tmp_path: Path) -> None:
         assert sum(Path(argv[0]).name == "ssh" for argv in launched) == 9
 
 
+@pytest.mark.fleet
 def test_demo_hosts_skip_the_accounts_rc_files(tmp_path: Path) -> None:
     """The demo fleet's sessions get an empty $HOME, so a slow ~/.bashrc does not run in
     every agent session and login; they still start in the account's real home."""

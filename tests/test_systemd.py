@@ -12,10 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
+import click
 import pytest
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
@@ -426,3 +428,61 @@ def test_every_unit_keeps_the_full_structured_log() -> None:
         assert args[:2] == ["--log-format", "json"], unit
         result = runner(*args, "--help")
         assert result.code == 0, f"{unit}: {result}"
+
+
+# -- documentation the units point at -----------------------------------------
+
+
+def installed_files() -> set[str]:
+    """Paths (relative to the install prefix) that ``pip install .`` puts outside the package."""
+    project = tomllib.loads((UNIT_DIR.parent / "pyproject.toml").read_text())
+    data_files = project["tool"]["setuptools"].get("data-files", {})
+    return {
+        f"{directory}/{Path(source).name}"
+        for directory, sources in data_files.items()
+        for source in sources
+        if (UNIT_DIR.parent / source).is_file()
+    }
+
+
+def installed_target(uri: str) -> str | None:
+    """The prefix-relative file a ``Documentation=`` URI needs, or None if not a local one."""
+    if match := re.fullmatch(r"man:([\w.-]+)\((\d)\)", uri):
+        name, section = match.groups()
+        return f"share/man/man{section}/{name}.{section}"
+    if match := re.fullmatch(r"file:///usr(?:/local)?/(.+)", uri):
+        return match.group(1)
+    return None
+
+
+@pytest.mark.parametrize("unit_name", sorted(p.name for p in UNIT_DIR.iterdir()))
+def test_documentation_points_at_what_the_package_installs(unit_name: str) -> None:
+    """``systemctl help`` opens Documentation=: it must name a page pip actually installs."""
+    unit = parse_unit((UNIT_DIR / unit_name).read_text())
+    uris = " ".join(unit.get("Unit", {}).get("Documentation", [])).split()
+    assert uris, f"{unit_name} has no Documentation="
+    for uri in uris:
+        target = installed_target(uri)
+        assert target in installed_files(), f"{unit_name}: {uri} is not installed by the package"
+
+
+def test_installed_target_resolution() -> None:
+    assert installed_target("man:keyward(1)") == "share/man/man1/keyward.1"
+    assert installed_target("file:///usr/share/doc/keyward/operations.md") == (
+        "share/doc/keyward/operations.md"
+    )
+    assert installed_target("https://example.com/keyward") is None
+    assert "share/doc/keyward/operations.md" not in installed_files()  # what it used to name
+
+
+def test_every_daemon_option_is_in_the_operations_guide() -> None:
+    from keyward.cli.main import cli
+
+    daemon = cli.get_command(click.Context(cli), "daemon")
+    assert daemon is not None
+    guide = (UNIT_DIR.parent / "docs" / "operations.md").read_text()
+    section = guide.split("## Running the daemon", 1)[1]
+    for param in daemon.params:
+        for name in param.opts:
+            if name.startswith("--") and name != "--help":
+                assert f"`{name}" in section, f"{name} is not in docs/operations.md"
