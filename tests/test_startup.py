@@ -10,6 +10,7 @@ added or a docstring changes.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -327,3 +328,96 @@ def test_demo_hosts_skip_the_accounts_rc_files(tmp_path: Path) -> None:
     home, cwd = done.stdout.split()
     assert home == str(base / "empty-home")
     assert cwd == pwd.getpwnam(user).pw_dir
+
+
+# -- names imported only for the type checker -----------------------------------
+
+
+def _runtime_uses_of_type_only_names(source: str) -> list[tuple[int, str]]:
+    """Names a function uses at run time that its module imports only under TYPE_CHECKING.
+
+    Lazy imports move module-level imports under ``if TYPE_CHECKING:`` for annotations;
+    a function that then uses such a name without importing it itself fails only when
+    run (NameError, exit 70), and ruff cannot see it: the name is defined for it.
+    """
+    tree = ast.parse(source)
+    type_only: set[str] = set()
+    runtime: set[str] = set()
+
+    def imported(node: ast.AST) -> set[str]:
+        return {
+            (alias.asname or alias.name).split(".")[0]
+            for n in ast.walk(node)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for alias in n.names
+        }
+
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only |= set().union(*(imported(n) for n in node.body))
+            runtime |= set().union(*(imported(n) for n in node.orelse))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            runtime |= imported(node)
+    type_only -= runtime
+    found = []
+    enclosing: dict[int, list[ast.AST]] = {}
+    for outer in ast.walk(tree):
+        if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(outer):
+                if inner is not outer:
+                    enclosing.setdefault(id(inner), []).append(outer)
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    for fn in functions:
+        annotations: set[int] = set()
+        for n in ast.walk(fn):
+            if isinstance(n, ast.arg) and n.annotation is not None:
+                annotations |= {id(x) for x in ast.walk(n.annotation)}
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.returns is not None:
+                annotations |= {id(x) for x in ast.walk(n.returns)}
+            if isinstance(n, ast.AnnAssign):
+                annotations |= {id(x) for x in ast.walk(n.annotation)}
+        local = imported(fn).union(*(imported(o) for o in enclosing.get(id(fn), [])))
+        for n in ast.walk(fn):
+            if (
+                isinstance(n, ast.Name)
+                and isinstance(n.ctx, ast.Load)
+                and n.id in type_only
+                and n.id not in local
+                and id(n) not in annotations
+            ):
+                found.append((n.lineno, n.id))
+    return found
+
+
+def test_no_function_uses_a_name_imported_only_for_type_checking() -> None:
+    package = Path(__file__).resolve().parent.parent / "keyward"
+    problems = [
+        f"{path.relative_to(package.parent)}:{line}: {name}"
+        for path in sorted(package.rglob("*.py"))
+        for line, name in _runtime_uses_of_type_only_names(path.read_text())
+    ]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from x import ops\n"
+            "def f():\n    return ops.g()\n",
+            [(5, "ops")],
+        ),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from x import ops\n"
+            "def f():\n    from x import ops\n    return ops.g()\n",
+            [],
+        ),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from x import Ops\n"
+            "def f(a: Ops) -> Ops:\n    b: Ops = a\n    return b\n",
+            [],
+        ),
+    ],
+)
+def test_type_only_name_check(source: str, found: list[tuple[int, str]]) -> None:
+    assert _runtime_uses_of_type_only_names(source) == found
