@@ -38,6 +38,7 @@ def test_migrated_schema_matches_the_models(db_url: str) -> None:
 
 
 def test_the_head_revision_every_command_checks_is_the_newest_script() -> None:
-    from keyward.registry.schema import HEAD_REVISION, script_head
+    from keyward.registry.location import HEAD_REVISION
+    from keyward.registry.schema import script_head
 
     assert script_head() == HEAD_REVISION

@@ -138,9 +138,20 @@ def test_registry_read_imports_no_ssh(tmp_path: Path) -> None:
     kw = Keyward(url, str(tmp_path / "no-inventory"))
     kw.ok("init")
     kw.ok("person", "add", "alice", "--name", "Alice Example")
-    modules = imported_by(tmp_path, "--db", url, "person", "list")
+    modules = imported_by(tmp_path, "--db", url, "key", "list")
     assert "sqlmodel" in modules  # it did read the registry
     assert loaded(modules, (*SSH, "keyward.agent", "keyward.daemon", "alembic")) == []
+
+
+def test_person_list_on_sqlite_reads_without_the_orm(tmp_path: Path) -> None:
+    """The one read the issue timed: no SQLAlchemy, sqlmodel or pydantic (quickread)."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    kw = Keyward(url, str(tmp_path / "no-inventory"))
+    kw.ok("init")
+    kw.ok("person", "add", "alice", "--name", "Alice Example")
+    modules = imported_by(tmp_path, "--db", url, "person", "list")
+    assert "keyward.registry.quickread" in modules
+    assert loaded(modules, (*REGISTRY, *SSH, "structlog", "keyward.registry.store")) == []
 
 
 def test_key_command_loads_rotate_from_its_other_module(tmp_path: Path) -> None:

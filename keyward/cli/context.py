@@ -46,7 +46,7 @@ class AppContext:
 
     @property
     def url(self) -> str:
-        from keyward.registry.db import resolve_url
+        from keyward.registry.location import resolve_url
 
         return resolve_url(self.db, dict(os.environ), os.geteuid())
 

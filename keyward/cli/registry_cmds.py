@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from keyward.keys import KeyPolicy, PublicKey
     from keyward.registry import ops
     from keyward.registry.models import AuditEvent, Membership, Person, Role, SshKey
+    from keyward.registry.quickread import PersonRow
     from keyward.registry.store import WriteTx
     from keyward.registry.subjects import Subject
 
@@ -142,7 +143,8 @@ def init(app: AppContext) -> None:
     """Create the registry (or upgrade an older one to this keyward's schema)."""
     import os
 
-    from keyward.registry.db import describe, resolve_url
+    from keyward.registry.db import describe
+    from keyward.registry.location import resolve_url
     from keyward.registry.store import Registry
     from keyward.registry.subjects import Subject
 
@@ -181,7 +183,7 @@ def person() -> None:
     """Staff members: the owners of keys."""
 
 
-def person_json(p: Person) -> dict[str, Any]:
+def person_json(p: Person | PersonRow) -> dict[str, Any]:
     return {
         "username": p.username,
         "full_name": p.full_name,
@@ -218,13 +220,20 @@ def person_add(
 @pass_app
 def person_list(app: AppContext, as_json: bool) -> None:
     """List people."""
-    from sqlmodel import select
+    from keyward.registry import quickread
 
-    from keyward.registry.models import Person
+    # Without the ORM where that gives the same answer: a listing in a tenth of a second.
+    quick = quickread.people(app.url)
+    if quick is not None:
+        rows = [person_json(p) for p in quick]
+    else:
+        from sqlmodel import select
 
-    with app.registry().read() as session:
-        people = session.exec(select(Person).order_by(Person.username)).all()
-        rows = [person_json(p) for p in people]
+        from keyward.registry.models import Person
+
+        with app.registry().read() as session:
+            people = session.exec(select(Person).order_by(Person.username)).all()
+            rows = [person_json(p) for p in people]
     if as_json:
         emit_json(rows)
         return

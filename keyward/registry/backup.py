@@ -47,7 +47,8 @@ from sqlmodel import Session, col, select
 from keyward.errors import AuditChainBroken, KeywardError, RegistryError, UsageError
 from keyward.registry import checkpoint as cp
 from keyward.registry.audit import ChainProblem
-from keyward.registry.db import create_private_file, default_state_dir, private_umask, sqlite_path
+from keyward.registry.db import create_private_file, private_umask, sqlite_path
+from keyward.registry.location import default_state_dir
 from keyward.registry.models import AuditEvent, Person, Role, SshKey
 
 PREFIX = "keyward-registry-"

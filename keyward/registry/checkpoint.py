@@ -54,7 +54,8 @@ from sqlalchemy.engine import make_url
 from keyward.errors import AuditChainBroken, KeywardError, ProofError, UsageError
 from keyward.keys import ED25519, PublicKey, decode_key
 from keyward.registry.audit import ChainProblem, ChainRecord
-from keyward.registry.db import default_state_dir, private_umask, sqlite_path
+from keyward.registry.db import private_umask, sqlite_path
+from keyward.registry.location import default_state_dir
 from keyward.sshsig import sign_sshsig, verify_sshsig
 
 NAMESPACE = "keyward-checkpoint"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +21,6 @@ from sqlmodel import create_engine
 from keyward.errors import RegistryUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
-
-
-def default_state_dir(env: Mapping[str, str], euid: int) -> Path:
-    """``/var/lib/keyward`` for root, the XDG data directory otherwise."""
-    if "KEYWARD_STATE_DIR" in env:
-        return Path(env["KEYWARD_STATE_DIR"])
-    if euid == 0:
-        return Path("/var/lib/keyward")
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
-    return Path(base) / "keyward"
-
-
-def resolve_url(db: str | None, env: Mapping[str, str], euid: int) -> str:
-    """The registry URL from ``--db``, then ``KEYWARD_DB``, then the default file.
-
-    A value without ``://`` is a path to a SQLite file.
-    """
-    value = db or env.get("KEYWARD_DB")
-    if not value:
-        value = str(default_state_dir(env, euid) / "registry.db")
-    if "://" not in value:
-        return f"sqlite:///{Path(value).expanduser().absolute()}"
-    return value
 
 
 def describe(url: str) -> str:

@@ -14,15 +14,12 @@ from sqlalchemy.engine import Engine
 
 import keyward.migrations
 from keyward.errors import RegistryUnavailable
+from keyward.registry.location import HEAD_REVISION
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(keyward.migrations.__file__).parent
-# The newest revision in keyward/migrations/versions. Every command checks the registry
-# against it; reading it from the scripts would import Alembic and every migration on each
-# run. tests/test_migrations.py checks that it matches the scripts.
-HEAD_REVISION = "0007"
 
 
 def _config() -> Config:
