@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from keyward.agent.lock import LockBusy, reconcile_lock
 from keyward.daemon.support import WriterLock
+from keyward.registry.lock import LockBusy, reconcile_lock
 from keyward.registry.store import Registry
 
 

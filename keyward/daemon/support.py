@@ -10,14 +10,14 @@ from typing import Any
 
 from sqlalchemy import text
 
-from keyward.agent.lock import (
+from keyward.registry.db import sqlite_path
+from keyward.registry.lock import (
     ADVISORY_LOCK_ID,
     Holder,
     mark_file,
     name_pg_connection,
     unmark_file,
 )
-from keyward.registry.db import sqlite_path
 from keyward.registry.store import Registry
 
 

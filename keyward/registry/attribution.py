@@ -24,11 +24,23 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 from sqlmodel import col, select
 
-from keyward.agent.login_store import (
+from keyward.inventory.model import Host, Inventory, PolicySettings
+from keyward.logins import (
+    Alert,
+    LoginEvent,
+    failed_login_alerts,
+    multi_source_alerts,
+    new_source_alerts,
+    parse_lines,
+)
+from keyward.logs import get_logger
+from keyward.registry.bulk import insert_many
+from keyward.registry.login_store import (
     JOURNAL_POS,
     LOGIN_TABLE,
     HostLogins,
@@ -41,24 +53,15 @@ from keyward.agent.login_store import (
     remember_sources,
     session_of,
 )
-from keyward.agent.reconcile import AuthBatch, HostResult
-from keyward.inventory.model import Host, Inventory, PolicySettings
-from keyward.logins import (
-    Alert,
-    LoginEvent,
-    failed_login_alerts,
-    multi_source_alerts,
-    new_source_alerts,
-    parse_lines,
-)
-from keyward.logs import get_logger
-from keyward.registry.bulk import insert_many
 from keyward.registry.models import Alert as AlertRow
 from keyward.registry.models import AuthLogPosition, FailureMode, OffboardingCase, Person
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.store import Registry, WriteTx
 from keyward.registry.subjects import Subject, alert_subject
 from keyward.state import RegistrySnapshot
+
+if TYPE_CHECKING:
+    from keyward.agent.reconcile import AuthBatch, HostResult
 
 NOTIFY_TIMEOUT = 30
 
