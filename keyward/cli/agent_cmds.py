@@ -453,7 +453,8 @@ def run_agent(
     from keyward.agent.limits import fds_needed, raise_fd_limit
     from keyward.agent.reconcile import RunContext, reconcile_fleet
     from keyward.agent.recorder import BatchRecorder
-    from keyward.registry.attribution import notify, record_logins, saved_positions, service_keys
+    from keyward.logins import service_keys
+    from keyward.registry.attribution import notify, record_logins, saved_positions
     from keyward.registry.record import record_hosts
 
     prepared = prepared or prepare(app, env, host)

@@ -60,8 +60,9 @@ from keyward.errors import KeywardError, UsageError
 from keyward.inventory import check_inventory
 from keyward.inventory.model import Inventory
 from keyward.keys import PublicKey, parse_public_key
+from keyward.logins import service_keys
 from keyward.logs import get_logger
-from keyward.registry.attribution import notify, record_logins, saved_positions, service_keys
+from keyward.registry.attribution import notify, record_logins, saved_positions
 from keyward.registry.lifecycle import open_cases
 from keyward.registry.models import AuditEvent, AuditHead, DaemonStatus
 from keyward.registry.record import record_hosts
