@@ -450,11 +450,12 @@ def run_agent(
     """
     import asyncio
 
-    from keyward.agent.attribution import notify, record_logins, saved_positions, service_keys
     from keyward.agent.limits import fds_needed, raise_fd_limit
     from keyward.agent.reconcile import RunContext, reconcile_fleet
-    from keyward.agent.record import record_hosts
     from keyward.agent.recorder import BatchRecorder
+    from keyward.logins import service_keys
+    from keyward.registry.attribution import notify, record_logins, saved_positions
+    from keyward.registry.record import record_hosts
 
     prepared = prepared or prepare(app, env, host)
     registry = app.registry()
@@ -646,7 +647,7 @@ def reconcile(
 
     Exit 0: all hosts done; 1: some host failed (the others were still done).
     """
-    from keyward.agent.lock import Holder, reconcile_lock
+    from keyward.registry.lock import Holder, reconcile_lock
 
     with reconcile_lock(
         app.registry(),

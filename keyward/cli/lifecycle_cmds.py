@@ -354,9 +354,9 @@ def offboard_start(
     ctx: click.Context, app: AppContext, username: str, reason: str, as_json: bool
 ) -> None:
     """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back."""
-    from keyward.agent.lock import Holder, reconcile_lock
     from keyward.cli.agent_cmds import prepare, refresh, run_agent, say_lock_wait
     from keyward.registry import lifecycle
+    from keyward.registry.lock import Holder, reconcile_lock
 
     before = prepare(app, None, None)
     targets = _targets(before, username)

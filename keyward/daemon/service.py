@@ -34,7 +34,6 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from keyward.agent.attribution import notify, record_logins, saved_positions, service_keys
 from keyward.agent.connection import Credentials
 from keyward.agent.limits import fds_needed, raise_fd_limit
 from keyward.agent.reconcile import (
@@ -45,7 +44,6 @@ from keyward.agent.reconcile import (
     files_of,
     sync_files,
 )
-from keyward.agent.record import record_hosts
 from keyward.clock import Clock
 from keyward.daemon.links import HostLink
 from keyward.daemon.metrics import (
@@ -62,9 +60,12 @@ from keyward.errors import KeywardError, UsageError
 from keyward.inventory import check_inventory
 from keyward.inventory.model import Inventory
 from keyward.keys import PublicKey, parse_public_key
+from keyward.logins import service_keys
 from keyward.logs import get_logger
+from keyward.registry.attribution import notify, record_logins, saved_positions
 from keyward.registry.lifecycle import open_cases
 from keyward.registry.models import AuditEvent, AuditHead, DaemonStatus
+from keyward.registry.record import record_hosts
 from keyward.registry.snapshot import load_snapshot
 from keyward.registry.store import Registry
 from keyward.state import RegistrySnapshot
