@@ -53,7 +53,7 @@ from typing import Any
 from sqlmodel import col, func, select
 
 from keyward.keys import ED25519, PublicKey, encode_string, parse_public_key
-from keyward.localfleet import (
+from keyward.testing.localfleet import (
     SSHD,
     FleetHost,
     LocalFleet,
@@ -70,7 +70,7 @@ from keyward.localfleet import (
 from keyward.registry.models import AuditEvent, DaemonStatus
 from keyward.registry.ops import KeyClaim, add_key, add_person, add_role, grant_role, revoke_key
 from keyward.registry.store import Registry
-from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+from keyward.testing.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PEOPLE = 50

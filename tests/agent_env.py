@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyward.localfleet import (
+from keyward.testing.localfleet import (
     FleetHost,
     LocalFleet,
     can_login,
@@ -23,7 +23,7 @@ from keyward.localfleet import (
     remove_account,
     safe_base_dir,
 )
-from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+from keyward.testing.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
 from tests.cli_runner import Keyward
 
 

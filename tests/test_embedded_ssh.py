@@ -14,14 +14,14 @@ import asyncssh
 import pytest
 
 from keyward.agent.bootstrap import remote_command
-from keyward.embedded_ssh import (
+from keyward.testing.embedded_ssh import (
     EmbeddedFleet,
     asyncssh_can_login,
     effective_authorized_keys,
     parse_expiry_time,
 )
-from keyward.localfleet import FleetHost
-from keyward.sandbox import make_ed25519
+from keyward.testing.localfleet import FleetHost
+from keyward.testing.sandbox import make_ed25519
 
 pytestmark = pytest.mark.timeout(60)
 

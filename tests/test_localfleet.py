@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from keyward.localfleet import (
+from keyward.testing.localfleet import (
     FleetError,
     FleetHost,
     LocalFleet,
@@ -182,7 +182,7 @@ def test_fleet_logins(base_dir: Path, account: str) -> None:
 
 
 def _client_args(host: FleetHost, user: str, key: Path, known: Path) -> list[str]:
-    from keyward.localfleet import ssh_command
+    from keyward.testing.localfleet import ssh_command
 
     return ssh_command(host, user, key, known, "")[1:-1]
 

@@ -59,8 +59,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keyward.authorized_keys import parse_authorized_keys
 from keyward.keys import WireReader
-from keyward.localfleet import FleetHost, LocalFleet, safe_base_dir, ssh_login
 from keyward.options import validate_option
+from keyward.testing.localfleet import FleetHost, LocalFleet, safe_base_dir, ssh_login
 from tests.agent_env import AgentEnv
 
 # --- the corpus ----------------------------------------------------------------

@@ -306,8 +306,8 @@ def test_demo_hosts_skip_the_accounts_rc_files(tmp_path: Path) -> None:
     import pwd
 
     from keyward.cli import demo
-    from keyward.localfleet import safe_base_dir, ssh_login
-    from keyward.sandbox import make_ed25519
+    from keyward.testing.localfleet import safe_base_dir, ssh_login
+    from keyward.testing.sandbox import make_ed25519
 
     if demo._find_sshd() is None:
         pytest.skip("needs OpenSSH sshd")

@@ -406,7 +406,7 @@ class Compare:
     # ---- running a tool
 
     def sessions_gone(self, timeout: float = 10.0) -> None:
-        from keyward.localfleet import _children_map
+        from keyward.testing.localfleet import _children_map
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -29,8 +29,8 @@ import click
 from keyward.errors import KeywardError
 
 if TYPE_CHECKING:
-    from keyward.embedded_ssh import EmbeddedFleet
-    from keyward.localfleet import LocalFleet
+    from keyward.testing.embedded_ssh import EmbeddedFleet
+    from keyward.testing.localfleet import LocalFleet
 
 
 class DemoError(KeywardError):
@@ -131,9 +131,9 @@ class Demo:
         """Try ``key`` on every host at once (each login is its own client and connection)."""
         known = self.inventory / "known_hosts"
         if self.use_ssh_client:
-            from keyward.localfleet import can_login as check
+            from keyward.testing.localfleet import can_login as check
         else:
-            from keyward.embedded_ssh import asyncssh_can_login as check
+            from keyward.testing.embedded_ssh import asyncssh_can_login as check
 
         hosts = self.fleet.hosts
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
@@ -165,19 +165,19 @@ def _no_rc_files(base: Path, user: str) -> str:
 
 def _fleet(backend: str, base: Path, hosts: int, user: str) -> LocalFleet | EmbeddedFleet:
     if backend == OPENSSH:
-        from keyward.localfleet import LocalFleet
+        from keyward.testing.localfleet import LocalFleet
 
         return LocalFleet(
             base / "fleet", hosts, name_prefix="demo-", extra_config=_no_rc_files(base, user)
         )
-    from keyward.embedded_ssh import EmbeddedFleet  # asyncssh: only for this backend
+    from keyward.testing.embedded_ssh import EmbeddedFleet  # asyncssh: only for this backend
 
     return EmbeddedFleet(base / "fleet", hosts, name_prefix="demo-")
 
 
 def run_demo(hosts: int, keep: bool) -> None:
-    from keyward.localfleet import safe_base_dir
-    from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+    from keyward.testing.localfleet import safe_base_dir
+    from keyward.testing.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
 
     backend = choose_backend()
     user = getpass.getuser()
@@ -262,7 +262,7 @@ def _remove_tree(path: Path) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo registry, inventory and keys.")
 def demo(hosts: int, keep: bool) -> None:
     """Run the whole flow against local SSH hosts on loopback; leaves nothing behind."""
-    from keyward.localfleet import is_root
+    from keyward.testing.localfleet import is_root
 
     if not is_root() and os.environ.get("KEYWARD_DEMO_ALLOW_USER") is None:
         pass  # works as a normal user too: sshd then serves only that user

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from keyward.authorized_keys import parse_authorized_keys
-from keyward.localfleet import FleetError, FleetHost, _FleetBase, fleet_address
+from keyward.testing.localfleet import FleetError, FleetHost, _FleetBase, fleet_address
 
 START_TIMEOUT = 15.0
 """Seconds to wait for the loop thread and every listener to come up."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keyward.localfleet import FleetHost
+from keyward.testing.localfleet import FleetHost
 
 
 def make_ed25519(path: Path, comment: str = "") -> Path:
