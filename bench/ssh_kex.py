@@ -14,7 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from keyward.testing.localfleet import LocalFleet, safe_base_dir, ssh_command
+from keyward.testing.fleet import safe_base_dir
+from keyward.testing.localfleet import LocalFleet
+from keyward.testing.ssh_client import ssh_command
 
 base = safe_base_dir("kw-kex-")
 try:

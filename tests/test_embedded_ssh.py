@@ -14,14 +14,11 @@ import asyncssh
 import pytest
 
 from keyward.agent.bootstrap import remote_command
-from keyward.testing.embedded_ssh import (
-    EmbeddedFleet,
-    asyncssh_can_login,
-    effective_authorized_keys,
-    parse_expiry_time,
-)
-from keyward.testing.localfleet import FleetHost
-from keyward.testing.sandbox import make_ed25519
+from keyward.testing.asyncssh_client import asyncssh_can_login
+from keyward.testing.embedded_keys import effective_authorized_keys, parse_expiry_time
+from keyward.testing.embedded_ssh import EmbeddedFleet
+from keyward.testing.fleet import FleetHost
+from keyward.testing.keypairs import make_ed25519
 
 pytestmark = pytest.mark.timeout(60)
 

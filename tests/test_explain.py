@@ -29,7 +29,7 @@ from keyward.inventory.model import (
 from keyward.keys import PublicKey, parse_public_key
 from keyward.sshsig import proof_statement
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
-from keyward.testing.sandbox import make_ed25519
+from keyward.testing.keypairs import make_ed25519
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward
 from tests.keygen import ssh_sign

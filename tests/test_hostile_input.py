@@ -23,7 +23,7 @@ import pytest
 
 from keyward.agent import bootstrap
 from keyward.registry import db as registry_db
-from keyward.testing.localfleet import free_port
+from keyward.testing.fleet import free_port
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward, Result
 from tests.hungfs import hung_fuse
