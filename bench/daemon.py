@@ -52,25 +52,19 @@ from typing import Any
 
 from sqlmodel import col, func, select
 
+# The repository, for the test helpers that create local accounts (tests/accounts.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from keyward.keys import ED25519, PublicKey, encode_string, parse_public_key
-from keyward.localfleet import (
-    SSHD,
-    FleetHost,
-    LocalFleet,
-    _alive,
-    _children_map,
-    _freeze_tree,
-    _signal,
-    ensure_account,
-    fleet_address,
-    free_port,
-    remove_account,
-    safe_base_dir,
-)
 from keyward.registry.models import AuditEvent, DaemonStatus
 from keyward.registry.ops import KeyClaim, add_key, add_person, add_role, grant_role, revoke_key
 from keyward.registry.store import Registry
-from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+from keyward.testing.fleet import FleetHost, fleet_address, free_port, safe_base_dir
+from keyward.testing.inventory import AccessSpec, InventorySpec, write_inventory
+from keyward.testing.keypairs import make_ed25519
+from keyward.testing.localfleet import LocalFleet, sshd_binary
+from keyward.testing.processes import alive, children_map, freeze_tree, signal_all
+from tests.accounts import ensure_account, remove_account
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PEOPLE = 50
@@ -111,7 +105,7 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
 
 def tree_cpu(roots: list[int]) -> tuple[float, int]:
     """CPU seconds of every process under ``roots`` (incl. reaped children); and count."""
-    tree = _children_map()
+    tree = children_map()
     total = 0.0
     count = 0
     todo = list(roots)
@@ -171,6 +165,7 @@ class MultiFleet:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
+        sshd = sshd_binary()
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
         self.base.mkdir(mode=0o755, parents=True, exist_ok=True)
         groups = math.ceil(self.count / self.per)
@@ -228,13 +223,13 @@ class MultiFleet:
             config = gdir / "sshd_config"
             config.write_text("\n".join(lines) + "\n" + self.extra_config)
             test = subprocess.run(
-                [SSHD, "-t", "-f", str(config)], capture_output=True, text=True, timeout=30
+                [sshd, "-t", "-f", str(config)], capture_output=True, text=True, timeout=30
             )
             if test.returncode != 0:
                 raise RuntimeError(f"sshd -t: {test.stderr.strip()}")
             with open(gdir / "sshd.log", "ab") as out:
                 proc = subprocess.Popen(
-                    [SSHD, "-D", "-e", "-f", str(config)],
+                    [sshd, "-D", "-e", "-f", str(config)],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
@@ -266,14 +261,14 @@ class MultiFleet:
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                pids = _freeze_tree(proc.pid)
-                _signal(pids, signal.SIGTERM)
-                _signal(pids, signal.SIGCONT)
+                pids = freeze_tree(proc.pid)
+                signal_all(pids, signal.SIGTERM)
+                signal_all(pids, signal.SIGCONT)
                 deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and any(_alive(p) for p in pids):
+                while time.monotonic() < deadline and any(alive(p) for p in pids):
                     proc.poll()
                     time.sleep(0.02)
-                _signal([p for p in pids if _alive(p)], signal.SIGKILL)
+                signal_all([p for p in pids if alive(p)], signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         self.procs.clear()

@@ -466,7 +466,7 @@ def populate_registry(url: str, scale: Scale, seed: int) -> dict[str, int]:
 
 def write_toml_inventory(root: Path, inventory: Inventory, agent_identity: Path) -> None:
     """The same fleet as TOML files, for the CLI's own ``prepare()`` path."""
-    from keyward.sandbox import make_ed25519
+    from keyward.testing.keypairs import make_ed25519
 
     make_ed25519(agent_identity, comment="keyward-agent")
     root.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Client CPU of one OpenSSH connection: the default key exchange vs curve25519-sha256.
 
 Why the plain OpenSSH floor of bench/ansible/compare.py is slow on this machine: one
-loopback sshd (keyward.localfleet), 30 sequential ``ssh root@host cat /etc/hostname``
+loopback sshd (keyward.testing.localfleet), 30 sequential ``ssh root@host cat /etc/hostname``
 with each key exchange, the client's CPU from RUSAGE_CHILDREN.  Run as root:
 
     python bench/ssh_kex.py
@@ -13,7 +13,10 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from keyward.localfleet import LocalFleet, safe_base_dir, ssh_command
+
+from keyward.testing.fleet import safe_base_dir
+from keyward.testing.localfleet import LocalFleet
+from keyward.testing.ssh_client import ssh_command
 
 base = safe_base_dir("kw-kex-")
 try:

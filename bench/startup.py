@@ -147,8 +147,10 @@ def fleet_runs(
     """``keyward reconcile`` of an unchanged local fleet of ``hosts`` real sshd hosts, and
     ``keyward demo`` (which starts its own fleet) ``demo_runs`` times."""
     sys.path.insert(0, str(tree))
-    from keyward.localfleet import LocalFleet, safe_base_dir
-    from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+    from keyward.testing.fleet import safe_base_dir
+    from keyward.testing.inventory import AccessSpec, InventorySpec, write_inventory
+    from keyward.testing.keypairs import make_ed25519
+    from keyward.testing.localfleet import LocalFleet
 
     user = getpass.getuser()
     base = safe_base_dir("keyward-bench-startup-")

@@ -15,15 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyward.localfleet import (
-    FleetHost,
-    LocalFleet,
-    can_login,
-    ensure_account,
-    remove_account,
-    safe_base_dir,
-)
-from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+from keyward.testing.fleet import FleetHost, safe_base_dir
+from keyward.testing.inventory import AccessSpec, InventorySpec, write_inventory
+from keyward.testing.keypairs import make_ed25519
+from keyward.testing.localfleet import LocalFleet
+from keyward.testing.ssh_client import can_login
+from tests.accounts import ensure_account, remove_account
 from tests.cli_runner import Keyward
 
 

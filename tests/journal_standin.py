@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from keyward.localfleet import FleetHost
+from keyward.testing.fleet import FleetHost
 from tests.agent_env import AgentEnv
 
 JOURNALCTL = """#!{python}

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from keyward.sandbox import AccessSpec
+from keyward.testing.inventory import AccessSpec
 from tests.agent_env import AgentEnv
 
 

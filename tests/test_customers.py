@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from keyward.sandbox import AccessSpec
+from keyward.testing.inventory import AccessSpec
 from tests.agent_env import AgentEnv
 
 

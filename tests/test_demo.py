@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keyward.cli.demo import _find_sshd
+from keyward.testing.sshd import find_sshd
 
 
 def _demo_dirs() -> set[str]:
@@ -43,7 +43,7 @@ def _run_demo(backend: str | None) -> str:
 @pytest.mark.fleet  # real sshd and ssh, started by the demo process (out of the guard's sight)
 def test_demo_runs_end_to_end_and_leaves_nothing_behind() -> None:
     out = _run_demo(None)
-    expected = "OpenSSH sshd" if _find_sshd() is not None else "embedded asyncssh"
+    expected = "OpenSSH sshd" if find_sshd() is not None else "embedded asyncssh"
     assert f"backend: {expected}" in out
 
 
@@ -64,7 +64,7 @@ def test_backend_falls_back_to_embedded_without_sshd(monkeypatch: pytest.MonkeyP
     from keyward.cli import demo
 
     monkeypatch.delenv("KEYWARD_DEMO_BACKEND", raising=False)
-    monkeypatch.setattr(demo, "_find_sshd", lambda: None)
+    monkeypatch.setattr(demo, "find_sshd", lambda: None)
     assert demo.choose_backend() == "embedded"
     monkeypatch.setenv("KEYWARD_DEMO_BACKEND", "openssh")
     with pytest.raises(demo.DemoError, match="sshd is not installed"):
@@ -72,7 +72,7 @@ def test_backend_falls_back_to_embedded_without_sshd(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("KEYWARD_DEMO_BACKEND", "bogus")
     with pytest.raises(demo.DemoError, match="must be"):
         demo.choose_backend()
-    monkeypatch.setattr(demo, "_find_sshd", lambda: "/usr/sbin/sshd")
+    monkeypatch.setattr(demo, "find_sshd", lambda: "/usr/sbin/sshd")
     monkeypatch.setenv("KEYWARD_DEMO_BACKEND", "embedded")
     assert demo.choose_backend() == "embedded"
     monkeypatch.delenv("KEYWARD_DEMO_BACKEND")

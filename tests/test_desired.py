@@ -20,8 +20,8 @@ from keyward.inventory.model import (
     PolicySettings,
 )
 from keyward.keys import PublicKey, parse_public_key
-from keyward.sandbox import make_ed25519
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
+from keyward.testing.keypairs import make_ed25519
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

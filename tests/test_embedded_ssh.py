@@ -14,14 +14,11 @@ import asyncssh
 import pytest
 
 from keyward.agent.bootstrap import remote_command
-from keyward.embedded_ssh import (
-    EmbeddedFleet,
-    asyncssh_can_login,
-    effective_authorized_keys,
-    parse_expiry_time,
-)
-from keyward.localfleet import FleetHost
-from keyward.sandbox import make_ed25519
+from keyward.testing.asyncssh_client import asyncssh_can_login
+from keyward.testing.embedded_keys import effective_authorized_keys, parse_expiry_time
+from keyward.testing.embedded_ssh import EmbeddedFleet
+from keyward.testing.fleet import FleetHost
+from keyward.testing.keypairs import make_ed25519
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -295,3 +292,19 @@ def test_stop_kills_sessions_and_closes_listeners(tmp_path: Path, alice: Path) -
     with pytest.raises(OSError):
         socket.create_connection((a.address, a.port), timeout=2).close()
     fleet.stop()  # idempotent
+
+
+def test_pins_are_per_address_and_port_for_the_asyncssh_client_too(
+    fleet: EmbeddedFleet, tmp_path: Path, alice: Path
+) -> None:
+    """The demo's asyncssh logins trust a host as the agent does (``agent.hostkeys``)."""
+    a = fleet.hosts[0]
+    grant(a, pub(alice))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text(
+        f"{a.address} {a.host_key_pub}\n[{a.address}]:{a.port + 1} {a.host_key_pub}\n"
+    )
+    assert not asyncssh_can_login(a, USER, alice, elsewhere)
+    exact = tmp_path / "exact"
+    exact.write_text(f"[{a.address}]:{a.port} {a.host_key_pub}\n")
+    assert asyncssh_can_login(a, USER, alice, exact)

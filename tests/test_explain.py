@@ -27,9 +27,9 @@ from keyward.inventory.model import (
     PolicySettings,
 )
 from keyward.keys import PublicKey, parse_public_key
-from keyward.sandbox import make_ed25519
 from keyward.sshsig import proof_statement
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
+from keyward.testing.keypairs import make_ed25519
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward
 from tests.keygen import ssh_sign

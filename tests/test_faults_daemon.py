@@ -188,7 +188,7 @@ class StallingProxy:
 def test_a_half_open_connection_is_dropped_and_converged(env: AgentEnv, tmp_path: Path) -> None:
     import dataclasses
 
-    from keyward.sandbox import write_inventory
+    from keyward.testing.inventory import write_inventory
 
     victim = env.hosts[0]
     proxy = StallingProxy((victim.address, victim.port))

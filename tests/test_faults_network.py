@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from keyward.authorized_keys import parse_authorized_keys
-from keyward.localfleet import FleetHost
-from keyward.sandbox import write_inventory
+from keyward.testing.fleet import FleetHost
+from keyward.testing.inventory import write_inventory
 from tests.agent_env import AgentEnv
 
 pytestmark = pytest.mark.timeout(180)

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from keyward.agent import bootstrap
-from keyward.localfleet import free_port
 from keyward.registry import db as registry_db
+from keyward.testing.fleet import free_port
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward, Result
 from tests.hungfs import hung_fuse

@@ -32,7 +32,7 @@ from keyward.desired import DesiredLine
 from keyward.errors import KeyPolicyError
 from keyward.keys import KNOWN_TYPES, WireReader, decode_key, parse_public_key
 from keyward.options import FLAGS, REFUSED, expiry_time_option, validate_option, validate_options
-from keyward.sandbox import AccessSpec
+from keyward.testing.inventory import AccessSpec
 from tests.agent_env import AgentEnv
 
 SETTINGS = settings(

@@ -17,17 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from keyward.localfleet import (
-    FleetError,
-    FleetHost,
-    LocalFleet,
-    can_login,
-    ensure_account,
-    fleet_address,
-    remove_account,
-    safe_base_dir,
-    ssh_login,
-)
+from keyward.testing.fleet import FleetError, FleetHost, fleet_address, safe_base_dir
+from keyward.testing.localfleet import LocalFleet
+from keyward.testing.ssh_client import can_login, ssh_login
+from tests.accounts import ensure_account, remove_account
 from tests.pgserver import PgServer, libpq_url
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="creating accounts needs root")
@@ -182,7 +175,7 @@ def test_fleet_logins(base_dir: Path, account: str) -> None:
 
 
 def _client_args(host: FleetHost, user: str, key: Path, known: Path) -> list[str]:
-    from keyward.localfleet import ssh_command
+    from keyward.testing.ssh_client import ssh_command
 
     return ssh_command(host, user, key, known, "")[1:-1]
 

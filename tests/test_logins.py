@@ -12,7 +12,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from keyward.localfleet import FleetHost, ssh_command
+from keyward.testing.fleet import FleetHost
+from keyward.testing.ssh_client import ssh_command
 from tests.agent_env import AgentEnv
 from tests.journal_standin import use_journal
 

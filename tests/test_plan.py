@@ -10,8 +10,8 @@ import pytest
 from keyward.desired import HEADER, DesiredFile, DesiredLine, FileTarget
 from keyward.keys import PublicKey, parse_public_key
 from keyward.plan import Observed, plan_file, plan_host, render, sha256
-from keyward.sandbox import make_ed25519
 from keyward.state import KeyRecord, PersonRecord, RegistrySnapshot
+from keyward.testing.keypairs import make_ed25519
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 T = FileTarget("web-1", "deploy", "%h/.ssh/authorized_keys")

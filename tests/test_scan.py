@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from keyward.localfleet import FleetHost
+from keyward.testing.fleet import FleetHost
 from tests.agent_env import AgentEnv
 
 

@@ -59,8 +59,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keyward.authorized_keys import parse_authorized_keys
 from keyward.keys import WireReader
-from keyward.localfleet import FleetHost, LocalFleet, safe_base_dir, ssh_login
 from keyward.options import validate_option
+from keyward.testing.fleet import FleetHost, safe_base_dir
+from keyward.testing.localfleet import LocalFleet
+from keyward.testing.ssh_client import ssh_login
 from tests.agent_env import AgentEnv
 
 # --- the corpus ----------------------------------------------------------------

@@ -290,7 +290,7 @@ def test_demo_starts_no_interpreter_per_step(tmp_path: Path) -> None:
     """Each demo step runs keyward's main() in the demo's process: a new interpreter per
     step paid the imports 18 times, most of the demo's 22-31 s.  Logins are still checked
     by separate real ``ssh`` clients when sshd is used."""
-    from keyward.cli.demo import _find_sshd
+    from keyward.testing.sshd import find_sshd
 
     out = tmp_path / "launched.json"
     proc = subprocess.run(
@@ -305,7 +305,7 @@ def test_demo_starts_no_interpreter_per_step(tmp_path: Path) -> None:
     assert proc.stdout.count(": logged in") == 3
     launched: list[list[str]] = json.loads(out.read_text())
     assert [argv for argv in launched if argv[0] == sys.executable or "keyward" in argv] == []
-    if _find_sshd() is not None:
+    if find_sshd() is not None:
         assert sum(Path(argv[0]).name == "ssh" for argv in launched) == 9
 
 
@@ -317,10 +317,11 @@ def test_demo_hosts_skip_the_accounts_rc_files(tmp_path: Path) -> None:
     import pwd
 
     from keyward.cli import demo
-    from keyward.localfleet import safe_base_dir, ssh_login
-    from keyward.sandbox import make_ed25519
+    from keyward.testing.fleet import safe_base_dir
+    from keyward.testing.keypairs import make_ed25519
+    from keyward.testing.ssh_client import ssh_login
 
-    if demo._find_sshd() is None:
+    if demo.find_sshd() is None:
         pytest.skip("needs OpenSSH sshd")
     user = getpass.getuser()
     base = safe_base_dir("keyward-test-startup-")

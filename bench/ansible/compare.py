@@ -406,11 +406,11 @@ class Compare:
     # ---- running a tool
 
     def sessions_gone(self, timeout: float = 10.0) -> None:
-        from keyward.localfleet import _children_map
+        from keyward.testing.processes import children_map
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            tree = _children_map()
+            tree = children_map()
             if not any(tree.get(p) for p in self.listeners):
                 return
             time.sleep(0.05)

@@ -1,9 +1,9 @@
 """Connections to managed hosts: pinned host keys, one identity, and the remote helper.
 
 The agent never trusts a host it has not pinned: host keys come only from the
-inventory's known_hosts file, ``config=[]`` keeps a user's ``~/.ssh/config``
-from weakening anything, and no SSH agent is consulted.  Over each connection
-one ``remote.py`` process serves every request for that host.
+inventory's known_hosts file (``hostkeys.host_key_options``), ``config=[]`` keeps a
+user's ``~/.ssh/config`` from weakening anything, and no SSH agent is consulted.  Over
+each connection one ``remote.py`` process serves every request for that host.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import asyncssh
 
 from keyward.agent.bootstrap import remote_command
+from keyward.agent.hostkeys import host_key_options
 from keyward.errors import HostError
 from keyward.inventory.model import Host
 
@@ -60,34 +61,6 @@ class Credentials:
                 "run 'keyward hosts scan --write'"
             ) from None
         return cls(key, asyncssh.import_known_hosts(text), text, connect_timeout, python)
-
-
-def known_hosts_name(host: Host) -> str:
-    """How OpenSSH names this endpoint in known_hosts: ``addr`` or ``[addr]:port``."""
-    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
-
-
-def pinned_keys(known_hosts_text: str, host: Host) -> list[asyncssh.SSHKey]:
-    """The host keys pinned for exactly this address and port.
-
-    Only plain lines whose host field names ``known_hosts_name(host)`` count:
-    no wildcard patterns, no fallback from a custom port to port 22, no match
-    by resolved IP address, no ``@cert-authority`` lines.  A host is trusted
-    for what the inventory says it is, nothing wider.
-    """
-    wanted = known_hosts_name(host)
-    keys: list[asyncssh.SSHKey] = []
-    for raw in known_hosts_text.splitlines():
-        fields = raw.split()
-        if len(fields) < 3 or fields[0].startswith(("#", "@", "|")):
-            continue
-        if wanted not in fields[0].split(","):
-            continue
-        try:
-            keys.append(asyncssh.import_public_key(f"{fields[1]} {fields[2]}"))
-        except (asyncssh.KeyImportError, ValueError):
-            continue
-    return keys
 
 
 def read_timeout(files: int) -> float:
@@ -167,8 +140,8 @@ class HostConnection:
 
     @classmethod
     async def open(cls, host: Host, creds: Credentials, *, keepalive: float = 0) -> HostConnection:
-        trusted = pinned_keys(creds.known_hosts_text, host)
-        if not trusted:
+        host_keys = host_key_options(creds.known_hosts_text, host)
+        if host_keys is None:
             raise HostError(
                 f"{host.name}: host key for {host.address}:{host.port} is not pinned; "
                 "run 'keyward hosts scan --write' and review it"
@@ -180,9 +153,7 @@ class HostConnection:
                     port=host.port,
                     username=host.login,
                     client_keys=[creds.client_key],
-                    known_hosts=(trusted, [], []),
-                    x509_trusted_certs=None,
-                    x509_trusted_cert_paths=[],
+                    **host_keys,
                     config=[],
                     agent_path=None,
                     agent_forwarding=False,

@@ -31,7 +31,7 @@ from typing import Literal
 
 import asyncssh
 
-from keyward.agent.connection import known_hosts_name, pinned_keys
+from keyward.agent.hostkeys import known_hosts_name, pinned_keys
 from keyward.errors import InventoryError, UsageError
 from keyward.inventory.model import Host
 

@@ -27,21 +27,15 @@ from typing import TYPE_CHECKING
 import click
 
 from keyward.errors import KeywardError
+from keyward.testing.sshd import find_sshd
 
 if TYPE_CHECKING:
-    from keyward.embedded_ssh import EmbeddedFleet
-    from keyward.localfleet import LocalFleet
+    from keyward.testing.embedded_ssh import EmbeddedFleet
+    from keyward.testing.localfleet import LocalFleet
 
 
 class DemoError(KeywardError):
     exit_code = 1
-
-
-def _find_sshd() -> str | None:
-    for candidate in ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which("sshd")
 
 
 OPENSSH = "openssh"
@@ -50,10 +44,14 @@ BACKEND_ENV = "KEYWARD_DEMO_BACKEND"
 
 
 def choose_backend() -> str:
-    """``openssh`` when sshd is installed, else ``embedded``; ``$KEYWARD_DEMO_BACKEND`` forces."""
+    """``openssh`` when sshd is installed, else ``embedded``; ``$KEYWARD_DEMO_BACKEND`` forces.
+
+    sshd is found by ``find_sshd``, the function ``LocalFleet`` starts it by, so the
+    OpenSSH demo is chosen only where its fleet can start.
+    """
     forced = os.environ.get(BACKEND_ENV, "").strip().lower()
     if forced == OPENSSH:
-        if _find_sshd() is None:
+        if find_sshd() is None:
             raise DemoError(
                 f"{BACKEND_ENV}=openssh but OpenSSH's sshd is not installed "
                 "(Debian/Ubuntu: apt-get install openssh-server)"
@@ -63,7 +61,7 @@ def choose_backend() -> str:
         return EMBEDDED
     if forced:
         raise DemoError(f"{BACKEND_ENV} must be 'openssh' or 'embedded', not {forced!r}")
-    return OPENSSH if _find_sshd() is not None else EMBEDDED
+    return OPENSSH if find_sshd() is not None else EMBEDDED
 
 
 class Demo:
@@ -131,9 +129,9 @@ class Demo:
         """Try ``key`` on every host at once (each login is its own client and connection)."""
         known = self.inventory / "known_hosts"
         if self.use_ssh_client:
-            from keyward.localfleet import can_login as check
+            from keyward.testing.ssh_client import can_login as check
         else:
-            from keyward.embedded_ssh import asyncssh_can_login as check
+            from keyward.testing.asyncssh_client import asyncssh_can_login as check
 
         hosts = self.fleet.hosts
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
@@ -165,19 +163,20 @@ def _no_rc_files(base: Path, user: str) -> str:
 
 def _fleet(backend: str, base: Path, hosts: int, user: str) -> LocalFleet | EmbeddedFleet:
     if backend == OPENSSH:
-        from keyward.localfleet import LocalFleet
+        from keyward.testing.localfleet import LocalFleet
 
         return LocalFleet(
             base / "fleet", hosts, name_prefix="demo-", extra_config=_no_rc_files(base, user)
         )
-    from keyward.embedded_ssh import EmbeddedFleet  # asyncssh: only for this backend
+    from keyward.testing.embedded_ssh import EmbeddedFleet  # asyncssh: only for this backend
 
     return EmbeddedFleet(base / "fleet", hosts, name_prefix="demo-")
 
 
 def run_demo(hosts: int, keep: bool) -> None:
-    from keyward.localfleet import safe_base_dir
-    from keyward.sandbox import AccessSpec, InventorySpec, make_ed25519, write_inventory
+    from keyward.testing.fleet import safe_base_dir
+    from keyward.testing.inventory import AccessSpec, InventorySpec, write_inventory
+    from keyward.testing.keypairs import make_ed25519
 
     backend = choose_backend()
     user = getpass.getuser()
@@ -262,7 +261,7 @@ def _remove_tree(path: Path) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo registry, inventory and keys.")
 def demo(hosts: int, keep: bool) -> None:
     """Run the whole flow against local SSH hosts on loopback; leaves nothing behind."""
-    from keyward.localfleet import is_root
+    from keyward.testing.fleet import is_root
 
     if not is_root() and os.environ.get("KEYWARD_DEMO_ALLOW_USER") is None:
         pass  # works as a normal user too: sshd then serves only that user

@@ -1,7 +1,9 @@
-"""Throw-away keys and inventories for local fleets: used by the demo, tests and benchmarks.
+"""Throw-away inventories over local fleets: used by the demo, tests and benchmarks.
 
-Nothing here is used in production paths; it lives in the package so that
-``keyward demo`` works on a machine with nothing set up.
+``write_inventory`` writes the TOML files and the known_hosts pins an operator would, from
+an ``InventorySpec`` and a running fleet's hosts.  Nothing here is used in production
+paths; it lives in the package so that ``keyward demo`` works on a machine with nothing
+set up.
 """
 
 from __future__ import annotations
@@ -11,30 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from keyward.localfleet import FleetHost
-
-
-def make_ed25519(path: Path, comment: str = "") -> Path:
-    """Write an unencrypted OpenSSH ed25519 key pair (``path`` and ``path.pub``), mode 0600."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private)
-    suffix = f" {comment}" if comment else ""
-    Path(f"{path}.pub").write_text(public.decode() + suffix + "\n")
-    return path
+from keyward.testing.fleet import FleetHost
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,7 @@ authentication attempt:
 * only the OS user running this process may log in, only with a public key;
 * the file is the host's ``AuthorizedKeysFile`` (central layout ``{dir}/keys/%u`` by default,
   so ``FleetHost.authorized_keys_path(user)`` names it);
-* lines are parsed the way sshd reads them (``keyward.authorized_keys``); a line sshd would
-  skip is skipped, and so is a line whose ``expiry-time`` is past or unreadable: asyncssh
-  2.x does not know that option and would otherwise honour an expired key;
-* the remaining lines go through ``asyncssh.import_authorized_keys`` and
-  ``set_authorized_keys``, so asyncssh enforces ``from=``, ``command=``, ``restrict`` and the
-  ``no-*-forwarding`` / ``no-pty`` flags.
+* its lines are honoured as sshd would honour them (``embedded_keys``).
 
 An exec request runs ``/bin/sh -c COMMAND`` as the current user with stdin, stdout and stderr
 relayed unbuffered in both directions (the agent's remote helper speaks JSON lines this way)
@@ -31,19 +26,17 @@ import asyncio
 import contextlib
 import os
 import pwd
-import re
 import signal
 import threading
 import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
 
-from keyward.authorized_keys import parse_authorized_keys
-from keyward.localfleet import FleetError, FleetHost, _FleetBase, fleet_address
+from keyward.testing.embedded_keys import FileAuthorizedKeys
+from keyward.testing.fleet import FleetBase, FleetError, FleetHost, fleet_address
 
 START_TIMEOUT = 15.0
 """Seconds to wait for the loop thread and every listener to come up."""
@@ -56,102 +49,7 @@ LOGIN_TIMEOUT = 15.0
 
 _CHUNK = 65536
 
-_EXPIRY_RE = re.compile(r"(\d{8}|\d{12}|\d{14})([zZ]?)")
-
 T = TypeVar("T")
-
-
-def parse_expiry_time(value: str) -> datetime | None:
-    """An ``expiry-time`` value as sshd reads it (``YYYYMMDD[HHMM[SS]][Z]``), or None if invalid.
-
-    Without ``Z`` the time is local, as in sshd.
-    """
-    match = _EXPIRY_RE.fullmatch(value)
-    if match is None:
-        return None
-    digits = match.group(1).ljust(14, "0")
-    try:
-        naive = datetime.strptime(digits, "%Y%m%d%H%M%S")
-    except ValueError:
-        return None
-    if match.group(2):
-        return naive.replace(tzinfo=UTC)
-    return naive.astimezone()
-
-
-def _expiry_values(options: tuple[str, ...]) -> list[str]:
-    values: list[str] = []
-    for option in options:
-        name, sep, value = option.partition("=")
-        if sep and name.strip().lower() == "expiry-time":
-            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-                value = value[1:-1]
-            values.append(value)
-    return values
-
-
-def effective_authorized_keys(data: bytes, now: datetime | None = None) -> list[str]:
-    """The lines of an authorized_keys file sshd would honour at ``now``.
-
-    Lines sshd skips (no key, bad options) are dropped, as are lines with an
-    ``expiry-time`` that is past or cannot be read (sshd refuses those too).
-    """
-    when = now or datetime.now(UTC)
-    raw_lines = data.split(b"\n")
-    kept: list[str] = []
-    for line in parse_authorized_keys(data):
-        if line.key is None:
-            continue
-        expiries = [parse_expiry_time(v) for v in _expiry_values(line.options)]
-        if any(e is None or e < when for e in expiries):
-            continue
-        raw = raw_lines[line.lineno - 1].split(b"\0", 1)[0]
-        kept.append(raw.decode("utf-8", errors="replace").strip())
-    return kept
-
-
-def load_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys | None:
-    """The honoured lines of ``path`` as asyncssh authorized keys; None if there are none."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    good: list[str] = []
-    for line in effective_authorized_keys(data):
-        try:
-            asyncssh.import_authorized_keys(line)
-        except (ValueError, asyncssh.KeyImportError):
-            continue  # asyncssh cannot honour this line's options: fail closed
-        good.append(line)
-    if not good:
-        return None
-    return asyncssh.import_authorized_keys("\n".join(good) + "\n")
-
-
-class _FileAuthorizedKeys(asyncssh.SSHAuthorizedKeys):
-    """Authorized keys that re-read their file on every validation (each auth attempt)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self._path = path
-
-    def validate(
-        self,
-        key: asyncssh.SSHKey,
-        client_host: str,
-        client_addr: str,
-        cert_principals: Any = None,
-        ca: bool = False,
-    ) -> Any:
-        if ca:
-            return None
-        current = load_authorized_keys(self._path)
-        if current is None:
-            return None
-        return current.validate(key, client_host, client_addr, cert_principals, ca=False)
-
-    def validate_x509(self, cert: Any, client_host: str, client_addr: str) -> Any:
-        return None, None
 
 
 class _HostServer(asyncssh.SSHServer):
@@ -179,7 +77,7 @@ class _HostServer(asyncssh.SSHServer):
         assert self._conn is not None
         if username == self._runtime.user:
             path = self._runtime.host.authorized_keys_path(username)
-            self._conn.set_authorized_keys(_FileAuthorizedKeys(path))
+            self._conn.set_authorized_keys(FileAuthorizedKeys(path))
         else:
             self._runtime.log(f"Invalid user {username} from {self._peer}")
         return True
@@ -311,7 +209,7 @@ async def _kill_child(child: asyncio.subprocess.Process) -> None:
             await asyncio.wait_for(child.wait(), STOP_TIMEOUT)
 
 
-class EmbeddedFleet(_FleetBase):
+class EmbeddedFleet(FleetBase):
     """``count`` in-process asyncssh servers on loopback, started by ``start()``.
 
     The surface mirrors ``LocalFleet`` for what the demo needs.  ``authorized_keys_file``
@@ -497,82 +395,4 @@ class EmbeddedFleet(_FleetBase):
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
 
 
-# -- client -------------------------------------------------------------------------
-
-
-def pinned_host_keys(known_hosts_text: str, host: FleetHost) -> list[asyncssh.SSHKey]:
-    """The keys ``known_hosts_text`` pins for exactly ``[address]:port`` (no wildcards)."""
-    wanted = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
-    keys: list[asyncssh.SSHKey] = []
-    for raw in known_hosts_text.splitlines():
-        fields = raw.split()
-        if len(fields) < 3 or fields[0].startswith(("#", "@", "|")):
-            continue
-        if wanted not in fields[0].split(","):
-            continue
-        with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-            keys.append(asyncssh.import_public_key(f"{fields[1]} {fields[2]}"))
-    return keys
-
-
-async def _login(
-    host: FleetHost, user: str, identity: Path, known_hosts_text: str, command: str
-) -> bool:
-    trusted = pinned_host_keys(known_hosts_text, host)
-    if not trusted:
-        return False
-    key = asyncssh.read_private_key(str(identity))
-    try:
-        async with asyncssh.connect(
-            host.address,
-            port=host.port,
-            username=user,
-            client_keys=[key],
-            known_hosts=(trusted, [], []),
-            x509_trusted_certs=None,
-            x509_trusted_cert_paths=[],
-            config=[],
-            agent_path=None,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            preferred_auth="publickey",
-            connect_timeout=5,
-            login_timeout=10,
-        ) as conn:
-            result = await conn.run(command, check=False, timeout=10)
-            return result.exit_status == 0
-    except (OSError, asyncssh.Error, TimeoutError):
-        return False
-
-
-def asyncssh_can_login(
-    host: FleetHost,
-    user: str,
-    identity: Path,
-    known_hosts: Path,
-    command: str = "true",
-    timeout: float = 15,
-) -> bool:
-    """Like ``localfleet.can_login`` without the ``ssh`` binary: an asyncssh client.
-
-    The host key is pinned from ``known_hosts`` (exact ``[address]:port`` lines only), only
-    ``identity`` is offered, no SSH agent or config file is consulted, and ``command`` must
-    exit 0.  A refusal, an unknown host key or an unreachable host gives False; a hang
-    raises ``TimeoutError`` after ``timeout`` seconds.
-    """
-    text = Path(known_hosts).read_text()
-
-    async def bounded() -> bool:
-        return await asyncio.wait_for(_login(host, user, identity, text, command), timeout)
-
-    return asyncio.run(bounded())
-
-
-__all__ = [
-    "EmbeddedFleet",
-    "asyncssh_can_login",
-    "effective_authorized_keys",
-    "load_authorized_keys",
-    "parse_expiry_time",
-    "pinned_host_keys",
-]
+__all__ = ["EmbeddedFleet"]
