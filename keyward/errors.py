@@ -63,3 +63,9 @@ class HostError(KeywardError):
 
 class PlanRefused(KeywardError):
     """A plan would lock the agent out (or otherwise break a safety rule)."""
+
+
+class BackupFailed(KeywardError):
+    """A snapshot could not be taken, verified, copied or restored (an operational failure)."""
+
+    exit_code = 1

@@ -25,8 +25,20 @@ from sqlalchemy import create_engine, inspect, text
 
 from keyward.cli import backup_cmds
 from keyward.cli import main as cli_main
-from keyward.registry import backup as bk
-from keyward.registry.backup import list_snapshots, parse_name, prune_plan
+from keyward.registry.backup.files import (
+    check_checksum,
+    checkpoint_file,
+    parse_name,
+    sha256_file,
+    signature_file,
+    write_checksum,
+)
+from keyward.registry.backup.postgres import pg_dump
+from keyward.registry.backup.restore import registry_contents
+from keyward.registry.backup.retention import list_snapshots, prune_plan
+from keyward.registry.backup.signing import write_snapshot_checkpoint
+from keyward.registry.backup.sqlite import sqlite_snapshot
+from keyward.registry.backup.verify import Verified
 from keyward.registry.checkpoint import open_keyring
 from keyward.registry.db import make_engine
 from tests.cli_runner import Keyward, Result
@@ -339,28 +351,26 @@ def test_restore_verifies_the_audit_chain_of_the_snapshot(
     directory.mkdir()
     if kw.db_url.startswith("sqlite"):
         path = directory / "keyward-registry-20260101T000000Z.sqlite"
-        bk._sqlite_snapshot(Path(kw.db_url.removeprefix("sqlite:///")), path)
+        sqlite_snapshot(Path(kw.db_url.removeprefix("sqlite:///")), path)
     else:
         path = directory / "keyward-registry-20260101T000000Z.pgdump"
-        bk.pg_dump(kw.db_url, path)
-    digest = bk.sha256_file(path)
-    bk.write_checksum(path, digest)
+        pg_dump(kw.db_url, path)
+    digest = sha256_file(path)
+    write_checksum(path, digest)
     target = other(kw, fresh_url("t"))
     unsigned = target.fails("backup", "restore", str(path))
     assert "refusing an unauthenticated snapshot" in last_line(unsigned)
     # Signed by the real checkpoint key (as if the key holder signed a doctored file).
     keyring = open_keyring(checkpoint_dir)
-    head = bk.Verified(2, "0" * 64, None)
-    bk.write_snapshot_checkpoint(
-        keyring, path, "sqlite:/elsewhere", head, digest, datetime.now(UTC)
-    )
+    head = Verified(2, "0" * 64, None)
+    write_snapshot_checkpoint(keyring, path, "sqlite:/elsewhere", head, digest, datetime.now(UTC))
     result = target.fails("backup", "restore", str(path), code=1)
     assert "audit chain broken at audit event 2" in last_line(result)
     assert "content was edited" in last_line(result)
     if kw.db_url.startswith("sqlite"):
         assert not Path(target.db_url.removeprefix("sqlite:///")).exists()
     else:
-        assert bk.registry_contents(target.db_url).empty
+        assert registry_contents(target.db_url).empty
         engine = create_engine(target.db_url)
         assert "audit_event" not in inspect(engine).get_table_names()
         engine.dispose()
@@ -740,22 +750,22 @@ def test_restore_refuses_a_doctored_snapshot_with_a_rewritten_checksum(
     else:
         with open(path, "ab") as handle:
             handle.write(b"\0" * 64)
-    bk.write_checksum(path, bk.sha256_file(path))  # what a writer of the backup dir can do
-    assert bk.check_checksum(path)  # the .sha256 alone says fine
+    write_checksum(path, sha256_file(path))  # what a writer of the backup dir can do
+    assert check_checksum(path)  # the .sha256 alone says fine
     target = other(kw, fresh_url("t"))
     result = target.fails("backup", "restore", str(path))
     assert "is not the snapshot its signed checkpoint names" in last_line(result)
     assert "nothing was restored" in last_line(result)
-    assert bk.registry_contents(target.db_url).empty
+    assert registry_contents(target.db_url).empty
     # A signature that is not the checkpoint key's is refused the same way.
     stranger = open_keyring(tmp_path / "stranger")
-    statement = bk.checkpoint_file(path).read_bytes()
+    statement = checkpoint_file(path).read_bytes()
     from keyward.registry.checkpoint import Checkpoint
 
-    bk.signature_file(path).write_bytes(stranger.sign(Checkpoint.parse(statement)))
+    signature_file(path).write_bytes(stranger.sign(Checkpoint.parse(statement)))
     result = target.fails("backup", "restore", str(path))
     assert "is not signed by a trusted checkpoint key" in last_line(result)
-    bk.checkpoint_file(path).unlink()
+    checkpoint_file(path).unlink()
     result = target.fails("backup", "restore", str(path))
     assert "refusing an unauthenticated snapshot" in last_line(result)
 
@@ -770,7 +780,7 @@ def test_a_restore_drill_on_another_machine_needs_the_pinned_key(
     refused = target.fails("backup", "restore", str(path), env=elsewhere)
     assert "is not signed by a trusted checkpoint key" in last_line(refused)
     assert "pass --trusted-key checkpoint_ed25519.pub" in last_line(refused)
-    assert bk.registry_contents(target.db_url).empty
+    assert registry_contents(target.db_url).empty
     pinned = tmp_path / "pinned.pub"
     shutil.copy(checkpoint_dir / "checkpoint_ed25519.pub", pinned)
     target.ok("backup", "restore", str(path), "--trusted-key", str(pinned), env=elsewhere)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from keyward.cli.inventory_summary import summarize
 from keyward.errors import InventoryError, KeywardError, UsageError
 from keyward.inventory import (
     AccessRule,
@@ -16,7 +17,6 @@ from keyward.inventory import (
     find_inventory_dir,
     load_inventory,
     normalise_authorized_keys,
-    summarize,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "inventory"

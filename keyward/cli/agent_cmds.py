@@ -51,7 +51,8 @@ def inventory() -> None:
 @pass_app
 def inventory_check(app: AppContext, as_json: bool) -> None:
     """Validate the inventory; print a summary, or every problem with its file and key."""
-    from keyward.inventory import check_inventory, summarize
+    from keyward.cli.inventory_summary import summarize
+    from keyward.inventory import check_inventory
 
     root = app.inventory_dir()
     inv, problems = check_inventory(root)

@@ -1,4 +1,8 @@
-"""Backup commands: create, list, prune, restore (see keyward.registry.backup)."""
+"""Backup commands: create, list, prune, restore.
+
+The workflows and their audit events are ``keyward.registry.backup``; this module
+parses options, calls them, logs and prints.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,16 @@ from keyward.cli.checkpoint_cmds import checkpoint_options
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
 from keyward.cli.registry_cmds import log_events
-from keyward.errors import AuditChainBroken, KeywardError
+from keyward.errors import AuditChainBroken, BackupFailed, KeywardError
 from keyward.logs import get_logger
-from keyward.registry import backup as bk
 from keyward.registry import checkpoint as cp
-from keyward.registry.db import describe, make_engine
+from keyward.registry.backup.copy_command import COPY_ENV, COPY_TIMEOUT, parse_copy_command
+from keyward.registry.backup.create import copy_and_record, take_snapshot
+from keyward.registry.backup.files import default_backup_dir
+from keyward.registry.backup.restore import restore_backup
+from keyward.registry.backup.retention import list_backups, prune_backups
+from keyward.registry.db import describe
 from keyward.registry.schema import head_revision
-from keyward.registry.store import Registry
-from keyward.registry.subjects import ALL_BACKUPS, Subject
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -29,7 +35,7 @@ DIR_HELP = "Backup directory [default: <state dir>/backups, e.g. /var/lib/keywar
 def backup_dir(directory: str | None) -> Path:
     if directory:
         return Path(directory).expanduser().absolute()
-    return bk.default_backup_dir(dict(os.environ), os.geteuid()).absolute()
+    return default_backup_dir(dict(os.environ), os.geteuid()).absolute()
 
 
 @click.group()
@@ -44,18 +50,18 @@ def backup() -> None:
 @click.argument("directory", required=False, metavar="[DIR]")
 @click.option(
     "--copy-command",
-    envvar=bk.COPY_ENV,
+    envvar=COPY_ENV,
     metavar="COMMAND",
     help="Copy each new file elsewhere, e.g. 'rclone copyto {path} remote:keyward/{name}'; "
     "run without a shell for the snapshot, its .sha256, .checkpoint and .checkpoint.sig "
     "files ({path} and {name} are "
     "quoted by keyward: do not quote them). A failure exits 1 and is "
-    f"recorded as a backup.copy-failed audit event [env {bk.COPY_ENV}]",
+    f"recorded as a backup.copy-failed audit event [env {COPY_ENV}]",
 )
 @click.option(
     "--copy-timeout",
     type=click.FloatRange(min=1),
-    default=bk.COPY_TIMEOUT,
+    default=COPY_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
     help="Kill the copy command after this long (and fail).",
@@ -84,51 +90,21 @@ def backup_create(
     log = get_logger()
     target = backup_dir(directory)
     if copy_command:
-        bk.parse_copy_command(copy_command)
+        parse_copy_command(copy_command)
     keyring = cp.open_keyring(cp.resolve_dir(checkpoint_dir), trusted_keys)
     registry = app.registry()
     now = registry.clock()
     try:
-        created = bk.take_snapshot(registry.url, registry.backend, target, now, keyring)
+        created = take_snapshot(registry.url, registry.backend, target, now, keyring)
     except AuditChainBroken as exc:
         log.error("backup_verify_failed", directory=str(target), error=exc.message)
         raise AuditChainBroken(f"no snapshot kept: {exc.message}") from None
     except KeywardError as exc:
         log.error("backup_failed", directory=str(target), error=exc.message)
         raise
-    failures: list[bk.CopyFailure] = []
-    if copy_command:
-        for path in created.files:
-            failure = bk.run_copy(copy_command, path, copy_timeout)
-            if failure is not None:
-                failures.append(failure)
-                break
-    with registry.write(app.actor) as tx:
-        tx.audit(
-            "backup.create",
-            Subject.backup(created.path.name),
-            {
-                "backend": created.backend,
-                "bytes": created.size,
-                "sha256": created.sha256,
-                "events_verified": created.events,
-                "directory": str(target),
-                "copied": bool(copy_command) and not failures,
-            },
-        )
-        for failure in failures:
-            tx.audit(
-                "backup.copy-failed",
-                Subject.backup(created.path.name),
-                {
-                    "file": failure.file,
-                    "program": failure.program,
-                    "exit_code": failure.exit_code,
-                    "timed_out": failure.timed_out,
-                    "error": failure.error,
-                },
-            )
-    log_events(tx)
+    failures = copy_and_record(
+        registry, app.actor, created, target, copy_command, copy_timeout, log_events
+    )
     log.info(
         "backup_created",
         path=str(created.path),
@@ -170,7 +146,7 @@ def backup_create(
             f"audit chain ok: {created.events} events"
         )
     if failures:
-        raise bk.BackupFailed(f"snapshot {created.path.name} was written, but {failures[0]}")
+        raise BackupFailed(f"snapshot {created.path.name} was written, but {failures[0]}")
     if copy_command and not as_json:
         click.echo(f"copied {created.path.name} with its .sha256, .checkpoint and .checkpoint.sig")
 
@@ -185,26 +161,18 @@ def backup_create(
 def backup_list(directory: str | None, check: bool, as_json: bool) -> None:
     """List keyward's snapshots in DIR, oldest first."""
     target = backup_dir(directory)
-    rows: list[dict[str, Any]] = []
-    for snap in bk.list_snapshots(target):
-        recorded = bk.read_checksum(snap.path)
-        if recorded is None:
-            status = "missing"
-        elif not check:
-            status = "unchecked"
-        else:
-            status = "ok" if bk.sha256_file(snap.path) == recorded else "mismatch"
-        rows.append(
-            {
-                "name": snap.name,
-                "path": str(snap.path),
-                "kind": snap.kind,
-                "taken_at": ts(snap.taken_at),
-                "bytes": snap.path.stat().st_size,
-                "sha256": recorded,
-                "checksum": status,
-            }
-        )
+    rows: list[dict[str, Any]] = [
+        {
+            "name": listed.snapshot.name,
+            "path": str(listed.snapshot.path),
+            "kind": listed.snapshot.kind,
+            "taken_at": ts(listed.snapshot.taken_at),
+            "bytes": listed.bytes,
+            "sha256": listed.sha256,
+            "checksum": listed.checksum,
+        }
+        for listed in list_backups(target, check)
+    ]
     if as_json:
         emit_json(rows)
         return
@@ -213,7 +181,7 @@ def backup_list(directory: str | None, check: bool, as_json: bool) -> None:
         [("name", "SNAPSHOT"), ("taken_at", "TAKEN"), ("bytes", "BYTES"), ("checksum", "CHECKSUM")],
     )
     if check and any(r["checksum"] != "ok" for r in rows):
-        raise bk.BackupFailed("some snapshots do not match their checksum (or have none)")
+        raise BackupFailed("some snapshots do not match their checksum (or have none)")
 
 
 # -- prune ------------------------------------------------------------------------
@@ -241,26 +209,9 @@ def backup_prune(
     target = backup_dir(directory)
     registry = None if dry_run else app.registry()
     now = app.clock()
-    keep, delete = bk.prune_plan(bk.list_snapshots(target), now, keep_days)
-    stale: list[str] = []
+    pruned = prune_backups(registry, app.actor, target, now, keep_days, log_events)
+    keep, delete, stale = pruned.keep, pruned.delete, pruned.stale
     if not dry_run:
-        for snap in delete:
-            bk.delete_snapshot(snap)
-        stale = bk.remove_stale_temp_files(target)
-        assert registry is not None
-        with registry.write(app.actor) as tx:
-            tx.audit(
-                "backup.prune",
-                ALL_BACKUPS,
-                {
-                    "directory": str(target),
-                    "keep_days": keep_days,
-                    "deleted": [s.name for s in delete],
-                    "kept": len(keep),
-                    **({"half_written": stale} if stale else {}),
-                },
-            )
-        log_events(tx)
         get_logger().info(
             "backup_pruned", directory=str(target), deleted=len(delete), kept=len(keep)
         )
@@ -312,33 +263,16 @@ def backup_restore(
     url = app.url
     path = Path(file).expanduser().absolute()
     keyring = cp.open_keyring(cp.resolve_dir(checkpoint_dir), trusted_keys)
-    restored = bk.restore_snapshot(path, url, force=force, keyring=keyring, now=app.clock())
-    registry = Registry(make_engine(url), url, app.clock)
-    try:
-        revision = bk.schema_revision(registry.engine)
-        with registry.write(app.actor) as tx:
-            details: dict[str, Any] = {
-                "file": path.name,
-                "sha256": restored.sha256,
-                "forced": force,
-                "events_verified": restored.events,
-            }
-            if not restored.replaced.empty:
-                details["replaced"] = {
-                    "people": restored.replaced.people,
-                    "keys": restored.replaced.keys,
-                    "roles": restored.replaced.roles,
-                    "events": restored.replaced.events,
-                }
-            if restored.retired is not None:
-                details["checkpoints_retired"] = str(restored.retired)
-            tx.audit("backup.restore", Subject.backup(path.name), details)
-        log_events(tx)
-        head_seq, head_hash = registry.head()
-        store = cp.Store(keyring.local(), cp.registry_identity(url))
-        store.write(head_seq, head_hash, app.clock())
-    finally:
-        registry.dispose()
+    done = restore_backup(
+        path,
+        url,
+        force=force,
+        keyring=keyring,
+        clock=app.clock,
+        actor=app.actor,
+        on_audit=log_events,
+    )
+    restored, revision = done.restored, done.revision
     get_logger().info(
         "backup_restored", path=str(path), registry=describe(url), events=restored.events
     )

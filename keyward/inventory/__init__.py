@@ -7,17 +7,12 @@
 
 from __future__ import annotations
 
+from keyward.inventory.hosts import normalise_authorized_keys
 from keyward.inventory.load import (
-    ACCOUNT_RE,
     DEFAULT_INVENTORY_DIR,
-    NAME_RE,
-    SETTINGS_FILE,
-    Problem,
     check_inventory,
     find_inventory_dir,
     load_inventory,
-    normalise_authorized_keys,
-    summarize,
 )
 from keyward.inventory.model import (
     MODES,
@@ -30,6 +25,9 @@ from keyward.inventory.model import (
     Mode,
     PolicySettings,
 )
+from keyward.inventory.names import ACCOUNT_RE, NAME_RE
+from keyward.inventory.reader import Problem
+from keyward.inventory.settings import SETTINGS_FILE
 
 __all__ = [
     "ACCOUNT_RE",
@@ -50,5 +48,4 @@ __all__ = [
     "find_inventory_dir",
     "load_inventory",
     "normalise_authorized_keys",
-    "summarize",
 ]

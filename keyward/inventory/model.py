@@ -2,8 +2,8 @@
 
 Everything here is immutable (frozen dataclasses, tuples) so that one loaded
 inventory can be shared by the planner, the agent and the CLI without any of
-them changing what the others see.  Validation lives in ``load.py``; these
-classes assume they were built from a checked inventory.
+them changing what the others see.  Validation lives in ``load.py`` and the
+readers it calls; these classes assume they were built from a checked inventory.
 """
 
 from __future__ import annotations
