@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from keyward.cli.registry_cmds import person_json
+from keyward.cli.person_cmds import person_json
 from keyward.registry import quickread
 from keyward.registry.models import Person
 from keyward.registry.store import Registry

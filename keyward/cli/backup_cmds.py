@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from keyward.cli.checkpoint_cmds import checkpoint_options
+from keyward.cli.checkpoints import checkpoint_options
+from keyward.cli.common import log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
-from keyward.cli.registry_cmds import log_events
 from keyward.errors import AuditChainBroken, BackupFailed, KeywardError
 from keyward.logs import get_logger
 from keyward.registry import checkpoint as cp

@@ -1,4 +1,4 @@
-"""Commands that explain: ``explain`` (who can log in where, and why not) and ``key attest``."""
+"""``keyward explain``: who can log in where, and if not, exactly why."""
 
 from __future__ import annotations
 
@@ -9,11 +9,8 @@ import click
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json
-from keyward.cli.registry_cmds import key, key_claim, key_policy, log_events
-from keyward.errors import KeywardError, UsageError
+from keyward.errors import KeywardError
 
-# Imported where used: `key check` loads this module (it adds `key attest`) and must not
-# pay for the registry or the desired-state chain (tests/test_startup.py).
 if TYPE_CHECKING:
     from keyward.explain import HostSync
     from keyward.keys import PublicKey
@@ -98,51 +95,5 @@ def explain_cmd(
         click.echo(f"{username} can log in at {able} of {len(places)} places")
 
 
-@key.command("attest")
-@click.argument("fingerprint")
-@click.option(
-    "--proof",
-    "proof_file",
-    default=None,
-    metavar="SIGFILE",
-    help="SSHSIG signature of 'keyward key statement' output, by the key's owner.",
-)
-@click.option(
-    "--attest",
-    type=click.Choice(["admin", "sk"]),
-    default=None,
-    help="admin: you vouch for the key; sk: it is a FIDO security key.",
-)
-@pass_app
-def key_attest(
-    app: AppContext, fingerprint: str, proof_file: str | None, attest: str | None
-) -> None:
-    """Raise the attestation of an already registered key (never lower it)."""
-    from keyward.keys import decode_key
-    from keyward.registry import ops
-    from keyward.registry.models import Person
-
-    if not proof_file and not attest:
-        raise UsageError("give --proof SIGFILE or --attest admin|sk")
-    policy = key_policy(app)
-    registry = app.registry()
-    now = registry.clock()
-    with registry.read() as session:
-        row = ops.find_key(session, fingerprint)
-        owner = session.get(Person, row.person_id)
-        assert owner is not None
-        username = owner.username
-        public = decode_key(row.key_type, row.blob, row.comment)
-        expires_at = row.expires_at
-    claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
-    with registry.write(app.actor) as tx:
-        old = ops.find_key(tx.session, fingerprint).attestation
-        ops.attest_key(tx, fingerprint, claim, public)
-    log_events(tx)
-    click.echo(f"key {fingerprint} of {username}: attestation {old} -> {claim.attestation}")
-
-
 def register(cli: click.Group) -> None:
     cli.add_command(explain_cmd)
-    # ``key attest`` attaches itself to the ``key`` group on import (like ``key rotate``).
-    _ = key_attest

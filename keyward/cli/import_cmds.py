@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
+from keyward.cli.common import MAX_INPUT_BYTES, key_policy, log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json
-from keyward.cli.registry_cmds import MAX_INPUT_BYTES, key_policy, log_events
 from keyward.errors import KeywardError, UsageError
 from keyward.keys import (
     KNOWN_TYPES,

@@ -1,4 +1,4 @@
-"""Who actually logged in: ``keyward logins``, ``keyward alerts``, ``person clear-alert``."""
+"""Who actually logged in: ``keyward logins`` and ``keyward alerts``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keyward.cli.common import customer_hosts, log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
 from keyward.cli.parsing import start_of_day
-from keyward.cli.registry_cmds import customer_hosts, log_events, person
 from keyward.errors import KeywardError, RegistryError
 
 if TYPE_CHECKING:
@@ -296,72 +296,6 @@ def alerts_clear(app: AppContext, alert_id: int, reason: str, as_json: bool) -> 
         f"cleared alert {alert_id}"
         + ("; failure mode ended (deployed at the next reconcile)" if modes else "")
     )
-
-
-@person.command("clear-alert")
-@click.argument("username")
-@click.option("--reason", required=True, help="What was checked; recorded.")
-@pass_app
-def person_clear_alert(app: AppContext, username: str, reason: str) -> None:
-    """End USERNAME's failure mode and close their open alerts."""
-    from sqlmodel import col, select
-
-    from keyward.registry import ops, validate
-    from keyward.registry.models import Alert, FailureMode
-    from keyward.registry.subjects import Subject
-
-    reason = validate.line("reason", reason)
-    with app.registry().write(app.actor) as tx:
-        who = ops.find_person(tx.session, username)
-        modes = tx.session.exec(
-            select(FailureMode).where(
-                FailureMode.person_id == who.id, col(FailureMode.cleared_at).is_(None)
-            )
-        ).all()
-        open_alerts = tx.session.exec(
-            select(Alert).where(Alert.person == username, Alert.status == "open")
-        ).all()
-        if not modes and not open_alerts:
-            raise RegistryError(f"{username!r} has no open alert and is not in failure mode")
-        for mode in modes:
-            mode.cleared_at = tx.now
-            mode.cleared_by = tx.actor
-            tx.session.add(mode)
-        for alert in open_alerts:
-            alert.status = "cleared"
-            alert.cleared_by = tx.actor
-            alert.cleared_at = tx.now
-            alert.clear_reason = reason
-            tx.session.add(alert)
-        tx.audit(
-            "person.clear-alert",
-            Subject.person(username),
-            {
-                "reason": reason,
-                "alerts": [a.id for a in open_alerts],
-                "failure_mode_cleared": bool(modes),
-            },
-        )
-    log_events(tx)
-    click.echo(
-        f"cleared {len(open_alerts)} alert(s) for {username}"
-        + ("; failure mode ended (deployed at the next reconcile)" if modes else "")
-    )
-
-
-@person.command("purge")
-@click.argument("username")
-@pass_app
-def person_purge(app: AppContext, username: str) -> None:
-    """Reduce an offboarded person to what the audit chain needs (after purge_after_days)."""
-    from keyward.cli.registry_cmds import key_policy_settings
-    from keyward.registry.lifecycle import purge_person
-
-    keep = key_policy_settings(app).purge_after_days
-    with app.registry().write(app.actor) as tx:
-        seqs = purge_person(tx, username, keep)
-    log_events(tx)
-    click.echo(f"purged {username}: {len(seqs)} audit events redacted; the chain still verifies")
 
 
 def register(cli: click.Group) -> None:

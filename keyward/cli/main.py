@@ -29,9 +29,9 @@ INTERNAL_ERROR = 70
 class Entry(NamedTuple):
     """Where a top-level command lives, and its short help for ``keyward --help``."""
 
-    modules: tuple[str, ...]
-    """Modules of ``keyward.cli`` whose ``register(cli)`` defines it or that attach subcommands
-    to it when imported; all of them are imported before the command runs."""
+    module: str
+    """The module of ``keyward.cli`` whose ``register(cli)`` defines it with all its
+    subcommands; it is imported before the command runs."""
     help: str
     """The first sentence of its docstring, as ``--help`` lists it."""
 
@@ -42,60 +42,56 @@ class Entry(NamedTuple):
 # second, and `keyward --version` or `keyward key check` need none of them.
 COMMANDS: dict[str, Entry] = {
     "access": Entry(
-        ("lifecycle_cmds",),
+        "access_cmds",
         "Short-lived access for break-fix work: request, approve (by someone else), list.",
     ),
     "alerts": Entry(
-        ("login_cmds",),
+        "login_cmds",
         "Alerts: multi-computer use, keys used from a new address, failed-login bursts.",
     ),
-    "audit": Entry(("registry_cmds",), "The tamper-evident audit trail."),
-    "backup": Entry(("backup_cmds",), "Snapshots of the registry: take, list, prune, restore."),
+    "audit": Entry("audit_cmds", "The tamper-evident audit trail."),
+    "backup": Entry("backup_cmds", "Snapshots of the registry: take, list, prune, restore."),
     "daemon": Entry(
-        ("daemon_cmds",),
+        "daemon_cmds",
         "Keep one connection per host and push every registry change within a second.",
     ),
     "demo": Entry(
-        ("demo",),
+        "demo",
         "Run the whole flow against local SSH hosts on loopback; leaves nothing behind.",
     ),
     "explain": Entry(
-        ("explain_cmds",),
+        "explain_cmds",
         "Can USERNAME log in (on HOST, as ACCOUNT), and if not, exactly why.",
     ),
-    "hosts": Entry(("agent_cmds",), "Hosts and their pinned host keys."),
+    "hosts": Entry("agent_cmds", "Hosts and their pinned host keys."),
     "import": Entry(
-        ("import_cmds",),
+        "import_cmds",
         "Onboard the people of a CSV file in one transaction: all rows, or none.",
     ),
     "init": Entry(
-        ("registry_cmds",),
+        "init_cmds",
         "Create the registry (or upgrade an older one to this keyward's schema).",
     ),
-    "inventory": Entry(
-        ("agent_cmds",), "The inventory: environments, hosts, accounts, access rules."
-    ),
-    "key": Entry(("registry_cmds", "lifecycle_cmds", "explain_cmds"), "Personal public keys."),
+    "inventory": Entry("agent_cmds", "The inventory: environments, hosts, accounts, access rules."),
+    "key": Entry("key_cmds", "Personal public keys."),
     "logins": Entry(
-        ("login_cmds",),
+        "login_cmds",
         "The fleet's access log, attributed to people by the key they used (newest first).",
     ),
     "offboard": Entry(
-        ("lifecycle_cmds",),
+        "lifecycle_cmds",
         "Take a person's access away from every host, with per-host evidence.",
     ),
-    "person": Entry(("registry_cmds", "login_cmds"), "Staff members: the owners of keys."),
-    "plan": Entry(
-        ("agent_cmds",), "Show what reconcile would change on each host; change nothing."
-    ),
+    "person": Entry("person_cmds", "Staff members: the owners of keys."),
+    "plan": Entry("agent_cmds", "Show what reconcile would change on each host; change nothing."),
     "reconcile": Entry(
-        ("agent_cmds",),
+        "agent_cmds",
         "Make every managed authorized_keys file match the registry and inventory.",
     ),
-    "report": Entry(("report_cmds",), "Evidence and reviews for auditors."),
-    "role": Entry(("registry_cmds",), "Roles and who holds them."),
+    "report": Entry("report_cmds", "Evidence and reviews for auditors."),
+    "role": Entry("role_cmds", "Roles and who holds them."),
     "status": Entry(
-        ("agent_cmds",),
+        "agent_cmds",
         "Per host: when it was last in sync, what failed, drift found; and the daemon, if any.",
     ),
 }
@@ -112,11 +108,11 @@ class LazyGroup(click.Group):
         self._loaded: set[str] = set()
 
     def load(self, name: str) -> None:
-        """Import every module of ``name`` (once) and let each register its commands."""
-        for module in COMMANDS[name].modules:
-            if module not in self._loaded:
-                self._loaded.add(module)
-                importlib.import_module(f"keyward.cli.{module}").register(self)
+        """Import the module of ``name`` (once) and let it register its commands."""
+        module = COMMANDS[name].module
+        if module not in self._loaded:
+            self._loaded.add(module)
+            importlib.import_module(f"keyward.cli.{module}").register(self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *COMMANDS})

@@ -1,24 +1,26 @@
-"""``audit verify`` against signed checkpoints; ``audit checkpoint`` (registry.checkpoint)."""
+"""Signed audit checkpoints for the commands: the shared options, verify-then-sign, the report.
+
+``audit verify``, ``audit checkpoint`` and ``backup`` use them; keyward.registry.checkpoint
+reads and signs the checkpoints.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json
-from keyward.errors import AuditChainBroken, UsageError
+from keyward.errors import AuditChainBroken
 from keyward.logs import get_logger
 
 if TYPE_CHECKING:
     from keyward.registry import checkpoint as cp
     from keyward.registry.audit import ChainProblem
 
-pass_app = click.make_pass_decorator(AppContext)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -142,77 +144,3 @@ def _describe(checkpoint: cp.Checkpoint | None) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     return {"seq": checkpoint.seq, "at": checkpoint.when, "path": str(checkpoint.path)}
-
-
-@click.command("checkpoint")
-@checkpoint_options
-@click.option(
-    "--reset",
-    is_flag=True,
-    help="Set this registry's earlier checkpoints aside and start again from the current "
-    "head (after restoring by hand or re-creating the registry); recorded as an audit event.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_app
-def audit_checkpoint(
-    app: AppContext,
-    checkpoint_dir: str | None,
-    trusted_keys: tuple[str, ...],
-    reset: bool,
-    as_json: bool,
-) -> None:
-    """Verify the chain, then sign a checkpoint of its head outside the registry.
-
-    Run it from a timer (e.g. hourly): events after the newest checkpoint are the ones
-    a database writer could still delete or rewrite unnoticed.
-    """
-    if reset:
-        _reset(app, checkpoint_dir, trusted_keys)
-    report(check_and_checkpoint(app, checkpoint_dir, trusted_keys, must_write=True), as_json)
-
-
-def _reset(app: AppContext, checkpoint_dir: str | None, trusted_keys: tuple[str, ...]) -> None:
-    """Retire the checkpoints of this registry, if its chain holds together on its own."""
-    from keyward.cli.registry_cmds import log_events
-    from keyward.registry import checkpoint as cp
-    from keyward.registry.subjects import Subject
-    from keyward.registry.verify import verify_session
-
-    keyring = cp.open_keyring(cp.resolve_dir(checkpoint_dir), trusted_keys)
-    if keyring.signing_key not in keyring.trusted:
-        raise UsageError("--reset needs the checkpoint directory's own key to be trusted")
-    registry = app.registry()
-    store = cp.Store(keyring, cp.registry_identity(registry.url))
-    with registry.read() as session:
-        verified = verify_session(session)
-    assert verified is not None
-    if verified[2] is not None:
-        raise AuditChainBroken(f"not resetting: audit chain broken at {verified[2]}")
-    try:
-        old = store.load()
-        disagreement: str | None = None
-        with registry.read() as session:
-            against = verify_session(session, old)
-        if against is not None and against[2] is not None:
-            disagreement = str(against[2])
-    except (AuditChainBroken, UsageError) as exc:
-        old, disagreement = [], exc.message
-    retired = store.retire(registry.clock())
-    with registry.write(app.actor) as tx:
-        tx.audit(
-            "audit.checkpoint-reset",
-            Subject("registry", registry.backend),
-            {
-                "retired": str(retired) if retired else None,
-                "newest_retired_seq": old[-1].seq if old else None,
-                "disagreement": disagreement,
-            },
-        )
-    log_events(tx)
-    get_logger().warning(
-        "audit_checkpoints_reset",
-        retired=str(retired) if retired else None,
-        disagreement=disagreement,
-    )
-    if retired is not None:
-        click.echo(f"earlier checkpoints set aside in {Path(retired)}", err=True)

@@ -1,0 +1,414 @@
+"""``keyward key``: personal public keys, from registration (with a proof of possession or an
+attestation) through rotation and raised attestation to revocation; ``key check`` on the
+owner's machine."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from keyward.cli.common import key_json, key_policy, log_events, read_small_file
+from keyward.cli.context import AppContext
+from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.parsing import duration, end_of_day
+from keyward.errors import UsageError
+
+# Imported where used: `key check` loads this module and must not pay for the registry
+# (tests/test_startup.py).
+if TYPE_CHECKING:
+    from keyward.keys import KeyPolicy, PublicKey
+    from keyward.registry import ops
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group()
+def key() -> None:
+    """Personal public keys."""
+
+
+def key_claim(
+    app: AppContext,
+    username: str,
+    public: PublicKey,
+    policy: KeyPolicy,
+    now: datetime,
+    expires_at: datetime,
+    proof_file: str | None,
+    attest: str | None,
+) -> ops.KeyClaim:
+    """What we can honestly say about a new key: a verified proof, a voucher, or nothing."""
+    from keyward.registry import ops
+    from keyward.sshsig import verify_proof
+
+    if proof_file and attest:
+        raise UsageError("give either --proof or --attest, not both")
+    if proof_file:
+        signed = verify_proof(
+            read_small_file(proof_file, "proof file"),
+            username,
+            public,
+            now.date(),
+            policy.proof_max_age_days,
+        )
+        return ops.KeyClaim("proof", expires_at, proof_date=signed.isoformat())
+    if attest:
+        return ops.KeyClaim(attest, expires_at, attested_by=app.actor)
+    return ops.KeyClaim("none", expires_at)
+
+
+@key.command("add")
+@click.argument("username")
+@click.argument("pubkey_file")
+@click.option("--expires", default=None, metavar="YYYY-MM-DD", help="Earlier expiry than policy.")
+@click.option(
+    "--proof",
+    "proof_file",
+    default=None,
+    metavar="SIGFILE",
+    help="SSHSIG signature of 'keyward key statement' output (ssh-keygen -Y sign -n keyward).",
+)
+@click.option(
+    "--attest",
+    type=click.Choice(["admin", "sk"]),
+    default=None,
+    help="admin: you vouch for the key; sk: a FIDO security key.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def key_add(
+    app: AppContext,
+    username: str,
+    pubkey_file: str,
+    expires: str | None,
+    proof_file: str | None,
+    attest: str | None,
+    as_json: bool,
+) -> None:
+    """Register USERNAME's public key from PUBKEY_FILE ('-' for stdin)."""
+    from keyward.keys import from_pub_file, parse_public_key
+    from keyward.registry import ops
+
+    policy = key_policy(app)
+    text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
+    public = parse_public_key(from_pub_file(text), policy)
+    registry = app.registry()
+    now = registry.clock()
+    latest = now + timedelta(days=policy.max_key_age_days)
+    expires_at = latest
+    if expires is not None:
+        expires_at = end_of_day(expires, "--expires")
+        if expires_at > latest + timedelta(days=1):
+            raise UsageError(
+                f"--expires is later than the policy allows ({policy.max_key_age_days} days)"
+            )
+        expires_at = min(expires_at, latest)
+    claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
+    with registry.write(app.actor) as tx:
+        row = ops.add_key(tx, username, public, claim)
+        result = key_json(row, ops.find_person(tx.session, username), tx.now)
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"added {public.key_type} key {public.fingerprint} for {username} "
+        f"(attestation {claim.attestation}, expires {short_ts(expires_at)} UTC)"
+    )
+
+
+@key.command("statement")
+@click.argument("username")
+@click.argument("pubkey_file")
+@pass_app
+def key_statement(app: AppContext, username: str, pubkey_file: str) -> None:
+    """Print the statement the key owner signs to prove possession (for --proof).
+
+    \b
+    keyward key statement alice id_ed25519.pub > statement
+    ssh-keygen -Y sign -n keyward -f id_ed25519 statement   # writes statement.sig
+    keyward key add alice id_ed25519.pub --proof statement.sig
+    """
+    from keyward.keys import from_pub_file, parse_public_key
+    from keyward.sshsig import proof_statement
+
+    policy = key_policy(app)
+    text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
+    public = parse_public_key(from_pub_file(text), policy)
+    sys.stdout.buffer.write(proof_statement(username, public.fingerprint, app.clock().date()))
+
+
+@key.command("list")
+@click.argument("username", required=False)
+@click.option("--all", "show_all", is_flag=True, help="Include revoked and expired keys.")
+@click.option(
+    "--expiring",
+    default=None,
+    metavar="DURATION",
+    help="Only keys that expire within DURATION (e.g. 30d).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def key_list(
+    app: AppContext, username: str | None, show_all: bool, expiring: str | None, as_json: bool
+) -> None:
+    """List keys (active ones unless --all)."""
+    from sqlmodel import col, select
+
+    from keyward.registry import ops
+    from keyward.registry.models import Person, SshKey
+
+    registry = app.registry()
+    now = registry.clock()
+    horizon = now + duration(expiring, "--expiring") if expiring else None
+    with registry.read() as session:
+        query = select(SshKey, Person).join(Person, col(Person.id) == col(SshKey.person_id))
+        if username:
+            p = ops.find_person(session, username)
+            query = query.where(SshKey.person_id == p.id)
+        rows = [
+            key_json(k, p, now)
+            for k, p in session.exec(query.order_by(col(Person.username), col(SshKey.added_at)))
+        ]
+    if not show_all:
+        rows = [r for r in rows if r["status"] == "active"]
+    if horizon is not None:
+        limit = ts(horizon)
+        rows = [r for r in rows if r["status"] == "active" and r["expires_at"] <= limit]
+        deployed = deployed_hosts(app)
+        for r in rows:
+            r["hosts"] = deployed.get(r["fingerprint"], [])
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        rows,
+        [
+            ("owner", "OWNER"),
+            ("fingerprint", "FINGERPRINT"),
+            ("type", "TYPE"),
+            ("attestation", "ATTEST"),
+            ("expires_at", "EXPIRES"),
+            ("status", "STATUS"),
+        ]
+        + ([("hosts", "HOSTS")] if horizon is not None else []),
+    )
+
+
+def deployed_hosts(app: AppContext) -> dict[str, list[str]]:
+    """Fingerprint -> the hosts its key is deployed to (empty without an inventory)."""
+    root = app.inventory_dir()
+    if not root.is_dir():
+        return {}
+    from keyward.desired import compute_desired
+    from keyward.inventory import load_inventory
+    from keyward.registry.snapshot import load_snapshot
+
+    inv = load_inventory(root)
+    registry = app.registry()
+    with registry.read() as session:
+        snapshot = load_snapshot(session)
+    desired = compute_desired(snapshot, inv, inv.hosts(), None, registry.clock())
+    out: dict[str, set[str]] = {}
+    for target, d in desired.items():
+        for line in d.lines:
+            out.setdefault(line.key.fingerprint, set()).add(target.host)
+    return {fp: sorted(hosts) for fp, hosts in out.items()}
+
+
+@key.command("revoke")
+@click.argument("fingerprint")
+@click.option("--reason", required=True, help="Why (recorded).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def key_revoke(app: AppContext, fingerprint: str, reason: str, as_json: bool) -> None:
+    """Revoke a key by its SHA256 fingerprint.
+
+    FINGERPRINT may be the short form written on host lines: the comment
+    keyward:OWNER:XXXXXXXXXXXXXXXX, or its 16 characters; more characters are fine.
+    """
+    from keyward.registry import ops
+    from keyward.registry.models import Person
+
+    registry = app.registry()
+    with registry.write(app.actor) as tx:
+        revoked = ops.revoke_key(tx, fingerprint, reason)
+        owner = tx.session.get(Person, revoked.person_id)
+        assert owner is not None
+        result = key_json(revoked, owner, tx.now)
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"revoked key {revoked.fingerprint} of {owner.username}")
+
+
+@key.command("check")
+@click.argument("private_key_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def key_check(app: AppContext, private_key_file: str, as_json: bool) -> None:
+    """Check a PRIVATE key file on the owner's machine, without its passphrase.
+
+    Refuses an unencrypted key; prints the public key and its fingerprint.
+    """
+    from keyward.keys import parse_public_key
+    from keyward.privkey import check_private_key
+
+    policy = key_policy(app)
+    data = read_small_file(private_key_file, "private key file")
+    hint = None
+    pub_path = Path(private_key_file + ".pub")
+    if pub_path.is_file():
+        hint = parse_public_key(
+            read_small_file(str(pub_path), "public key file").decode("utf-8", errors="replace"),
+            policy,
+        )
+    report = check_private_key(data, policy, hint)
+    public = report.public_key or hint
+    result = {
+        "container": report.container,
+        "encrypted": report.encrypted,
+        "cipher": report.cipher,
+        "kdf": report.kdf,
+        "kdf_rounds": report.kdf_rounds,
+        "public_key": public.openssh() if public else None,
+        "fingerprint": public.fingerprint if public else None,
+        "notes": list(report.notes),
+    }
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"ok: {private_key_file} is protected ({report.container}, cipher {report.cipher}, "
+        f"kdf {report.kdf} rounds {report.kdf_rounds})"
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if public is not None:
+        click.echo(f"fingerprint: {public.fingerprint}")
+        click.echo(public.openssh())
+    else:
+        click.echo("no public key in this file; keep the matching .pub next to it")
+
+
+@key.command("rotate")
+@click.argument("username")
+@click.argument("new_pubkey_file")
+@click.option(
+    "--grace",
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the old key stays valid (e.g. 24h, 3d).",
+)
+@click.option(
+    "--old",
+    "old_fingerprint",
+    default=None,
+    metavar="FINGERPRINT",
+    help="Which key to replace, when the person has several.",
+)
+@click.option(
+    "--proof",
+    "proof_file",
+    default=None,
+    metavar="SIGFILE",
+    help="SSHSIG proof for the new key (see 'key statement').",
+)
+@click.option(
+    "--attest",
+    type=click.Choice(["admin", "sk"]),
+    default=None,
+    help="Attestation for the new key, if no proof.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def key_rotate(
+    app: AppContext,
+    username: str,
+    new_pubkey_file: str,
+    grace: str,
+    old_fingerprint: str | None,
+    proof_file: str | None,
+    attest: str | None,
+    as_json: bool,
+) -> None:
+    """Replace USERNAME's key: the new one is deployed at once, the old one lapses after --grace."""
+    from datetime import timedelta
+
+    from keyward.keys import from_pub_file, parse_public_key
+    from keyward.registry import lifecycle, ops
+
+    policy = key_policy(app)
+    grace_period = duration(grace, "--grace") if grace != "0" else timedelta(0)
+    text = read_small_file(new_pubkey_file, "public key file").decode("utf-8", errors="replace")
+    public = parse_public_key(from_pub_file(text), policy)
+    registry = app.registry()
+    now = registry.clock()
+    expires_at = now + timedelta(days=policy.max_key_age_days)
+    claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
+    with registry.write(app.actor) as tx:
+        old, new = lifecycle.rotate_key(tx, username, public, claim, grace_period, old_fingerprint)
+        owner = ops.find_person(tx.session, username)
+        result = {"old": key_json(old, owner, tx.now), "new": key_json(new, owner, tx.now)}
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"rotated {username}: new key {new.fingerprint} deployed at the next reconcile; "
+        f"old key {old.fingerprint} valid until {short_ts(old.expires_at)} UTC"
+    )
+
+
+@key.command("attest")
+@click.argument("fingerprint")
+@click.option(
+    "--proof",
+    "proof_file",
+    default=None,
+    metavar="SIGFILE",
+    help="SSHSIG signature of 'keyward key statement' output, by the key's owner.",
+)
+@click.option(
+    "--attest",
+    type=click.Choice(["admin", "sk"]),
+    default=None,
+    help="admin: you vouch for the key; sk: it is a FIDO security key.",
+)
+@pass_app
+def key_attest(
+    app: AppContext, fingerprint: str, proof_file: str | None, attest: str | None
+) -> None:
+    """Raise the attestation of an already registered key (never lower it)."""
+    from keyward.keys import decode_key
+    from keyward.registry import ops
+    from keyward.registry.models import Person
+
+    if not proof_file and not attest:
+        raise UsageError("give --proof SIGFILE or --attest admin|sk")
+    policy = key_policy(app)
+    registry = app.registry()
+    now = registry.clock()
+    with registry.read() as session:
+        row = ops.find_key(session, fingerprint)
+        owner = session.get(Person, row.person_id)
+        assert owner is not None
+        username = owner.username
+        public = decode_key(row.key_type, row.blob, row.comment)
+        expires_at = row.expires_at
+    claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
+    with registry.write(app.actor) as tx:
+        old = ops.find_key(tx.session, fingerprint).attestation
+        ops.attest_key(tx, fingerprint, claim, public)
+    log_events(tx)
+    click.echo(f"key {fingerprint} of {username}: attestation {old} -> {claim.attestation}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(key)

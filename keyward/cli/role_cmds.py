@@ -1,0 +1,129 @@
+"""``keyward role``: roles and who holds them (add, grant, revoke, list)."""
+
+from __future__ import annotations
+
+import click
+
+from keyward.cli.common import log_events, membership_json
+from keyward.cli.context import AppContext
+from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.parsing import end_of_day
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group()
+def role() -> None:
+    """Roles and who holds them."""
+
+
+@role.command("add")
+@click.argument("name")
+@click.option("--description", default="", help="What the role is for.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def role_add(app: AppContext, name: str, description: str, as_json: bool) -> None:
+    """Create a role."""
+    from keyward.registry import ops
+
+    with app.registry().write(app.actor) as tx:
+        created = ops.add_role(tx, name, description)
+        result = {
+            "name": created.name,
+            "description": created.description,
+            "created_by": created.created_by,
+            "created_at": ts(created.created_at),
+        }
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"added role {name}")
+
+
+@role.command("grant")
+@click.argument("name")
+@click.argument("username")
+@click.option("--reason", required=True, help="Why (e.g. a ticket); recorded.")
+@click.option(
+    "--until", default=None, metavar="YYYY-MM-DD", help="The grant lapses after this day."
+)
+@click.option("--customer", default=None, help="Limit the grant to one customer's hosts.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def role_grant(
+    app: AppContext,
+    name: str,
+    username: str,
+    reason: str,
+    until: str | None,
+    customer: str | None,
+    as_json: bool,
+) -> None:
+    """Grant role NAME to USERNAME."""
+    from keyward.registry import ops
+
+    until_at = end_of_day(until, "--until") if until else None
+    with app.registry().write(app.actor) as tx:
+        granted = ops.grant_role(tx, name, username, reason, until_at, customer)
+        result = {
+            "person": username,
+            **membership_json(granted, ops.find_role(tx.session, name), tx.now),
+        }
+    log_events(tx)
+    if as_json:
+        emit_json(result)
+        return
+    suffix = f" until {short_ts(until_at)} UTC" if until_at else ""
+    click.echo(f"granted role {name} to {username}{suffix}")
+
+
+@role.command("revoke")
+@click.argument("name")
+@click.argument("username")
+@click.option("--reason", required=True, help="Why; recorded.")
+@pass_app
+def role_revoke(app: AppContext, name: str, username: str, reason: str) -> None:
+    """End USERNAME's membership of role NAME."""
+    from keyward.registry import ops
+
+    with app.registry().write(app.actor) as tx:
+        ops.revoke_role(tx, name, username, reason)
+    log_events(tx)
+    click.echo(f"revoked role {name} from {username}")
+
+
+@role.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def role_list(app: AppContext, as_json: bool) -> None:
+    """List roles and their current members."""
+    from sqlmodel import col, select
+
+    from keyward.registry.models import Membership, Person, Role
+
+    registry = app.registry()
+    now = registry.clock()
+    with registry.read() as session:
+        roles = session.exec(select(Role).order_by(Role.name)).all()
+        members = session.exec(
+            select(Membership, Person)
+            .join(Person, col(Person.id) == col(Membership.person_id))
+            .where(col(Membership.ended_at).is_(None))
+        ).all()
+        rows = []
+        for r in roles:
+            current = sorted(
+                p.username
+                for m, p in members
+                if m.role_id == r.id and (m.until is None or m.until > now)
+            )
+            rows.append({"name": r.name, "description": r.description, "members": current})
+    if as_json:
+        emit_json(rows)
+        return
+    table(rows, [("name", "ROLE"), ("members", "MEMBERS"), ("description", "DESCRIPTION")])
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(role)
