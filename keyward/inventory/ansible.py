@@ -257,7 +257,7 @@ def convert(data: Mapping[str, Any], env_groups: Mapping[str, str] | None = None
             problems.append(
                 ImportProblem(
                     f"host {host}",
-                    f"in several environments ({', '.join(envs)}); left out "
+                    f"in several environments ({', '.join(sorted(envs))}); left out "
                     "(a keyward host belongs to one environment)",
                 )
             )
