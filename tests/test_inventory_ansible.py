@@ -541,3 +541,11 @@ def test_bad_json_on_stdin_is_a_usage_error(tmp_path: Path) -> None:
     assert "not ansible-inventory --list JSON" in done.err
     done = kw("inventory", "import", "ansible", "-", input=json.dumps(doc({})))
     assert done.code == 2 and "--env-group" in done.err
+
+
+def test_cli_attestation_choices_match_the_library() -> None:
+    """cli.inventory_import copies the scale so defining its options imports nothing more."""
+    from keyward.attestation import ATTESTATION_LEVELS
+    from keyward.cli.inventory_import import ATTESTATIONS
+
+    assert ATTESTATIONS == ATTESTATION_LEVELS
