@@ -549,3 +549,56 @@ def test_cli_attestation_choices_match_the_library() -> None:
     from keyward.cli.inventory_import import ATTESTATIONS
 
     assert ATTESTATIONS == ATTESTATION_LEVELS
+
+
+def fake_ansible_inventory(tmp_path: Path, script: str) -> str:
+    path = tmp_path / "fake-ansible-inventory"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_failing_ansible_inventory_gives_its_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyward.cli import inventory_import
+
+    fake = fake_ansible_inventory(
+        tmp_path, "echo '[WARNING]: something' >&2\necho '[ERROR]: no such plugin' >&2\nexit 4\n"
+    )
+    monkeypatch.setattr(inventory_import, "ANSIBLE_INVENTORY", fake)
+    with pytest.raises(inventory_import.AnsibleFailed, match=r"exit 4\): \[ERROR\]: no such"):
+        inventory_import.run_ansible_inventory("hosts.ini")
+
+
+def test_a_hanging_ansible_inventory_times_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyward.cli import inventory_import
+
+    monkeypatch.setattr(
+        inventory_import, "ANSIBLE_INVENTORY", fake_ansible_inventory(tmp_path, "exec sleep 30\n")
+    )
+    with pytest.raises(inventory_import.AnsibleFailed, match=r"did not finish within 0\.3 s"):
+        inventory_import.run_ansible_inventory("hosts.ini", timeout=0.3)
+
+
+def test_export_output_imports_the_same_as_list(ansible_inventory: Path, tmp_path: Path) -> None:
+    """``--list --export`` keeps group variables on the groups; the result is the same."""
+    import subprocess
+
+    kw = Keyward("sqlite:///unused.db", str(tmp_path / "none"))
+    results = []
+    for extra in ([], ["--export"]):
+        listed = subprocess.run(
+            ["ansible-inventory", "-i", str(ansible_inventory), "--list", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        done = kw("inventory", "import", "ansible", "-", "--json", input=listed)
+        assert done.code == 0, done
+        results.append(done.json())
+    assert results[0] == results[1]
+    assert len(results[0]["problems"]) == len(EXPECTED_PROBLEMS)

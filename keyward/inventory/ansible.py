@@ -166,6 +166,7 @@ class _Groups:
             self.vars.setdefault(name, {})
         self._members: dict[str, list[str]] = {}
         self._groups_of: dict[str, list[str]] | None = None
+        self._depth: dict[str, int] = {}
         self.parents: dict[str, list[str]] = {name: [] for name in self.hosts}
         for name, kids in self.children.items():
             for kid in kids:
@@ -201,8 +202,12 @@ class _Groups:
 
     def depth(self, group: str, _stack: frozenset[str] = frozenset()) -> int:
         """Ansible's group depth: 0 for ``all``, one more than the deepest parent."""
-        parents = [p for p in self.parents.get(group, ()) if p not in _stack]
-        return 1 + max((self.depth(p, _stack | {group}) for p in parents), default=-1)
+        if group not in self._depth:
+            parents = [p for p in self.parents.get(group, ()) if p not in _stack]
+            self._depth[group] = 1 + max(
+                (self.depth(p, _stack | {group}) for p in parents), default=-1
+            )
+        return self._depth[group]
 
 
 def _list(value: Any) -> list[Any]:
