@@ -228,24 +228,7 @@ def convert(data: Mapping[str, Any], env_groups: Mapping[str, str] | None = None
     hostvars: dict[str, Any] = dict(hostvars_all) if isinstance(hostvars_all, dict) else {}
     every_host = list(dict.fromkeys([*groups.members(ALL), *hostvars]))
 
-    if env_groups:
-        chosen = dict(env_groups)
-        for env, group in chosen.items():
-            if group not in groups.hosts:
-                known = ", ".join(sorted(groups.hosts)) or "none"
-                raise UsageError(f"--env-group {env}={group}: no group {group!r} (groups: {known})")
-    else:
-        chosen = {g: g for g in groups.children[ALL] if g != UNGROUPED}
-        if not chosen:
-            raise UsageError(
-                "the inventory has no top-level group to make an environment of; "
-                "name one with --env-group ENV=GROUP (ENV=all for the whole inventory)"
-            )
-    for env in chosen:
-        if not NAME_RE.fullmatch(env):
-            raise UsageError(f"{env!r} is not a valid environment name ({NAME_RE.pattern})")
-        if f"{env}.toml" == SETTINGS_FILE:
-            raise UsageError(f"environment {env!r} would be written to {SETTINGS_FILE}; rename it")
+    chosen = _environments(groups, env_groups)
 
     env_of: dict[str, list[str]] = {}
     for env, group in chosen.items():
@@ -307,6 +290,29 @@ def convert(data: Mapping[str, Any], env_groups: Mapping[str, str] | None = None
             )
         )
     return Conversion(tuple(environments), tuple(problems), tuple(dict.fromkeys(left_out)))
+
+
+def _environments(groups: _Groups, env_groups: Mapping[str, str] | None) -> dict[str, str]:
+    """Environment name -> Ansible group: the ``ENV=GROUP`` pairs, or every top-level group."""
+    if env_groups:
+        chosen = dict(env_groups)
+        for env, group in chosen.items():
+            if group not in groups.hosts:
+                known = _few(sorted(groups.hosts)) or "none"
+                raise UsageError(f"--env-group {env}={group}: no group {group!r} (groups: {known})")
+    else:
+        chosen = {g: g for g in groups.children[ALL] if g != UNGROUPED}
+        if not chosen:
+            raise UsageError(
+                "the inventory has no top-level group to make an environment of; "
+                "name one with --env-group ENV=GROUP (ENV=all for the whole inventory)"
+            )
+    for env in chosen:
+        if not NAME_RE.fullmatch(env):
+            raise UsageError(f"{env!r} is not a valid environment name ({NAME_RE.pattern})")
+        if f"{env}.toml" == SETTINGS_FILE:
+            raise UsageError(f"environment {env!r} would be written to {SETTINGS_FILE}; rename it")
+    return chosen
 
 
 def _host(
