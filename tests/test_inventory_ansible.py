@@ -198,9 +198,12 @@ def test_connection_variables_map_to_address_port_login(
         ({"ansible_port": "ssh"}, "ansible_port 'ssh': must be a port number 1-65535"),
         ({"ansible_port": 0}, "must be a port number"),
         ({"ansible_port": 70000}, "must be a port number"),
-        ({"ansible_port": True}, "must be a port number"),
+        ({"ansible_port": True}, "ansible_port (a bool value): must be a port number"),
         ({"ansible_user": "Admin"}, "ansible_user 'Admin': not a POSIX login"),
-        ({"ansible_user": {"__ansible_vault": "x"}}, "not a POSIX login"),
+        (
+            {"ansible_user": {"__ansible_vault": "$ANSIBLE_VAULT;1.1;AES256 6162"}},
+            "ansible_user (a dict value): not a POSIX login",  # no ciphertext in reports
+        ),
         (
             {"ansible_host": "10.0.0.1", "ansible_ssh_host": "10.0.0.2"},
             "ansible_host='10.0.0.1', ansible_ssh_host='10.0.0.2' disagree",

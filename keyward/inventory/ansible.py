@@ -347,19 +347,19 @@ def _host(
         given = {var: variables.pop(var) for var in names if var in variables}
         distinct = {json.dumps(v, sort_keys=True, default=str) for v in given.values()}
         if len(distinct) > 1:
-            shown = ", ".join(f"{var}={given[var]!r}" for var in given)
+            shown = ", ".join(f"{var}={_shown(given[var])}" for var in given)
             leave(f"{shown} disagree (which one Ansible uses depends on precedence)")
             return None
         if given:
             var, value = next(iter(given.items()))
             if isinstance(value, str) and ("{{" in value or "{%" in value):
-                leave(f"{var} {value!r} is a Jinja2 template, which only a playbook run renders")
+                leave(f"{var} {_shown(value)} is a Jinja2 template (only a playbook renders it)")
                 return None
             values[field] = (var, value)
 
     connection = variables.pop(CONNECTION_VAR, None)
     if connection is not None and connection not in SSH_CONNECTIONS:
-        leave(f"{CONNECTION_VAR} {connection!r} is not SSH")
+        leave(f"{CONNECTION_VAR} {_shown(connection)} is not SSH")
         return None
 
     address: str | None = None
@@ -368,7 +368,7 @@ def _host(
         problem = "must be a string" if not isinstance(value, str) or not value else None
         problem = problem or check_address(value)
         if problem:
-            leave(f"{var} {value!r}: {problem}")
+            leave(f"{var} {_shown(value)}: {problem}")
             return None
         address = None if value == name else value
     port: int | None = None
@@ -378,14 +378,14 @@ def _host(
         if isinstance(value, str) and value.isascii() and value.isdigit():
             number = int(value)
         if number is None or not 1 <= number <= 65535:
-            leave(f"{var} {value!r}: must be a port number 1-65535")
+            leave(f"{var} {_shown(value)}: must be a port number 1-65535")
             return None
         port = None if number == 22 else number
     login: str | None = None
     if "login" in values:
         var, value = values["login"]
         if not isinstance(value, str) or not ACCOUNT_RE.fullmatch(value):
-            leave(f"{var} {value!r}: not a POSIX login ({ACCOUNT_RE.pattern})")
+            leave(f"{var} {_shown(value)}: not a POSIX login ({ACCOUNT_RE.pattern})")
             return None
         login = value
 
@@ -401,6 +401,17 @@ def _host(
         hint = HINTS.get(var, "no keyward equivalent")
         problems.append(ImportProblem(where, f"variable {var} not imported: {hint}"))
     return ImportedHost(name, address, port, login, tuple(host_groups))
+
+
+def _shown(value: Any) -> str:
+    """A variable's value for a message: short strings and numbers as they are, nothing else.
+
+    A vaulted value is a dict holding ciphertext; it has no place in a report.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return f"(a {type(value).__name__} value)"
+    text = repr(value)
+    return text if len(text) <= 62 else text[:58] + "...'"
 
 
 def _few(names: list[str]) -> str:
