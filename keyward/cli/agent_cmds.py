@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from keyward.cli import inventory_import
 from keyward.cli.context import AppContext
 from keyward.cli.output import chatter, emit_json, progress, table, ts
 from keyward.errors import InventoryError, KeywardError, RegistryUnavailable, UsageError
@@ -936,5 +937,6 @@ def _write_pins(
 
 
 def register(cli: click.Group) -> None:
+    inventory_import.attach(inventory)
     for command in (inventory, plan, reconcile, status, hosts):
         cli.add_command(command)
