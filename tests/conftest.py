@@ -4,7 +4,7 @@ Every test carries exactly one speed class, so a developer can run the fast ones
 (``scripts/test -m unit``):
 
 - ``fleet``: starts real ``sshd`` hosts, the ``ssh`` client or an OpenLDAP ``slapd``
-  (``tests/slapd.py``), creates local accounts or mounts file systems (root, seconds per
+  (``keyward/testing/slapd.py``), creates local accounts or mounts file systems (root, seconds per
   test). Given by the ``env``/``env_any_db``
   fixtures, or by ``pytestmark = pytest.mark.fleet`` in a module that starts fleets itself.
 - ``postgres``: needs the PostgreSQL server (the ``pg_server`` fixture, or ``db_url`` and

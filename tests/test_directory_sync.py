@@ -16,9 +16,7 @@ from keyward.directory.ldap import read_directory
 from keyward.inventory.directory_settings import DirectoryAttributes, DirectorySettings
 from keyward.testing.inventory import InventorySpec, write_inventory
 from keyward.testing.keypairs import make_ed25519
-from tests.agent_env import AgentEnv
-from tests.cli_runner import Keyward
-from tests.slapd import (
+from keyward.testing.slapd import (
     BIND_DN,
     BIND_PASSWORD,
     LIMITED_DN,
@@ -28,6 +26,8 @@ from tests.slapd import (
     Person,
     Slapd,
 )
+from tests.agent_env import AgentEnv
+from tests.cli_runner import Keyward
 
 pytestmark = pytest.mark.fleet
 

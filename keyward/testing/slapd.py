@@ -1,4 +1,4 @@
-"""A real, throwaway OpenLDAP ``slapd`` for the directory-sync tests and the benchmark.
+"""A real, throwaway OpenLDAP ``slapd`` for the directory-sync tests and benchmark.
 
 Debian's ``slapd`` package, started on a loopback address and a free port with its own
 ``slapd.conf`` and an MDB database in a temporary directory, loaded with ``slapadd``
@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from keyward.testing.fleet import free_port
 
@@ -37,9 +39,9 @@ SUFFIX = "dc=example,dc=com"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"
 ADMIN_DN = f"cn=admin,{SUFFIX}"
-ADMIN_PASSWORD = "admin-secret"
+ADMIN_PASSWORD = "admin-secret"  # noqa: S105  # a throwaway test directory
 BIND_DN = f"cn=keyward,{SUFFIX}"
-BIND_PASSWORD = "keyward-secret"
+BIND_PASSWORD = "keyward-secret"  # noqa: S105
 LIMITED_DN = f"cn=limited,{SUFFIX}"
 START_TIMEOUT = 20.0
 
@@ -155,6 +157,7 @@ rootpw {ADMIN_PASSWORD}
 directory {self.base / "db"}
 index objectClass,uid eq
 overlay memberof
+limits dn.exact="{BIND_DN}" size=unlimited size.prtotal=unlimited
 limits dn.exact="{LIMITED_DN}" size.prtotal=3
 access to attrs=userPassword by anonymous auth by * none
 access to * by dn.exact="{BIND_DN}" read by dn.exact="{LIMITED_DN}" read by * none
@@ -182,8 +185,6 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{LIMITED_DN}" read by * no
             start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT
-        import socket
-
         while True:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
@@ -222,7 +223,8 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{LIMITED_DN}" read by * no
 
     # -- changing the directory while it runs, as HR would ------------------------------
 
-    def admin(self):  # type: ignore[no-untyped-def]
+    def admin(self) -> Any:
+        """A connection bound as the directory's administrator (ldap3 is untyped)."""
         import ldap3
 
         server = ldap3.Server(self.address, port=self.port, get_info=ldap3.NONE)
@@ -238,14 +240,16 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{LIMITED_DN}" read by * no
         }
         conn = self.admin()
         try:
-            assert conn.modify(dn, changes), conn.result
+            if not conn.modify(dn, changes):
+                raise RuntimeError(f"modify {dn}: {conn.result}")
         finally:
             conn.unbind()
 
     def delete(self, dn: str) -> None:
         conn = self.admin()
         try:
-            assert conn.delete(dn), conn.result
+            if not conn.delete(dn):
+                raise RuntimeError(f"delete {dn}: {conn.result}")
         finally:
             conn.unbind()
 
@@ -254,8 +258,23 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{LIMITED_DN}" read by * no
         conn = self.admin()
         try:
             members = [f"uid={uid},{PEOPLE}" for uid in group.members] or [BIND_DN]
-            assert conn.add(group.dn, ["groupOfNames"], {"cn": group.cn, "member": members}), (
-                conn.result
-            )
+            if not conn.add(group.dn, ["groupOfNames"], {"cn": group.cn, "member": members}):
+                raise RuntimeError(f"add {group.dn}: {conn.result}")
+        finally:
+            conn.unbind()
+
+    def add_person(self, person: Person) -> None:
+        """A new hire, added live."""
+        conn = self.admin()
+        try:
+            attributes: dict[str, Any] = {
+                "uid": person.uid,
+                "cn": person.name,
+                "sn": person.name.split()[-1],
+            }
+            if person.email:
+                attributes["mail"] = person.email
+            if not conn.add(person.dn, ["inetOrgPerson", "keywardTestAccount"], attributes):
+                raise RuntimeError(f"add {person.dn}: {conn.result}")
         finally:
             conn.unbind()
