@@ -52,6 +52,7 @@ AD = DirectoryAttributes(
     disabled_rule="account-control",
 )
 FLAG = DirectoryAttributes(disabled="nsAccountLock")
+LOCKED = DirectoryAttributes(disabled="nsAccountLock", disabled_rule="present")
 
 
 @pytest.mark.parametrize(
@@ -68,6 +69,8 @@ FLAG = DirectoryAttributes(disabled="nsAccountLock")
         (FLAG, b"FALSE", None),
         (FLAG, None, None),
         (DirectoryAttributes(), b"TRUE", None),  # no disabled attribute configured
+        (LOCKED, b"000001010000Z", "nsAccountLock=000001010000Z"),
+        (LOCKED, None, None),
     ],
 )
 def test_disabled_rules(
@@ -352,9 +355,10 @@ def test_settings() -> None:
     assert problems == [
         "keyward.toml: directory.url: 'http://x' must be ldap://HOST[:PORT] or ldaps://...",
         "keyward.toml: directory.password_env: must be an environment variable name",
-        "keyward.toml: directory.mass_offboard_share: must be a number of seconds above 0 up to 1",
+        "keyward.toml: directory.mass_offboard_share: must be a share above 0 up to 1 (0.10)",
         "keyward.toml: directory.attributes: unknown field 'usrname' (did you mean 'username'?)",
-        "keyward.toml: directory.attributes.disabled_rule: must be one of flag, account-control",
+        "keyward.toml: directory.attributes.disabled_rule: must be one of "
+        "flag, account-control, present",
         "keyward.toml: directory.attributes: disabled_rule needs the disabled attribute",
         "keyward.toml: directory.roles: 'Bad Role' is not a valid role name",
     ]

@@ -44,6 +44,8 @@ def disabled_reason(attrs: Mapping[str, Values], mapping: DirectoryAttributes) -
     value = _first(attrs, mapping.disabled)
     if value is None:
         return None
+    if mapping.disabled_rule == "present":
+        return f"{mapping.disabled}={value}"
     if mapping.disabled_rule == "account-control":
         try:
             flags = int(value, 0)

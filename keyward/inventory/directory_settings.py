@@ -20,15 +20,16 @@ from urllib.parse import urlsplit
 
 from keyward.inventory.reader import Reader, short
 
-DisabledRule = Literal["flag", "account-control"]
+DisabledRule = Literal["flag", "account-control", "present"]
 """How the ``disabled`` attribute says an account is disabled.
 
 ``flag``: a boolean-like value (``TRUE``, ``true``, ``yes``, ``1``), as OpenLDAP's
 ``nsAccountLock`` or ``pwdAccountLockedTime`` present; ``account-control``: Active
 Directory's ``userAccountControl`` integer, disabled when bit 2 (``0x2``,
-ACCOUNTDISABLE) is set.
+ACCOUNTDISABLE) is set; ``present``: disabled whenever the attribute has a value
+(OpenLDAP ppolicy's ``pwdAccountLockedTime``).
 """
-DISABLED_RULES: tuple[DisabledRule, ...] = ("flag", "account-control")
+DISABLED_RULES: tuple[DisabledRule, ...] = ("flag", "account-control", "present")
 AD_ACCOUNT_CONTROL = "userAccountControl"
 
 DEFAULT_FILTER = "(objectClass=inetOrgPerson)"
@@ -123,7 +124,7 @@ def read_directory(root: Path, reader: Reader, data: Mapping[str, Any]) -> Direc
     if starttls and url.lower().startswith("ldaps://"):
         reader.add("directory.starttls", "ldaps:// is already encrypted; leave starttls out")
     ca_file = reader.string(table, where, "ca_file")
-    share = reader.number(table, where, "mass_offboard_share", DEFAULT_MASS_SHARE, 0, 1)
+    share = _share(reader, table)
     return DirectorySettings(
         url=url,
         base_dn=base_dn,
@@ -140,6 +141,14 @@ def read_directory(root: Path, reader: Reader, data: Mapping[str, Any]) -> Direc
         attributes=_attributes(reader, table),
         roles=_roles(reader, table),
     )
+
+
+def _share(reader: Reader, table: Mapping[str, Any]) -> float:
+    value = table.get("mass_offboard_share", DEFAULT_MASS_SHARE)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        reader.add("directory.mass_offboard_share", "must be a share above 0 up to 1 (0.10)")
+        return DEFAULT_MASS_SHARE
+    return float(value)
 
 
 def _filter(reader: Reader, table: Mapping[str, Any]) -> str:
