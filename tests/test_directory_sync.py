@@ -25,6 +25,7 @@ from keyward.testing.slapd import (
     Group,
     Person,
     Slapd,
+    make_tls,
 )
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward
@@ -86,9 +87,10 @@ def configure(root: Path, ldap: Slapd, **fields: object) -> None:
 
 
 @pytest.fixture
-def kw(inventory: Path, ldap: Slapd, sqlite_url: str) -> Keyward:
+def kw(inventory: Path, ldap: Slapd, db_url: str) -> Keyward:
+    """The CLI on a fresh registry (each backend) with ``[directory]`` pointing at ``ldap``."""
     configure(inventory, ldap)
-    runner = Keyward(sqlite_url, str(inventory))
+    runner = Keyward(db_url, str(inventory))
     runner.ok("init")
     return runner
 
@@ -332,3 +334,45 @@ def test_disabled_in_the_directory_cannot_log_in_after_the_next_sync(
     assert not env.can_login(host, env.deploy, "bob")
     reason = env.kw.ok("offboard", "status", "bob", "--json").json()["reason"]
     assert reason.startswith(f"directory: entry gone (uid=bob,{PEOPLE}")
+
+
+# -- TLS ---------------------------------------------------------------------------------
+
+
+def test_starttls_and_ldaps_verify_the_certificate(tmp_path: Path) -> None:
+    address = "127.0.2.11"
+    good = make_tls(tmp_path / "good", address)
+    other = make_tls(tmp_path / "other", address)  # a CA that did not sign the server
+    with Slapd(STAFF[:2], address=address, tls=good) as server:
+
+        def read(url: str, ca: Path, starttls: bool = False) -> tuple[int, str | None]:
+            settings = DirectorySettings(
+                url=url,
+                base_dn=PEOPLE,
+                bind_dn=BIND_DN,
+                password_env="PW",
+                starttls=starttls,
+                ca_file=ca,
+                timeout=5,
+            )
+            got = read_directory(settings, {"PW": BIND_PASSWORD})
+            return len(got.entries), got.error
+
+        assert read(server.url, good.ca, starttls=True) == (2, None)
+        assert read(server.ldaps_url, good.ca) == (2, None)
+        count, error = read(server.ldaps_url, other.ca)
+        assert count == 0 and error is not None and "certificate verify failed" in error
+        count, error = read(server.url, other.ca, starttls=True)
+        assert count == 0 and error is not None
+    named = make_tls(tmp_path / "named", address, name="ldap.example.com")
+    with Slapd(STAFF[:2], address=address, tls=named) as server:
+        settings = DirectorySettings(
+            url=server.ldaps_url,
+            base_dn=PEOPLE,
+            bind_dn=BIND_DN,
+            password_env="PW",
+            ca_file=named.ca,
+            timeout=5,
+        )
+        error = read_directory(settings, {"PW": BIND_PASSWORD}).error
+        assert error is not None and "127.0.2.11" in error  # the name does not match

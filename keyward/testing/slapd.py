@@ -117,6 +117,69 @@ def base_ldif(people: Iterable[Person]) -> str:
     return "".join(parts)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and a server certificate for an IP address, in PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path, address: str, name: str | None = None) -> TlsFiles:
+    """A CA and a certificate it signs for ``address`` (or ``name``, to test a mismatch)."""
+    import ipaddress
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyward test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt: x509.GeneralName = (
+        x509.DNSName(name) if name else x509.IPAddress(ipaddress.ip_address(address))
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or address)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key.chmod(0o600)
+    return files
+
+
 @dataclass
 class Slapd:
     """``with Slapd(people) as ldap:`` a running directory at ``ldap.url``."""
@@ -126,10 +189,17 @@ class Slapd:
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="keyward-slapd-")))
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    tls: TlsFiles | None = None
+    """With TLS files, slapd also offers StartTLS on ``url`` and listens on ``ldaps_url``."""
+    ldaps_port: int = 0
 
     @property
     def url(self) -> str:
         return f"ldap://{self.address}:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://{self.address}:{self.ldaps_port}"
 
     def _config(self) -> Path:
         (self.base / "schema.schema").write_text(TEST_SCHEMA)
@@ -138,10 +208,18 @@ class Slapd:
             f"include {SCHEMA_DIR / name}.schema"
             for name in ("core", "cosine", "inetorgperson", "nis")
         )
+        tls = ""
+        if self.tls is not None:
+            tls = (
+                f"TLSCACertificateFile {self.tls.ca}\n"
+                f"TLSCertificateFile {self.tls.cert}\n"
+                f"TLSCertificateKeyFile {self.tls.key}\n"
+            )
         conf = self.base / "slapd.conf"
         conf.write_text(
             f"""{includes}
 include {self.base / "schema.schema"}
+{tls}
 pidfile {self.base / "slapd.pid"}
 argsfile {self.base / "slapd.args"}
 modulepath {MODULE_DIR}
@@ -178,8 +256,12 @@ access to * by dn.exact="{BIND_DN}" read by dn.exact="{LIMITED_DN}" read by * no
             timeout=120,
         )
         self.port = free_port(self.address)
+        listeners = self.url
+        if self.tls is not None:
+            self.ldaps_port = free_port(self.address)
+            listeners += " " + self.ldaps_url
         self.process = subprocess.Popen(
-            [SLAPD, "-d", "0", "-f", str(conf), "-h", self.url],
+            [SLAPD, "-d", "0", "-f", str(conf), "-h", listeners],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
