@@ -362,3 +362,21 @@ def test_settings() -> None:
         "keyward.toml: directory.attributes: disabled_rule needs the disabled attribute",
         "keyward.toml: directory.roles: 'Bad Role' is not a valid role name",
     ]
+
+
+def test_inventory_check_reports_the_directory_section(tmp_path: Path) -> None:
+    from keyward.testing.inventory import InventorySpec, write_inventory
+    from keyward.testing.keypairs import make_ed25519
+    from tests.cli_runner import Keyward
+
+    root = tmp_path / "inventory"
+    key = make_ed25519(tmp_path / "agent", comment="keyward-agent")
+    spec = InventorySpec(environment="test", login="root", accounts=("app",), access=())
+    write_inventory(root, [], spec, key)
+    with open(root / "keyward.toml", "a") as toml:
+        toml.write('\n[directory]\nurl = "ldap://127.0.0.1"\nbase_dn = "dc=x"\nstarttls = "yes"\n')
+    result = Keyward(f"sqlite:///{tmp_path / 'r.db'}", str(root)).fails("inventory", "check")
+    assert (
+        "keyward.toml: directory.starttls: must be true or false, not a string"
+        in result.out + result.err
+    )

@@ -153,11 +153,13 @@ def sync(
         notify(registry, app.actor, (result.alert_id,), inv.policy.alert_command)
         return result
     if not result.plan.empty:
+        # Leavers first: the round reads the inventory and the agent key before it changes
+        # anything, so a broken inventory stops the sync before any other change.
+        if result.plan.offboards:
+            result.cases, result.unconfirmed = offboard_and_confirm(app, result.plan.offboards)
         with registry.write(app.actor) as tx:
             result.skipped = apply_people(tx, result.plan)
         log_events(tx)
-        if result.plan.offboards:
-            result.cases, result.unconfirmed = offboard_and_confirm(app, result.plan.offboards)
         result.applied = True
     with registry.write(app.actor) as tx:
         record_sync(tx, settings.url, result.details(settings.base_dn))
