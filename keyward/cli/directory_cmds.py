@@ -55,8 +55,9 @@ def _print_plan(result: SyncResult) -> None:
         click.echo("  nothing to change")
     for trip in result.trips:
         blocking = trip in result.blocking
-        label = "REFUSED" if blocking else "allowed"
-        click.echo(f"{label}: {trip.message}", err=blocking)
+        refused = "WOULD BE REFUSED" if result.dry_run else "REFUSED"
+        label = refused if blocking else "allowed"
+        click.echo(f"{label}: {trip.message}", err=blocking and not result.dry_run)
 
 
 @directory.command("sync")
@@ -91,6 +92,12 @@ def directory_sync(
         _print_plan(result)
         if result.read.error is not None:
             click.echo(f"directory sync failed: {result.read.error}", err=True)
+        elif result.blocking and not result.dry_run:
+            click.echo(
+                f"directory sync refused: nothing changed; alert {result.alert_id} raised. "
+                "After checking the directory: keyward directory sync --allow-mass-offboard",
+                err=True,
+            )
         elif result.unconfirmed:
             click.echo(
                 f"UNCONFIRMED on {len(result.unconfirmed)} host(s): "
@@ -122,9 +129,12 @@ def directory_status(app: AppContext, as_json: bool) -> None:
         click.echo("last sync: never")
     else:
         counts = ", ".join(f"{k} {v}" for k, v in last.get("counts", {}).items() if v)
+        applied = last["outcome"] in ("applied", "unchanged")
+        changes = counts or "no changes"
         click.echo(
             f"last sync: {last['at']} by {last['actor']}: {last['outcome']}, "
-            f"{last.get('read', 0)} entries read; {counts or 'no changes'}"
+            f"{last.get('read', 0)} entries read; "
+            + (changes if applied else f"nothing changed (planned: {changes})")
         )
         for trip in last.get("guard", []):
             click.echo(f"  guard: {trip['message']}")
