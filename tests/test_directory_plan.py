@@ -380,3 +380,16 @@ def test_inventory_check_reports_the_directory_section(tmp_path: Path) -> None:
         "keyward.toml: directory.starttls: must be true or false, not a string"
         in result.out + result.err
     )
+
+
+def test_the_pure_parts_import_no_database_ldap_or_logging() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, keyward.directory.diff, keyward.directory.guard, keyward.directory.entries\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'sqlalchemy', 'sqlmodel', 'asyncssh', 'ldap3', 'structlog', 'click'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
