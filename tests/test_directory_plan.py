@@ -102,6 +102,12 @@ def test_entry_mapping_normalises_and_refuses_bad_usernames() -> None:
         email=None,
         groups=frozenset({"cn=devops,ou=groups,dc=corp"}),
     )
+    odd = to_entry(
+        "cn=x",
+        {"sAMAccountName": [b"bo"], "displayName": ["Bo\u200b\x00Li"], "mail": ["b\x00@x.io"]},
+        AD,
+    )
+    assert isinstance(odd, DirectoryEntry) and (odd.name, odd.email) == ("Bo Li", None)
     assert "is not a valid username" in str(
         to_entry("cn=x", {"sAMAccountName": [b"Ann Smith"]}, AD)
     )

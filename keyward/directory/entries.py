@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from keyward.directory.model import DirectoryEntry, DirectoryRead
 from keyward.inventory.directory_settings import DirectoryAttributes
-from keyward.registry.validate import EMAIL_RE, USERNAME_RE
+from keyward.registry.validate import EMAIL_RE, USERNAME_RE, has_control
 
 ACCOUNTDISABLE = 0x2
 """Active Directory's ``userAccountControl`` bit for a disabled account."""
@@ -65,9 +65,15 @@ def to_entry(
         return f"{dn}: no {mapping.username}"
     if not USERNAME_RE.fullmatch(username):
         return f"{dn}: {mapping.username} {username[:40]!r} is not a valid username"
-    name = " ".join((_first(attrs, mapping.name) or "").split())[:MAX_NAME] or None
+    # The registry refuses control characters; one odd entry must not stop a whole sync,
+    # so they become spaces in a name, and an address with any is not copied.
+    raw_name = _first(attrs, mapping.name) or ""
+    printable = "".join(" " if has_control(char) else char for char in raw_name)
+    name = " ".join(printable.split())[:MAX_NAME] or None
     email = _first(attrs, mapping.email)
-    if email is not None and (len(email) > MAX_EMAIL or not EMAIL_RE.fullmatch(email)):
+    if email is not None and (
+        len(email) > MAX_EMAIL or has_control(email) or not EMAIL_RE.fullmatch(email)
+    ):
         email = None  # not an address the registry accepts: left as it is there
     return DirectoryEntry(
         dn=dn,

@@ -127,9 +127,8 @@ def apply_people(tx: WriteTx, plan: SyncPlan) -> list[str]:
         if change.username == tx.actor:
             skipped.append(f"{change.username}: a person cannot change their own roles")
             continue
-        reason = (
-            f"directory: {'member' if change.grant else 'no longer a member'} of {change.group}"
-        )
+        member = "member" if change.grant else "no longer a member"
+        reason = f"directory: {member} of {change.group}"[:500]  # the reason column
         if change.grant:
             ops.grant_role(tx, change.role, change.username, reason, None)
         else:
