@@ -69,3 +69,9 @@ class BackupFailed(KeywardError):
     """A snapshot could not be taken, verified, copied or restored (an operational failure)."""
 
     exit_code = 1
+
+
+class DirectoryError(KeywardError):
+    """The directory could not be read (no password, a refused bind, an unreachable server)."""
+
+    exit_code = 1

@@ -3,8 +3,9 @@
 Every test carries exactly one speed class, so a developer can run the fast ones alone
 (``scripts/test -m unit``):
 
-- ``fleet``: starts real ``sshd`` hosts or the ``ssh`` client, creates local accounts or
-  mounts file systems (root, seconds per test). Given by the ``env``/``env_any_db``
+- ``fleet``: starts real ``sshd`` hosts, the ``ssh`` client or an OpenLDAP ``slapd``
+  (``keyward/testing/slapd.py``), creates local accounts or mounts file systems (root, seconds per
+  test). Given by the ``env``/``env_any_db``
   fixtures, or by ``pytestmark = pytest.mark.fleet`` in a module that starts fleets itself.
 - ``postgres``: needs the PostgreSQL server (the ``pg_server`` fixture, or ``db_url`` and
   everything built on it in its ``postgresql`` variant).
@@ -103,6 +104,8 @@ GUARDED_PROGRAMS = {
     "userdel": "fleet",
     "mount": "fleet",
     "umount": "fleet",
+    "slapd": "fleet",
+    "slapadd": "fleet",
     "postgres": "postgres",
     "pg_ctl": "postgres",
     "initdb": "postgres",

@@ -422,6 +422,7 @@ def test_every_unit_keeps_the_full_structured_log() -> None:
         DAEMON,
         CHECKPOINT_SERVICE,
         "keyward-backup.service",
+        "keyward-directory-sync.service",
     }
     runner = Keyward("sqlite:////nonexistent/registry.db", "/nonexistent")
     for unit, args in found:
@@ -486,3 +487,46 @@ def test_every_daemon_option_is_in_the_operations_guide() -> None:
         for name in param.opts:
             if name.startswith("--") and name != "--help":
                 assert f"`{name}" in section, f"{name} is not in docs/operations.md"
+
+
+# -- directory sync -----------------------------------------------------------
+
+DIRECTORY_SERVICE = "keyward-directory-sync.service"
+DIRECTORY_TIMER = "keyward-directory-sync.timer"
+
+
+def test_directory_sync_units_verify_cleanly(analyze: str, tmp_path: Path) -> None:
+    service = (UNIT_DIR / DIRECTORY_SERVICE).read_text()
+    assert f"ExecStart={DOCUMENTED_EXEC} --log-format json directory sync\n" in service
+    (tmp_path / DIRECTORY_SERVICE).write_text(
+        service.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
+    )
+    shutil.copy(UNIT_DIR / DIRECTORY_TIMER, tmp_path / DIRECTORY_TIMER)
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", "--generators=no", DIRECTORY_SERVICE, DIRECTORY_TIMER],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [ln for ln in (proc.stdout + proc.stderr).splitlines() if "keyward" in ln] == []
+
+
+def test_directory_sync_is_hardened_like_reconcile_and_every_five_minutes(
+    analyze: str, service: Unit, timer: Unit
+) -> None:
+    """It may offboard, so it reconciles hosts: the same sandbox as the reconcile unit."""
+    unit = parse_unit((UNIT_DIR / DIRECTORY_SERVICE).read_text())
+    assert last(unit, "Service", "Type") == "oneshot"
+    for key, wanted in HARDENING.items():
+        assert same(last(unit, "Service", key), wanted), key
+    for key in ("CapabilityBoundingSet", "ReadWritePaths", "RestrictAddressFamilies"):
+        assert unit["Service"][key] == service["Service"][key], key
+    assert unit["Service"]["SystemCallFilter"] == service["Service"]["SystemCallFilter"]
+    assert "--allow-mass-offboard" not in " ".join(unit["Service"]["ExecStart"])
+    ours = parse_unit((UNIT_DIR / DIRECTORY_TIMER).read_text())
+    assert last(ours, "Timer", "Unit") == DIRECTORY_SERVICE
+    for key in ("OnCalendar", "RandomizedDelaySec", "Persistent", "AccuracySec"):
+        assert last(ours, "Timer", key) == last(timer, "Timer", key), key

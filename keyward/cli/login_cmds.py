@@ -24,7 +24,13 @@ pass_app = click.make_pass_decorator(AppContext)
 AGENT_OWNER = "keyward-agent"
 """The owner name login rows carry for the agent's key (``logins.service_keys``)."""
 
-ALERT_KINDS = ("multi_source", "new_source", "failed_logins", "login_after_offboarding")
+ALERT_KINDS = (
+    "multi_source",
+    "new_source",
+    "failed_logins",
+    "login_after_offboarding",
+    "directory_guard",
+)
 
 
 @click.command()

@@ -59,6 +59,10 @@ COMMANDS: dict[str, Entry] = {
         "demo",
         "Run the whole flow against local SSH hosts on loopback; leaves nothing behind.",
     ),
+    "directory": Entry(
+        "directory_cmds",
+        "Sync people from the company directory (LDAP): joiners, changes and leavers.",
+    ),
     "explain": Entry(
         "explain_cmds",
         "Can USERNAME log in (on HOST, as ACCOUNT), and if not, exactly why.",

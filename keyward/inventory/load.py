@@ -105,7 +105,7 @@ def check_inventory(root: Path) -> tuple[Inventory | None, list[Problem]]:
     if not root.is_dir():
         return None, [Problem(str(root), "", "is not a directory")]
     problems: list[Problem] = []
-    agent, policy = read_settings(root, problems)
+    agent, policy, directory = read_settings(root, problems)
     seen = SeenHosts()
     env_names: dict[str, str] = {}
     env_files = sorted(
@@ -125,6 +125,7 @@ def check_inventory(root: Path) -> tuple[Inventory | None, list[Problem]]:
         agent=agent,
         policy=policy,
         environments=tuple(env for env in environments if env is not None),
+        directory=directory,
     )
     return inventory, []
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from keyward.errors import UsageError
+from keyward.inventory.directory_settings import DirectorySettings
 from keyward.keys import DEFAULT_ALLOWED_TYPES, KeyPolicy, PublicKey
 
 Mode = Literal["exclusive", "managed-block"]
@@ -193,6 +194,8 @@ class Inventory:
     agent: AgentSettings
     policy: PolicySettings
     environments: tuple[Environment, ...]
+    directory: DirectorySettings | None = None
+    """``[directory]`` of ``keyward.toml``: where ``directory sync`` reads people from."""
 
     def hosts(self) -> tuple[Host, ...]:
         """Every host, environment by environment, in file order."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from keyward.inventory.directory_settings import DirectorySettings, read_directory
 from keyward.inventory.model import AgentSettings, PolicySettings
 from keyward.inventory.reader import Problem, Reader, read_toml, short
 from keyward.keys import DSA, KNOWN_TYPES
@@ -27,7 +28,7 @@ DEFAULT_MAX_KEY_AGE_DAYS = 365
 DEFAULT_MIN_RSA_BITS = 3072
 DEFAULT_PROOF_MAX_AGE_DAYS = 30
 
-_SETTINGS_FIELDS = ("agent", "policy")
+_SETTINGS_FIELDS = ("agent", "policy", "directory")
 _AGENT_FIELDS = (
     "identity",
     "identity_pub",
@@ -52,8 +53,11 @@ FAILURE_MODES = ("off", "suspend", "restrict")
 _PYTHON_RE = re.compile(r"[A-Za-z0-9_./+-]+")
 
 
-def read_settings(root: Path, problems: list[Problem]) -> tuple[AgentSettings, PolicySettings]:
-    """``keyward.toml`` in ``root``: the agent's connection settings and the key policy."""
+def read_settings(
+    root: Path, problems: list[Problem]
+) -> tuple[AgentSettings, PolicySettings, DirectorySettings | None]:
+    """``keyward.toml`` in ``root``: the agent's connection settings, the key policy, and
+    the directory to sync people from (None without a ``[directory]`` section)."""
     path = root / SETTINGS_FILE
     data: dict[str, Any] = {}
     if path.exists():
@@ -92,29 +96,34 @@ def read_settings(root: Path, problems: list[Problem]) -> tuple[AgentSettings, P
                 "policy.allowed_key_types",
                 f"unknown key type {short(key_type)} (known: {known})",
             )
-    return agent_settings, PolicySettings(
-        max_key_age_days=reader.integer(
-            policy, "policy", "max_key_age_days", DEFAULT_MAX_KEY_AGE_DAYS, 1, 36500
+    directory = read_directory(root, reader, data)
+    return (
+        agent_settings,
+        PolicySettings(
+            max_key_age_days=reader.integer(
+                policy, "policy", "max_key_age_days", DEFAULT_MAX_KEY_AGE_DAYS, 1, 36500
+            ),
+            min_rsa_bits=reader.integer(
+                policy, "policy", "min_rsa_bits", DEFAULT_MIN_RSA_BITS, 2048, 16384
+            ),
+            allowed_key_types=types,
+            proof_max_age_days=reader.integer(
+                policy, "policy", "proof_max_age_days", DEFAULT_PROOF_MAX_AGE_DAYS, 0, 3650
+            ),
+            failed_login_threshold=reader.integer(
+                policy, "policy", "failed_login_threshold", 5, 1, 100000
+            ),
+            failed_login_window_minutes=reader.integer(
+                policy, "policy", "failed_login_window_minutes", 10, 1, 10080
+            ),
+            multi_source_window_minutes=reader.integer(
+                policy, "policy", "multi_source_window_minutes", 60, 1, 10080
+            ),
+            failure_mode=_failure_mode(reader, policy),
+            alert_command=reader.string(policy, "policy", "alert_command"),
+            purge_after_days=reader.integer(policy, "policy", "purge_after_days", 365, 0, 36500),
         ),
-        min_rsa_bits=reader.integer(
-            policy, "policy", "min_rsa_bits", DEFAULT_MIN_RSA_BITS, 2048, 16384
-        ),
-        allowed_key_types=types,
-        proof_max_age_days=reader.integer(
-            policy, "policy", "proof_max_age_days", DEFAULT_PROOF_MAX_AGE_DAYS, 0, 3650
-        ),
-        failed_login_threshold=reader.integer(
-            policy, "policy", "failed_login_threshold", 5, 1, 100000
-        ),
-        failed_login_window_minutes=reader.integer(
-            policy, "policy", "failed_login_window_minutes", 10, 1, 10080
-        ),
-        multi_source_window_minutes=reader.integer(
-            policy, "policy", "multi_source_window_minutes", 60, 1, 10080
-        ),
-        failure_mode=_failure_mode(reader, policy),
-        alert_command=reader.string(policy, "policy", "alert_command"),
-        purge_after_days=reader.integer(policy, "policy", "purge_after_days", 365, 0, 36500),
+        directory,
     )
 
 

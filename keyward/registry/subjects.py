@@ -4,8 +4,8 @@ A person, a host and a role may share a name (``person add h1`` next to an
 inventory host ``h1``), so a bare name does not say whose event it is.  Every
 event written now stores its subject as ``kind:name`` (``person:alice``,
 ``host:web-1``, ``role:devops``, ``case:7``, ``backup:<file>``,
-``registry:sqlite``, ``fleet:*``); the text is covered by the event hash like
-before, so the kind is as tamper-evident as the name.
+``registry:sqlite``, ``fleet:*``, ``directory:<url>``); the text is covered by
+the event hash like before, so the kind is as tamper-evident as the name.
 
 Events written before this change keep their bare name (the chain hashes cover
 it, so it cannot be rewritten).  Their kind follows from the action, which the
@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 
 from keyward.registry.models import Alert, AuditEvent
 
-SubjectKind = Literal["person", "host", "role", "case", "backup", "registry", "fleet"]
+SubjectKind = Literal["person", "host", "role", "case", "backup", "registry", "fleet", "directory"]
 SUBJECT_KINDS: frozenset[str] = frozenset(get_args(SubjectKind))
 MAX_SUBJECT = 200  # the audit_event.subject column
 
