@@ -267,3 +267,62 @@ def test_the_signer_signs_what_the_server_verifies(keys: dict[str, Path]) -> Non
     signing.verify_request(request, signer.public, "POST", "/api/v1/x", b"{}")
     again = signing.parse_headers(signer.headers("POST", "/api/v1/x", b"{}", NOW))
     assert again is not None and again.nonce != request.nonce  # a fresh nonce every time
+
+
+# -- [server] in keyward.toml -------------------------------------------------------
+
+
+def _server_settings(text: str) -> tuple[object, list[str]]:
+    import tomllib
+
+    from keyward.inventory.reader import Problem, Reader
+    from keyward.inventory.server import read_server_settings
+
+    problems: list[Problem] = []
+    settings = read_server_settings(tomllib.loads(text), Reader("keyward.toml", problems))
+    return settings, [str(p) for p in problems]
+
+
+def test_server_settings_defaults() -> None:
+    from keyward.inventory.server import ServerSettings
+
+    settings, problems = _server_settings("")
+    assert problems == [] and settings == ServerSettings()
+
+
+def test_server_settings_read() -> None:
+    settings, problems = _server_settings(
+        '[server]\nadmin_role = "ops-admin"\nmin_attestation = "proof"\nsession_hours = 2\n'
+        '[server.approvers]\ndevops = ["role:security", "person:alice"]\n'
+    )
+    assert problems == []
+    assert settings == type(settings)(
+        admin_role="ops-admin",
+        min_attestation="proof",
+        session_hours=2,
+        approvers={"devops": ("role:security", "person:alice")},
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[server]\nadmin_rol = "x"\n', "unknown field 'admin_rol'"),
+        ('[server]\nmin_attestation = "strong"\n', "must be one of"),
+        ("[server]\nsession_hours = 48\n", "1-24"),
+        ('[server.approvers]\ndevops = ["security"]\n', "not role:NAME or person:USERNAME"),
+        ('[server.approvers]\ndevops = "role:security"\n', "must be an array"),
+    ],
+)
+def test_server_settings_mistakes_are_reported(text: str, problem: str) -> None:
+    _, problems = _server_settings(text)
+    assert any(problem in p for p in problems), problems
+
+
+def test_inventory_check_reads_the_server_table(tmp_path: Path) -> None:
+    from keyward.inventory.settings import read_settings
+
+    (tmp_path / "keyward.toml").write_text('[server]\nauditor_rol = "x"\n')
+    problems: list[object] = []
+    read_settings(tmp_path, problems)  # type: ignore[arg-type]
+    assert any("auditor_rol" in str(p) for p in problems)
