@@ -157,6 +157,14 @@ def test_a_request_is_validated_like_the_cli(server: ServerEnv) -> None:
             {"role": "devops", "environment": "prod", "duration_seconds": "1h", "reason": "x"},
             "duration_seconds",
         ),
+        (
+            {"role": "devops", "environment": "prod", "duration_seconds": 10**30, "reason": "x"},
+            "between 1 minute and 7 days",
+        ),
+        (
+            {"role": "devops", "environment": "prod", "duration_seconds": 60, "reason": "a\nb"},
+            "reason",
+        ),
     ):
         raw = json.dumps(body).encode()
         status, answer_ = server.send("POST", path, raw, server.signed("alice", "POST", path, raw))
@@ -170,6 +178,10 @@ def test_a_decided_request_is_a_conflict(server: ServerEnv) -> None:
     assert server.send("POST", path, b"{}", server.signed("bob", "POST", path, b"{}"))[0] == 200
     status, body = server.send("POST", path, b"{}", server.signed("bob", "POST", path, b"{}"))
     assert status == 409 and "not pending" in body["error"]
+    for bad in ("9" * 30, "-1", "1e3"):
+        path = f"/api/v1/access-requests/{bad}/approve"
+        status, body = server.send("POST", path, b"{}", server.signed("bob", "POST", path, b"{}"))
+        assert status == 404, (bad, body)
     missing = "/api/v1/access-requests/99999/approve"
     assert (
         server.send("POST", missing, b"{}", server.signed("bob", "POST", missing, b"{}"))[0] == 404
@@ -277,4 +289,12 @@ def test_the_server_logs_json_lines(server: ServerEnv) -> None:
     lines = [json.loads(ln) for ln in server.log.read_text().splitlines() if ln.startswith("{")]
     assert any(ln["event"] == "server_start" for ln in lines)
     assert any(ln["event"] == "api_request" and ln["user"] == "bob" for ln in lines)
-    assert not re.search(r"Traceback", server.log.read_text())
+    assert not re.search(r"Traceback|api_internal_error", server.log.read_text())
+
+
+def test_the_signature_covers_the_path_as_sent(server: ServerEnv) -> None:
+    """Signed over /api/v1/whoami, sent percent-encoded: the bytes differ, so it is refused."""
+    headers = server.signed("alice", "GET", "/api/v1/whoami")
+    assert server.send("GET", "/api/v1/%77hoami", headers=headers)[0] == 401
+    headers = server.signed("alice", "GET", "/api/v1/%77hoami")
+    assert server.send("GET", "/api/v1/%77hoami", headers=headers)[0] == 200

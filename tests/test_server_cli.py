@@ -252,3 +252,16 @@ def test_the_server_refuses_plain_http_on_a_public_address(server: ServerEnv) ->
         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
     )
     assert proc.returncode == 2 and "refusing plain HTTP" in proc.stderr
+
+
+def test_the_cli_through_the_server_loads_no_orm_ssh_or_server(
+    server: ServerEnv, tmp_path: Path
+) -> None:
+    """Through the server, the CLI is an HTTP client: urllib, no SQLAlchemy, no asyncssh."""
+    from tests.test_startup import REGISTRY, SSH, imported_by, loaded
+
+    server.request_for("rita", "devops")
+    modules = imported_by(tmp_path, "access", "list", env=server.cli_env("erin"))
+    assert "keyward.auth.client" in modules
+    heavy = (*REGISTRY, *SSH, "starlette", "uvicorn", "keyward.registry.store", "keyward.server")
+    assert loaded(modules, heavy) == []

@@ -185,6 +185,8 @@ def access_request(call: Call) -> Result:
     role = _field(body, "role", str)
     environment = _field(body, "environment", str)
     seconds = _field(body, "duration_seconds", int)
+    if not 0 < seconds <= lifecycle.MAX_REQUEST.total_seconds():  # before timedelta can overflow
+        raise UsageError("duration_seconds must be between 1 minute and 7 days")
     reason = _field(body, "reason", str)
     if call.state.inventory is not None:
         call.state.inventory.environment(environment)
@@ -202,10 +204,10 @@ def access_request(call: Call) -> Result:
 
 
 def _decide(call: Call, approve: bool) -> Result:
-    try:
-        request_id = int(call.params["id"])
-    except ValueError:
-        raise NotFound("an access request id is a number") from None
+    text = call.params["id"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise NotFound(f"no access request {text[:20]!r}")
+    request_id = int(text)
     note = _field(call.json(), "note", str, "")
     with call.state.registry.read() as session:
         request = session.get(AccessRequest, request_id)
@@ -264,11 +266,18 @@ def people(call: Call) -> Result:
 
 
 def _serve(
-    state: ServerState, handler: Handler, call_args: dict[str, Any], who: list[str]
+    state: ServerState,
+    handler: Handler,
+    facts: RequestFacts,
+    params: dict[str, str],
+    query: dict[str, str],
+    who: list[str],
 ) -> Result:
-    """Authenticate, authorize and run ``handler`` (in a worker thread: the ORM blocks)."""
+    """Authenticate, authorize and run ``handler`` (in a worker thread: the ORM blocks).
+
+    ``who`` receives the proven username, for the request's log line.
+    """
     now = state.clock()
-    facts: RequestFacts = call_args["facts"]
     with state.registry.read() as session:
         identity = authenticate(session, facts, now, state.verifier)
         if identity is None:
@@ -277,7 +286,7 @@ def _serve(
             )
         caller = caller_for(session, identity, state.settings, now)
     who.append(caller.username)
-    call = Call(state, caller, facts, call_args["params"], call_args["query"], now)
+    call = Call(state, caller, facts, params, query, now)
     return handler(call)
 
 
@@ -302,7 +311,10 @@ def _error(status: int, message: str) -> JSONResponse:
 def endpoint(state: ServerState, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         started = time.perf_counter()
-        path_query = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # The path exactly as sent (not percent-decoded): that is what the client signed.
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string", b"")
+        path_query = raw_path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
         log = get_logger(component="server")
         who: list[str] = []
         try:
@@ -312,12 +324,10 @@ def endpoint(state: ServerState, handler: Handler) -> Callable[[Request], Awaita
                 body=await _read_body(request),
                 headers={k.lower(): v for k, v in request.headers.items()},
             )
-            args = {
-                "facts": facts,
-                "params": {k: str(v) for k, v in request.path_params.items()},
-                "query": dict(request.query_params),
-            }
-            status, payload = await run_in_threadpool(_serve, state, handler, args, who)
+            params = {k: str(v) for k, v in request.path_params.items()}
+            status, payload = await run_in_threadpool(
+                _serve, state, handler, facts, params, dict(request.query_params), who
+            )
             response: Response = JSONResponse(payload, status_code=status)
         except KeywardError as exc:
             status = status_for(exc)
