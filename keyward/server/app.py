@@ -8,8 +8,8 @@ username, so every audit event names who really acted.
 Errors are one-line JSON objects (``{"error": "..."}``) with the status the docs give:
 401 for credentials that prove no one, 403 for a proven caller asking too much, 404,
 409 for a decision on a request already decided, 400 for bad input, 413 for a body
-over 64 KiB.  An unexpected failure is logged on the server and answered with a
-plain 500, never a traceback.
+over 64 KiB, 503 while the registry cannot be reached.  An unexpected failure is logged
+on the server and answered with a plain 500, never a traceback.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from starlette.routing import Route
 from keyward.auth import tokens
 from keyward.auth.signing import AuthError
 from keyward.clock import Clock
-from keyward.errors import KeywardError, RegistryError, UsageError
+from keyward.errors import KeywardError, RegistryError, RegistryUnavailable, UsageError
 from keyward.inventory.model import Inventory
 from keyward.inventory.server import ServerSettings
 from keyward.logs import get_logger
@@ -64,6 +64,7 @@ _STATUS: tuple[tuple[type[KeywardError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (BodyTooLarge, 413),
+    (RegistryUnavailable, 503),
 )
 
 

@@ -9,12 +9,14 @@ in clear.  Behind a reverse proxy that terminates TLS, keep the server on loopba
 from __future__ import annotations
 
 import ipaddress
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from keyward.errors import UsageError
+from keyward.logs import get_logger
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 
@@ -69,9 +71,32 @@ def check_tls(listen: Listen, cert: str | None, key: str | None) -> Tls | None:
     return tls
 
 
+class ToStructlog(logging.Handler):
+    """uvicorn's own messages (start-up, shutdown, bad requests) as keyward log lines.
+
+    So the journal gets one format: with ``--log-format json`` every line is JSON.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = get_logger(component="server")
+        level = record.levelname.lower()
+        emit = getattr(log, level if level in ("debug", "info", "warning", "error") else "error")
+        emit("uvicorn", message=" ".join(record.getMessage().split())[:500])
+
+
+def route_uvicorn_logs() -> None:
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers = [ToStructlog()]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def serve(app: Any, listen: Listen, tls: Tls | None) -> None:
     """Run until SIGTERM/SIGINT.  Our own JSON log replaces uvicorn's access log."""
     import uvicorn
+
+    route_uvicorn_logs()
 
     config = uvicorn.Config(
         app,
