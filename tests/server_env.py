@@ -239,12 +239,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def server_env(base: Path, host: str = "127.0.0.21") -> Iterator[ServerEnv]:
+def server_env(
+    base: Path, host: str = "127.0.0.21", db_url: str | None = None
+) -> Iterator[ServerEnv]:
     inventory = base / "inventory"
     inventory.mkdir(parents=True)
     (inventory / "keyward.toml").write_text(SETTINGS)
     (inventory / "prod.toml").write_text(ENVIRONMENT)
-    db_url = f"sqlite:///{base / 'registry.db'}"
+    db_url = db_url or f"sqlite:///{base / 'registry.db'}"
     kw = Keyward(db_url, str(inventory))
     kw.ok("init")
     keys: dict[str, Path] = {}

@@ -265,3 +265,31 @@ def test_the_cli_through_the_server_loads_no_orm_ssh_or_server(
     assert "keyward.auth.client" in modules
     heavy = (*REGISTRY, *SSH, "starlette", "uvicorn", "keyward.registry.store", "keyward.server")
     assert loaded(modules, heavy) == []
+
+
+def test_the_two_person_rule_through_the_server_on_each_backend(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The team set-up's registry is usually PostgreSQL: the same flow on both backends."""
+    with server_env(tmp_path, host="127.0.0.24", db_url=db_url) as env:
+        out = (
+            remote(env, "alice")
+            .ok("access", "request", "devops", "--env", "prod", "--for", "2h", "--reason", "INC-2")
+            .out
+        )
+        match = REQUESTED.fullmatch(out)
+        assert match, out
+        rid = match.group(1)
+        own = (
+            remote(env, "bob")
+            .ok("access", "request", "devops", "--env", "prod", "--for", "2h", "--reason", "INC-2")
+            .out
+        )
+        own_id = REQUESTED.fullmatch(own).group(1)  # type: ignore[union-attr]
+        before = env.head()
+        remote(env, "bob").fails("access", "approve", own_id)
+        assert env.head() == before
+        remote(env, "bob").ok("access", "approve", rid)
+        rows = {r["id"]: r for r in remote(env, "erin").ok("access", "list", "--json").json()}
+        assert (rows[int(rid)]["status"], rows[int(rid)]["decided_by"]) == ("approved", "bob")
+        assert rows[int(own_id)]["status"] == "pending"
