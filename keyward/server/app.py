@@ -103,7 +103,7 @@ class Call:
             return {}
         try:
             value = json.loads(self.facts.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise UsageError("the request body is not JSON") from None
         if not isinstance(value, dict):
             raise UsageError("the request body must be a JSON object")
