@@ -195,6 +195,9 @@ def test_refusals_are_one_line_json(server: ServerEnv) -> None:
     path = "/api/v1/access-requests"
     status, body = server.send("POST", path, big, server.signed("alice", "POST", path, big))
     assert status == 413
+    deep = b"[" * 60000
+    status, body = server.send("POST", path, deep, server.signed("alice", "POST", path, deep))
+    assert status == 400 and "not JSON" in body["error"]
     status, body = server.send("GET", "/api/v1/whoami", headers={"authorization": "Basic x"})
     assert status == 401 and "Bearer" in body["error"]
 
