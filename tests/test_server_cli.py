@@ -293,3 +293,16 @@ def test_the_two_person_rule_through_the_server_on_each_backend(
         rows = {r["id"]: r for r in remote(env, "erin").ok("access", "list", "--json").json()}
         assert (rows[int(rid)]["status"], rows[int(rid)]["decided_by"]) == ("approved", "bob")
         assert rows[int(own_id)]["status"] == "pending"
+
+
+def test_a_public_key_signs_through_the_agent_only(server: ServerEnv, tmp_path: Path) -> None:
+    """KEYWARD_KEY=a .pub with no private key beside it: the ssh-agent signs, or nothing."""
+    import shutil
+
+    alone = tmp_path / "id_alice.pub"
+    shutil.copy(server.pub("alice"), alone)
+    me = remote(server, "alice", KEYWARD_KEY=str(alone)).ok("auth", "whoami", "--json").json()
+    assert (me["username"], me["via"]) == ("alice", "signature")
+    no_agent = remote(server, "alice", KEYWARD_KEY=str(alone), SSH_AUTH_SOCK="")
+    result = no_agent.fails("auth", "whoami")
+    assert f"cannot sign with {alone}" in result.err
