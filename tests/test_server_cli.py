@@ -7,9 +7,11 @@ private key file; the server is a real process (tests/server_env.py).
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -245,11 +247,11 @@ def test_tls_directly(server: ServerEnv, tmp_path: Path) -> None:
 
 def test_the_server_refuses_plain_http_on_a_public_address(server: ServerEnv) -> None:
     proc = subprocess.run(
-        ["python3", "-m", "keyward", "--db", server.db_url, "server", "--listen", "0.0.0.0:1"],
+        [sys.executable, "-m", "keyward", "--db", server.db_url, "server", "--listen", "0.0.0.0:1"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
     )
     assert proc.returncode == 2 and "refusing plain HTTP" in proc.stderr
 
