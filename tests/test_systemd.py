@@ -530,3 +530,47 @@ def test_directory_sync_is_hardened_like_reconcile_and_every_five_minutes(
     assert last(ours, "Timer", "Unit") == DIRECTORY_SERVICE
     for key in ("OnCalendar", "RandomizedDelaySec", "Persistent", "AccuracySec"):
         assert last(ours, "Timer", key) == last(timer, "Timer", key), key
+
+
+# -- the server's service -------------------------------------------------------
+
+SERVER = "keyward-server.service"
+
+
+def test_server_unit_verifies_cleanly_and_exposes_little(analyze: str, tmp_path: Path) -> None:
+    text = (UNIT_DIR / SERVER).read_text()
+    assert f"ExecStart={DOCUMENTED_EXEC} --log-format json server" in text
+    (tmp_path / SERVER).write_text(
+        text.replace(f"ExecStart={DOCUMENTED_EXEC} ", f"ExecStart={keyward_script()} ")
+    )
+    env = {**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "", "TERM": "dumb"}
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", "--generators=no", SERVER],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [ln for ln in (proc.stdout + proc.stderr).splitlines() if "keyward" in ln] == []
+    proc = subprocess.run(
+        [analyze, "security", "--offline=true", "--threshold=20", "--no-pager", SERVER],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, [ln for ln in proc.stdout.splitlines() if "Overall" in ln]
+
+
+def test_server_unit_is_hardened_on_loopback_and_restarting() -> None:
+    unit = parse_unit((UNIT_DIR / SERVER).read_text())
+    for key, wanted in HARDENING.items():
+        assert same(last(unit, "Service", key), wanted), key
+    assert last(unit, "Service", "CapabilityBoundingSet") == ""
+    assert last(unit, "Service", "ReadWritePaths") == "/var/lib/keyward"
+    assert last(unit, "Service", "Restart") == "on-failure"
+    assert "--listen 127.0.0.1:" in last(unit, "Service", "ExecStart")  # TLS is a proxy's job
+    assert "--state-dir /var/lib/keyward" in last(unit, "Service", "ExecStart")

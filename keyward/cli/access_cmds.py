@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
 import click
 
 from keyward.cli.common import log_events
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.output import emit_json, short_ts, table
 from keyward.cli.parsing import duration
-
-if TYPE_CHECKING:
-    from keyward.registry.models import AccessRequest, Person, Role
+from keyward.clock import parse_utc
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -20,23 +19,6 @@ pass_app = click.make_pass_decorator(AppContext)
 @click.group()
 def access() -> None:
     """Short-lived access for break-fix work: request, approve (by someone else), list."""
-
-
-def request_json(a: AccessRequest, p: Person, r: Role) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "person": p.username,
-        "role": r.name,
-        "environment": a.environment,
-        "duration_seconds": a.duration_seconds,
-        "reason": a.reason,
-        "requested_at": ts(a.requested_at),
-        "status": a.status,
-        "decided_by": a.decided_by,
-        "decided_at": ts(a.decided_at),
-        "until": ts(a.until),
-        "ended_at": ts(a.ended_at),
-    }
 
 
 @access.command("request")
@@ -49,28 +31,65 @@ def request_json(a: AccessRequest, p: Person, r: Role) -> dict[str, Any]:
 def access_request(
     app: AppContext, role: str, environment: str, length: str, reason: str, as_json: bool
 ) -> None:
-    """Ask for ROLE in one environment for a while (the requester is --actor)."""
+    """Ask for ROLE in one environment for a while (the requester is --actor).
+
+    Through a keyward server (KEYWARD_URL) the requester is whoever KEYWARD_KEY proves.
+    """
+    span = duration(length, "--for")
+    api = app.api()
+    if api is not None:
+        body = {
+            "role": role,
+            "environment": environment,
+            "duration_seconds": int(span.total_seconds()),
+            "reason": reason,
+        }
+        result = api.call("POST", "/api/v1/access-requests", body)
+    else:
+        result = _request_locally(app, role, environment, span, reason)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"access request {result['id']}: {role} in {environment} for {length}, "
+        "waiting for approval by someone else"
+    )
+
+
+def _request_locally(
+    app: AppContext, role: str, environment: str, span: timedelta, reason: str
+) -> dict[str, Any]:
     from keyward.inventory import load_inventory
     from keyward.registry import lifecycle, ops
+    from keyward.registry.access_rows import request_json
 
     root = app.inventory_dir()
     if root.is_dir():
         load_inventory(root).environment(environment)
     with app.registry().write(app.actor) as tx:
-        request = lifecycle.request_access(tx, role, environment, duration(length, "--for"), reason)
+        request = lifecycle.request_access(tx, role, environment, span, reason)
         result = request_json(
             request,
             ops.find_person(tx.session, app.actor),
             ops.find_role(tx.session, role),
         )
     log_events(tx)
-    if as_json:
-        emit_json(result)
-        return
-    click.echo(
-        f"access request {request.id}: {role} in {environment} for {length}, "
-        "waiting for approval by someone else"
-    )
+    return result
+
+
+def _decide(app: AppContext, request_id: int, approve: bool, note: str) -> datetime | None:
+    """Approve or deny, through the server when one is set; the request's new ``until``."""
+    api = app.api()
+    if api is not None:
+        verb = "approve" if approve else "deny"
+        result = api.call("POST", f"/api/v1/access-requests/{request_id}/{verb}", {"note": note})
+        return parse_utc(result["until"]) if result.get("until") else None
+    from keyward.registry import lifecycle
+
+    with app.registry().write(app.actor) as tx:
+        request = lifecycle.decide_access(tx, request_id, approve=approve, note=note)
+    log_events(tx)
+    return request.until
 
 
 @access.command("approve")
@@ -79,12 +98,8 @@ def access_request(
 @pass_app
 def access_approve(app: AppContext, request_id: int, note: str) -> None:
     """Approve a pending request (never your own); it counts from now."""
-    from keyward.registry import lifecycle
-
-    with app.registry().write(app.actor) as tx:
-        request = lifecycle.decide_access(tx, request_id, approve=True, note=note)
-    log_events(tx)
-    click.echo(f"approved access request {request_id} until {short_ts(request.until)} UTC")
+    until = _decide(app, request_id, True, note)
+    click.echo(f"approved access request {request_id} until {short_ts(until)} UTC")
 
 
 @access.command("deny")
@@ -93,11 +108,7 @@ def access_approve(app: AppContext, request_id: int, note: str) -> None:
 @pass_app
 def access_deny(app: AppContext, request_id: int, note: str) -> None:
     """Deny a pending request."""
-    from keyward.registry import lifecycle
-
-    with app.registry().write(app.actor) as tx:
-        lifecycle.decide_access(tx, request_id, approve=False, note=note)
-    log_events(tx)
+    _decide(app, request_id, False, note)
     click.echo(f"denied access request {request_id}")
 
 
@@ -107,25 +118,16 @@ def access_deny(app: AppContext, request_id: int, note: str) -> None:
 @pass_app
 def access_list(app: AppContext, only_open: bool, as_json: bool) -> None:
     """List access requests."""
-    from sqlmodel import col, select
+    api = app.api()
+    if api is not None:
+        rows = api.call("GET", "/api/v1/access-requests" + ("?open=1" if only_open else ""))
+    else:
+        from keyward.registry.access_rows import list_requests
 
-    from keyward.registry.models import AccessRequest, Person, Role
-
-    registry = app.registry()
-    now = registry.clock()
-    with registry.read() as session:
-        rows = [
-            request_json(a, p, r)
-            for a, p, r in session.exec(
-                select(AccessRequest, Person, Role)
-                .join(Person, col(Person.id) == col(AccessRequest.person_id))
-                .join(Role, col(Role.id) == col(AccessRequest.role_id))
-                .order_by(col(AccessRequest.id))
-            )
-            if not only_open
-            or a.status == "pending"
-            or (a.status == "approved" and a.ended_at is None and a.until and a.until > now)
-        ]
+        registry = app.registry()
+        now = registry.clock()
+        with registry.read() as session:
+            rows = list_requests(session, now, only_open)
     if as_json:
         emit_json(rows)
         return

@@ -12,6 +12,7 @@ from keyward.clock import Clock, system_clock
 from keyward.errors import UsageError
 
 if TYPE_CHECKING:
+    from keyward.auth.client import ApiClient
     from keyward.registry.store import Registry
 
 
@@ -34,6 +35,8 @@ class AppContext:
     actor: str
     inventory: str | None
     clock: Clock = system_clock
+    server_url: str | None = None
+    """``--url`` / ``KEYWARD_URL``: talk to ``keyward server`` instead of the database."""
     _registry: Registry | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +66,30 @@ class AppContext:
         from keyward.inventory import find_inventory_dir
 
         return find_inventory_dir(self.inventory, dict(os.environ))
+
+    def api(self) -> ApiClient | None:
+        """A client for ``keyward server`` when ``--url``/``KEYWARD_URL`` is set, else None.
+
+        The signing key is ``KEYWARD_KEY`` (a public key whose private half is in the
+        ssh-agent, or a private key file); a stored ``keyward auth login`` session is
+        used instead while it is valid.
+        """
+        if not self.server_url:
+            return None
+        from keyward.auth.client import ApiClient, SessionFile, check_url
+        from keyward.auth.signer import load_signer
+        from keyward.registry.location import default_state_dir
+
+        env = dict(os.environ)
+        url = check_url(self.server_url)
+        key = env.get("KEYWARD_KEY")
+        return ApiClient(
+            url=url,
+            signer=load_signer(key) if key else None,
+            sessions=SessionFile.for_url(url, default_state_dir(env, os.geteuid())),
+            clock=self.clock,
+            cafile=env.get("KEYWARD_CA") or None,
+        )
 
     def close(self) -> None:
         if self._registry is not None:

@@ -50,6 +50,10 @@ COMMANDS: dict[str, Entry] = {
         "Alerts: multi-computer use, keys used from a new address, failed-login bursts.",
     ),
     "audit": Entry("audit_cmds", "The tamper-evident audit trail."),
+    "auth": Entry(
+        "auth_cmds",
+        "Sign in to a keyward server with your registered key (KEYWARD_URL, KEYWARD_KEY).",
+    ),
     "backup": Entry("backup_cmds", "Snapshots of the registry: take, list, prune, restore."),
     "daemon": Entry(
         "daemon_cmds",
@@ -94,6 +98,10 @@ COMMANDS: dict[str, Entry] = {
     ),
     "report": Entry("report_cmds", "Evidence and reviews for auditors."),
     "role": Entry("role_cmds", "Roles and who holds them."),
+    "server": Entry(
+        "server_cmds",
+        "Serve the registry over HTTP to people who sign in with their own registered key.",
+    ),
     "status": Entry(
         "agent_cmds",
         "Per host: when it was last in sync, what failed, drift found; and the daemon, if any.",
@@ -160,6 +168,14 @@ class LazyGroup(click.Group):
     "then the login name]",
 )
 @click.option(
+    "--url",
+    "server_url",
+    envvar="KEYWARD_URL",
+    metavar="URL",
+    help="A keyward server (https://HOST:PORT): access and auth commands go through it, "
+    "signed with KEYWARD_KEY [env KEYWARD_URL].",
+)
+@click.option(
     "--inventory",
     envvar="KEYWARD_INVENTORY",
     metavar="DIR",
@@ -192,6 +208,7 @@ def cli(
     ctx: click.Context,
     db: str | None,
     actor: str | None,
+    server_url: str | None,
     inventory: str | None,
     verbose: int,
     quiet: bool,
@@ -200,14 +217,19 @@ def cli(
     """keyward: who can log in where, why and since when, kept true on every host."""
     if verbose and quiet:
         raise UsageError("-v and -q contradict each other; give one")
-    # The daemon's only output is its log: it reports at info unless told otherwise.
-    default = "info" if ctx.invoked_subcommand == "daemon" else "warning"
+    # The daemon's and the server's only output is their log: info unless told otherwise.
+    default = "info" if ctx.invoked_subcommand in ("daemon", "server") else "warning"
     configure(
         log_format=log_format,
         level=console_level(verbose, quiet, log_format, default=default),
     )
     CONSOLE.quiet = quiet
-    app = AppContext(db=db, actor=actor or default_actor(dict(os.environ)), inventory=inventory)
+    app = AppContext(
+        db=db,
+        actor=actor or default_actor(dict(os.environ)),
+        inventory=inventory,
+        server_url=server_url,
+    )
     ctx.obj = app
     ctx.call_on_close(app.close)
 

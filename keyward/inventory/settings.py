@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from keyward.errors import InventoryError
 from keyward.inventory.directory_settings import DirectorySettings, read_directory
 from keyward.inventory.model import AgentSettings, PolicySettings
 from keyward.inventory.reader import Problem, Reader, read_toml, short
+from keyward.inventory.server import ServerSettings, read_server_settings
 from keyward.keys import DSA, KNOWN_TYPES
 
 SETTINGS_FILE = "keyward.toml"
@@ -28,7 +30,7 @@ DEFAULT_MAX_KEY_AGE_DAYS = 365
 DEFAULT_MIN_RSA_BITS = 3072
 DEFAULT_PROOF_MAX_AGE_DAYS = 30
 
-_SETTINGS_FIELDS = ("agent", "policy", "directory")
+_SETTINGS_FIELDS = ("agent", "policy", "directory", "server")
 _AGENT_FIELDS = (
     "identity",
     "identity_pub",
@@ -64,6 +66,7 @@ def read_settings(
         data = read_toml(path, problems) or {}
     reader = Reader(SETTINGS_FILE, problems)
     reader.fields(data, "", _SETTINGS_FIELDS)
+    read_server_settings(data, reader)  # checked with the rest; `keyward server` reads it again
     agent = reader.table(data, "", "agent") or {}
     reader.fields(agent, "agent", _AGENT_FIELDS)
     identity = _path(root, reader, agent, "identity", DEFAULT_IDENTITY)
@@ -125,6 +128,17 @@ def read_settings(
         ),
         directory,
     )
+
+
+def load_server_settings(root: Path) -> ServerSettings:
+    """``[server]`` of ``root``'s ``keyward.toml`` (defaults without one); ``InventoryError``."""
+    problems: list[Problem] = []
+    path = root / SETTINGS_FILE
+    data = (read_toml(path, problems) or {}) if path.exists() else {}
+    settings = read_server_settings(data, Reader(SETTINGS_FILE, problems))
+    if problems:
+        raise InventoryError(str(problems[0]))
+    return settings
 
 
 def _failure_mode(reader: Reader, policy: Mapping[str, Any]) -> str:

@@ -1,0 +1,79 @@
+"""``keyward server``: the registry over HTTP for a team, with proven identities."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from keyward.cli.context import AppContext
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.command("server")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8443",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to listen on; beyond loopback only with TLS.",
+)
+@click.option("--tls-cert", metavar="FILE", help="TLS certificate chain (PEM).")
+@click.option("--tls-key", metavar="FILE", help="TLS private key (PEM).")
+@click.option(
+    "--state-dir",
+    metavar="DIR",
+    help="Where the session secret is kept (server.secret, 0600) [env KEYWARD_STATE_DIR; "
+    "default /var/lib/keyward for root].",
+)
+@pass_app
+def server(
+    app: AppContext, listen: str, tls_cert: str | None, tls_key: str | None, state_dir: str | None
+) -> None:
+    """Serve the registry over HTTP to people who sign in with their own registered key."""
+    from pathlib import Path
+
+    from keyward.auth.nonces import NonceStore
+    from keyward.auth.tokens import load_or_create_secret
+    from keyward.inventory import load_inventory
+    from keyward.inventory.server import ServerSettings
+    from keyward.inventory.settings import load_server_settings
+    from keyward.logs import get_logger
+    from keyward.registry.location import default_state_dir
+    from keyward.server.app import ServerState, build_app
+    from keyward.server.identity import Verifier
+    from keyward.server.run import check_tls, parse_listen, serve
+
+    address = parse_listen(listen)
+    tls = check_tls(address, tls_cert, tls_key)
+    root = app.inventory_dir()
+    inventory = load_inventory(root) if root.is_dir() else None
+    settings = load_server_settings(root) if root.is_dir() else ServerSettings()
+    state = Path(state_dir) if state_dir else default_state_dir(dict(os.environ), os.geteuid())
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret = load_or_create_secret(state / "server.secret")
+    registry = app.registry()
+    registry.head()  # an unreachable or uninitialised registry fails now, not per request
+    app_state = ServerState(
+        registry=registry,
+        settings=settings,
+        verifier=Verifier(settings.min_attestation, secret, NonceStore()),
+        clock=app.clock,
+        inventory=inventory,
+    )
+    get_logger(component="server").info(
+        "server_start",
+        listen=f"{address.host}:{address.port}",
+        tls=tls is not None,
+        registry=registry.backend,
+        admin_role=settings.admin_role,
+        auditor_role=settings.auditor_role,
+        min_attestation=settings.min_attestation,
+    )
+    serve(build_app(app_state), address, tls)
+    get_logger(component="server").info("server_stop")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(server)
