@@ -17,6 +17,7 @@ from typing import Any
 import asyncssh
 
 from keyward.agent.connection import Credentials, HostConnection
+from keyward.clock import Clock
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
 from keyward.inventory.model import Host
@@ -107,6 +108,7 @@ class RunContext:
     now: datetime
     agent_fingerprint: str | None
     run_id: str
+    clock: Clock  # when each host's work starts and ends (``now`` stays the plan's moment)
     dry_run: bool = False
     log: Any = field(default_factory=get_logger)
     # Open offboarding cases: case id -> the person's fingerprints, confirmed by read-back.
@@ -398,9 +400,7 @@ def _log_confirmations(log: Any, confirmations: Sequence[Confirmation]) -> None:
 
 
 def _now(ctx: RunContext) -> datetime:
-    from keyward.clock import system_clock
-
-    return max(system_clock(), ctx.now)
+    return max(ctx.clock(), ctx.now)
 
 
 async def reconcile_fleet(

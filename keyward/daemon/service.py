@@ -404,6 +404,7 @@ class Daemon:
             now=self.clock(),
             agent_fingerprint=self.agent_key.fingerprint,
             run_id="d" + uuid.uuid4().hex[:11],
+            clock=self.clock,
             log=get_logger(),
             watch=dict(self.watch),
             collect=collect,
