@@ -100,12 +100,24 @@ def refresh(
     Offboarding reads the registry before revoking (to list the targets) and after
     (to reconcile), but the inventory only once; so does the pass after failure mode.
     """
-    from keyward.desired import compute_desired
     from keyward.registry.snapshot import load_snapshot
 
     now = clock()
     with registry.read() as session:
         snapshot = load_snapshot(session)
+    return compute_inputs(snapshot, inv, hosts, agent_key, now)
+
+
+def compute_inputs(
+    snapshot: RegistrySnapshot,
+    inv: Inventory,
+    hosts: tuple[Host, ...],
+    agent_key: PublicKey,
+    now: datetime,
+) -> RoundInputs:
+    """The desired state of ``hosts`` at ``now`` (pure; the daemon runs it off its loop)."""
+    from keyward.desired import compute_desired
+
     desired = compute_desired(snapshot, inv, hosts, agent_key, now)
     return RoundInputs(inv, hosts, snapshot, desired, agent_key, now)
 

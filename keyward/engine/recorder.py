@@ -21,6 +21,7 @@ from keyward.errors import KeywardError, RegistryUnavailable
 
 if TYPE_CHECKING:
     from keyward.agent.reconcile import HostResult
+    from keyward.engine.inputs import RoundInputs
     from keyward.inventory.model import PolicySettings
     from keyward.registry.store import Registry
     from keyward.state import RegistrySnapshot
@@ -48,6 +49,14 @@ class LoginSink:
     snapshot: RegistrySnapshot
     policy: PolicySettings
     known_keys: Mapping[str, str]
+
+    @classmethod
+    def of(cls, inputs: RoundInputs) -> LoginSink:
+        """Logins attributed with the round's snapshot, policy and service keys."""
+        from keyward.agent.attribution import service_keys
+
+        known = service_keys(inputs.inventory, inputs.agent_key.fingerprint)
+        return cls(inputs.snapshot, inputs.inventory.policy, known)
 
 
 @dataclass
@@ -133,7 +142,7 @@ class Recorder:
             for result in pending:
                 if not self._record_hosts([result], quiet=True):
                     self.unrecorded.append(result)
-            if self.unrecorded:
+            if self.unrecorded and attempt + 1 < policy.attempts:
                 sleep(policy.delay(attempt))
         if self.unrecorded:
             names = ", ".join(r.host.name for r in self.unrecorded)

@@ -13,18 +13,25 @@ The engine prints nothing: progress goes to a ``progress`` callback, lock waits 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keyward.clock import Clock
-from keyward.engine.inputs import RoundInputs, checked_credentials, open_case_watch, refresh
+from keyward.engine.inputs import (
+    CaseWatch,
+    RoundInputs,
+    checked_credentials,
+    open_case_watch,
+    refresh,
+)
 from keyward.engine.recorder import RETRY, LoginSink, Recorder, RetryPolicy
 from keyward.logs import get_logger
 
 if TYPE_CHECKING:
-    from keyward.agent.reconcile import HostResult
+    from keyward.agent.connection import Credentials
+    from keyward.agent.reconcile import HostResult, RunContext
     from keyward.registry.store import Registry
 
 Advance = Callable[[bool], None]  # called once per finished host: advance(failed)
@@ -74,6 +81,40 @@ def writers_lock(
         yield
 
 
+def new_run_id(prefix: str = "") -> str:
+    """A round's id in logs and audit events: 12 characters (the daemon's start with ``d``)."""
+    return prefix + uuid.uuid4().hex[: 12 - len(prefix)]
+
+
+def host_context(
+    inputs: RoundInputs,
+    creds: Credentials,
+    clock: Clock,
+    run_id: str,
+    watch: CaseWatch,
+    settings: RoundSettings,
+    auth_positions: Mapping[str, dict[str, Any]],
+) -> RunContext:
+    """What each host of a round is handled with (``settings.collect`` taken as given)."""
+    from keyward.agent.reconcile import RunContext
+
+    return RunContext(
+        snapshot=inputs.snapshot,
+        desired=inputs.desired,
+        creds=creds,
+        now=inputs.now,
+        agent_fingerprint=inputs.agent_key.fingerprint,
+        run_id=run_id,
+        clock=clock,
+        dry_run=settings.dry_run,
+        log=get_logger(),
+        watch=dict(watch),
+        collect=settings.collect,
+        auth_positions=dict(auth_positions),
+        check_sshd=settings.check_sshd,
+    )
+
+
 def run_round(
     surroundings: Surroundings,
     inputs: RoundInputs,
@@ -88,32 +129,26 @@ def run_round(
     """
     import asyncio
 
-    from keyward.agent.attribution import saved_positions, service_keys
+    from keyward.agent.attribution import saved_positions
     from keyward.agent.limits import fds_needed, raise_fd_limit
-    from keyward.agent.reconcile import RunContext, reconcile_fleet
+    from keyward.agent.reconcile import reconcile_fleet
     from keyward.engine.batches import BatchRecorder
 
     registry = surroundings.registry
     watch = open_case_watch(registry)
     creds = checked_credentials(inputs.inventory, inputs.agent_key)
-    run_id = uuid.uuid4().hex[:12]
+    run_id = new_run_id()
     log = get_logger(run_id=run_id)
     dry_run = settings.dry_run
     collecting = settings.collect and not dry_run
-    ctx = RunContext(
-        snapshot=inputs.snapshot,
-        desired=inputs.desired,
-        creds=creds,
-        now=inputs.now,
-        agent_fingerprint=inputs.agent_key.fingerprint,
-        run_id=run_id,
-        clock=surroundings.clock,
-        dry_run=dry_run,
-        log=get_logger(),
-        watch=watch,
-        collect=collecting,
-        auth_positions=saved_positions(registry) if collecting else {},
-        check_sshd=settings.check_sshd,
+    ctx = host_context(
+        inputs,
+        creds,
+        surroundings.clock,
+        run_id,
+        watch,
+        replace(settings, collect=collecting),
+        saved_positions(registry) if collecting else {},
     )
     limit = settings.concurrency or inputs.inventory.agent.concurrency
     # Concurrency bounds the open connections; the soft fd limit must cover them.
@@ -125,11 +160,7 @@ def run_round(
         run_id,
         tuple(watch),
         log,
-        LoginSink(
-            inputs.snapshot,
-            inputs.inventory.policy,
-            service_keys(inputs.inventory, inputs.agent_key.fingerprint),
-        ),
+        LoginSink.of(inputs),
     )
 
     async def run_and_record() -> list[HostResult]:
