@@ -64,7 +64,7 @@ def test_the_retry_policy_doubles_up_to_its_maximum() -> None:
 
 def test_a_refused_batch_is_kept_and_recorded_by_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = refusing(times=2)
-    monkeypatch.setattr("keyward.agent.record.record_hosts", fake)
+    monkeypatch.setattr("keyward.registry.record.record_hosts", fake)
     log = Log()
     rec = recorder(log)
     rec.record([result("web1"), result("web2")])
@@ -84,7 +84,7 @@ def test_a_refused_batch_is_kept_and_recorded_by_the_retry(monkeypatch: pytest.M
 def test_hosts_never_recorded_are_named_and_the_last_attempt_does_not_sleep(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("keyward.agent.record.record_hosts", refusing(times=1000))
+    monkeypatch.setattr("keyward.registry.record.record_hosts", refusing(times=1000))
     rec = recorder(Log())
     rec.record([result("web1")])
     slept: list[float] = []
@@ -94,7 +94,7 @@ def test_hosts_never_recorded_are_named_and_the_last_attempt_does_not_sleep(
 
 
 def test_nothing_to_retry_sleeps_not_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("keyward.agent.record.record_hosts", refusing(times=0))
+    monkeypatch.setattr("keyward.registry.record.record_hosts", refusing(times=0))
     rec = recorder(Log())
     rec.record([result("web1")])
     slept: list[float] = []

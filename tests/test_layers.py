@@ -168,7 +168,7 @@ CASES = [
     ("keyward.engine.round", "from keyward import cli\n", True),
     ("keyward.engine.round", "from keyward.registry.store import Registry\n", False),
     ("keyward.engine.round", "from keyward.agent.reconcile import HostResult\n", False),
-    ("keyward.agent.record", "from keyward.cli.context import AppContext\n", True),
+    ("keyward.registry.record", "from keyward.cli.context import AppContext\n", True),
     ("keyward.daemon.service", "def f():\n    import keyward.cli.main\n", True),
     ("keyward.registry.backup", "from keyward.cli import backup_cmds\n", True),
     ("keyward.cli.lifecycle_cmds", "from keyward.cli.agent_cmds import load_inputs\n", False),

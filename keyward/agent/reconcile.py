@@ -60,7 +60,7 @@ class AuthBatch:
     @property
     def kind(self) -> str:
         """``journal`` or ``file:<path>``: what the lines came from, which decides whether
-        they may be attributed (see ``keyward.agent.attribution``)."""
+        they may be attributed (see ``keyward.logins.trusted_source``)."""
         if self.source == "journal":
             return "journal"
         path = (self.position or {}).get("path")

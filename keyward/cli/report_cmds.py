@@ -50,8 +50,8 @@ def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str
 def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
     from sqlmodel import col, select
 
-    from keyward.agent.login_store import source_of_pos
     from keyward.registry import ops, subjects
+    from keyward.registry.login_store import source_of_pos
     from keyward.registry.models import (
         AuditEvent,
         LoginEvent,

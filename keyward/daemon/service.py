@@ -34,7 +34,6 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from keyward.agent.attribution import saved_positions
 from keyward.agent.connection import Credentials
 from keyward.agent.limits import fds_needed, raise_fd_limit
 from keyward.agent.reconcile import (
@@ -72,6 +71,7 @@ from keyward.inventory import check_inventory
 from keyward.inventory.model import Inventory
 from keyward.keys import PublicKey
 from keyward.logs import get_logger
+from keyward.registry.attribution import saved_positions
 from keyward.registry.models import AuditEvent, DaemonStatus
 from keyward.registry.store import Registry
 from keyward.state import RegistrySnapshot

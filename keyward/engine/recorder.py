@@ -53,7 +53,7 @@ class LoginSink:
     @classmethod
     def of(cls, inputs: RoundInputs) -> LoginSink:
         """Logins attributed with the round's snapshot, policy and service keys."""
-        from keyward.agent.attribution import service_keys
+        from keyward.logins import service_keys
 
         known = service_keys(inputs.inventory, inputs.agent_key.fingerprint)
         return cls(inputs.snapshot, inputs.inventory.policy, known)
@@ -91,7 +91,7 @@ class Recorder:
 
     def _record_hosts(self, batch: list[HostResult], quiet: bool = False) -> bool:
         """Whether the batch was recorded; ``quiet`` retries log nothing more."""
-        from keyward.agent.record import record_hosts
+        from keyward.registry.record import record_hosts
 
         try:
             record_hosts(self.registry, self.actor, batch, self.run_id, self.case_ids)
@@ -104,7 +104,7 @@ class Recorder:
         return True
 
     def _record_logins(self, batch: list[HostResult]) -> None:
-        from keyward.agent.attribution import record_logins
+        from keyward.registry.attribution import record_logins
 
         with_logins = [r for r in batch if r.auth is not None and r.auth.position is not None]
         if self.logins is None or not with_logins:
@@ -153,7 +153,7 @@ class Recorder:
 
     def notify(self, command: str | None) -> None:
         """Log the alerts raised so far and hand them to the ``alert_command``."""
-        from keyward.agent.attribution import notify
+        from keyward.registry.attribution import notify
 
         if self.alerts:
             notify(self.registry, self.actor, tuple(self.alerts), command)

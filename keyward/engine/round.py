@@ -70,7 +70,7 @@ def writers_lock(
 
     ``on_wait(holder)`` is called when another writer holds it; ``wait`` bounds the wait.
     """
-    from keyward.agent.lock import Holder, reconcile_lock
+    from keyward.registry.lock import Holder, reconcile_lock
 
     with reconcile_lock(
         surroundings.registry,
@@ -129,10 +129,10 @@ def run_round(
     """
     import asyncio
 
-    from keyward.agent.attribution import saved_positions
     from keyward.agent.limits import fds_needed, raise_fd_limit
     from keyward.agent.reconcile import reconcile_fleet
     from keyward.engine.batches import BatchRecorder
+    from keyward.registry.attribution import saved_positions
 
     registry = surroundings.registry
     watch = open_case_watch(registry)
