@@ -40,8 +40,11 @@ def result(name: str) -> Any:
     return SimpleNamespace(host=SimpleNamespace(name=name), auth=None)
 
 
+NOBODY: Any = object()  # what the fakes below never look at (registry, snapshot, creds)
+
+
 def recorder(log: Log) -> Recorder:
-    return Recorder(Any, "tester", lambda: NOW, "run1", (), log)  # type: ignore[arg-type]
+    return Recorder(NOBODY, "tester", lambda: NOW, "run1", (), log)
 
 
 def refusing(times: int) -> Any:
@@ -107,9 +110,9 @@ def test_nothing_to_retry_sleeps_not_at_all(monkeypatch: pytest.MonkeyPatch) -> 
 
 def context(clock: Any = lambda: NOW) -> RunContext:
     return RunContext(
-        snapshot=Any,  # type: ignore[arg-type]
+        snapshot=NOBODY,
         desired={},
-        creds=Any,  # type: ignore[arg-type]
+        creds=NOBODY,
         now=NOW,
         agent_fingerprint=None,
         run_id="run1",
