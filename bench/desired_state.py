@@ -665,7 +665,7 @@ def main() -> int:
                 f"{row['queries_total']} queries ({row['queries_load_snapshot']} in load_snapshot)"
             )
         for row in q["cli_prepare"]:
-            print(f"  CLI prepare(), {row['hosts']} hosts: {row['queries']} queries")
+            print(f"  engine load_inputs(), {row['hosts']} hosts: {row['queries']} queries")
         print(f"  independent of hosts: {q['independent_of_hosts']}")
     text = json.dumps(results, indent=2, default=str)
     if args.json:
