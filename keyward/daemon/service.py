@@ -437,6 +437,8 @@ class Daemon:
         for result in recorder.logins_stored:
             assert result.auth is not None and result.auth.position is not None
             self.auth_positions[result.host.name] = result.auth.position
+        if not recorder.alerts:
+            return
         try:
             await asyncio.to_thread(recorder.notify, inputs.inventory.policy.alert_command)
         except KeywardError as exc:
