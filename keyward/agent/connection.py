@@ -20,7 +20,7 @@ import asyncssh
 
 from keyward.agent.bootstrap import remote_command
 from keyward.agent.hostkeys import host_key_options
-from keyward.errors import HostError
+from keyward.errors import HostError, HostProtocolError
 from keyward.inventory.model import Host
 
 REQUEST_TIMEOUT = 60.0
@@ -86,9 +86,16 @@ class RemoteHelper:
                 line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
             except TimeoutError:
                 raise HostError(f"{self._host}: no answer to {op} within {timeout:.0f}s") from None
+            except UnicodeDecodeError:
+                raise HostProtocolError(f"{self._host}: the answer to {op} is not UTF-8") from None
             if not line:
                 raise HostError(f"{self._host}: the remote helper exited (is python3 installed?)")
-            reply: dict[str, Any] = json.loads(line)
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                raise HostProtocolError(f"{self._host}: the answer to {op} is not JSON") from None
+            if not isinstance(reply, dict):
+                raise HostProtocolError(f"{self._host}: the answer to {op} is not a JSON object")
             if reply.get("id") != self._next_id:
                 raise HostError(f"{self._host}: remote helper answered out of order")
             return reply
@@ -101,7 +108,13 @@ class RemoteHelper:
         )
         if not reply.get("ok"):
             raise HostError(f"{self._host}: read failed: {_error_text(reply)}")
-        result: list[dict[str, Any]] = reply["files"]
+        result = reply.get("files")
+        if (
+            not isinstance(result, list)
+            or len(result) != len(files)
+            or not all(isinstance(item, dict) for item in result)
+        ):
+            raise HostProtocolError(f"{self._host}: the answer to read does not list every file")
         return result
 
     async def write(
@@ -126,7 +139,9 @@ class RemoteHelper:
 
 
 def _error_text(reply: dict[str, Any]) -> str:
-    error = reply.get("error") or {}
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        return str(error or "unknown error")
     return str(error.get("message") or error.get("code") or "unknown error")
 
 

@@ -17,8 +17,9 @@ from typing import Any
 import asyncssh
 
 from keyward.agent.connection import Credentials, HostConnection
+from keyward.clock import Clock
 from keyward.desired import DesiredFile, FileTarget
-from keyward.errors import HostError
+from keyward.errors import HostError, HostProtocolError
 from keyward.inventory.model import Host
 from keyward.logins import LOGIN_MARKERS, LogLine
 from keyward.logs import get_logger
@@ -107,6 +108,7 @@ class RunContext:
     now: datetime
     agent_fingerprint: str | None
     run_id: str
+    clock: Clock  # when each host's work starts and ends (``now`` stays the plan's moment)
     dry_run: bool = False
     log: Any = field(default_factory=get_logger)
     # Open offboarding cases: case id -> the person's fingerprints, confirmed by read-back.
@@ -126,11 +128,22 @@ class RunContext:
 STUCK_CODES = frozenset({"timeout", "busy"})
 
 
+def _error_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """The helper's ``error`` object; anything else a host sends there counts as none."""
+    error = reply.get("error")
+    return error if isinstance(error, dict) else {}
+
+
 def observed_from_reply(target: FileTarget, reply: dict[str, Any]) -> Observed:
-    error = reply.get("error") or {}
+    error = _error_of(reply)
     content = None
     if reply.get("content_b64") is not None:
-        content = base64.b64decode(reply["content_b64"])
+        try:
+            content = base64.b64decode(reply["content_b64"], validate=True)
+        except (TypeError, ValueError):
+            raise HostProtocolError(
+                f"{target.host}: the content read from {target.account}'s file is not base64"
+            ) from None
     return Observed(
         target=target,
         state=reply.get("state", "error"),
@@ -159,7 +172,7 @@ async def _apply_file(conn: HostConnection, plan: FilePlan, ctx: RunContext) -> 
         plan.target.account, plan.target.pattern, plan.new_content, plan.expect_sha256
     )
     if not reply.get("ok"):
-        error = reply.get("error") or {}
+        error = _error_of(reply)
         message = str(error.get("message") or error.get("code") or "write failed")
         log.error("file_write_failed", path=plan.path, code=error.get("code"), error=message)
         return FileResult(plan, error=message)
@@ -242,9 +255,11 @@ async def sshd_warnings(conn: HostConnection) -> tuple[str, ...]:
         "sshd_config", user=conn.host.login, config=conn.host.sshd_config
     )
     if not reply.get("ok"):
-        error = reply.get("error") or {}
+        error = _error_of(reply)
         return (f"cannot read sshd's configuration (sshd -T): {error.get('message')}",)
     settings = reply.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise HostProtocolError(f"{conn.host.name}: the answer to sshd_config has no settings")
     out: list[str] = []
     level = str(settings.get("loglevel", "")).upper()
     if level not in ("VERBOSE", "DEBUG", "DEBUG1", "DEBUG2", "DEBUG3"):
@@ -270,7 +285,7 @@ async def collect_auth_log(conn: HostConnection, ctx: RunContext) -> AuthBatch:
         match=list(LOGIN_MARKERS),
     )
     if not reply.get("ok"):
-        error = reply.get("error") or {}
+        error = _error_of(reply)
         message = str(error.get("message") or error.get("code") or "auth log unreadable")
         ctx.log.bind(host=conn.host.name).warning("auth_log_unreadable", error=message)
         return AuthBatch(conn.host.auth_log, (), None, message)
@@ -280,9 +295,12 @@ async def collect_auth_log(conn: HostConnection, ctx: RunContext) -> AuthBatch:
         message = f"asked for {conn.host.auth_log}, the host answered with the journal"
         ctx.log.bind(host=conn.host.name).warning("auth_log_unreadable", error=message)
         return AuthBatch(conn.host.auth_log, (), None, message)
+    items = reply.get("lines", [])
+    if not isinstance(items, list):
+        raise HostProtocolError(f"{conn.host.name}: the answer to auth_log has no list of lines")
     lines = tuple(
         LogLine(str(item.get("text", "")), item.get("ts"), item.get("pos"))
-        for item in reply.get("lines", [])
+        for item in items
         if isinstance(item, dict)
     )
     position: dict[str, Any] = {"source": reply.get("source")}
@@ -304,7 +322,10 @@ def failed(host: Host, started: datetime, ctx: RunContext, exc: Exception) -> Ho
     return HostResult(host, started, _now(ctx), error=message)
 
 
-HOST_FAILURES = (HostError, OSError, ValueError, KeyError, asyncssh.Error)
+# What fails one host and not the round: keyward's own errors about the host (unreachable,
+# refused, a helper answer it cannot read: HostProtocolError) and the network's. Anything
+# else is a bug in keyward and raises, instead of showing up as "host failed".
+HOST_FAILURES = (HostError, OSError, asyncssh.Error)
 
 
 async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
@@ -398,9 +419,7 @@ def _log_confirmations(log: Any, confirmations: Sequence[Confirmation]) -> None:
 
 
 def _now(ctx: RunContext) -> datetime:
-    from keyward.clock import system_clock
-
-    return max(system_clock(), ctx.now)
+    return max(ctx.clock(), ctx.now)
 
 
 async def reconcile_fleet(

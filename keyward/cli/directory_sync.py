@@ -181,26 +181,18 @@ def offboard_and_confirm(
     """
     from sqlmodel import col, select
 
-    from keyward.cli.agent_cmds import prepare, refresh, run_agent, say_lock_wait
-    from keyward.cli.lifecycle_cmds import _targets
+    from keyward.cli.rounds import load_inputs, say_lock_wait, surroundings
+    from keyward.engine.offboarding import case_targets, confirm_round
     from keyward.registry.directory import offboard_people
-    from keyward.registry.lock import Holder, reconcile_lock
     from keyward.registry.models import OffboardingCase, OffboardingTarget
 
-    before = prepare(app, None, None)
-    targets = {leaver.username: _targets(before, leaver.username) for leaver in leavers}
+    before = load_inputs(app, None, None)
+    targets = {leaver.username: case_targets(before, leaver.username) for leaver in leavers}
     registry = app.registry()
     with registry.write(app.actor) as tx:
         cases = [case.id or 0 for case in offboard_people(tx, leavers, targets)]
     log_events(tx)
-    with reconcile_lock(
-        registry,
-        wait=float("inf"),
-        holder=Holder("keyward directory sync", app.actor),
-        on_wait=say_lock_wait,
-    ):
-        after = refresh(app, before.inventory, before.hosts, before.agent_key)
-        run_agent(app, None, None, None, dry_run=False, prepared=after)
+    confirm_round(surroundings(app), before, "keyward directory sync", say_lock_wait)
     with registry.read() as session:
         open_hosts = session.exec(
             select(OffboardingTarget.host)

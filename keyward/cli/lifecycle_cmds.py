@@ -14,7 +14,6 @@ from keyward.cli.output import chatter, emit_json, table, ts
 from keyward.errors import RegistryError
 
 if TYPE_CHECKING:
-    from keyward.cli.agent_cmds import Prepared
     from keyward.registry.models import OffboardingCase
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -40,22 +39,6 @@ def offboard() -> None:
     keyward offboard USERNAME --reason TEXT    revoke everything, reconcile, confirm
     keyward offboard status USERNAME           where the case stands
     """
-
-
-def _targets(prepared: Prepared, username: str) -> list[tuple[str, str, str, bool]]:
-    """Every managed file of the fleet, marking those where the person had access."""
-    return [
-        (
-            target.host,
-            target.account,
-            target.pattern,
-            any(line.owner == username and line.kind == "person" for line in desired.lines),
-        )
-        for target, desired in sorted(
-            prepared.desired.items(),
-            key=lambda item: (item[0].host, item[0].account, item[0].pattern),
-        )
-    ]
 
 
 def _case_rows(app: AppContext, username: str) -> tuple[OffboardingCase, list[dict[str, Any]]]:
@@ -96,7 +79,7 @@ def _case_rows(app: AppContext, username: str) -> tuple[OffboardingCase, list[di
 
 
 def _print_case(case: OffboardingCase, rows: list[dict[str, Any]], as_json: bool) -> int:
-    from keyward.cli.agent_cmds import EXIT_FAILED
+    from keyward.cli.rounds import EXIT_FAILED
 
     unconfirmed = [r for r in rows if r["confirmed_at"] is None]
     if as_json:
@@ -144,12 +127,13 @@ def offboard_start(
     ctx: click.Context, app: AppContext, username: str, reason: str, as_json: bool
 ) -> None:
     """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back."""
-    from keyward.cli.agent_cmds import prepare, refresh, run_agent, say_lock_wait
+    from keyward.cli.output import progress
+    from keyward.cli.rounds import load_inputs, say_lock_wait, surroundings
+    from keyward.engine.offboarding import case_targets, confirm_round
     from keyward.registry import lifecycle
-    from keyward.registry.lock import Holder, reconcile_lock
 
-    before = prepare(app, None, None)
-    targets = _targets(before, username)
+    before = load_inputs(app, None, None)
+    targets = case_targets(before, username)
     registry = app.registry()
     with registry.write(app.actor) as tx:
         case = lifecycle.offboard(tx, username, reason, targets)
@@ -159,15 +143,7 @@ def offboard_start(
             f"offboarding case {case.id}: {username} revoked in the registry; "
             f"confirming on {len({t[0] for t in targets})} hosts"
         )
-    with reconcile_lock(
-        registry,
-        wait=float("inf"),
-        holder=Holder("keyward offboard", app.actor),
-        on_wait=say_lock_wait,
-    ):
-        # The registry is read again (the revocation is in it); the inventory is not.
-        after = refresh(app, before.inventory, before.hosts, before.agent_key)
-        run_agent(app, None, None, None, dry_run=False, prepared=after)
+    confirm_round(surroundings(app), before, "keyward offboard", say_lock_wait, progress)
     case, rows = _case_rows(app, username)
     ctx.exit(_print_case(case, rows, as_json))
 
