@@ -139,15 +139,17 @@ def test_each_open_case_gets_its_own_evidence() -> None:
     assert out[1].error == "1 of the person's keys still present"
 
 
-class _Helper:
+class _Host:
     """Answers the ``auth_log`` request as a host's helper would, with a chosen source."""
 
-    def __init__(self, reply: dict[str, object]) -> None:
+    def __init__(self, host: object, reply: dict[str, object]) -> None:
+        self.host = host
         self.reply = reply
 
-    async def call(self, op: str, **args: object) -> dict[str, object]:
-        assert op == "auth_log"
-        return self.reply
+    async def auth_log(self, source: str, **args: object) -> object:
+        from keyward.agent.transport import auth_log_read
+
+        return auth_log_read(self.reply)
 
 
 JOURNAL_REPLY = {
@@ -175,7 +177,7 @@ def test_a_batch_is_journal_only_where_the_inventory_asked_for_it(
 
     host = Host("h1", "prod", "127.0.0.1", 22, "root", ("%h/.ssh/authorized_keys",),
                 "exclusive", (), ("root",), auth_log=asked)  # fmt: skip
-    conn = SimpleNamespace(host=host, helper=_Helper(JOURNAL_REPLY))
+    conn = _Host(host, JOURNAL_REPLY)
     ctx = SimpleNamespace(auth_positions={}, log=SimpleNamespace(bind=lambda **_: _Quiet()))
     batch = asyncio.run(collect_auth_log(cast(Any, conn), cast(Any, ctx)))
     assert len(batch.lines) == lines

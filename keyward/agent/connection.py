@@ -4,6 +4,10 @@ The agent never trusts a host it has not pinned: host keys come only from the
 inventory's known_hosts file, ``config=[]`` keeps a user's ``~/.ssh/config``
 from weakening anything, and no SSH agent is consulted.  Over each connection
 one ``remote.py`` process serves every request for that host.
+
+``HostConnection`` is the SSH implementation of ``keyward.agent.transport.HostTransport``:
+it sends the helper's requests and reads its JSON replies into the transport's typed
+replies, anything malformed becoming ``HostError``.  ``Credentials`` is its ``Connector``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,16 @@ from typing import Any
 import asyncssh
 
 from keyward.agent.bootstrap import remote_command
+from keyward.agent.transport import (
+    AuthLogRead,
+    FileRead,
+    SshdConfig,
+    WriteResult,
+    auth_log_read,
+    file_read,
+    sshd_config_read,
+    write_result,
+)
 from keyward.errors import HostError
 from keyward.inventory.model import Host
 
@@ -60,6 +75,10 @@ class Credentials:
                 "run 'keyward hosts scan --write'"
             ) from None
         return cls(key, asyncssh.import_known_hosts(text), text, connect_timeout, python)
+
+    async def open(self, host: Host, *, keepalive: float = 0) -> HostConnection:
+        """The ``Connector`` for real hosts: an SSH connection with these credentials."""
+        return await HostConnection.open(host, self, keepalive=keepalive)
 
 
 def known_hosts_name(host: Host) -> str:
@@ -119,29 +138,6 @@ class RemoteHelper:
             if reply.get("id") != self._next_id:
                 raise HostError(f"{self._host}: remote helper answered out of order")
             return reply
-
-    async def read(self, files: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        reply = await self.call(
-            "read",
-            timeout=read_timeout(len(files)),
-            files=[{"account": account, "pattern": pattern} for account, pattern in files],
-        )
-        if not reply.get("ok"):
-            raise HostError(f"{self._host}: read failed: {_error_text(reply)}")
-        result: list[dict[str, Any]] = reply["files"]
-        return result
-
-    async def write(
-        self, account: str, pattern: str, content: bytes, expect_sha256: str | None
-    ) -> dict[str, Any]:
-        return await self.call(
-            "write",
-            account=account,
-            pattern=pattern,
-            content_b64=base64.b64encode(content).decode("ascii"),
-            expect_sha256=expect_sha256,
-            create_dir=True,
-        )
 
     async def close(self) -> None:
         try:
@@ -222,6 +218,62 @@ class HostConnection:
             conn.close()
             raise
         return cls(host, conn, helper)
+
+    async def read(self, files: Sequence[tuple[str, str]]) -> list[FileRead]:
+        reply = await self.helper.call(
+            "read",
+            timeout=read_timeout(len(files)),
+            files=[{"account": account, "pattern": pattern} for account, pattern in files],
+        )
+        if not reply.get("ok"):
+            raise HostError(f"{self.host.name}: read failed: {_error_text(reply)}")
+        try:
+            entries = reply["files"]
+            result = [file_read(entry) for entry in entries]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HostError(f"{self.host.name}: malformed reply to read: {exc}") from None
+        if len(result) != len(files):
+            raise HostError(f"{self.host.name}: read answered {len(result)} of {len(files)} files")
+        return result
+
+    async def write(
+        self, account: str, pattern: str, content: bytes, expect_sha256: str | None
+    ) -> WriteResult:
+        reply = await self.helper.call(
+            "write",
+            account=account,
+            pattern=pattern,
+            content_b64=base64.b64encode(content).decode("ascii"),
+            expect_sha256=expect_sha256,
+            create_dir=True,
+        )
+        return write_result(reply)
+
+    async def auth_log(
+        self,
+        source: str,
+        *,
+        cursor: str | None,
+        position: Mapping[str, Any] | None,
+        match: Sequence[str],
+    ) -> AuthLogRead:
+        reply = await self.helper.call(
+            "auth_log",
+            source=source,
+            cursor=cursor,
+            position=None if position is None else dict(position),
+            match=list(match),
+        )
+        return auth_log_read(reply)
+
+    async def sshd_config(self, user: str, config: str | None) -> SshdConfig:
+        return sshd_config_read(await self.helper.call("sshd_config", user=user, config=config))
+
+    def abort(self) -> None:
+        self.conn.close()
+
+    async def wait_closed(self) -> None:
+        await self.conn.wait_closed()
 
     async def close(self) -> None:
         await self.helper.close()
