@@ -115,8 +115,10 @@ def run(
     fleet: FakeFleet,
     desired: Mapping[FileTarget, DesiredFile],
     snap: RegistrySnapshot | None = None,
+    concurrency: int = 8,
     **options: Any,
 ) -> tuple[list[HostResult], Events]:
+    """One round over ``hosts`` as ``keyward reconcile`` runs it; its results and log."""
     log = Events()
     ctx = RunContext(
         snapshot=snap or snapshot(),
@@ -128,7 +130,7 @@ def run(
         log=log,
         **options,
     )
-    return asyncio.run(reconcile_fleet(hosts, ctx, concurrency=8)), log
+    return asyncio.run(reconcile_fleet(hosts, ctx, concurrency)), log
 
 
 def fingerprints(fake: FakeHost, account: str) -> set[str]:
@@ -174,6 +176,34 @@ def test_a_round_over_twenty_hosts_adds_removes_and_rotates() -> None:
     for host in hosts:
         ops = [q.op for q in fleet[host.name].requests[before[host.name] :]]
         assert ops == ["hello", "read"]
+
+
+def test_a_round_keeps_to_its_concurrency_and_a_dry_run_writes_nothing() -> None:
+    hosts = [make_host(f"h{i:02}") for i in range(20)]
+    fleet = fleet_of(hosts)
+    for host in hosts:
+        fleet[host.name].latency = 0.002
+    desired = desired_for(hosts, ("alice",), ("bob",))
+    results, _ = run(hosts, fleet, desired, concurrency=3, dry_run=True)
+    assert fleet.most_open == 3
+    assert all(r.ok and r.plan is not None and r.plan.pending for r in results)
+    assert all(q.op != "write" for h in hosts for q in fleet[h.name].requests)
+    assert all(fleet[h.name].connections == [] for h in hosts)  # every one closed
+
+
+def test_an_offboarding_is_confirmed_by_the_round_that_removes_the_keys() -> None:
+    hosts = [make_host("h0"), make_host("h1")]
+    fleet = fleet_of(hosts)
+    run(hosts, fleet, desired_for(hosts, ("bob",), ("alice", "bob")))
+    fleet["h1"].refuse = "Connection refused"
+    watch = {7: frozenset({KEYS["bob"].fingerprint})}
+    results, log = run(hosts, fleet, desired_for(hosts, (), ("alice",)), watch=watch)
+    assert [(c.account, c.clean, c.removed) for c in results[0].confirmations] == [
+        ("deploy", True, 1),
+        ("root", True, 1),
+    ]
+    assert results[1].confirmations == ()  # not reached: nothing is confirmed for it
+    assert len(log.named("offboarding_confirmed")) == 2
 
 
 def test_one_failing_host_does_not_stop_the_others() -> None:

@@ -644,6 +644,7 @@ class FakeFleet:
     agent_fingerprint: str | None = None
     connect_timeout: float = 10.0
     request_timeout: float = REQUEST_TIMEOUT
+    most_open: int = 0  # the most connections open at once, over the whole fleet
 
     def add(self, name: str) -> FakeHost:
         fake = FakeHost(name)
@@ -671,4 +672,5 @@ class FakeFleet:
         await conn.hello(self.connect_timeout * 3)
         fake.opened += 1
         fake.connections.append(conn)
+        self.most_open = max(self.most_open, sum(len(h.connections) for h in self.hosts.values()))
         return conn
