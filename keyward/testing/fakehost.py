@@ -108,7 +108,7 @@ class FakeHost:
     name: str
     entries: dict[str, Entry] = field(default_factory=lambda: {"/": Entry("dir", 0, 0, 0o755)})
     accounts: dict[str, Account] = field(default_factory=dict)
-    # sshd's log: the journal (MESSAGE, time) when ``journal``, else the file ``log_path``.
+    # Where sshd logs: the journal (MESSAGE, time) when ``journal``, else the file ``log_path``.
     journal: bool = True
     log_path: str = "/var/log/auth.log"
     journal_entries: list[tuple[str, float | None]] = field(default_factory=list)
@@ -224,12 +224,12 @@ class FakeHost:
     def _target(self, account: object, pattern: object) -> tuple[Account, str]:
         if not isinstance(account, str) or not remote.ACCOUNT_RE.fullmatch(account):
             raise remote.Refused("no_such_account", f"{account!r} is not a valid account name")
+        if not isinstance(pattern, str):
+            raise remote.Refused("bad_pattern", "pattern must be a string")
         if account not in self.accounts:
             raise remote.Refused(
                 "no_such_account", f"account {account} does not exist on this host"
             )
-        if not isinstance(pattern, str):
-            raise remote.Refused("bad_pattern", "pattern must be a string")
         found = self.accounts[account]
         path = remote.expand_pattern(pattern, found.passwd())
         if path.startswith(found.home.rstrip("/") + "/") and found.home not in self.entries:
@@ -437,7 +437,7 @@ class FakeHost:
         uid, gid, mode = owner
         self.entries[path] = Entry("file", uid, gid, mode, content)
         if path in self.after_write:
-            self._change(path, self.after_write.pop(path))
+            self.edit(path, self.after_write.pop(path))
         after, problem = self._inspect(account, path)
         if after is not None:
             reply.update(uid=after.uid, gid=after.gid, mode=after.mode)
@@ -452,7 +452,7 @@ class FakeHost:
                 "changed", f"{path} was changed by someone else right after the write"
             )
 
-    def _change(self, path: str, content: bytes | None) -> None:
+    def edit(self, path: str, content: bytes | None) -> None:
         """Someone else edits (or, with None, removes) the file."""
         if content is None:
             self.entries.pop(path, None)
@@ -576,7 +576,7 @@ class FakeConnection:
             for reply in replies:
                 path = reply.get("path")
                 if path in self.fake.after_read:
-                    self.fake._change(path, self.fake.after_read.pop(path))
+                    self.fake.edit(path, self.fake.after_read.pop(path))
             return [file_read(reply) for reply in replies]
 
         result: list[FileRead] = await self._answer(
