@@ -129,6 +129,9 @@ STUCK_CODES = frozenset({"timeout", "busy"})
 
 def observed_from_reply(target: FileTarget, reply: FileRead) -> Observed:
     error = reply.error
+    if error is None:  # the usual case, once per managed file per round: kept short
+        return Observed(target, reply.state, reply.path, reply.content, reply.sha256,
+                        reply.owner_ok, None, None, reply.replaceable)  # fmt: skip
     return Observed(
         target=target,
         state=reply.state,
@@ -136,8 +139,8 @@ def observed_from_reply(target: FileTarget, reply: FileRead) -> Observed:
         content=reply.content,
         sha256=reply.sha256,
         owner_ok=reply.owner_ok,
-        error_code=error.code if error is not None else None,
-        error_message=error.message if error is not None else None,
+        error_code=error.code,
+        error_message=error.message,
         replaceable=reply.replaceable,
     )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from keyward.inventory.model import Host
 from keyward.logins import LogLine
@@ -42,20 +42,19 @@ class HelperError:
         return self.message or self.code
 
 
-@dataclass(frozen=True)
-class FileRead:
-    """One managed file as the host read it (remote.py ``read``)."""
+class FileRead(NamedTuple):
+    """One managed file as the host read it (remote.py ``read``).
 
-    account: str
+    What the agent plans from; the helper also reports owner, mode, link count and whether
+    the directories are safe for sshd, which nothing here uses (the fake models them).  A
+    named tuple: one is made per managed file per round, and it is built several times
+    faster than a frozen dataclass.
+    """
+
     path: str | None
     state: FileState
     content: bytes | None = None
     sha256: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-    mode: int | None = None
-    nlink: int | None = None
-    dir_ok: bool = False
     # Already has the owner and mode a write would give it.
     owner_ok: bool = True
     # The problem lies only in the final directory entry: a write with "*" replaces it.
@@ -73,13 +72,7 @@ class WriteResult:
 
     path: str | None
     sha256: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-    mode: int | None = None
-    dir_ok: bool = False
-    fixed_dir_mode: bool = False
-    created_dir: bool = False
-    removed_temps: int = 0
+    fixed_dir_mode: bool = False  # the file's directory was group/other-writable: now 0700
     error: HelperError | None = None
 
     @property
@@ -178,37 +171,34 @@ def _helper_error(raw: object) -> HelperError | None:
     return HelperError(str(code) if code else "", str(message) if message else "")
 
 
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
 def file_read(raw: object) -> FileRead:
-    """One entry of a ``read`` reply, typed; ``ValueError`` if it is not one."""
+    """One entry of a ``read`` reply, typed; ``ValueError`` if it is not one.
+
+    Runs once per managed file per round (the daemon's verification reads every file):
+    kept to a few dictionary lookups.
+    """
     if not isinstance(raw, dict):
         raise ValueError("a file entry is not an object")
     error = _helper_error(raw.get("error"))
     state = raw.get("state", "error")
     content_b64 = raw.get("content_b64")
+    path = raw.get("path")
+    sha = raw.get("sha256")
+    replaceable = raw.get("replaceable")
+    if replaceable is None:  # a helper that does not say: the two codes that always are
+        replaceable = error is not None and error.code in ("hardlink", "too_large")
     return FileRead(
-        account=str(raw.get("account")),
-        path=_str_or_none(raw.get("path")),
-        state=state if state in FILE_STATES else "error",
-        content=None if content_b64 is None else base64.b64decode(content_b64),
-        sha256=_str_or_none(raw.get("sha256")),
-        uid=_int_or_none(raw.get("uid")),
-        gid=_int_or_none(raw.get("gid")),
-        mode=_int_or_none(raw.get("mode")),
-        nlink=_int_or_none(raw.get("nlink")),
-        dir_ok=bool(raw.get("dir_ok", False)),
-        owner_ok=bool(raw.get("owner_ok", True)),
-        replaceable=bool(
-            raw.get("replaceable", error is not None and error.code in ("hardlink", "too_large"))
-        ),
-        error=error,
+        path if isinstance(path, str) else None,
+        state if state in FILE_STATES else "error",
+        None if content_b64 is None else base64.b64decode(content_b64),
+        sha if isinstance(sha, str) else None,
+        bool(raw.get("owner_ok", True)),
+        bool(replaceable),
+        error,
     )
 
 
@@ -220,13 +210,7 @@ def write_result(raw: dict[str, Any]) -> WriteResult:
     return WriteResult(
         path=_str_or_none(raw.get("path")),
         sha256=_str_or_none(raw.get("sha256")),
-        uid=_int_or_none(raw.get("uid")),
-        gid=_int_or_none(raw.get("gid")),
-        mode=_int_or_none(raw.get("mode")),
-        dir_ok=bool(raw.get("dir_ok", False)),
         fixed_dir_mode=bool(raw.get("fixed_dir_mode", False)),
-        created_dir=bool(raw.get("created_dir", False)),
-        removed_temps=_int_or_none(raw.get("removed_temps")) or 0,
         error=error,
     )
 
