@@ -9,7 +9,9 @@ helper (``remote.py``), and ``keyward.testing.fakehost``, an in-memory host for 
 of rounds, failures and scheduling.
 
 Contract: a problem with one file is a reply (``error`` set); a problem with the host (it
-cannot be reached, does not answer in time, answers nonsense) raises ``HostError``.
+cannot be reached, does not answer in time, answers nonsense) raises ``HostError`` (over
+SSH, a connection lost in the middle of a request may also surface as ``OSError`` or an
+asyncssh error, as before: the round's ``HOST_FAILURES`` names them).
 
 The readers at the end turn the helper's JSON replies (see ``remote.py``) into these
 types; both implementations use them.
