@@ -572,6 +572,11 @@ class FakeConnection:
 
     async def read(self, files: Sequence[tuple[str, str]]) -> list[FileRead]:
         def work() -> list[FileRead]:
+            if len(files) > remote.MAX_READ_FILES:
+                message = (
+                    f"at most {remote.MAX_READ_FILES} files per read request, got {len(files)}"
+                )
+                raise HostError(f"{self.host.name}: read failed: {message}")
             replies = [self.fake.read_one(account, pattern) for account, pattern in files]
             for reply in replies:
                 path = reply.get("path")
