@@ -6,7 +6,7 @@ one with compare-and-swap and read-back, read sshd's new log lines and its effec
 configuration, and close.  ``HostTransport`` says that as a protocol with typed replies, so
 that two implementations fit behind it: ``keyward.agent.connection`` over SSH to the real
 helper (``remote.py``), and ``keyward.testing.fakehost``, an in-memory host for fast tests
-of rounds, failures and scheduling.
+of rounds and their failures.
 
 Contract: a problem with one file is a reply (``error`` set); a problem with the host (it
 cannot be reached, does not answer in time, answers nonsense) raises ``HostError`` (over

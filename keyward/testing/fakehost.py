@@ -1,10 +1,10 @@
 """In-memory managed hosts behind the transport interface, for fast tests of rounds.
 
 ``FakeFleet`` is a ``Connector`` and ``FakeConnection`` a ``HostTransport``
-(``keyward.agent.transport``): a round, its failure handling and the daemon's scheduling
-run against them in milliseconds, with no sshd, no accounts and no root.  What only a real
-login proves (that sshd accepts the file keyward wrote, host keys, the helper's walk through
-real directories) stays with the real-sshd tests.
+(``keyward.agent.transport``): a round, its failure handling and the daemon's per-host sync
+(``sync_files``) run against them in milliseconds, with no sshd, no accounts and no root.
+What only a real login proves (that sshd accepts the file keyward wrote, host keys, the
+helper's walk through real directories) stays with the real-sshd tests.
 
 A faithful model of the helper, not the helper itself: ``remote.py`` works on directory
 descriptors of the real file system, so the fake re-implements its rules on a dictionary of
@@ -17,7 +17,9 @@ and hard-link limits); the write rules (compare-and-swap, the owner and mode a n
 creating ``~/.ssh``, fixing its mode, read-back); sshd's log lines in a journal or a log file;
 ``sshd -T`` settings; and whether sshd would let the agent in at all (its key in the login
 account's file).  Not modelled: symbolic links followed in trusted directories, mounts, stale
-temporary files, log rotation, journal size limits.
+temporary files, log rotation, journal size limits, per-file deadlines (a file is either
+answered or ``stuck``).  ``tests/test_fakehost.py`` runs the same reads and writes through
+``remote.py`` on disk and through the fake, and compares the replies field by field.
 
 Failure injection, per host: refuse connections, hang in any operation (the caller's timeout
 then fires, with the message a real helper's silence gives), fail a file's writes, change a
@@ -641,8 +643,8 @@ class FakeFleet:
     With ``agent_fingerprint``, a host lets the agent in only while its login account's
     first authorized_keys file holds that key, as sshd would: a round that locked the agent
     out is seen by the next one.  ``connect_timeout`` and ``request_timeout`` play the parts
-    of the inventory's connect timeout and the helper's request timeout; tests that make a
-    host hang set them small.
+    of the inventory's connect timeout and the helper's request timeout (one for every
+    request, reads included); tests that make a host hang set them small.
     """
 
     hosts: dict[str, FakeHost] = field(default_factory=dict)
