@@ -12,8 +12,8 @@ Part 2 (real SQLite registry): a registry populated through ``keyward.registry.o
 with a scaled-down set (default 1,000 people / 2,500 keys / 1,500 grants); the
 number of SQL statements is counted with a SQLAlchemy ``before_cursor_execute``
 listener for ``load_snapshot`` + ``compute_desired`` over inventories of 10 and of
-2,000 hosts, and for the CLI's own ``prepare()`` path (TOML inventory on disk,
-registry opened by ``AppContext``) with 10 and 2,000 hosts.  The counts must match.
+2,000 hosts, and for the engine's ``load_inputs()`` path (TOML inventory on disk,
+registry opened as the commands open it) with 10 and 2,000 hosts.  The counts must match.
 
 Targets: compute_desired < 2 s and peak RSS < 500 MB.
 
@@ -465,7 +465,7 @@ def populate_registry(url: str, scale: Scale, seed: int) -> dict[str, int]:
 
 
 def write_toml_inventory(root: Path, inventory: Inventory, agent_identity: Path) -> None:
-    """The same fleet as TOML files, for the CLI's own ``prepare()`` path."""
+    """The same fleet as TOML files, for the engine's ``load_inputs()`` path."""
     from keyward.sandbox import make_ed25519
 
     make_ed25519(agent_identity, comment="keyward-agent")
@@ -523,8 +523,7 @@ def bench_queries(seed: int, people: int) -> dict[str, Any]:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    from keyward.cli.agent_cmds import prepare
-    from keyward.cli.context import AppContext
+    from keyward.engine.inputs import load_inputs
     from keyward.registry.snapshot import load_snapshot
     from keyward.registry.store import Registry
 
@@ -577,16 +576,16 @@ def bench_queries(seed: int, people: int) -> dict[str, Any]:
                 finally:
                     registry.dispose()
             out["direct"] = rows
-            # (b) the CLI's prepare(): TOML inventory + registry, exactly as plan/reconcile.
+            # (b) the engine's load_inputs(): TOML inventory + registry, exactly as plan/reconcile.
             rows = []
             for n, inv in inventories.items():
                 root = work / f"inv{n}"
                 write_toml_inventory(root, inv, work / f"agent{n}" / "id")
-                app = AppContext(db=url, actor="bench", inventory=str(root))
+                counter.reset()
+                t0 = time.perf_counter()
+                registry = Registry.open(url)  # counted, as plan/reconcile open it
                 try:
-                    counter.reset()
-                    t0 = time.perf_counter()
-                    prepared = prepare(app, None, None)
+                    prepared = load_inputs(registry, registry.clock, root, None, None)
                     rows.append(
                         {
                             "hosts": len(prepared.hosts),
@@ -596,7 +595,7 @@ def bench_queries(seed: int, people: int) -> dict[str, Any]:
                         }
                     )
                 finally:
-                    app.close()
+                    registry.dispose()
             out["cli_prepare"] = rows
         finally:
             event.remove(Engine, "before_cursor_execute", counter)

@@ -61,5 +61,10 @@ class HostError(KeywardError):
     exit_code = 1
 
 
+class HostProtocolError(HostError):
+    """A host's helper answered what keyward cannot read (not JSON, a missing field, bad
+    base64): a broken or hostile host. It fails that host; keyward's own bugs are not this."""
+
+
 class PlanRefused(KeywardError):
     """A plan would lock the agent out (or otherwise break a safety rule)."""

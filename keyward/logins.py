@@ -17,7 +17,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from keyward.inventory.model import Inventory
 
 Outcome = Literal["accepted", "failed", "disconnected", "invalid_user"]
 
@@ -392,3 +395,19 @@ def failed_login_alerts(
                 )
             )
     return alerts
+
+
+def service_keys(inventory: Inventory, agent_fingerprint: str | None) -> dict[str, str]:
+    """Keys that are not people's: the agent's own and break-glass keys, named in login logs."""
+    known = {agent_fingerprint: "keyward-agent"} if agent_fingerprint else {}
+    for env in inventory.environments:
+        for entry in env.break_glass:
+            known[entry.key.fingerprint] = "break-glass"
+    return known
+
+
+def trusted_source(kind: str, auth_log_trusted: bool) -> bool:
+    """Whether lines read from ``kind`` (``journal`` or ``file:<path>``) may be attributed:
+    the journal always, a file only when the inventory vouches for it (``auth_log_trusted``),
+    since anyone on the host can write one."""
+    return kind == "journal" or auth_log_trusted

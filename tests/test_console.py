@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from keyward.agent.lock import Holder, LockBusy, reconcile_lock
 from keyward.cli.output import table
 from keyward.daemon.support import WriterLock
 from keyward.logs import human_value
 from keyward.plan import LineChange, shown_changes
+from keyward.registry.lock import Holder, LockBusy, reconcile_lock
 from keyward.registry.store import Registry
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward, Result

@@ -1,13 +1,15 @@
-"""The daemon's writer lock: many rounds in the daemon may hold it, no other process can."""
+"""The writers' lock: one handle per process; in the daemon, many rounds may hold it."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from sqlalchemy import text
 
-from keyward.agent.lock import LockBusy, reconcile_lock
 from keyward.daemon.support import WriterLock
+from keyward.errors import KeywardError
+from keyward.registry.lock import Holder, LockBusy, LockHandle, reconcile_lock
 from keyward.registry.store import Registry
 
 
@@ -64,3 +66,39 @@ def test_the_daemon_waits_for_another_writer(db_url: str) -> None:
         asyncio.run(scenario())
     finally:
         lock.close()
+
+
+def test_a_handle_names_its_holder_gives_the_lock_back_and_leaves_no_name(db_url: str) -> None:
+    registry, _, _ = Registry.initialise(db_url)
+    first = LockHandle(registry, Holder("keyward offboard", "carol"))
+    second = LockHandle(registry, Holder("keyward reconcile"))
+    try:
+        assert first.try_acquire()
+        assert not second.try_acquire()
+        assert second.held_by().startswith("keyward offboard (pid ")
+        assert "actor carol" in second.held_by()
+        first.release()
+        assert second.try_acquire()
+        second.release()
+        assert first.try_acquire()  # the same handle, round after round (the daemon's way)
+        first.release()
+    finally:
+        first.close()
+        second.close()
+    if registry.backend == "postgresql":
+        # The lock connections went back to the pool: none may go on naming a holder.
+        with registry.engine.connect() as conn:
+            names = conn.execute(
+                text(
+                    "SELECT application_name FROM pg_stat_activity "
+                    "WHERE datname = current_database()"
+                )
+            ).scalars()
+            assert not [name for name in names if name.startswith("keyward")]
+    registry.dispose()
+
+
+def test_an_in_memory_registry_has_no_writers_lock() -> None:
+    registry, _, _ = Registry.initialise("sqlite://")
+    with pytest.raises(KeywardError, match="file or PostgreSQL registry"):
+        LockHandle(registry, Holder("keyward reconcile"))

@@ -127,6 +127,7 @@ def run(
         now=NOW,
         agent_fingerprint=KEYS["agent"].fingerprint,
         run_id="t1",
+        clock=lambda: NOW,
         log=log,
         **options,
     )

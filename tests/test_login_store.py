@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
 
-from keyward.agent.login_store import (
+from keyward.logins import LoginEvent
+from keyward.registry.login_store import (
     LOGIN_TABLE,
     close_earlier_sessions,
     fresh_logins,
     insert_many,
     recent_failures,
 )
-from keyward.logins import LoginEvent
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.store import Registry
 

@@ -285,9 +285,9 @@ def test_the_ssh_transport_reads_the_helpers_replies_into_typed_ones() -> None:
     ("reply", "message"),
     [
         ({"ok": False, "error": {"code": "bad_request", "message": "no"}}, "h1: read failed: no"),
-        ({"ok": True, "files": [{"state": "present", "content_b64": "abc"}]}, "malformed reply"),
-        ({"ok": True}, "malformed reply"),
-        ({"ok": True, "files": []}, "h1: read answered 0 of 1 files"),
+        ({"ok": True, "files": [{"state": "present", "content_b64": "abc"}]}, "not base64"),
+        ({"ok": True}, "h1: the answer to read does not list every file"),
+        ({"ok": True, "files": []}, "h1: the answer to read does not list every file"),
     ],
 )
 def test_a_read_reply_that_makes_no_sense_fails_the_host(

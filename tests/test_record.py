@@ -13,7 +13,6 @@ from sqlalchemy import event
 from sqlmodel import col, select
 
 from keyward.agent.reconcile import Confirmation, FileResult, HostResult
-from keyward.agent.record import record_hosts
 from keyward.desired import FileTarget
 from keyward.inventory.model import Host
 from keyward.keys import ED25519, PublicKey, encode_string
@@ -21,6 +20,7 @@ from keyward.plan import FilePlan, HostPlan
 from keyward.registry.lifecycle import offboard
 from keyward.registry.models import AuditEvent, HostState, OffboardingCase, OffboardingTarget
 from keyward.registry.ops import KeyClaim, add_key, add_person
+from keyward.registry.record import record_hosts
 from keyward.registry.store import Registry
 from keyward.registry.verify import verify_session
 

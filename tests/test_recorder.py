@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from keyward.agent.recorder import BatchRecorder
+from keyward.engine.batches import BatchRecorder
 
 
 def test_results_arriving_during_a_write_go_into_the_next_batch() -> None:

@@ -316,8 +316,8 @@ class Compare:
 
     def desired(self) -> dict[tuple[str, str], list[str]]:
         """(host, account) -> the rendered lines keyward wants, from the registry now."""
-        from keyward.cli.agent_cmds import load_agent_key
         from keyward.desired import compute_desired
+        from keyward.engine.inputs import load_agent_key
         from keyward.inventory import load_inventory
         from keyward.registry.snapshot import load_snapshot
 

@@ -34,7 +34,7 @@ from keyward.agent.transport import (
     sshd_config_read,
     write_result,
 )
-from keyward.errors import HostError
+from keyward.errors import HostError, HostProtocolError
 from keyward.inventory.model import Host
 
 REQUEST_TIMEOUT = 60.0
@@ -132,9 +132,16 @@ class RemoteHelper:
                 line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
             except TimeoutError:
                 raise HostError(f"{self._host}: no answer to {op} within {timeout:.0f}s") from None
+            except UnicodeDecodeError:
+                raise HostProtocolError(f"{self._host}: the answer to {op} is not UTF-8") from None
             if not line:
                 raise HostError(f"{self._host}: the remote helper exited (is python3 installed?)")
-            reply: dict[str, Any] = json.loads(line)
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                raise HostProtocolError(f"{self._host}: the answer to {op} is not JSON") from None
+            if not isinstance(reply, dict):
+                raise HostProtocolError(f"{self._host}: the answer to {op} is not a JSON object")
             if reply.get("id") != self._next_id:
                 raise HostError(f"{self._host}: remote helper answered out of order")
             return reply
@@ -149,7 +156,9 @@ class RemoteHelper:
 
 
 def _error_text(reply: dict[str, Any]) -> str:
-    error = reply.get("error") or {}
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        return str(error or "unknown error")
     return str(error.get("message") or error.get("code") or "unknown error")
 
 
@@ -227,13 +236,23 @@ class HostConnection:
         )
         if not reply.get("ok"):
             raise HostError(f"{self.host.name}: read failed: {_error_text(reply)}")
-        try:
-            entries = reply["files"]
-            result = [file_read(entry) for entry in entries]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HostError(f"{self.host.name}: malformed reply to read: {exc}") from None
-        if len(result) != len(files):
-            raise HostError(f"{self.host.name}: read answered {len(result)} of {len(files)} files")
+        entries = reply.get("files")
+        if (
+            not isinstance(entries, list)
+            or len(entries) != len(files)
+            or not all(isinstance(item, dict) for item in entries)
+        ):
+            raise HostProtocolError(
+                f"{self.host.name}: the answer to read does not list every file"
+            )
+        result: list[FileRead] = []
+        for (account, _), entry in zip(files, entries, strict=True):
+            try:
+                result.append(file_read(entry))
+            except (TypeError, ValueError):
+                raise HostProtocolError(
+                    f"{self.host.name}: the content read from {account}'s file is not base64"
+                ) from None
         return result
 
     async def write(
@@ -264,10 +283,17 @@ class HostConnection:
             position=None if position is None else dict(position),
             match=list(match),
         )
-        return auth_log_read(reply)
+        try:
+            return auth_log_read(reply)
+        except ValueError as exc:
+            raise HostProtocolError(f"{self.host.name}: {exc}") from None
 
     async def sshd_config(self, user: str, config: str | None) -> SshdConfig:
-        return sshd_config_read(await self.helper.call("sshd_config", user=user, config=config))
+        reply = await self.helper.call("sshd_config", user=user, config=config)
+        try:
+            return sshd_config_read(reply)
+        except ValueError as exc:
+            raise HostProtocolError(f"{self.host.name}: {exc}") from None
 
     def abort(self) -> None:
         self.conn.close()

@@ -17,6 +17,7 @@ from typing import Any
 import asyncssh
 
 from keyward.agent.transport import Connector, FileRead, HostTransport
+from keyward.clock import Clock
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
 from keyward.inventory.model import Host
@@ -59,7 +60,7 @@ class AuthBatch:
     @property
     def kind(self) -> str:
         """``journal`` or ``file:<path>``: what the lines came from, which decides whether
-        they may be attributed (see ``keyward.agent.attribution``)."""
+        they may be attributed (see ``keyward.logins.trusted_source``)."""
         if self.source == "journal":
             return "journal"
         path = (self.position or {}).get("path")
@@ -108,6 +109,7 @@ class RunContext:
     now: datetime
     agent_fingerprint: str | None
     run_id: str
+    clock: Clock  # when each host's work starts and ends (``now`` stays the plan's moment)
     dry_run: bool = False
     log: Any = field(default_factory=get_logger)
     # Open offboarding cases: case id -> the person's fingerprints, confirmed by read-back.
@@ -295,7 +297,10 @@ def failed(host: Host, started: datetime, ctx: RunContext, exc: Exception) -> Ho
     return HostResult(host, started, _now(ctx), error=message)
 
 
-HOST_FAILURES = (HostError, OSError, ValueError, KeyError, asyncssh.Error)
+# What fails one host and not the round: keyward's own errors about the host (unreachable,
+# refused, a helper answer it cannot read: HostProtocolError) and the network's. Anything
+# else is a bug in keyward and raises, instead of showing up as "host failed".
+HOST_FAILURES = (HostError, OSError, asyncssh.Error)
 
 
 async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
@@ -389,9 +394,7 @@ def _log_confirmations(log: Any, confirmations: Sequence[Confirmation]) -> None:
 
 
 def _now(ctx: RunContext) -> datetime:
-    from keyward.clock import system_clock
-
-    return max(system_clock(), ctx.now)
+    return max(ctx.clock(), ctx.now)
 
 
 async def reconcile_fleet(

@@ -178,7 +178,8 @@ def _str_or_none(value: object) -> str | None:
 
 
 def file_read(raw: object) -> FileRead:
-    """One entry of a ``read`` reply, typed; ``ValueError`` if it is not one.
+    """One entry of a ``read`` reply, typed; ``ValueError`` if it is not one (or its content
+    is not base64).
 
     Runs once per managed file per round (the daemon's verification reads every file):
     kept to a few dictionary lookups.
@@ -196,7 +197,7 @@ def file_read(raw: object) -> FileRead:
     return FileRead(
         path if isinstance(path, str) else None,
         state if state in FILE_STATES else "error",
-        None if content_b64 is None else base64.b64decode(content_b64),
+        None if content_b64 is None else base64.b64decode(content_b64, validate=True),
         sha if isinstance(sha, str) else None,
         bool(raw.get("owner_ok", True)),
         bool(replaceable),
@@ -218,20 +219,27 @@ def write_result(raw: dict[str, Any]) -> WriteResult:
 
 
 def auth_log_read(raw: dict[str, Any]) -> AuthLogRead:
-    """An ``auth_log`` reply, typed; a source the agent does not know is an error reply."""
+    """An ``auth_log`` reply, typed; a source the agent does not know is an error reply.
+
+    ``ValueError`` when the lines are not a list: the transport makes that the host's
+    ``HostProtocolError``.
+    """
     if not raw.get("ok"):
         error = _helper_error(raw.get("error")) or HelperError("", "auth log unreadable")
         return AuthLogRead(None, error=error)
     source = raw.get("source")
     if source not in LOG_SOURCES:
         return AuthLogRead(None, error=HelperError("bad_reply", f"unknown log source {source!r}"))
+    items = raw.get("lines", [])
+    if not isinstance(items, list):
+        raise ValueError("the answer to auth_log has no list of lines")
     lines = tuple(
         LogLine(
             str(item.get("text", "")),
             item["ts"] if isinstance(item.get("ts"), int | float) else None,
             _str_or_none(item.get("pos")),
         )
-        for item in raw.get("lines") or []
+        for item in items
         if isinstance(item, dict)
     )
     position = raw.get("position")
@@ -245,10 +253,10 @@ def auth_log_read(raw: dict[str, Any]) -> AuthLogRead:
 
 
 def sshd_config_read(raw: dict[str, Any]) -> SshdConfig:
-    """An ``sshd_config`` reply, typed."""
+    """An ``sshd_config`` reply, typed; ``ValueError`` when its settings are not a mapping."""
     if not raw.get("ok"):
         return SshdConfig(error=_helper_error(raw.get("error")) or HelperError("", ""))
-    settings = raw.get("settings")
+    settings = raw.get("settings") or {}
     if not isinstance(settings, dict):
-        return SshdConfig()
+        raise ValueError("the answer to sshd_config has no settings")
     return SshdConfig({str(k): str(v) for k, v in settings.items()})

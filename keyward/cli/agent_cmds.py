@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,18 +14,15 @@ import click
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import chatter, emit_json, progress, table, ts
-from keyward.errors import InventoryError, KeywardError, RegistryUnavailable, UsageError
+from keyward.errors import InventoryError, UsageError
 from keyward.logs import get_logger
 
 if TYPE_CHECKING:
     from keyward.agent import scan
-    from keyward.agent.connection import Credentials
     from keyward.agent.reconcile import HostResult
-    from keyward.agent.recorder import BatchRecorder
-    from keyward.desired import DesiredFile, FileTarget
-    from keyward.inventory.model import Environment, Host, Inventory
-    from keyward.keys import PublicKey
-    from keyward.state import RegistrySnapshot
+    from keyward.engine.inputs import RoundInputs
+    from keyward.engine.round import Surroundings
+    from keyward.inventory.model import Environment, Inventory
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -199,64 +195,23 @@ def _environment_json(env: Environment) -> dict[str, Any]:
     }
 
 
-# -- shared preparation -------------------------------------------------------
+# -- the engine, as the commands drive it -----------------------------------
 
 
-@dataclass
-class Prepared:
-    inventory: Inventory
-    hosts: tuple[Host, ...]
-    snapshot: RegistrySnapshot
-    desired: dict[FileTarget, DesiredFile]
-    agent_key: PublicKey
-    now: Any
-
-
-def load_agent_key(inv: Inventory) -> PublicKey:
-    from keyward.keys import parse_public_key
-
-    try:
-        text = inv.agent.identity_pub.read_text()
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read the agent's public key {inv.agent.identity_pub}: {exc.strerror}"
-        ) from None
-    return parse_public_key(text)
-
-
-def prepare(app: AppContext, env: str | None, host: str | None) -> Prepared:
-    from keyward.inventory import load_inventory
-
-    inv = load_inventory(app.inventory_dir())
-    hosts = inv.select_hosts(env, host)
-    return refresh(app, inv, hosts, load_agent_key(inv))
-
-
-def refresh(
-    app: AppContext, inv: Inventory, hosts: tuple[Host, ...], agent_key: PublicKey
-) -> Prepared:
-    """Read the registry now, with an inventory already loaded.
-
-    Offboarding reads the registry before revoking (to list the targets) and after
-    (to reconcile), but the inventory only once.
-    """
-    from keyward.desired import compute_desired
-    from keyward.registry.snapshot import load_snapshot
+def surroundings(app: AppContext) -> Surroundings:
+    """The registry, actor, clock and sleep a command's round runs with."""
+    from keyward.engine.round import Surroundings
 
     registry = app.registry()
-    now = registry.clock()
-    with registry.read() as session:
-        snapshot = load_snapshot(session)
-    desired = compute_desired(snapshot, inv, hosts, agent_key, now)
-    return Prepared(inv, hosts, snapshot, desired, agent_key, now)
+    return Surroundings(registry, app.actor, registry.clock, time.sleep)
 
 
-def credentials(inv: Inventory) -> Credentials:
-    from keyward.agent.connection import Credentials
+def load_inputs(app: AppContext, env: str | None, host: str | None) -> RoundInputs:
+    """The round's inputs from the command's inventory and registry."""
+    from keyward.engine import inputs
 
-    return Credentials.load(
-        inv.agent.identity, inv.agent.known_hosts, inv.agent.connect_timeout, inv.agent.python
-    )
+    around = surroundings(app)
+    return inputs.load_inputs(around.registry, around.clock, app.inventory_dir(), env, host)
 
 
 def result_json(result: HostResult) -> dict[str, Any]:
@@ -422,163 +377,6 @@ def log_plan(results: list[HostResult]) -> None:
     log.info("plan_finished", **dataclasses.asdict(plan_summary(results)))
 
 
-def open_case_watch(app: AppContext) -> dict[int, frozenset[str]]:
-    """Open offboarding cases and the fingerprints each must see gone."""
-    from keyward.registry.lifecycle import open_cases
-
-    with app.registry().read() as session:
-        return {
-            case.id or 0: frozenset(json.loads(case.fingerprints))
-            for case, _ in open_cases(session)
-        }
-
-
-def run_agent(
-    app: AppContext,
-    env: str | None,
-    host: str | None,
-    concurrency: int | None,
-    dry_run: bool,
-    prepared: Prepared | None = None,
-    collect: bool = True,
-    check_sshd: bool = False,
-) -> list[HostResult]:
-    """One pass over the hosts; with ``collect``, also read and attribute new sshd logins.
-
-    When the logins put someone into failure mode, a second pass applies the
-    stricter options at once instead of at the next run.
-    """
-    import asyncio
-
-    from keyward.agent.attribution import notify, record_logins, saved_positions, service_keys
-    from keyward.agent.limits import fds_needed, raise_fd_limit
-    from keyward.agent.reconcile import RunContext, reconcile_fleet
-    from keyward.agent.record import record_hosts
-    from keyward.agent.recorder import BatchRecorder
-
-    prepared = prepared or prepare(app, env, host)
-    registry = app.registry()
-    watch = open_case_watch(app)
-    creds = credentials(prepared.inventory)
-    if creds.agent_fingerprint != prepared.agent_key.fingerprint:
-        raise UsageError(
-            f"the agent identity {prepared.inventory.agent.identity} does not match "
-            f"{prepared.inventory.agent.identity_pub}; refusing to run (it could lock the "
-            "agent out)"
-        )
-    run_id = uuid.uuid4().hex[:12]
-    log = get_logger(run_id=run_id)
-    collecting = collect and not dry_run
-    ctx = RunContext(
-        snapshot=prepared.snapshot,
-        desired=prepared.desired,
-        creds=creds,
-        now=prepared.now,
-        agent_fingerprint=prepared.agent_key.fingerprint,
-        run_id=run_id,
-        dry_run=dry_run,
-        log=get_logger(),
-        watch=watch,
-        collect=collecting,
-        auth_positions=saved_positions(registry) if collecting else {},
-        check_sshd=check_sshd,
-    )
-    limit = concurrency or prepared.inventory.agent.concurrency
-    # Concurrency bounds the open connections; the soft fd limit must cover them.
-    fd_soft, _ = raise_fd_limit(fds_needed(limit))
-    alerts: list[int] = []
-    failure_modes = 0
-    unrecorded: list[HostResult] = []
-    known_keys = service_keys(prepared.inventory, prepared.agent_key.fingerprint)
-
-    def record(batch: list[HostResult]) -> None:
-        """Runs on the recorder's thread: host state and audit first, then the logins."""
-        nonlocal failure_modes
-        try:
-            record_hosts(registry, app.actor, batch, run_id, tuple(watch))
-        except KeywardError as exc:
-            # The hosts are already written; never lose their audit record: retry after the run.
-            log.error("record_failed", hosts=[r.host.name for r in batch], error=exc.message)
-            unrecorded.extend(batch)
-            return
-        with_logins = [r for r in batch if r.auth is not None]
-        if not with_logins:
-            return
-        try:
-            collected = record_logins(
-                registry,
-                app.actor,
-                with_logins,
-                prepared.snapshot,
-                prepared.inventory.policy,
-                registry.clock(),
-                known_keys,
-            )
-        except KeywardError as exc:
-            # Not stored means the read positions were not saved: the next run re-reads.
-            log.error(
-                "logins_record_failed", hosts=[r.host.name for r in with_logins], error=exc.message
-            )
-            return
-        alerts.extend(collected.alerts)
-        failure_modes += collected.failure_modes
-
-    async def run_and_record() -> list[HostResult]:
-        recorder: BatchRecorder[HostResult] = BatchRecorder(record)
-
-        recorder.start()
-        with progress(len(prepared.hosts), "plan" if dry_run else "reconcile") as advance:
-
-            def done(result: HostResult) -> None:
-                advance(not result.ok)
-                if not dry_run:
-                    recorder.add(result)
-
-            try:
-                return await reconcile_fleet(prepared.hosts, ctx, limit, done)
-            finally:
-                await recorder.close()
-
-    log.info(
-        "run_started",
-        hosts=len(prepared.hosts),
-        dry_run=dry_run,
-        concurrency=limit,
-        fd_limit=fd_soft,
-    )
-    results = asyncio.run(run_and_record())
-    # A dry run writes nothing: its changes are the plan's (``plan_finished``), not a count
-    # of zero that would contradict what ``keyward plan`` prints.
-    log.info(
-        "run_finished",
-        hosts=len(results),
-        failed=sum(1 for r in results if not r.ok),
-        **({"dry_run": True} if dry_run else {"changes": sum(r.changes for r in results)}),
-    )
-    for attempt in range(10):
-        pending, unrecorded[:] = list(unrecorded), []
-        for result in pending:
-            try:
-                record_hosts(registry, app.actor, [result], run_id, tuple(watch))
-            except KeywardError:
-                unrecorded.append(result)
-        if not unrecorded:
-            break
-        time.sleep(min(30.0, 2.0**attempt))
-    if unrecorded:
-        names = ", ".join(r.host.name for r in unrecorded)
-        raise RegistryUnavailable(
-            f"hosts {names} were reconciled but their changes could not be recorded in the "
-            "registry; see the log (record_failed) and run keyward reconcile again"
-        )
-    if alerts:
-        notify(registry, app.actor, tuple(alerts), prepared.inventory.policy.alert_command)
-    if failure_modes:
-        log.warning("failure_mode_applied", people=failure_modes)
-        return run_agent(app, env, host, concurrency, dry_run, None, collect=False)
-    return results
-
-
 def say_lock_wait(holder: str) -> None:
     """On stderr (and in the log): a writer is waiting, and for whom."""
     get_logger().info("lock_wait", holder=holder)
@@ -609,7 +407,10 @@ def plan(
 
     Exit 0: everything in sync; 3: changes pending; 1: a host failed; 2: bad input.
     """
-    results = run_agent(app, env, host, None, dry_run=True, check_sshd=True)
+    from keyward.engine.round import RoundSettings, run_round
+
+    settings = RoundSettings(dry_run=True, check_sshd=True)
+    results = run_round(surroundings(app), load_inputs(app, env, host), settings, progress)
     log_plan(results)
     if as_json:
         emit_json([result_json(r) for r in results])
@@ -646,15 +447,12 @@ def reconcile(
 
     Exit 0: all hosts done; 1: some host failed (the others were still done).
     """
-    from keyward.agent.lock import Holder, reconcile_lock
+    from keyward.engine.round import RoundSettings, run_round, writers_lock
 
-    with reconcile_lock(
-        app.registry(),
-        wait=LOCK_WAIT,
-        holder=Holder("keyward reconcile", app.actor),
-        on_wait=say_lock_wait,
-    ):
-        results = run_agent(app, env, host, concurrency, dry_run, collect=not no_logins)
+    around = surroundings(app)
+    settings = RoundSettings(concurrency, dry_run, collect=not no_logins)
+    with writers_lock(around, "keyward reconcile", LOCK_WAIT, say_lock_wait):
+        results = run_round(around, load_inputs(app, env, host), settings, progress)
     if as_json:
         emit_json([result_json(r) for r in results])
     else:

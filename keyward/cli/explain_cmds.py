@@ -62,7 +62,7 @@ def explain_cmd(
     """
     from sqlmodel import select
 
-    from keyward.cli.agent_cmds import load_agent_key
+    from keyward.engine.inputs import load_agent_key
     from keyward.explain import describe, explain, place_json
     from keyward.inventory import load_inventory
     from keyward.registry.models import HostState

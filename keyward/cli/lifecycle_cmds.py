@@ -15,7 +15,7 @@ from keyward.cli.registry_cmds import key, key_claim, key_policy, log_events, re
 from keyward.errors import RegistryError
 
 if TYPE_CHECKING:
-    from keyward.cli.agent_cmds import Prepared
+    from keyward.engine.inputs import RoundInputs
     from keyward.registry.models import (
         AccessRequest,
         OffboardingCase,
@@ -252,7 +252,7 @@ def offboard() -> None:
     """
 
 
-def _targets(prepared: Prepared, username: str) -> list[tuple[str, str, str, bool]]:
+def _targets(prepared: RoundInputs, username: str) -> list[tuple[str, str, str, bool]]:
     """Every managed file of the fleet, marking those where the person had access."""
     return [
         (
@@ -354,11 +354,13 @@ def offboard_start(
     ctx: click.Context, app: AppContext, username: str, reason: str, as_json: bool
 ) -> None:
     """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back."""
-    from keyward.agent.lock import Holder, reconcile_lock
-    from keyward.cli.agent_cmds import prepare, refresh, run_agent, say_lock_wait
+    from keyward.cli.agent_cmds import load_inputs, say_lock_wait, surroundings
+    from keyward.cli.output import progress
+    from keyward.engine.inputs import refresh
+    from keyward.engine.round import RoundSettings, run_round, writers_lock
     from keyward.registry import lifecycle
 
-    before = prepare(app, None, None)
+    before = load_inputs(app, None, None)
     targets = _targets(before, username)
     registry = app.registry()
     with registry.write(app.actor) as tx:
@@ -369,15 +371,13 @@ def offboard_start(
             f"offboarding case {case.id}: {username} revoked in the registry; "
             f"confirming on {len({t[0] for t in targets})} hosts"
         )
-    with reconcile_lock(
-        registry,
-        wait=float("inf"),
-        holder=Holder("keyward offboard", app.actor),
-        on_wait=say_lock_wait,
-    ):
+    around = surroundings(app)
+    with writers_lock(around, "keyward offboard", float("inf"), say_lock_wait):
         # The registry is read again (the revocation is in it); the inventory is not.
-        after = refresh(app, before.inventory, before.hosts, before.agent_key)
-        run_agent(app, None, None, None, dry_run=False, prepared=after)
+        after = refresh(
+            around.registry, around.clock, before.inventory, before.hosts, before.agent_key
+        )
+        run_round(around, after, RoundSettings(), progress)
     case, rows = _case_rows(app, username)
     ctx.exit(_print_case(case, rows, as_json))
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 pass_app = click.make_pass_decorator(AppContext)
 
 AGENT_OWNER = "keyward-agent"
-"""The owner name login rows carry for the agent's key (``attribution.service_keys``)."""
+"""The owner name login rows carry for the agent's key (``logins.service_keys``)."""
 
 ALERT_KINDS = ("multi_source", "new_source", "failed_logins", "login_after_offboarding")
 

@@ -50,8 +50,8 @@ def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str
 def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
     from sqlmodel import col, select
 
-    from keyward.agent.login_store import source_of_pos
     from keyward.registry import ops, subjects
+    from keyward.registry.login_store import source_of_pos
     from keyward.registry.models import (
         AuditEvent,
         LoginEvent,
@@ -261,10 +261,11 @@ def access_rows(
 ) -> list[dict[str, Any]]:
     from sqlmodel import col, select
 
-    from keyward.cli.agent_cmds import prepare
+    from keyward.engine.inputs import load_inputs
     from keyward.registry.models import HostState, LoginEvent
 
-    prepared = prepare(app, env, None)
+    registry = app.registry()
+    prepared = load_inputs(registry, registry.clock, app.inventory_dir(), env, None)
     snapshot = prepared.snapshot
     from sqlalchemy import func
 

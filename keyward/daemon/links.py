@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from keyward.agent.connection import Credentials, HostConnection
+from keyward.daemon.failures import round_failed
 from keyward.errors import HostError
 from keyward.inventory.model import Host
 
@@ -99,8 +100,8 @@ class HostLink:
             self._log.info("host_connected")
             try:
                 await self._on_connect(self)
-            except Exception as exc:
-                self._log.error("host_sync_failed", error=str(exc))
+            except Exception as exc:  # the one policy: see keyward.daemon.failures
+                round_failed(self._log, "host_sync_failed", exc)
             await conn.conn.wait_closed()
             self.connection = None
             if not self._stopping:

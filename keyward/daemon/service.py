@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,6 @@ import random
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +34,6 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from keyward.agent.attribution import notify, record_logins, saved_positions, service_keys
 from keyward.agent.connection import Credentials
 from keyward.agent.limits import fds_needed, raise_fd_limit
 from keyward.agent.reconcile import (
@@ -45,8 +44,8 @@ from keyward.agent.reconcile import (
     files_of,
     sync_files,
 )
-from keyward.agent.record import record_hosts
 from keyward.clock import Clock
+from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
 from keyward.daemon.links import HostLink
 from keyward.daemon.metrics import (
     Metrics,
@@ -57,15 +56,23 @@ from keyward.daemon.metrics import (
     parse_loopback,
 )
 from keyward.daemon.support import WriterLock, sd_notify
-from keyward.desired import DesiredFile, FileTarget, compute_desired
+from keyward.desired import DesiredFile, FileTarget
+from keyward.engine.inputs import (
+    CaseWatch,
+    RoundInputs,
+    agent_identity,
+    compute_inputs,
+    read_registry,
+)
+from keyward.engine.recorder import LoginSink, Recorder
+from keyward.engine.round import RoundSettings, host_context, new_run_id
 from keyward.errors import KeywardError, UsageError
 from keyward.inventory import check_inventory
 from keyward.inventory.model import Inventory
-from keyward.keys import PublicKey, parse_public_key
+from keyward.keys import PublicKey
 from keyward.logs import get_logger
-from keyward.registry.lifecycle import open_cases
-from keyward.registry.models import AuditEvent, AuditHead, DaemonStatus
-from keyward.registry.snapshot import load_snapshot
+from keyward.registry.attribution import saved_positions
+from keyward.registry.models import AuditEvent, DaemonStatus
 from keyward.registry.store import Registry
 from keyward.state import RegistrySnapshot
 
@@ -143,10 +150,11 @@ class Daemon:
         self.inventory_hash = ""
         self.creds: Credentials | None = None
         self.agent_key: PublicKey | None = None
+        self.inputs: RoundInputs | None = None  # the last round's, from the engine
         self.snapshot: RegistrySnapshot | None = None
         self.desired: dict[FileTarget, DesiredFile] = {}
         self.confirmed: dict[FileTarget, str] = {}
-        self.watch: dict[int, frozenset[str]] = {}
+        self.watch: CaseWatch = {}
         self.changed = asyncio.Event()
         self.stopping = asyncio.Event()
         self.reload = asyncio.Event()
@@ -172,18 +180,9 @@ class Daemon:
                 self.log.error("inventory_invalid", problem=str(problem))
             return False
         try:
-            pub = parse_public_key(inventory.agent.identity_pub.read_text())
-            creds = Credentials.load(
-                inventory.agent.identity,
-                inventory.agent.known_hosts,
-                inventory.agent.connect_timeout,
-                inventory.agent.python,
-            )
-        except (OSError, KeywardError) as exc:
-            self.log.error("inventory_invalid", problem=str(exc))
-            return False
-        if creds.agent_fingerprint != pub.fingerprint:
-            self.log.error("inventory_invalid", problem="agent identity does not match its .pub")
+            pub, creds = agent_identity(inventory)
+        except KeywardError as exc:
+            self.log.error("inventory_invalid", problem=exc.message)
             return False
         self.inventory, self.creds, self.agent_key = inventory, creds, pub
         return True
@@ -219,22 +218,18 @@ class Daemon:
 
     # -- the registry side ----------------------------------------------------
 
-    def _read_state(self) -> tuple[RegistrySnapshot, dict[int, frozenset[str]], datetime | None]:
-        with Session(self.registry.engine) as session:
-            snapshot = load_snapshot(session)
-            watch = {
-                case.id or 0: frozenset(json.loads(case.fingerprints))
-                for case, _ in open_cases(session)
-            }
+    def _read_state(self) -> tuple[RegistrySnapshot, CaseWatch, datetime | None]:
+        """The round's registry inputs, and when the change they include was committed."""
+        with self.registry.read() as session:
+            snapshot, watch = read_registry(session)
             last = session.exec(
                 select(AuditEvent.at).where(AuditEvent.seq == snapshot.head_seq)
             ).first()
         return snapshot, watch, last
 
     def _head(self) -> int:
-        with Session(self.registry.engine) as session:
-            head = session.exec(select(AuditHead.seq).where(AuditHead.id == 1)).one()
-            return int(head)
+        seq, _ = self.registry.head()
+        return seq
 
     async def watch_registry(self) -> None:
         """Poll the chain head (cheap, one row); PostgreSQL NOTIFY wakes it sooner."""
@@ -250,8 +245,8 @@ class Daemon:
                     if seq != self.head_seq:
                         self.head_seq = seq
                         self.changed.set()
-                except Exception as exc:
-                    self.log.warning("registry_unavailable", error=str(exc).splitlines()[0][:300])
+                except REGISTRY_FAILURES as exc:
+                    self.log.warning("registry_unavailable", error=first_line(exc))
                 await self._sleep(self.settings.poll_interval)
         finally:
             if listener is not None:
@@ -276,8 +271,8 @@ class Daemon:
                         self.changed.set()
                         if self.stopping.is_set():
                             return
-            except Exception as exc:
-                self.log.warning("registry_listen_failed", error=str(exc).splitlines()[0][:300])
+            except (psycopg.Error, OSError) as exc:
+                self.log.warning("registry_listen_failed", error=first_line(exc))
                 await self._sleep(2.0)
 
     async def watch_inventory(self) -> None:
@@ -336,24 +331,26 @@ class Daemon:
                 continue
             try:
                 await self._apply_once()
-            except Exception as exc:
-                self.log.error("push_round_failed", error=str(exc).splitlines()[0][:300])
+            except Exception as exc:  # the one policy: see keyward.daemon.failures
+                round_failed(self.log, "push_round_failed", exc)
                 await self._sleep(1.0)
                 self.changed.set()
 
     async def _apply_once(self) -> None:
         assert self.inventory is not None
         started = time.monotonic()
+        assert self.agent_key is not None
         snapshot, watch, committed_at = await asyncio.to_thread(self._read_state)
         now = self.clock()
         hosts = self.inventory.hosts()
         # Off the event loop: at thousands of hosts this takes a while, and keepalives,
         # heartbeats and other hosts' I/O must go on meanwhile.
-        desired = await asyncio.to_thread(
-            compute_desired, snapshot, self.inventory, hosts, self.agent_key, now
+        inputs = await asyncio.to_thread(
+            compute_inputs, snapshot, self.inventory, hosts, self.agent_key, now
         )
+        desired = inputs.desired
         new_cases = set(watch) - set(self.watch)
-        self.snapshot, self.desired, self.watch = snapshot, desired, watch
+        self.inputs, self.snapshot, self.desired, self.watch = inputs, snapshot, desired, watch
         self.changed_snapshot.set()
         pending: dict[str, list[DesiredFile]] = {}
         for target, d in desired.items():
@@ -396,18 +393,17 @@ class Daemon:
     async def _sync_many(
         self, work: Iterable[tuple[HostLink, list[DesiredFile]]], collect: bool = False
     ) -> list[HostResult]:
-        assert self.snapshot is not None and self.creds is not None and self.agent_key is not None
-        ctx = RunContext(
-            snapshot=self.snapshot,
-            desired=self.desired,
-            creds=self.creds,
-            now=self.clock(),
-            agent_fingerprint=self.agent_key.fingerprint,
-            run_id="d" + uuid.uuid4().hex[:11],
-            log=get_logger(),
-            watch=dict(self.watch),
-            collect=collect,
-            auth_positions=dict(self.auth_positions),
+        assert self.inputs is not None and self.creds is not None
+        # Planned at this moment, from the last computed state (a connect can come later).
+        inputs = dataclasses.replace(self.inputs, now=self.clock())
+        ctx = host_context(
+            inputs,
+            self.creds,
+            self.clock,
+            new_run_id("d"),
+            self.watch,
+            RoundSettings(collect=collect),
+            self.auth_positions,
         )
         await self.lock.acquire()
         try:
@@ -416,17 +412,35 @@ class Daemon:
         finally:
             await self.lock.release()
         self.confirmed_at = self.clock()  # every file of the round is read back by now
-        # One registry transaction for the whole round: one disk sync, not one per host.
-        try:
-            await asyncio.to_thread(
-                record_hosts, self.registry, self.actor, results, ctx.run_id, tuple(self.watch)
-            )
-        except Exception as exc:
-            self.log.error("record_failed", hosts=len(results), error=str(exc)[:300])
-        collected = [r for r in results if r.auth is not None and r.auth.position is not None]
-        if collected:
-            await self._record_logins(collected)
+        await self._record(inputs, ctx, results)
         return results
+
+    async def _record(
+        self, inputs: RoundInputs, ctx: RunContext, results: list[HostResult]
+    ) -> None:
+        """The engine's recorder, one transaction for the whole round (one disk sync).
+
+        The daemon does not wait for a registry that refuses: the next verification pass
+        records the changes late (``recorded-late``). Read positions advance only for the
+        hosts whose logins were stored.
+        """
+        recorder = Recorder(
+            self.registry,
+            self.actor,
+            self.clock,
+            ctx.run_id,
+            tuple(self.watch),
+            self.log,
+            LoginSink.of(inputs),
+        )
+        await asyncio.to_thread(recorder.record, results)
+        for result in recorder.logins_stored:
+            assert result.auth is not None and result.auth.position is not None
+            self.auth_positions[result.host.name] = result.auth.position
+        try:
+            await asyncio.to_thread(recorder.notify, inputs.inventory.policy.alert_command)
+        except KeywardError as exc:
+            self.log.error("logins_record_failed", hosts=len(results), error=exc.message)
 
     async def _sync(self, link: HostLink, files: list[DesiredFile], ctx: RunContext) -> HostResult:
         async with link.busy:
@@ -454,35 +468,6 @@ class Daemon:
                 self.confirmed.pop(f.plan.target, None)
         return result
 
-    async def _record_logins(self, results: list[HostResult]) -> None:
-        """Store the round's new logins in one transaction; positions advance only if stored."""
-        assert self.snapshot is not None and self.inventory is not None
-        known = service_keys(self.inventory, self.agent_key.fingerprint if self.agent_key else None)
-        try:
-            collected = await asyncio.to_thread(
-                record_logins,
-                self.registry,
-                self.actor,
-                results,
-                self.snapshot,
-                self.inventory.policy,
-                self.clock(),
-                known,
-            )
-            for result in results:
-                assert result.auth is not None and result.auth.position is not None
-                self.auth_positions[result.host.name] = result.auth.position
-            if collected.alerts:
-                await asyncio.to_thread(
-                    notify,
-                    self.registry,
-                    self.actor,
-                    collected.alerts,
-                    self.inventory.policy.alert_command,
-                )
-        except Exception as exc:
-            self.log.error("logins_record_failed", hosts=len(results), error=str(exc)[:300])
-
     async def _on_connect(self, link: HostLink) -> None:
         """A (re)connected host gets every file synced: it may have missed changes."""
         self.metrics.hosts_connected.set(sum(1 for x in self.links.values() if x.connected))
@@ -505,8 +490,8 @@ class Daemon:
             # Recompute first so the pass checks against the state at this moment.
             try:
                 await self._apply_once()
-            except Exception as exc:
-                self.log.error("verification_failed", error=str(exc).splitlines()[0][:300])
+            except Exception as exc:  # the one policy: see keyward.daemon.failures
+                round_failed(self.log, "verification_failed", exc)
                 continue
             links = [link for link in self.links.values() if link.connected]
             random.shuffle(links)
@@ -563,8 +548,8 @@ class Daemon:
             self.metrics.hosts_connected.set(sum(1 for x in self.links.values() if x.connected))
             try:
                 await asyncio.to_thread(self._write_heartbeat)
-            except Exception as exc:
-                self.log.warning("heartbeat_failed", error=str(exc).splitlines()[0][:300])
+            except REGISTRY_FAILURES as exc:
+                self.log.warning("heartbeat_failed", error=first_line(exc))
             connected = sum(1 for x in self.links.values() if x.connected)
             state = f"connected {connected}/{len(self.links)} hosts"
             if self.metrics_error is not None:
@@ -695,7 +680,7 @@ class Daemon:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
-        with contextlib.suppress(Exception):  # best effort on the way out
+        with contextlib.suppress(*REGISTRY_FAILURES):  # best effort on the way out
             await asyncio.to_thread(self._write_heartbeat, True)
         self.lock.close()
         self.log.info("daemon_stopped")

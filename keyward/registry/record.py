@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
-from keyward.agent.reconcile import HostResult
 from keyward.desired import COMMENT_PREFIX
 from keyward.plan import parse_cached
 from keyward.registry.models import HostState, OffboardingCase, OffboardingTarget
 from keyward.registry.store import Registry, WriteTx
 from keyward.registry.subjects import Subject
+
+if TYPE_CHECKING:
+    from keyward.agent.reconcile import HostResult
 
 AUDIT_ACTIONS = {
     "add": "host.add",

@@ -24,11 +24,24 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 from sqlmodel import col, select
 
-from keyward.agent.login_store import (
+from keyward.inventory.model import Host, PolicySettings
+from keyward.logins import (
+    Alert,
+    LoginEvent,
+    failed_login_alerts,
+    multi_source_alerts,
+    new_source_alerts,
+    parse_lines,
+    trusted_source,
+)
+from keyward.logs import get_logger
+from keyward.registry.bulk import insert_many
+from keyward.registry.login_store import (
     JOURNAL_POS,
     LOGIN_TABLE,
     HostLogins,
@@ -41,24 +54,15 @@ from keyward.agent.login_store import (
     remember_sources,
     session_of,
 )
-from keyward.agent.reconcile import AuthBatch, HostResult
-from keyward.inventory.model import Host, Inventory, PolicySettings
-from keyward.logins import (
-    Alert,
-    LoginEvent,
-    failed_login_alerts,
-    multi_source_alerts,
-    new_source_alerts,
-    parse_lines,
-)
-from keyward.logs import get_logger
-from keyward.registry.bulk import insert_many
 from keyward.registry.models import Alert as AlertRow
 from keyward.registry.models import AuthLogPosition, FailureMode, OffboardingCase, Person
 from keyward.registry.models import LoginEvent as LoginRow
 from keyward.registry.store import Registry, WriteTx
 from keyward.registry.subjects import Subject, alert_subject
 from keyward.state import RegistrySnapshot
+
+if TYPE_CHECKING:
+    from keyward.agent.reconcile import AuthBatch, HostResult
 
 NOTIFY_TIMEOUT = 30
 
@@ -68,15 +72,6 @@ class Collected:
     events: int
     alerts: tuple[int, ...]
     failure_modes: int
-
-
-def service_keys(inventory: Inventory, agent_fingerprint: str | None) -> dict[str, str]:
-    """Keys that are not people's: the agent's own and break-glass keys, named in login logs."""
-    known = {agent_fingerprint: "keyward-agent"} if agent_fingerprint else {}
-    for env in inventory.environments:
-        for entry in env.break_glass:
-            known[entry.key.fingerprint] = "break-glass"
-    return known
 
 
 def saved_positions(registry: Registry) -> dict[str, dict[str, object]]:
@@ -109,7 +104,7 @@ def record_logins(
     owners.update(extra_owners or {})
     parsed = [
         (host.name, batch, parse_lines(host.name, batch.lines, owners, now, batch.kind))
-        if trusted_source(host, batch)
+        if trusted_source(batch.kind, host.auth_log_trusted)
         else (host.name, batch, _ignored(host, batch))
         for host, batch in batches
     ]
@@ -152,12 +147,6 @@ def record_logins(
             ):
                 modes += _enter_failure_mode(tx, alert.person, row, policy, now)
     return Collected(sum(len(events) for _, _, events in parsed), tuple(alert_ids), modes)
-
-
-def trusted_source(host: Host, batch: AuthBatch) -> bool:
-    """Whether ``batch``'s lines may be attributed: the journal always, a file only when the
-    inventory vouches for it (``auth_log_trusted``), since anyone on the host can write one."""
-    return batch.kind == "journal" or host.auth_log_trusted
 
 
 def _ignored(host: Host, batch: AuthBatch) -> list[LoginEvent]:

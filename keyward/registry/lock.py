@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from keyward.errors import KeywardError
 from keyward.registry.db import sqlite_path
@@ -154,6 +155,94 @@ def pg_holder(conn: Any) -> str:
     return describe(record, where)
 
 
+class LockHandle:
+    """This process's hold on the writers' lock: one attempt at a time, never waiting.
+
+    On SQLite it is a descriptor of ``<registry file>.lock`` under ``flock``; on
+    PostgreSQL a connection of its own that holds the advisory lock and is named after
+    ``holder``. Both are opened on the first attempt and kept until :meth:`close`, so
+    the daemon can take and give back the lock round after round with one of them.
+    :func:`reconcile_lock` (waiting, with a deadline) and the daemon's
+    ``WriterLock`` (shared by its rounds, off the event loop) are built on it.
+    """
+
+    def __init__(self, registry: Registry, holder: Holder) -> None:
+        self._registry = registry
+        self._holder = holder
+        self._conn: Any = None
+        self._fd: int | None = None
+        self.lock_path: str | None = None  # the lock file, on SQLite
+        if registry.backend != "postgresql":
+            path = sqlite_path(registry.url)
+            if path is None:
+                raise KeywardError(
+                    "writers need a file or PostgreSQL registry, not an in-memory one"
+                )
+            self.lock_path = f"{path}.lock"
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, and say who holds it now; False when taken."""
+        if self.lock_path is None:
+            if self._conn is None:
+                self._conn = self._registry.engine.connect()
+                # A waiting writer reads this name to say whom it waits for.
+                name_pg_connection(self._conn, self._holder)
+                self._conn.commit()
+            got = bool(
+                self._conn.execute(
+                    text("SELECT pg_try_advisory_lock(:id)"), {"id": ADVISORY_LOCK_ID}
+                ).scalar()
+            )
+            self._conn.commit()
+            return got
+        if self._fd is None:
+            self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        mark_file(self._fd, self._holder)
+        return True
+
+    def held_by(self) -> str:
+        """Who holds the lock, as a waiting administrator is told."""
+        if self.lock_path is None:
+            if self._conn is None:
+                return UNKNOWN_HOLDER
+            return pg_holder(self._conn)
+        return file_holder(self.lock_path)
+
+    def busy(self) -> LockBusy:
+        """The error for a writer that waited long enough."""
+        where = f" (lock {self.lock_path})" if self.lock_path is not None else ""
+        return LockBusy(f"another keyward writer is running: {self.held_by()}{where}")
+
+    def release(self) -> None:
+        """Give the lock back; the descriptor or connection stays open for the next attempt."""
+        if self._conn is not None:
+            self._conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ADVISORY_LOCK_ID})
+            self._conn.commit()
+        if self._fd is not None:
+            unmark_file(self._fd)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file, or hand the connection back to the pool unnamed."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                # The pool hands the connection out again: it must not go on naming
+                # this holder. A broken connection is dropped by the pool anyway.
+                with suppress(SQLAlchemyError):
+                    conn.execute(text("RESET application_name"))
+                    conn.commit()
+            finally:
+                conn.close()
+
+
 @contextmanager
 def reconcile_lock(
     registry: Registry,
@@ -166,61 +255,20 @@ def reconcile_lock(
 
     When the lock is taken, ``on_wait`` is called once with who holds it, before waiting.
     """
-    me = holder or Holder("keyward")
     deadline = time.monotonic() + wait
     told = False
-    if registry.backend == "postgresql":
-        with registry.engine.connect() as conn:
-            name_pg_connection(conn, me)
-            conn.commit()
-            try:
-                while True:
-                    got = conn.execute(
-                        text("SELECT pg_try_advisory_lock(:id)"), {"id": ADVISORY_LOCK_ID}
-                    ).scalar()
-                    conn.commit()
-                    if got:
-                        break
-                    if time.monotonic() >= deadline:
-                        raise LockBusy(f"another keyward writer is running: {pg_holder(conn)}")
-                    if on_wait is not None and not told:
-                        told = True
-                        on_wait(pg_holder(conn))
-                    time.sleep(POLL)
-                try:
-                    yield
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ADVISORY_LOCK_ID})
-                    conn.commit()
-            finally:
-                # The connection goes back to the pool: do not let it go on naming this holder.
-                conn.execute(text("RESET application_name"))
-                conn.commit()
-        return
-    path = sqlite_path(registry.url)
-    if path is None:
-        raise KeywardError("writers need a file or PostgreSQL registry, not an in-memory one")
-    lock_path = f"{path}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = LockHandle(registry, holder or Holder("keyward"))
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockBusy(
-                        f"another keyward writer is running: {file_holder(lock_path)} "
-                        f"(lock {lock_path})"
-                    ) from None
-                if on_wait is not None and not told:
-                    told = True
-                    on_wait(file_holder(lock_path))
-                time.sleep(POLL)
-        mark_file(fd, me)
+        while not lock.try_acquire():
+            if time.monotonic() >= deadline:
+                raise lock.busy()
+            if on_wait is not None and not told:
+                told = True
+                on_wait(lock.held_by())
+            time.sleep(POLL)
         try:
             yield
         finally:
-            unmark_file(fd)
+            lock.release()
     finally:
-        os.close(fd)
+        lock.close()
