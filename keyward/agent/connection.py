@@ -7,7 +7,8 @@ one ``remote.py`` process serves every request for that host.
 
 ``HostConnection`` is the SSH implementation of ``keyward.agent.transport.HostTransport``:
 it sends the helper's requests and reads its JSON replies into the transport's typed
-replies, anything malformed becoming ``HostError``.  ``Credentials`` is its ``Connector``.
+replies, anything malformed becoming ``HostProtocolError``.  ``Credentials`` is its
+``Connector``.
 """
 
 from __future__ import annotations
