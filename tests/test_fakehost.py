@@ -482,3 +482,38 @@ def test_the_fake_answers_as_the_helper_does(
     real_write = remote.write_one({"account": account, "pattern": pattern}, new, expected, True)
     assert fake.write_one(account, pattern, new, expected) == real_write
     assert fake.read_one(account, pattern) == remote.read_one(account, pattern)
+
+
+def test_a_long_lived_connection_serves_pushes_and_verification() -> None:
+    """The daemon's use of a connection: a push of just the changed file, then a full
+    verification that finds a hand edit, over one connection opened once."""
+    from keyward.agent.reconcile import files_of, sync_files
+
+    host = make_host("h0")
+    fleet = fleet_of([host])
+    fake = fleet["h0"]
+    log = Events()
+
+    def ctx(desired: dict[FileTarget, DesiredFile]) -> RunContext:
+        return RunContext(snapshot(), desired, fleet, NOW, KEYS["agent"].fingerprint, "d1",
+                          lambda: NOW, log=log)  # fmt: skip
+
+    async def scenario() -> list[HostResult]:
+        conn = await fleet.open(host)
+        first = desired_for([host], ("alice",), ("bob",))
+        everything = await sync_files(conn, files_of(host, first), ctx(first))
+        changed = desired_for([host], ("alice",), ("alice",))
+        deploy = [d for d in files_of(host, changed) if d.target.account == "deploy"]
+        push = await sync_files(conn, deploy, ctx(changed))
+        hand = KEYS["eve"].openssh().encode() + b" by hand\n"
+        fake.edit(fake.path_of("root"), (fake.content("root") or b"") + hand)
+        verify = await sync_files(conn, files_of(host, changed), ctx(changed))
+        await conn.close()
+        return [everything, push, verify]
+
+    everything, push, verify = asyncio.run(scenario())
+    assert [len(r.files) for r in (everything, push, verify)] == [2, 1, 2]
+    assert all(r.ok for r in (everything, push, verify))
+    assert [f.plan.action for f in verify.files] == ["in-sync", "update"]
+    assert [e["person"] for e in log.named("drift_removed")] == ["eve"]
+    assert fake.opened == 1 and fake.connections == []
