@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from keyward.agent import connection, reconcile
+from keyward.agent import connection
 from keyward.agent.reconcile import RunContext, observed_from_reply, reconcile_host
+from keyward.agent.transport import file_read
 from keyward.desired import FileTarget
 from keyward.engine.recorder import RETRY, Recorder, RetryPolicy
 from keyward.errors import HostProtocolError, RegistryUnavailable
@@ -108,11 +109,11 @@ def test_nothing_to_retry_sleeps_not_at_all(monkeypatch: pytest.MonkeyPatch) -> 
 # -- the host-failure boundary ----------------------------------------------------
 
 
-def context(clock: Any = lambda: NOW) -> RunContext:
+def context(clock: Any = lambda: NOW, creds: Any = NOBODY) -> RunContext:
     return RunContext(
         snapshot=NOBODY,
         desired={},
-        creds=NOBODY,
+        creds=creds,
         now=NOW,
         agent_fingerprint=None,
         run_id="run1",
@@ -124,43 +125,50 @@ def context(clock: Any = lambda: NOW) -> RunContext:
 HOST: Any = SimpleNamespace(name="web1", managed_accounts=(), authorized_keys=())
 
 
-def connected_to(monkeypatch: pytest.MonkeyPatch, read_raises: Exception) -> None:
+def connected_to(read_raises: Exception) -> Any:
+    """A connector whose hosts' reads raise ``read_raises``."""
+
     async def read(files: list[Any]) -> list[Any]:
         raise read_raises
 
     async def close() -> None:
         return None
 
-    async def open_(host: Any, creds: Any) -> Any:
-        return SimpleNamespace(host=host, helper=SimpleNamespace(read=read), close=close)
+    async def open_(host: Any, keepalive: float = 0) -> Any:
+        return SimpleNamespace(host=host, read=read, close=close)
 
-    monkeypatch.setattr(reconcile.HostConnection, "open", open_)
+    return SimpleNamespace(open=open_)
 
 
-def test_a_helper_answer_keyward_cannot_read_fails_that_host(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    connected_to(monkeypatch, HostProtocolError("web1: the answer to read is not JSON"))
-    got = asyncio.run(reconcile_host(HOST, context()))
+def test_a_helper_answer_keyward_cannot_read_fails_that_host() -> None:
+    creds = connected_to(HostProtocolError("web1: the answer to read is not JSON"))
+    got = asyncio.run(reconcile_host(HOST, context(creds=creds)))
     assert got.error == "web1: the answer to read is not JSON"
 
 
 @pytest.mark.parametrize("bug", [KeyError("action"), ValueError("bad"), TypeError("x")])
-def test_a_bug_in_keyward_raises_instead_of_failing_the_host(
-    monkeypatch: pytest.MonkeyPatch, bug: Exception
-) -> None:
-    connected_to(monkeypatch, bug)
+def test_a_bug_in_keyward_raises_instead_of_failing_the_host(bug: Exception) -> None:
     with pytest.raises(type(bug)):
-        asyncio.run(reconcile_host(HOST, context()))
+        asyncio.run(reconcile_host(HOST, context(creds=connected_to(bug))))
 
 
 def test_bad_base64_from_a_host_is_a_protocol_error() -> None:
-    target = FileTarget("web1", "deploy", ".ssh/authorized_keys")
+    async def read(content: object) -> object:
+        reply = {"ok": True, "files": [{"state": "present", "content_b64": content}]}
+
+        async def call(op: str, **args: object) -> object:
+            return reply
+
+        helper: Any = SimpleNamespace(call=call)
+        conn = connection.HostConnection(HOST, Any, helper)  # type: ignore[arg-type]
+        return await conn.read([("deploy", ".ssh/authorized_keys")])
+
     with pytest.raises(HostProtocolError, match="not base64"):
-        observed_from_reply(target, {"state": "present", "content_b64": "@@not base64@@"})
+        asyncio.run(read("@@not base64@@"))
     with pytest.raises(HostProtocolError):
-        observed_from_reply(target, {"state": "present", "content_b64": 42})
-    seen = observed_from_reply(target, {"state": "error", "error": "not an object"})
+        asyncio.run(read(42))
+    target = FileTarget("web1", "deploy", ".ssh/authorized_keys")
+    seen = observed_from_reply(target, file_read({"state": "error", "error": "not an object"}))
     assert seen.error_code is None
 
 
@@ -180,8 +188,8 @@ def test_the_helper_conversation_names_an_unreadable_answer(line: str, problem: 
         asyncio.run(helper.call("hello"))
 
 
-def test_a_host_s_times_come_from_the_injected_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_host_s_times_come_from_the_injected_clock() -> None:
     later = NOW + timedelta(minutes=5)
-    connected_to(monkeypatch, HostProtocolError("web1: gone"))
-    got = asyncio.run(reconcile_host(HOST, context(clock=lambda: later)))
+    creds = connected_to(HostProtocolError("web1: gone"))
+    got = asyncio.run(reconcile_host(HOST, context(clock=lambda: later, creds=creds)))
     assert got.started == later and got.finished == later

@@ -7,6 +7,7 @@ refused) is ``tests/test_lifecycle.py``.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import pytest
 
@@ -139,15 +140,17 @@ def test_each_open_case_gets_its_own_evidence() -> None:
     assert out[1].error == "1 of the person's keys still present"
 
 
-class _Helper:
+class _Host:
     """Answers the ``auth_log`` request as a host's helper would, with a chosen source."""
 
-    def __init__(self, reply: dict[str, object]) -> None:
+    def __init__(self, host: object, reply: dict[str, object]) -> None:
+        self.host = host
         self.reply = reply
 
-    async def call(self, op: str, **args: object) -> dict[str, object]:
-        assert op == "auth_log"
-        return self.reply
+    async def auth_log(self, source: str, **args: object) -> object:
+        from keyward.agent.transport import auth_log_read
+
+        return auth_log_read(self.reply)
 
 
 JOURNAL_REPLY = {
@@ -175,7 +178,7 @@ def test_a_batch_is_journal_only_where_the_inventory_asked_for_it(
 
     host = Host("h1", "prod", "127.0.0.1", 22, "root", ("%h/.ssh/authorized_keys",),
                 "exclusive", (), ("root",), auth_log=asked)  # fmt: skip
-    conn = SimpleNamespace(host=host, helper=_Helper(JOURNAL_REPLY))
+    conn = _Host(host, JOURNAL_REPLY)
     ctx = SimpleNamespace(auth_positions={}, log=SimpleNamespace(bind=lambda **_: _Quiet()))
     batch = asyncio.run(collect_auth_log(cast(Any, conn), cast(Any, ctx)))
     assert len(batch.lines) == lines
@@ -185,3 +188,115 @@ def test_a_batch_is_journal_only_where_the_inventory_asked_for_it(
 class _Quiet:
     def warning(self, *args: object, **kwargs: object) -> None:
         pass
+
+
+class _Wire:
+    """The JSON side of a helper: answers each op with a canned reply."""
+
+    def __init__(self, replies: dict[str, dict[str, object]]) -> None:
+        self.replies = replies
+        self.asked: list[tuple[str, dict[str, object]]] = []
+
+    async def call(self, op: str, timeout: float = 0, **args: object) -> dict[str, object]:
+        self.asked.append((op, args))
+        return self.replies[op]
+
+
+def _over_ssh(replies: dict[str, dict[str, object]]) -> tuple[Any, _Wire]:
+    """A ``HostConnection`` whose helper is ``_Wire``: the SSH transport minus SSH."""
+    from typing import cast
+
+    from keyward.agent.connection import HostConnection
+    from keyward.inventory.model import Host
+
+    host = Host(
+        "h1",
+        "prod",
+        "127.0.0.1",
+        22,
+        "root",
+        ("%h/.ssh/authorized_keys",),
+        "exclusive",
+        (),
+        ("root",),
+    )
+    wire = _Wire(replies)
+    return HostConnection(host, cast(Any, None), cast(Any, wire)), wire
+
+
+def test_the_ssh_transport_reads_the_helpers_replies_into_typed_ones() -> None:
+    import asyncio
+    import base64
+
+    from keyward.agent.transport import FileRead, HelperError
+
+    present = {
+        "account": "root",
+        "path": "/root/.ssh/authorized_keys",
+        "state": "present",
+        "content_b64": base64.b64encode(b"k\n").decode(),
+        "sha256": "ab",
+        "owner_ok": False,
+        "replaceable": False,
+        "error": None,
+    }
+    linked = {
+        "account": "root",
+        "path": "/p",
+        "state": "error",
+        "error": {"code": "hardlink", "message": "/p has 2 hard links"},
+    }
+    conn, wire = _over_ssh(
+        {
+            "read": {"ok": True, "files": [present, linked]},
+            "write": {
+                "ok": False,
+                "path": "/p",
+                "sha256": None,
+                "error": {"code": "changed", "message": "/p changed"},
+            },
+            "sshd_config": {"ok": True, "settings": {"loglevel": "INFO"}},
+        }
+    )
+    files = asyncio.run(conn.read([("root", "%h/.ssh/authorized_keys"), ("root", "/p")]))
+    assert files == [
+        FileRead("/root/.ssh/authorized_keys", "present", b"k\n", "ab", False, False, None),
+        # An older helper that does not say: a hard link is replaceable.
+        FileRead(
+            "/p", "error", None, None, True, True, HelperError("hardlink", "/p has 2 hard links")
+        ),
+    ]
+    written = asyncio.run(conn.write("root", "/p", b"new\n", "ab"))
+    assert not written.ok and written.error == HelperError("changed", "/p changed")
+    assert wire.asked[1] == (
+        "write",
+        {
+            "account": "root",
+            "pattern": "/p",
+            "content_b64": "bmV3Cg==",
+            "expect_sha256": "ab",
+            "create_dir": True,
+        },
+    )
+    assert asyncio.run(conn.sshd_config("root", None)).settings == {"loglevel": "INFO"}
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        ({"ok": False, "error": {"code": "bad_request", "message": "no"}}, "h1: read failed: no"),
+        ({"ok": True, "files": [{"state": "present", "content_b64": "abc"}]}, "not base64"),
+        ({"ok": True}, "h1: the answer to read does not list every file"),
+        ({"ok": True, "files": []}, "h1: the answer to read does not list every file"),
+    ],
+)
+def test_a_read_reply_that_makes_no_sense_fails_the_host(
+    reply: dict[str, object], message: str
+) -> None:
+    import asyncio
+
+    from keyward.errors import HostError
+
+    conn, _ = _over_ssh({"read": reply})
+    with pytest.raises(HostError, match=message):
+        asyncio.run(conn.read([("root", "%h/.ssh/authorized_keys")]))

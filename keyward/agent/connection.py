@@ -4,6 +4,11 @@ The agent never trusts a host it has not pinned: host keys come only from the
 inventory's known_hosts file (``hostkeys.host_key_options``), ``config=[]`` keeps a
 user's ``~/.ssh/config`` from weakening anything, and no SSH agent is consulted.  Over
 each connection one ``remote.py`` process serves every request for that host.
+
+``HostConnection`` is the SSH implementation of ``keyward.agent.transport.HostTransport``:
+it sends the helper's requests and reads its JSON replies into the transport's typed
+replies, anything malformed becoming ``HostProtocolError``.  ``Credentials`` is its
+``Connector``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,16 @@ import asyncssh
 
 from keyward.agent.bootstrap import remote_command
 from keyward.agent.hostkeys import host_key_options
+from keyward.agent.transport import (
+    AuthLogRead,
+    FileRead,
+    SshdConfig,
+    WriteResult,
+    auth_log_read,
+    file_read,
+    sshd_config_read,
+    write_result,
+)
 from keyward.errors import HostError, HostProtocolError
 from keyward.inventory.model import Host
 
@@ -62,6 +78,10 @@ class Credentials:
             ) from None
         return cls(key, asyncssh.import_known_hosts(text), text, connect_timeout, python)
 
+    async def open(self, host: Host, *, keepalive: float = 0) -> HostConnection:
+        """The ``Connector`` for real hosts: an SSH connection with these credentials."""
+        return await HostConnection.open(host, self, keepalive=keepalive)
+
 
 def read_timeout(files: int) -> float:
     """How long a read of ``files`` files may take: every file's share, and then some."""
@@ -99,35 +119,6 @@ class RemoteHelper:
             if reply.get("id") != self._next_id:
                 raise HostError(f"{self._host}: remote helper answered out of order")
             return reply
-
-    async def read(self, files: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        reply = await self.call(
-            "read",
-            timeout=read_timeout(len(files)),
-            files=[{"account": account, "pattern": pattern} for account, pattern in files],
-        )
-        if not reply.get("ok"):
-            raise HostError(f"{self._host}: read failed: {_error_text(reply)}")
-        result = reply.get("files")
-        if (
-            not isinstance(result, list)
-            or len(result) != len(files)
-            or not all(isinstance(item, dict) for item in result)
-        ):
-            raise HostProtocolError(f"{self._host}: the answer to read does not list every file")
-        return result
-
-    async def write(
-        self, account: str, pattern: str, content: bytes, expect_sha256: str | None
-    ) -> dict[str, Any]:
-        return await self.call(
-            "write",
-            account=account,
-            pattern=pattern,
-            content_b64=base64.b64encode(content).decode("ascii"),
-            expect_sha256=expect_sha256,
-            create_dir=True,
-        )
 
     async def close(self) -> None:
         try:
@@ -208,6 +199,79 @@ class HostConnection:
             conn.close()
             raise
         return cls(host, conn, helper)
+
+    async def read(self, files: Sequence[tuple[str, str]]) -> list[FileRead]:
+        reply = await self.helper.call(
+            "read",
+            timeout=read_timeout(len(files)),
+            files=[{"account": account, "pattern": pattern} for account, pattern in files],
+        )
+        if not reply.get("ok"):
+            raise HostError(f"{self.host.name}: read failed: {_error_text(reply)}")
+        entries = reply.get("files")
+        if (
+            not isinstance(entries, list)
+            or len(entries) != len(files)
+            or not all(isinstance(item, dict) for item in entries)
+        ):
+            raise HostProtocolError(
+                f"{self.host.name}: the answer to read does not list every file"
+            )
+        result: list[FileRead] = []
+        for (account, _), entry in zip(files, entries, strict=True):
+            try:
+                result.append(file_read(entry))
+            except (TypeError, ValueError):
+                raise HostProtocolError(
+                    f"{self.host.name}: the content read from {account}'s file is not base64"
+                ) from None
+        return result
+
+    async def write(
+        self, account: str, pattern: str, content: bytes, expect_sha256: str | None
+    ) -> WriteResult:
+        reply = await self.helper.call(
+            "write",
+            account=account,
+            pattern=pattern,
+            content_b64=base64.b64encode(content).decode("ascii"),
+            expect_sha256=expect_sha256,
+            create_dir=True,
+        )
+        return write_result(reply)
+
+    async def auth_log(
+        self,
+        source: str,
+        *,
+        cursor: str | None,
+        position: Mapping[str, Any] | None,
+        match: Sequence[str],
+    ) -> AuthLogRead:
+        reply = await self.helper.call(
+            "auth_log",
+            source=source,
+            cursor=cursor,
+            position=None if position is None else dict(position),
+            match=list(match),
+        )
+        try:
+            return auth_log_read(reply)
+        except ValueError as exc:
+            raise HostProtocolError(f"{self.host.name}: {exc}") from None
+
+    async def sshd_config(self, user: str, config: str | None) -> SshdConfig:
+        reply = await self.helper.call("sshd_config", user=user, config=config)
+        try:
+            return sshd_config_read(reply)
+        except ValueError as exc:
+            raise HostProtocolError(f"{self.host.name}: {exc}") from None
+
+    def abort(self) -> None:
+        self.conn.close()
+
+    async def wait_closed(self) -> None:
+        await self.conn.wait_closed()
 
     async def close(self) -> None:
         await self.helper.close()

@@ -2,13 +2,13 @@
 
 For each host: one connection, one read of every managed file, a pure plan,
 then compare-and-swap writes of exactly the files that differ, each read back
-and checked.  A failing host never stops the others.
+and checked.  A failing host never stops the others.  Hosts are reached through
+``keyward.agent.transport``: over SSH in production, in memory in fast tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,10 +16,10 @@ from typing import Any
 
 import asyncssh
 
-from keyward.agent.connection import Credentials, HostConnection
+from keyward.agent.transport import Connector, FileRead, HostTransport
 from keyward.clock import Clock
 from keyward.desired import DesiredFile, FileTarget
-from keyward.errors import HostError, HostProtocolError
+from keyward.errors import HostError
 from keyward.inventory.model import Host
 from keyward.logins import LOGIN_MARKERS, LogLine
 from keyward.logs import get_logger
@@ -104,7 +104,8 @@ class RunContext:
 
     snapshot: RegistrySnapshot
     desired: dict[FileTarget, DesiredFile]
-    creds: Credentials
+    # How hosts are reached: the SSH ``Credentials``, or a fake fleet in tests.
+    creds: Connector
     now: datetime
     agent_fingerprint: str | None
     run_id: str
@@ -128,32 +129,21 @@ class RunContext:
 STUCK_CODES = frozenset({"timeout", "busy"})
 
 
-def _error_of(reply: dict[str, Any]) -> dict[str, Any]:
-    """The helper's ``error`` object; anything else a host sends there counts as none."""
-    error = reply.get("error")
-    return error if isinstance(error, dict) else {}
-
-
-def observed_from_reply(target: FileTarget, reply: dict[str, Any]) -> Observed:
-    error = _error_of(reply)
-    content = None
-    if reply.get("content_b64") is not None:
-        try:
-            content = base64.b64decode(reply["content_b64"], validate=True)
-        except (TypeError, ValueError):
-            raise HostProtocolError(
-                f"{target.host}: the content read from {target.account}'s file is not base64"
-            ) from None
+def observed_from_reply(target: FileTarget, reply: FileRead) -> Observed:
+    error = reply.error
+    if error is None:  # the usual case, once per managed file per round: kept short
+        return Observed(target, reply.state, reply.path, reply.content, reply.sha256,
+                        reply.owner_ok, None, None, reply.replaceable)  # fmt: skip
     return Observed(
         target=target,
-        state=reply.get("state", "error"),
-        path=reply.get("path"),
-        content=content,
-        sha256=reply.get("sha256"),
-        owner_ok=bool(reply.get("owner_ok", True)),
-        error_code=error.get("code"),
-        error_message=error.get("message"),
-        replaceable=bool(reply.get("replaceable", error.get("code") in ("hardlink", "too_large"))),
+        state=reply.state,
+        path=reply.path,
+        content=reply.content,
+        sha256=reply.sha256,
+        owner_ok=reply.owner_ok,
+        error_code=error.code,
+        error_message=error.message,
+        replaceable=reply.replaceable,
     )
 
 
@@ -165,20 +155,19 @@ def files_of(host: Host, desired: dict[FileTarget, DesiredFile]) -> list[Desired
     ]
 
 
-async def _apply_file(conn: HostConnection, plan: FilePlan, ctx: RunContext) -> FileResult:
+async def _apply_file(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> FileResult:
     assert plan.new_content is not None
     log = ctx.log.bind(host=conn.host.name, account=plan.target.account, run_id=ctx.run_id)
-    reply = await conn.helper.write(
+    reply = await conn.write(
         plan.target.account, plan.target.pattern, plan.new_content, plan.expect_sha256
     )
-    if not reply.get("ok"):
-        error = _error_of(reply)
-        message = str(error.get("message") or error.get("code") or "write failed")
-        log.error("file_write_failed", path=plan.path, code=error.get("code"), error=message)
+    if reply.error is not None:
+        message = reply.error.text or "write failed"
+        log.error("file_write_failed", path=plan.path, code=reply.error.code or None, error=message)
         return FileResult(plan, error=message)
     expected = sha256(plan.new_content)
-    if reply.get("sha256") != expected:
-        log.error("file_readback_mismatch", path=reply.get("path"))
+    if reply.sha256 != expected:
+        log.error("file_readback_mismatch", path=reply.path)
         return FileResult(plan, error="read-back after writing did not match what was written")
     for change in plan.changes:
         event = {"add": "key_added", "remove": "key_removed"}[change.action]
@@ -186,20 +175,20 @@ async def _apply_file(conn: HostConnection, plan: FilePlan, ctx: RunContext) -> 
             event = "drift_removed"
         log.info(
             event,
-            path=reply.get("path"),
+            path=reply.path,
             fingerprint=change.fingerprint,
             person=change.owner,
             reason=change.reason,
         )
     if plan.action == "fix-mode":
-        log.info("file_mode_fixed", path=reply.get("path"))
-    if reply.get("fixed_dir_mode"):
-        log.info("dir_mode_fixed", path=reply.get("path"))
-    return FileResult(plan, written=True, confirmed_sha256=reply.get("sha256"))
+        log.info("file_mode_fixed", path=reply.path)
+    if reply.fixed_dir_mode:
+        log.info("dir_mode_fixed", path=reply.path)
+    return FileResult(plan, written=True, confirmed_sha256=reply.sha256)
 
 
 async def sync_files(
-    conn: HostConnection, desired: list[DesiredFile], ctx: RunContext
+    conn: HostTransport, desired: list[DesiredFile], ctx: RunContext
 ) -> HostResult:
     """Read, plan and (unless dry-run) apply ``desired`` over an open connection.
 
@@ -209,7 +198,7 @@ async def sync_files(
     host = conn.host
     started = _now(ctx)
     log = ctx.log.bind(host=host.name, run_id=ctx.run_id)
-    replies = await conn.helper.read([(d.target.account, d.target.pattern) for d in desired])
+    replies = await conn.read([(d.target.account, d.target.pattern) for d in desired])
     observed = {
         d.target: observed_from_reply(d.target, reply)
         for d, reply in zip(desired, replies, strict=True)
@@ -249,17 +238,12 @@ async def sync_files(
     )
 
 
-async def sshd_warnings(conn: HostConnection) -> tuple[str, ...]:
+async def sshd_warnings(conn: HostTransport) -> tuple[str, ...]:
     """What in the host's effective sshd configuration undermines keyward's guarantees."""
-    reply = await conn.helper.call(
-        "sshd_config", user=conn.host.login, config=conn.host.sshd_config
-    )
-    if not reply.get("ok"):
-        error = _error_of(reply)
-        return (f"cannot read sshd's configuration (sshd -T): {error.get('message')}",)
-    settings = reply.get("settings") or {}
-    if not isinstance(settings, dict):
-        raise HostProtocolError(f"{conn.host.name}: the answer to sshd_config has no settings")
+    reply = await conn.sshd_config(conn.host.login, conn.host.sshd_config)
+    if reply.error is not None:
+        return (f"cannot read sshd's configuration (sshd -T): {reply.error.message or None}",)
+    settings = reply.settings
     out: list[str] = []
     level = str(settings.get("loglevel", "")).upper()
     if level not in ("VERBOSE", "DEBUG", "DEBUG1", "DEBUG2", "DEBUG3"):
@@ -274,42 +258,33 @@ async def sshd_warnings(conn: HostConnection) -> tuple[str, ...]:
     return tuple(out)
 
 
-async def collect_auth_log(conn: HostConnection, ctx: RunContext) -> AuthBatch:
+async def collect_auth_log(conn: HostTransport, ctx: RunContext) -> AuthBatch:
     """Read sshd's log lines that are new since the saved position, over the open connection."""
     saved = ctx.auth_positions.get(conn.host.name, {})
-    reply = await conn.helper.call(
-        "auth_log",
-        source=conn.host.auth_log,
-        cursor=saved.get("cursor"),
-        position=saved.get("position"),
-        match=list(LOGIN_MARKERS),
+    cursor, position = saved.get("cursor"), saved.get("position")
+    reply = await conn.auth_log(
+        conn.host.auth_log,
+        cursor=cursor if isinstance(cursor, str) else None,
+        position=position if isinstance(position, dict) else None,
+        match=LOGIN_MARKERS,
     )
-    if not reply.get("ok"):
-        error = _error_of(reply)
-        message = str(error.get("message") or error.get("code") or "auth log unreadable")
+    if reply.error is not None or reply.source is None:
+        message = (reply.error.text if reply.error else "") or "auth log unreadable"
         ctx.log.bind(host=conn.host.name).warning("auth_log_unreadable", error=message)
         return AuthBatch(conn.host.auth_log, (), None, message)
-    if reply.get("source") == "journal" and conn.host.auth_log not in ("auto", "journal"):
+    if reply.source == "journal" and conn.host.auth_log not in ("auto", "journal"):
         # The journal is trusted and a file is not: the kind of a batch follows what the
         # inventory asked for, never only what the host answered.
         message = f"asked for {conn.host.auth_log}, the host answered with the journal"
         ctx.log.bind(host=conn.host.name).warning("auth_log_unreadable", error=message)
         return AuthBatch(conn.host.auth_log, (), None, message)
-    items = reply.get("lines", [])
-    if not isinstance(items, list):
-        raise HostProtocolError(f"{conn.host.name}: the answer to auth_log has no list of lines")
-    lines = tuple(
-        LogLine(str(item.get("text", "")), item.get("ts"), item.get("pos"))
-        for item in items
-        if isinstance(item, dict)
-    )
-    position: dict[str, Any] = {"source": reply.get("source")}
-    if reply.get("source") == "journal":
-        position["cursor"] = reply.get("cursor")
+    new_position: dict[str, Any] = {"source": reply.source}
+    if reply.source == "journal":
+        new_position["cursor"] = reply.cursor
     else:
-        position["position"] = reply.get("position")
-        position["path"] = reply.get("path")
-    return AuthBatch(str(reply.get("source")), lines, position)
+        new_position["position"] = reply.position
+        new_position["path"] = reply.path
+    return AuthBatch(reply.source, reply.lines, new_position)
 
 
 def failed(host: Host, started: datetime, ctx: RunContext, exc: Exception) -> HostResult:
@@ -331,9 +306,9 @@ HOST_FAILURES = (HostError, OSError, asyncssh.Error)
 async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
     """Connect, sync every managed file of ``host``, disconnect; never raises for host problems."""
     started = _now(ctx)
-    conn: HostConnection | None = None
+    conn: HostTransport | None = None
     try:
-        conn = await HostConnection.open(host, ctx.creds)
+        conn = await ctx.creds.open(host)
         return await sync_files(conn, files_of(host, ctx.desired), ctx)
     except HOST_FAILURES as exc:
         return failed(host, started, ctx, exc)
