@@ -141,3 +141,57 @@ def test_a_failed_or_dirty_host_keeps_the_case_open_with_its_reason(db_url: str)
             )
         ]
     assert details == ["run2"]
+
+
+def _key() -> PublicKey:
+    return PublicKey(
+        ED25519, encode_string(ED25519.encode()) + encode_string(secrets.token_bytes(32))
+    )
+
+
+def test_recorded_owners_are_the_registrys_not_the_lines_comments(db_url: str) -> None:
+    """A comment is text anyone who edits the file can write: ``keyward:alice:...`` on bob's
+    key, or on a key nobody registered, must not put the key in alice's name."""
+    registry, _, _ = Registry.initialise(db_url, clock=lambda: NOW)
+    alice, bob, stranger = _key(), _key(), _key()
+    with registry.write("admin") as tx:
+        for name, key in (("alice", alice), ("bob", bob)):
+            add_person(tx, name, name.title(), None)
+            add_key(tx, name, key, KeyClaim("admin", NOW + timedelta(days=9)))
+
+    def line(key: PublicKey, comment: str) -> str:
+        return f"{key.key_type} {key.base64} {comment}\n"
+
+    content = (
+        line(alice, "keyward:alice:" + alice.short_fingerprint)
+        + line(bob, "keyward:alice:" + bob.short_fingerprint)  # bob's key, alice's name
+        + line(stranger, "keyward:alice:" + stranger.short_fingerprint)
+    ).encode()
+    target = FileTarget("web-1", "root", PATTERN)
+    written = FilePlan(target, "update", "/root/ak", new_content=content)
+    late = FilePlan(
+        FileTarget("web-1", "deploy", PATTERN), "in-sync", "/deploy/ak", new_content=content
+    )
+    files = (FileResult(written, written=True, confirmed_sha256="x"), FileResult(late))
+    outcome = HostResult(
+        host("web-1"), NOW, NOW, HostPlan("web-1", (written, late)), files, None, ()
+    )
+    record_hosts(registry, "agent", [outcome], "run1")
+    expected = sorted(
+        [[alice.fingerprint, "alice"], [bob.fingerprint, "bob"], [stranger.fingerprint, None]],
+        key=lambda item: (item[0] or "", item[1] or ""),
+    )
+    with registry.read() as session:
+        state = session.exec(select(HostState)).one()
+        recorded = json.loads(state.files)
+        assert recorded["root:" + PATTERN]["keys"] == expected
+        assert recorded["deploy:" + PATTERN]["keys"] == expected
+        late_events = {
+            json.loads(e.details)["fingerprint"]: json.loads(e.details)["person"]
+            for e in session.exec(select(AuditEvent).where(AuditEvent.action == "host.add"))
+        }
+    assert late_events == {
+        alice.fingerprint: "alice",
+        bob.fingerprint: "bob",
+        stranger.fingerprint: None,
+    }

@@ -8,9 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
-from keyward.desired import COMMENT_PREFIX
 from keyward.plan import parse_cached
-from keyward.registry.models import HostState, OffboardingCase, OffboardingTarget
+from keyward.registry.models import (
+    HostState,
+    OffboardingCase,
+    OffboardingTarget,
+    Person,
+    SshKey,
+)
 from keyward.registry.store import Registry, WriteTx
 from keyward.registry.subjects import Subject
 
@@ -42,10 +47,11 @@ def record_hosts(
             for names in _chunks(sorted({r.host.name for r in results}))
             for state in tx.session.exec(select(HostState).where(col(HostState.host).in_(names)))
         }
+        owners = _key_owners(tx, results)
         for result in results:
             name = result.host.name
             state = states.setdefault(name, HostState(host=name))
-            _record(tx, result, run_id, state)
+            _record(tx, result, run_id, state, owners)
         if open_case_ids:
             _record_confirmations(tx, results, run_id, open_case_ids)
 
@@ -55,7 +61,35 @@ def _chunks(names: list[str], size: int = 500) -> list[list[str]]:
     return [names[i : i + size] for i in range(0, len(names), size)]
 
 
-def _record(tx: WriteTx, result: HostResult, run_id: str, state: HostState) -> None:
+def _key_owners(tx: WriteTx, results: list[HostResult]) -> dict[str, str]:
+    """Fingerprint → owner, from the registry, for every key in the files being recorded.
+
+    A line's comment on a host is text anyone who can edit the file can write
+    (``keyward:alice:...`` on somebody else's key, outside keyward's block), so the
+    owner recorded with a key is the registry's, never the comment's. One query per
+    500 distinct fingerprints per batch, not per file.
+    """
+    fingerprints = {
+        line.key.fingerprint
+        for result in results
+        for file_result in result.files
+        for line in parse_cached(file_result.plan.new_content or b"")
+        if line.key is not None
+    }
+    owners: dict[str, str] = {}
+    for chunk in _chunks(sorted(fingerprints)):
+        rows = tx.session.exec(
+            select(SshKey.fingerprint, Person.username)
+            .join(Person, col(Person.id) == col(SshKey.person_id))
+            .where(col(SshKey.fingerprint).in_(chunk))
+        )
+        owners.update(dict(rows.all()))
+    return owners
+
+
+def _record(
+    tx: WriteTx, result: HostResult, run_id: str, state: HostState, owners: dict[str, str]
+) -> None:
     state.environment = result.host.environment
     state.last_attempt = result.started
     state.last_run_id = run_id
@@ -75,12 +109,13 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, state: HostState) -> N
                 plan.new_content,
                 files,
                 run_id,
+                owners,
             )
         if file_result.written:
             files[key] = {
                 "path": plan.path,
                 "sha256": file_result.confirmed_sha256,
-                "keys": _keys_of(plan.new_content or b""),
+                "keys": _keys_of(plan.new_content or b"", owners),
             }
             if plan.action == "fix-mode":
                 tx.audit(
@@ -117,16 +152,13 @@ def _record(tx: WriteTx, result: HostResult, run_id: str, state: HostState) -> N
     tx.session.add(state)
 
 
-def _keys_of(content: bytes) -> list[list[str | None]]:
-    """(fingerprint, owner) of every key line, owner from keyward's own comment."""
+def _keys_of(content: bytes, owners: dict[str, str]) -> list[list[str | None]]:
+    """(fingerprint, owner) of every key line; the owner is the registry's (None if unknown)."""
     out: list[list[str | None]] = []
     for line in parse_cached(content):
         if line.key is None:
             continue
-        owner = None
-        if line.comment.startswith(COMMENT_PREFIX):
-            owner = line.comment[len(COMMENT_PREFIX) :].split(":", 1)[0] or None
-        out.append([line.key.fingerprint, owner])
+        out.append([line.key.fingerprint, owners.get(line.key.fingerprint)])
     return sorted(out, key=lambda item: (item[0] or "", item[1] or ""))
 
 
@@ -139,6 +171,7 @@ def _record_late(
     content: bytes,
     files: dict[str, dict[str, Any]],
     run_id: str,
+    owners: dict[str, str],
 ) -> None:
     """Record changes an interrupted earlier run made on the host but never recorded.
 
@@ -151,7 +184,7 @@ def _record_late(
     before = files.get(key, {})
     if before.get("sha256") == digest:
         return
-    current = _keys_of(content)
+    current = _keys_of(content, owners)
     previous = before.get("keys") or []
     now_set = {tuple(item) for item in current}
     was_set = {tuple(item) for item in previous}
