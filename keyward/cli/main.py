@@ -87,7 +87,7 @@ COMMANDS: dict[str, Entry] = {
         "The fleet's access log, attributed to people by the key they used (newest first).",
     ),
     "offboard": Entry(
-        "lifecycle_cmds",
+        "offboard_cmds",
         "Take a person's access away from every host, with per-host evidence.",
     ),
     "person": Entry("person_cmds", "Staff members: the owners of keys."),
