@@ -123,7 +123,7 @@ def run(
     ctx = RunContext(
         snapshot=snap or snapshot(),
         desired=dict(desired),
-        creds=fleet,
+        connector=fleet,
         now=NOW,
         agent_fingerprint=KEYS["agent"].fingerprint,
         run_id="t1",
