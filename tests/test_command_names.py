@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 import pytest
 
-from keyward.cli.lifecycle_cmds import DefaultCommandGroup
 from keyward.cli.main import cli
+from keyward.cli.offboard_cmds import DefaultCommandGroup
 from tests.agent_env import AgentEnv
 
 ROOT = Path(__file__).resolve().parent.parent

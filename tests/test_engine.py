@@ -41,7 +41,7 @@ def result(name: str) -> Any:
     return SimpleNamespace(host=SimpleNamespace(name=name), auth=None)
 
 
-NOBODY: Any = object()  # what the fakes below never look at (registry, snapshot, creds)
+NOBODY: Any = object()  # what the fakes below never look at (registry, snapshot, connector)
 
 
 def recorder(log: Log) -> Recorder:
@@ -109,11 +109,11 @@ def test_nothing_to_retry_sleeps_not_at_all(monkeypatch: pytest.MonkeyPatch) -> 
 # -- the host-failure boundary ----------------------------------------------------
 
 
-def context(clock: Any = lambda: NOW, creds: Any = NOBODY) -> RunContext:
+def context(clock: Any = lambda: NOW, connector: Any = NOBODY) -> RunContext:
     return RunContext(
         snapshot=NOBODY,
         desired={},
-        creds=creds,
+        connector=connector,
         now=NOW,
         agent_fingerprint=None,
         run_id="run1",
@@ -141,15 +141,15 @@ def connected_to(read_raises: Exception) -> Any:
 
 
 def test_a_helper_answer_keyward_cannot_read_fails_that_host() -> None:
-    creds = connected_to(HostProtocolError("web1: the answer to read is not JSON"))
-    got = asyncio.run(reconcile_host(HOST, context(creds=creds)))
+    connector = connected_to(HostProtocolError("web1: the answer to read is not JSON"))
+    got = asyncio.run(reconcile_host(HOST, context(connector=connector)))
     assert got.error == "web1: the answer to read is not JSON"
 
 
 @pytest.mark.parametrize("bug", [KeyError("action"), ValueError("bad"), TypeError("x")])
 def test_a_bug_in_keyward_raises_instead_of_failing_the_host(bug: Exception) -> None:
     with pytest.raises(type(bug)):
-        asyncio.run(reconcile_host(HOST, context(creds=connected_to(bug))))
+        asyncio.run(reconcile_host(HOST, context(connector=connected_to(bug))))
 
 
 def test_bad_base64_from_a_host_is_a_protocol_error() -> None:
@@ -190,6 +190,6 @@ def test_the_helper_conversation_names_an_unreadable_answer(line: str, problem: 
 
 def test_a_host_s_times_come_from_the_injected_clock() -> None:
     later = NOW + timedelta(minutes=5)
-    creds = connected_to(HostProtocolError("web1: gone"))
-    got = asyncio.run(reconcile_host(HOST, context(clock=lambda: later, creds=creds)))
+    connector = connected_to(HostProtocolError("web1: gone"))
+    got = asyncio.run(reconcile_host(HOST, context(clock=lambda: later, connector=connector)))
     assert got.started == later and got.finished == later

@@ -11,7 +11,7 @@ import asyncio
 import os
 import pwd
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def run(
     ctx = RunContext(
         snapshot=snap or snapshot(),
         desired=dict(desired),
-        creds=fleet,
+        connector=fleet,
         now=NOW,
         agent_fingerprint=KEYS["agent"].fingerprint,
         run_id="t1",
@@ -517,3 +517,116 @@ def test_a_long_lived_connection_serves_pushes_and_verification() -> None:
     assert [f.plan.action for f in verify.files] == ["in-sync", "update"]
     assert [e["person"] for e in log.named("drift_removed")] == ["eve"]
     assert fake.opened == 1 and fake.connections == []
+
+
+# -- the daemon's links over fake hosts ------------------------------------------------
+
+
+class Jitter:
+    """Stands in for ``random`` in keyward.daemon.links: sleeps no time, keeps each bound.
+
+    After ``fail_times`` bounds it lets ``host`` be reached again, so the link's backoff is
+    seen exactly without waiting for it.
+    """
+
+    def __init__(self, host: FakeHost, fail_times: int) -> None:
+        self.bounds: list[float] = []
+        self.host = host
+        self.fail_times = fail_times
+
+    def uniform(self, low: float, high: float) -> float:
+        self.bounds.append(high)
+        if len(self.bounds) >= self.fail_times:
+            self.host.refuse = None
+        return low
+
+
+def test_a_host_link_pushes_on_connect_and_reopens_with_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon link on a fake fleet: each connection gets the desired files pushed; a cut
+    connection is reopened, backing off exponentially while the host refuses."""
+    from keyward.agent.reconcile import files_of, sync_files
+    from keyward.daemon import links
+    from keyward.daemon.links import HostLink
+
+    host = make_host("h0")
+    fleet = fleet_of([host])
+    fake = fleet["h0"]
+    jitter = Jitter(fake, fail_times=4)  # the pause after the cut, then three refusals
+    monkeypatch.setattr(links, "random", jitter)
+    log = Events()
+    wanted = [desired_for([host], ("alice",), ("bob",))]
+    pushed: list[HostResult] = []
+
+    async def on_connect(link: HostLink) -> None:
+        desired = wanted[-1]
+        ctx = RunContext(snapshot(), desired, fleet, NOW, KEYS["agent"].fingerprint, "d1",
+                         lambda: NOW, log=log)  # fmt: skip
+        async with link.busy:
+            assert link.connection is not None
+            pushed.append(await sync_files(link.connection, files_of(host, desired), ctx))
+
+    async def until(condition: Callable[[], bool]) -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    async def scenario() -> None:
+        link = HostLink(host, fleet, asyncio.Semaphore(1), log, on_connect, keepalive=0)
+        link.start()
+        await asyncio.wait_for(until(lambda: len(pushed) == 1), 2)
+        assert link.connected and fake.opened == 1
+        assert parse_authorized_keys(fake.content("deploy") or b"")[0].key == KEYS["bob"]
+        wanted.append(desired_for([host], ("alice",), ("eve",)))
+        fake.refuse = "Connection refused"
+        fake.disconnect()  # a reboot: the link notices, and the host refuses for a while
+        await asyncio.wait_for(until(lambda: len(pushed) == 2), 2)
+        assert link.connected and link.failures == 0 and link.last_error is None
+        await link.stop()
+        assert not link.connected and fake.connections == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert all(r.ok for r in pushed)
+    assert parse_authorized_keys(fake.content("deploy") or b"")[0].key == KEYS["eve"]
+    assert fake.opened == 2
+    start = links.BACKOFF_START
+    assert jitter.bounds == [start, start, 2 * start, 4 * start]
+    retries = [e["retry_in"] for e in log.named("host_connect_failed")]
+    assert retries == [start, 2 * start, 4 * start]  # and each failure logged its pause
+    assert len(log.named("host_disconnected")) == 1
+    assert len(log.named("host_connected")) == 2
+
+
+def test_a_host_link_broken_by_a_failed_request_reconnects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``broken`` (a request over the connection failed) aborts it; the link opens a new one."""
+    from keyward.daemon import links
+    from keyward.daemon.links import HostLink
+
+    host = make_host("h0")
+    fleet = fleet_of([host])
+    jitter = Jitter(fleet["h0"], fail_times=0)
+    monkeypatch.setattr(links, "random", jitter)
+    connects: list[HostLink] = []
+
+    async def on_connect(link: HostLink) -> None:
+        connects.append(link)
+
+    async def scenario() -> str | None:
+        link = HostLink(host, fleet, asyncio.Semaphore(1), Events(), on_connect, keepalive=0)
+        link.start()
+        while len(connects) < 1:
+            await asyncio.sleep(0.001)
+        first = link.connection
+        link.broken("h0: no answer to read within 1s")
+        assert link.last_error == "h0: no answer to read within 1s"
+        while len(connects) < 2:
+            await asyncio.sleep(0.001)
+        assert link.connection is not first and link.connected
+        await link.stop()
+        return link.last_error
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) is None
+    assert fleet["h0"].opened == 2
+    assert jitter.bounds == [links.BACKOFF_START]  # the one pause before reconnecting

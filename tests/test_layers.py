@@ -171,7 +171,7 @@ CASES = [
     ("keyward.registry.record", "from keyward.cli.context import AppContext\n", True),
     ("keyward.daemon.service", "def f():\n    import keyward.cli.main\n", True),
     ("keyward.registry.backup", "from keyward.cli import backup_cmds\n", True),
-    ("keyward.cli.lifecycle_cmds", "from keyward.cli.agent_cmds import load_inputs\n", False),
+    ("keyward.cli.offboard_cmds", "from keyward.cli.rounds import load_inputs\n", False),
     ("keyward.cli.main", "from .context import AppContext\n", False),
     ("keyward.__main__", "from keyward.cli.main import main\n", False),
 ]

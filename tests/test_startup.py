@@ -223,8 +223,7 @@ def test_each_command_loads_whole_from_its_table_entry(
     assert f"keyward.cli.{COMMANDS[name].module}" in alone["modules"]  # type: ignore[operator]
 
 
-# prepare(), run_agent() and load_agent_key() are still in agent_cmds until the engine
-# (issue 18) takes them out; no other command module is imported but by main's lazy group.
+# No command module is imported but by main's lazy group.
 IMPORTABLE_COMMAND_MODULES: set[str] = set()
 
 

@@ -141,7 +141,7 @@ class HostConnection:
 
     def __init__(self, host: Host, conn: asyncssh.SSHClientConnection, helper: RemoteHelper):
         self.host = host
-        self.conn = conn
+        self._conn = conn
         self.helper = helper
 
     @classmethod
@@ -268,13 +268,13 @@ class HostConnection:
             raise HostProtocolError(f"{self.host.name}: {exc}") from None
 
     def abort(self) -> None:
-        self.conn.close()
+        self._conn.close()
 
     async def wait_closed(self) -> None:
-        await self.conn.wait_closed()
+        await self._conn.wait_closed()
 
     async def close(self) -> None:
         await self.helper.close()
-        self.conn.close()
+        self._conn.close()
         with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
-            await asyncio.wait_for(self.conn.wait_closed(), 5)
+            await asyncio.wait_for(self._conn.wait_closed(), 5)

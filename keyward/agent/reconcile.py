@@ -105,7 +105,7 @@ class RunContext:
     snapshot: RegistrySnapshot
     desired: dict[FileTarget, DesiredFile]
     # How hosts are reached: the SSH ``Credentials``, or a fake fleet in tests.
-    creds: Connector
+    connector: Connector
     now: datetime
     agent_fingerprint: str | None
     run_id: str
@@ -308,7 +308,7 @@ async def reconcile_host(host: Host, ctx: RunContext) -> HostResult:
     started = _now(ctx)
     conn: HostTransport | None = None
     try:
-        conn = await ctx.creds.open(host)
+        conn = await ctx.connector.open(host)
         return await sync_files(conn, files_of(host, ctx.desired), ctx)
     except HOST_FAILURES as exc:
         return failed(host, started, ctx, exc)

@@ -202,5 +202,5 @@ def _json(result: Conversion, files: dict[str, str], written: list[str] | None) 
 
 
 def attach(inventory: click.Group) -> None:
-    """Add ``import`` to the ``inventory`` group (defined in agent_cmds)."""
+    """Add ``import`` to the ``inventory`` group (defined in inventory_cmds)."""
     inventory.add_command(import_group)

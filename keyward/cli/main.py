@@ -71,7 +71,7 @@ COMMANDS: dict[str, Entry] = {
         "explain_cmds",
         "Can USERNAME log in (on HOST, as ACCOUNT), and if not, exactly why.",
     ),
-    "hosts": Entry("agent_cmds", "Hosts and their pinned host keys."),
+    "hosts": Entry("hosts_cmds", "Hosts and their pinned host keys."),
     "import": Entry(
         "import_cmds",
         "Onboard the people of a CSV file in one transaction: all rows, or none.",
@@ -80,20 +80,23 @@ COMMANDS: dict[str, Entry] = {
         "init_cmds",
         "Create the registry (or upgrade an older one to this keyward's schema).",
     ),
-    "inventory": Entry("agent_cmds", "The inventory: environments, hosts, accounts, access rules."),
+    "inventory": Entry(
+        "inventory_cmds",
+        "The inventory: environments, hosts, accounts, access rules.",
+    ),
     "key": Entry("key_cmds", "Personal public keys."),
     "logins": Entry(
         "login_cmds",
         "The fleet's access log, attributed to people by the key they used (newest first).",
     ),
     "offboard": Entry(
-        "lifecycle_cmds",
+        "offboard_cmds",
         "Take a person's access away from every host, with per-host evidence.",
     ),
     "person": Entry("person_cmds", "Staff members: the owners of keys."),
-    "plan": Entry("agent_cmds", "Show what reconcile would change on each host; change nothing."),
+    "plan": Entry("round_cmds", "Show what reconcile would change on each host; change nothing."),
     "reconcile": Entry(
-        "agent_cmds",
+        "round_cmds",
         "Make every managed authorized_keys file match the registry and inventory.",
     ),
     "report": Entry("report_cmds", "Evidence and reviews for auditors."),
@@ -103,7 +106,7 @@ COMMANDS: dict[str, Entry] = {
         "Serve the registry over HTTP to people who sign in with their own registered key.",
     ),
     "status": Entry(
-        "agent_cmds",
+        "status_cmds",
         "Per host: when it was last in sync, what failed, drift found; and the daemon, if any.",
     ),
 }

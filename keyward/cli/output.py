@@ -44,6 +44,13 @@ def yes_no(value: bool | None) -> str:
     return "yes" if value else "no"
 
 
+def printable(text: str) -> str:
+    """Show text from hosts safely: control and format characters become escapes."""
+    return "".join(
+        ch if ch.isprintable() and ch not in "\u2028\u2029" else ascii(ch)[1:-1] for ch in text
+    )
+
+
 def _stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()

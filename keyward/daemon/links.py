@@ -3,7 +3,8 @@
 A fresh SSH connection costs far more than anything done over it, so the
 daemon opens each host once and keeps it: keepalives detect a dead peer,
 reconnects back off exponentially with full jitter, and a shared semaphore
-bounds how many connection attempts run at once.
+bounds how many connection attempts run at once.  Connections are opened through
+the transport's ``Connector`` (the SSH credentials; a fake fleet in tests).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from keyward.agent.connection import Credentials, HostConnection
+from keyward.agent.transport import Connector, HostTransport
 from keyward.daemon.failures import round_failed
 from keyward.errors import HostError
 from keyward.inventory.model import Host
@@ -30,19 +31,19 @@ class HostLink:
     def __init__(
         self,
         host: Host,
-        creds: Credentials,
+        connector: Connector,
         attempts: asyncio.Semaphore,
         log: Any,
         on_connect: Callable[[HostLink], Awaitable[None]],
         keepalive: float = KEEPALIVE,
     ) -> None:
         self.host = host
-        self.creds = creds
+        self.connector = connector
         self._attempts = attempts
         self._log = log.bind(host=host.name)
         self._on_connect = on_connect
         self._keepalive = keepalive
-        self.connection: HostConnection | None = None
+        self.connection: HostTransport | None = None
         self.last_error: str | None = None
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -68,7 +69,7 @@ class HostLink:
         """Called when a request over the connection failed: reconnect."""
         self.last_error = reason
         if self.connection is not None:
-            self.connection.conn.close()
+            self.connection.abort()
 
     async def _drop(self) -> None:
         conn, self.connection = self.connection, None
@@ -81,9 +82,7 @@ class HostLink:
         while not self._stopping:
             try:
                 async with self._attempts:
-                    conn = await HostConnection.open(
-                        self.host, self.creds, keepalive=self._keepalive
-                    )
+                    conn = await self.connector.open(self.host, keepalive=self._keepalive)
             except HostError as exc:
                 self.failures += 1
                 self.last_error = exc.message
@@ -102,7 +101,7 @@ class HostLink:
                 await self._on_connect(self)
             except Exception as exc:  # the one policy: see keyward.daemon.failures
                 round_failed(self._log, "host_sync_failed", exc)
-            await conn.conn.wait_closed()
+            await conn.wait_closed()
             self.connection = None
             if not self._stopping:
                 self._log.warning("host_disconnected", error=self.last_error)

@@ -192,7 +192,7 @@ class Daemon:
         wanted = {h.name: h for h in self.inventory.hosts()}
         for name in list(self.links):
             link = self.links[name]
-            if name not in wanted or wanted[name] != link.host or link.creds is not self.creds:
+            if name not in wanted or wanted[name] != link.host or link.connector is not self.creds:
                 self._track(link.stop())
                 del self.links[name]
                 self.confirmed = {t: s for t, s in self.confirmed.items() if t.host != name}

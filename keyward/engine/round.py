@@ -30,8 +30,8 @@ from keyward.engine.recorder import RETRY, LoginSink, Recorder, RetryPolicy
 from keyward.logs import get_logger
 
 if TYPE_CHECKING:
-    from keyward.agent.connection import Credentials
     from keyward.agent.reconcile import HostResult, RunContext
+    from keyward.agent.transport import Connector
     from keyward.registry.store import Registry
 
 Advance = Callable[[bool], None]  # called once per finished host: advance(failed)
@@ -88,7 +88,7 @@ def new_run_id(prefix: str = "") -> str:
 
 def host_context(
     inputs: RoundInputs,
-    creds: Credentials,
+    connector: Connector,
     clock: Clock,
     run_id: str,
     watch: CaseWatch,
@@ -101,7 +101,7 @@ def host_context(
     return RunContext(
         snapshot=inputs.snapshot,
         desired=inputs.desired,
-        creds=creds,
+        connector=connector,
         now=inputs.now,
         agent_fingerprint=inputs.agent_key.fingerprint,
         run_id=run_id,
