@@ -127,6 +127,19 @@ def test_key_check_imports_no_registry_or_ssh(tmp_path: Path) -> None:
     assert loaded(modules, ("keyward.registry.store", "keyward.agent")) == []
 
 
+def test_key_check_reads_only_the_inventorys_policy(tmp_path: Path) -> None:
+    """The key policy is in keyward.toml: ``key check`` neither loads the loader nor
+    depends on the environment files being valid."""
+    private, _ = make_key(tmp_path, "ed25519", passphrase="correct horse")
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "keyward.toml").write_text("[policy]\nmin_rsa_bits = 4096\n")
+    (inventory / "production.toml").write_text("this is [not toml\n")
+    modules = imported_by(tmp_path, "--inventory", str(inventory), "key", "check", str(private))
+    assert loaded(modules, ("keyward.inventory.load", "keyward.inventory.hosts")) == []
+    assert "keyward.inventory.settings" in modules
+
+
 def test_inventory_check_imports_no_registry_or_ssh(tmp_path: Path) -> None:
     modules = imported_by(tmp_path, "--inventory", str(ROOT / "inventory"), "inventory", "check")
     assert loaded(modules, (*REGISTRY, *SSH, "structlog")) == []

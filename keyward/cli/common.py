@@ -49,9 +49,9 @@ def key_policy(app: AppContext) -> KeyPolicy:
     root = app.inventory_dir()
     if not root.is_dir():
         return DEFAULT_POLICY
-    from keyward.inventory import load_inventory
+    from keyward.inventory.settings import load_policy
 
-    return load_inventory(root).policy.key_policy()
+    return load_policy(root).key_policy()
 
 
 def key_policy_settings(app: AppContext) -> PolicySettings:
@@ -62,9 +62,9 @@ def key_policy_settings(app: AppContext) -> PolicySettings:
     root = app.inventory_dir()
     if not root.is_dir():
         return PolicySettings(DEFAULT_POLICY.max_key_age_days, DEFAULT_POLICY.min_rsa_bits, None)
-    from keyward.inventory import load_inventory
+    from keyward.inventory.settings import load_policy
 
-    return load_inventory(root).policy
+    return load_policy(root)
 
 
 def customer_hosts(app: AppContext, customer: str) -> set[str]:

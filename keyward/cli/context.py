@@ -63,7 +63,7 @@ class AppContext:
         return self._registry
 
     def inventory_dir(self) -> Path:
-        from keyward.inventory import find_inventory_dir
+        from keyward.inventory.where import find_inventory_dir
 
         return find_inventory_dir(self.inventory, dict(os.environ))
 

@@ -15,7 +15,6 @@ hosts (``rules.py``), all read through ``reader.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 from keyward.attestation import ATTESTATION_LEVELS
@@ -26,8 +25,6 @@ from keyward.inventory.names import NAME_RE
 from keyward.inventory.reader import Problem, Reader, read_toml, short
 from keyward.inventory.rules import read_rules
 from keyward.inventory.settings import SETTINGS_FILE, read_settings
-
-DEFAULT_INVENTORY_DIR = Path("/etc/keyward/inventory")
 
 _ENV_FILE_FIELDS = ("environment", "defaults", "hosts", "access", "break_glass")
 _ENV_FIELDS = ("name", "min_attestation", "customer")
@@ -141,20 +138,3 @@ def load_inventory(root: Path) -> Inventory:
             first += f" (and {more} more {noun}; run keyward inventory check)"
         raise InventoryError(first)
     return inventory
-
-
-def find_inventory_dir(explicit: str | None, env: Mapping[str, str]) -> Path:
-    """Where the inventory is: ``--inventory``, ``$KEYWARD_INVENTORY``, ``./inventory``, /etc.
-
-    The first one given wins even if it does not exist, so a mistyped path
-    fails loudly instead of silently falling through to another inventory.
-    """
-    if explicit:
-        return Path(explicit)
-    from_env = env.get("KEYWARD_INVENTORY")
-    if from_env:
-        return Path(from_env)
-    local = Path("inventory")
-    if local.is_dir():
-        return local.absolute()
-    return DEFAULT_INVENTORY_DIR

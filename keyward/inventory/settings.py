@@ -130,6 +130,19 @@ def read_settings(
     )
 
 
+def load_policy(root: Path) -> PolicySettings:
+    """``[policy]`` of ``root``'s ``keyward.toml`` (defaults without one); ``InventoryError``.
+
+    All a key command needs: the environment files are not read, so ``key check`` and
+    ``key add`` neither pay for nor depend on checking the whole fleet's inventory.
+    """
+    problems: list[Problem] = []
+    _, policy, _ = read_settings(root, problems)
+    if problems:
+        raise InventoryError(str(problems[0]))
+    return policy
+
+
 def load_server_settings(root: Path) -> ServerSettings:
     """``[server]`` of ``root``'s ``keyward.toml`` (defaults without one); ``InventoryError``."""
     problems: list[Problem] = []
