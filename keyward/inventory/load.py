@@ -29,7 +29,7 @@ from keyward.inventory.settings import SETTINGS_FILE, read_settings
 
 DEFAULT_INVENTORY_DIR = Path("/etc/keyward/inventory")
 
-_ENV_FILE_FIELDS = ("environment", "defaults", "hosts", "access", "break_glass")
+_ENV_FILE_FIELDS = ("environment", "defaults", "jump_hosts", "hosts", "access", "break_glass")
 _ENV_FIELDS = ("name", "min_attestation", "customer")
 
 
