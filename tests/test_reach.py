@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,6 +28,7 @@ from keyward.testing.inventory import AccessSpec, _system_python
 from keyward.testing.localfleet import LocalFleet
 from tests.accounts import ensure_account, remove_account
 from tests.agent_env import AgentEnv
+from tests.test_daemon import Daemon, everywhere, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("sudo") is None, reason="needs Debian's sudo")
 
@@ -200,3 +202,26 @@ def test_connector_shares_one_bastion_connection(env: AgentEnv, bastion: FleetHo
     log = (bastion.dir / "sshd.log").read_text()
     assert log.count("Accepted publickey for root") == 1
     assert all(_tunnels_to(bastion, host) == 1 for host in env.hosts)
+
+
+def test_daemon_holds_its_links_through_the_bastion(
+    env: AgentEnv, bastion: FleetHost, tmp_path: Path
+) -> None:
+    for host in env.hosts:
+        _with_fields(env, host, f'jump = ["{bastion.name}"]')
+    daemon = Daemon(env, tmp_path / "daemon.log", "--verify-interval", "3")
+    daemon.start()
+    try:
+        fp = env.person_with_key("alice", "devops")
+        wait_until(everywhere(env, env.deploy, "alice", True), what="alice's grant to arrive")
+        env.kw.ok("key", "revoke", fp, "--reason", "stolen laptop")
+        wait_until(everywhere(env, env.deploy, "alice", False), what="revocation")
+        assert env.kw.ok("status", "--json").json()["daemon"]["hosts_connected"] == 3
+        log = (bastion.dir / "sshd.log").read_text()
+        # One bastion login carries every link the daemon holds.
+        assert log.count("Accepted publickey for root") == 1, log
+        assert all(_tunnels_to(bastion, host) >= 1 for host in env.hosts)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.alive():
+            daemon.stop(signal.SIGKILL)
