@@ -379,39 +379,41 @@ class Hops:
         self, host: Host, chain: tuple[Hop, ...], creds: Credentials, keepalive: float
     ) -> tuple[asyncssh.SSHClientConnection | None, Callable[[], None]]:
         """The connection to the last hop of ``chain`` (None for no hop), and its release."""
-        conn, tunnel = await self._take(host, chain, creds, keepalive)
+        try:
+            conn, tunnel = await self._take(chain, creds, keepalive)
+        except HostError as exc:
+            # A hop's failure is shared by every host waiting for it: name this one.
+            raise HostError(f"{host.name}: {exc}") from None
         if tunnel is None:
             return conn, lambda: None
         return conn, functools.partial(self._release, tunnel)
 
     async def _take(
-        self, host: Host, chain: tuple[Hop, ...], creds: Credentials, keepalive: float
+        self, chain: tuple[Hop, ...], creds: Credentials, keepalive: float
     ) -> tuple[asyncssh.SSHClientConnection | None, _Tunnel | None]:
         if not chain:
             return None, None
         tunnel = self._tunnels.get(chain)
         if tunnel is None or tunnel.stale():
             tunnel = self._tunnels[chain] = _Tunnel(chain)
-            tunnel.task = asyncio.ensure_future(self._open(host, tunnel, creds, keepalive))
+            tunnel.task = asyncio.ensure_future(self._open(tunnel, creds, keepalive))
         tunnel.users += 1
         task = tunnel.task
         try:
             if task is None:
-                raise HostError(f"{host.name}: jump host {chain[-1].name} was not opened")
+                raise HostError(f"jump host {chain[-1].name} was not opened")
             return await asyncio.shield(task), tunnel
         except BaseException:
             self._release(tunnel)
             raise
 
     async def _open(
-        self, host: Host, tunnel: _Tunnel, creds: Credentials, keepalive: float
+        self, tunnel: _Tunnel, creds: Credentials, keepalive: float
     ) -> asyncssh.SSHClientConnection:
         hop = tunnel.chain[-1]
-        parent, tunnel.parent = await self._take(host, tunnel.chain[:-1], creds, keepalive)
+        parent, tunnel.parent = await self._take(tunnel.chain[:-1], creds, keepalive)
         try:
-            return await _connect(
-                f"{host.name}: jump host {hop.name}", hop, hop.login, creds, keepalive, parent
-            )
+            return await _connect(f"jump host {hop.name}", hop, hop.login, creds, keepalive, parent)
         except BaseException:
             if tunnel.parent is not None:
                 self._release(tunnel.parent)
