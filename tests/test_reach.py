@@ -203,6 +203,25 @@ def test_connector_shares_one_bastion_connection(env: AgentEnv, bastion: FleetHo
     assert log.count("Accepted publickey for root") == 1
     assert all(_tunnels_to(bastion, host) == 1 for host in env.hosts)
 
+    # A bastion with a key other than the pinned one: every host waiting for it fails, each
+    # error naming that host, and nothing is left open.
+    known = (env.inventory / "known_hosts").read_text()
+    wrong = Credentials.load(
+        inv.agent.identity, inv.agent.known_hosts, inv.agent.connect_timeout, inv.agent.python
+    )
+    wrong = replace(
+        wrong,
+        known_hosts_text=known.replace(bastion.host_key_pub, env.hosts[0].host_key_pub),
+    )
+
+    async def refused() -> list[BaseException | object]:
+        return await asyncio.gather(*(wrong.open(h) for h in inv.hosts()), return_exceptions=True)
+
+    errors = asyncio.run(refused())
+    assert [str(e).split(":")[0] for e in errors] == [h.name for h in inv.hosts()]
+    assert all(f"jump host {bastion.name}" in str(e) and "does not match" in str(e) for e in errors)
+    assert wrong.hops._tunnels == {}
+
 
 def test_daemon_holds_its_links_through_the_bastion(
     env: AgentEnv, bastion: FleetHost, tmp_path: Path
