@@ -697,3 +697,68 @@ def test_find_inventory_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "inventory").mkdir()
     assert find_inventory_dir(None, {}) == tmp_path / "inventory"
     assert find_inventory_dir(None, {"KEYWARD_INVENTORY": ""}) == tmp_path / "inventory"
+
+
+# --- reaching hosts: become and jump hosts ---------------------------------------
+
+BASTION = '[[jump_hosts]]\nname = "bastion-1"\naddress = "10.0.0.1"\nlogin = "ops"\n'
+
+REACH_CASES: list[tuple[str, str, str]] = [
+    (
+        "become-unknown",
+        env_text(host_extra='become = "doas"'),
+        "production.toml: hosts[0].become: 'doas' is not one of none, sudo",
+    ),
+    (
+        "jump-unknown",
+        env_text(host_extra='jump = ["nowhere"]'),
+        "production.toml: hosts[0].jump: 'nowhere' is neither a [[jump_hosts]] entry "
+        "nor a host of this file",
+    ),
+    (
+        "jump-self",
+        env_text(host_extra='jump = ["web-1"]'),
+        "production.toml: hosts[0].jump: 'web-1' would be passed through twice",
+    ),
+    (
+        "jump-host-clashes",
+        env_text(tail=BASTION.replace("bastion-1", "db-1")),
+        "production.toml: jump_hosts: 'db-1' is both a jump host and a host; rename one",
+    ),
+    (
+        "jump-host-field",
+        env_text(tail=BASTION + "groups = []\n"),
+        "production.toml: jump_hosts[0]: unknown field 'groups'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(text, expected) for _, text, expected in REACH_CASES],
+    ids=[case_id for case_id, _, _ in REACH_CASES],
+)
+def test_reach_problem(tmp_path: Path, text: str, expected: str) -> None:
+    root = write(tmp_path / "inv", {"production.toml": text})
+    found = problems_of(root)
+    assert any(problem.startswith(expected) for problem in found), found
+
+
+def test_become_and_jump_are_resolved(tmp_path: Path) -> None:
+    text = (
+        '[environment]\nmin_attestation = "none"\n\n'
+        '[defaults]\nlogin = "ops"\nbecome = "sudo"\njump = ["bastion-1"]\n\n'
+        + BASTION
+        + '\n[[hosts]]\nname = "web-1"\njump = ["bastion-1", "db-1"]\n'
+        '\n[[hosts]]\nname = "db-1"\nlogin = "root"\nbecome = "none"\n'
+        '\n[[hosts]]\nname = "edge-1"\njump = []\n'
+    )
+    inventory = load_inventory(write(tmp_path / "inv", {"production.toml": text}))
+    web, db, edge = inventory.hosts()
+    assert (web.login, web.become, db.login, db.become) == ("ops", "sudo", "root", None)
+    assert [(hop.name, hop.address, hop.port, hop.login) for hop in web.jump] == [
+        ("bastion-1", "10.0.0.1", 22, "ops"),
+        ("db-1", "db-1", 22, "root"),
+    ]
+    assert [hop.name for hop in db.jump] == ["bastion-1"]
+    assert edge.jump == ()

@@ -367,6 +367,14 @@ def test_bootstrap_command_is_one_shell_word_pair() -> None:
     assert len(command.encode()) < 100_000
 
 
+def test_bootstrap_command_through_sudo_is_fixed_up_to_the_code() -> None:
+    """What a sudoers entry matches: ``sudo -n --`` and exactly ``PYTHON -I -S -c CODE``."""
+    command = remote_command("/usr/bin/python3", sudo=True)
+    plain = remote_command("/usr/bin/python3")
+    assert command.startswith("exec sudo -n -- /usr/bin/python3 -I -S -c '")
+    assert command.removeprefix("exec sudo -n -- ") == plain.removeprefix("exec ")
+
+
 def test_sshd_config(agent: Agent) -> None:
     reply = agent.call("sshd_config", timeout=60)
     if reply["ok"]:

@@ -40,7 +40,9 @@ def _compiled() -> str:
     return _pack(marshal.dumps(code))
 
 
-def remote_command(python: str = "python3", magic: bytes = MAGIC_NUMBER) -> str:
+def remote_command(
+    python: str = "python3", magic: bytes = MAGIC_NUMBER, *, sudo: bool = False
+) -> str:
     """A POSIX shell command line that runs remote.py with ``python`` (an executable name).
 
     ``-I`` isolates the interpreter from PYTHON* variables, user site-packages and the current
@@ -48,6 +50,11 @@ def remote_command(python: str = "python3", magic: bytes = MAGIC_NUMBER) -> str:
     milliseconds of CPU on every host at every connection. The source, and the code compiled
     for interpreters whose ``.pyc`` magic number is ``magic``, travel zlib-compressed and
     base64-encoded inside single quotes.
+
+    With ``sudo`` the same interpreter line runs through ``sudo -n``: never a password
+    prompt (a sudo that wants one fails at once), and always exactly
+    ``PYTHON -I -S -c CODE`` after ``sudo -n --``, so the sudoers entry that allows it can
+    name the interpreter and its options (``docs/operations.md``).  What it allows is root.
     """
     code = (
         "import base64,marshal,zlib,_frozen_importlib_external as b;"
@@ -55,4 +62,5 @@ def remote_command(python: str = "python3", magic: bytes = MAGIC_NUMBER) -> str:
         f'exec(marshal.loads(d("{_compiled()}"))if b.MAGIC_NUMBER.hex()=="{magic.hex()}"'
         f'else compile(d("{_payload()}"),"keyward-remote","exec",dont_inherit=True))'
     )
-    return f"exec {shlex.quote(python)} -I -S -c {shlex.quote(code)}"
+    prefix = "exec sudo -n -- " if sudo else "exec "
+    return f"{prefix}{shlex.quote(python)} -I -S -c {shlex.quote(code)}"

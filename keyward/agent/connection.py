@@ -9,6 +9,12 @@ each connection one ``remote.py`` process serves every request for that host.
 it sends the helper's requests and reads its JSON replies into the transport's typed
 replies, anything malformed becoming ``HostProtocolError``.  ``Credentials`` is its
 ``Connector``.
+
+A host behind jump hosts (``Host.jump``) is reached through asyncssh tunnels, each hop
+checked against its own pinned key exactly like a host.  ``Hops`` shares the hop
+connections between the hosts of one ``Credentials`` (one bastion connection for a
+round's hosts, or for the daemon's links) and closes each when its last user closes.
+A host with ``become = "sudo"`` runs the helper through ``sudo -n``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ from keyward.agent.transport import (
     write_result,
 )
 from keyward.errors import HostError, HostProtocolError
-from keyward.inventory.model import Host
+from keyward.inventory.model import Hop, Host
 
 REQUEST_TIMEOUT = 60.0
 # The helper gives each file of a request this long (``remote.FILE_TIMEOUT``) and then
@@ -55,6 +62,7 @@ class Credentials:
     known_hosts_text: str
     connect_timeout: float
     python: str = "python3"
+    hops: Hops = field(default_factory=lambda: Hops(), compare=False, repr=False)
 
     @property
     def agent_fingerprint(self) -> str:
@@ -139,66 +147,52 @@ def _error_text(reply: dict[str, Any]) -> str:
 class HostConnection:
     """One authenticated SSH connection to a host, with its remote helper."""
 
-    def __init__(self, host: Host, conn: asyncssh.SSHClientConnection, helper: RemoteHelper):
+    def __init__(
+        self,
+        host: Host,
+        conn: asyncssh.SSHClientConnection,
+        helper: RemoteHelper,
+        release: Callable[[], None] = lambda: None,
+    ):
         self.host = host
         self._conn = conn
         self.helper = helper
+        # Hands the jump-host tunnel back to ``Hops`` once this connection is closed.
+        self._release = release
 
     @classmethod
     async def open(cls, host: Host, creds: Credentials, *, keepalive: float = 0) -> HostConnection:
-        host_keys = host_key_options(creds.known_hosts_text, host)
-        if host_keys is None:
+        if host_key_options(creds.known_hosts_text, host) is None:
             raise HostError(
                 f"{host.name}: host key for {host.address}:{host.port} is not pinned; "
                 "run 'keyward hosts scan --write' and review it"
             )
+        tunnel, release = await creds.hops.acquire(host, host.jump, creds, keepalive)
         try:
-            conn = await asyncio.wait_for(
-                asyncssh.connect(
-                    host.address,
-                    port=host.port,
-                    username=host.login,
-                    client_keys=[creds.client_key],
-                    **host_keys,
-                    config=[],
-                    agent_path=None,
-                    agent_forwarding=False,
-                    x11_forwarding=False,
-                    preferred_auth="publickey",
-                    connect_timeout=creds.connect_timeout,
-                    login_timeout=creds.connect_timeout,
-                    keepalive_interval=keepalive or None,
-                    keepalive_count_max=3,
-                ),
-                timeout=creds.connect_timeout * 2,
+            conn = await _connect(host.name, host, host.login, creds, keepalive, tunnel)
+        except BaseException:
+            release()
+            raise
+        sudo = host.become == "sudo"
+        try:
+            process = await conn.create_process(
+                remote_command(creds.python, sudo=sudo), encoding="utf-8"
             )
-        except asyncssh.HostKeyNotVerifiable:
-            raise HostError(
-                f"{host.name}: host key of {host.address}:{host.port} does not match the pinned "
-                "key (changed or spoofed); nothing was written"
-            ) from None
-        except asyncssh.PermissionDenied:
-            raise HostError(
-                f"{host.name}: the agent's key was refused for {host.login}@{host.address}"
-            ) from None
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise HostError(
-                f"{host.name}: cannot connect to {host.address}:{host.port}: {reason}"
-            ) from None
-        try:
-            process = await conn.create_process(remote_command(creds.python), encoding="utf-8")
             helper = RemoteHelper(process, host.name)
             hello = await helper.call("hello", timeout=creds.connect_timeout * 3)
             if not hello.get("ok"):
                 raise HostError(f"{host.name}: remote helper failed: {_error_text(hello)}")
         except (OSError, asyncssh.Error) as exc:
             conn.close()
+            release()
             raise HostError(f"{host.name}: cannot start the remote helper: {exc}") from None
-        except HostError:
+        except HostError as exc:
             conn.close()
+            release()
+            if sudo and "remote helper exited" in str(exc):
+                raise HostError(await _sudo_refusal(host, process)) from None
             raise
-        return cls(host, conn, helper)
+        return cls(host, conn, helper, release)
 
     async def read(self, files: Sequence[tuple[str, str]]) -> list[FileRead]:
         reply = await self.helper.call(
@@ -269,6 +263,7 @@ class HostConnection:
 
     def abort(self) -> None:
         self._conn.close()
+        self._done()
 
     async def wait_closed(self) -> None:
         await self._conn.wait_closed()
@@ -278,3 +273,169 @@ class HostConnection:
         self._conn.close()
         with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
             await asyncio.wait_for(self._conn.wait_closed(), 5)
+        self._done()
+
+    def _done(self) -> None:
+        release, self._release = self._release, lambda: None
+        release()
+
+
+async def _sudo_refusal(host: Host, process: asyncssh.SSHClientProcess[str]) -> str:
+    """The one-line error for a helper that sudo did not start, with sudo's own words."""
+    said = ""
+    with contextlib.suppress(OSError, asyncssh.Error, TimeoutError, UnicodeDecodeError):
+        said = await asyncio.wait_for(process.stderr.read(), 2)
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    reason = lines[-1] if lines else "the helper did not start"
+    return (
+        f"{host.name}: sudo -n refused to run the helper as root for {host.login} "
+        f"({reason[:200]}); grant the sudoers entry in docs/operations.md; nothing was written"
+    )
+
+
+async def _connect(
+    name: str,
+    endpoint: Host | Hop,
+    login: str,
+    creds: Credentials,
+    keepalive: float,
+    tunnel: asyncssh.SSHClientConnection | None,
+) -> asyncssh.SSHClientConnection:
+    """One SSH login to a host or a hop, trusting only the key pinned for its endpoint.
+
+    ``name`` starts every error: the host's, or the host's and the hop's for a jump host.
+    """
+    host_keys = host_key_options(creds.known_hosts_text, endpoint)
+    if host_keys is None:
+        raise HostError(
+            f"{name}: host key for {endpoint.address}:{endpoint.port} is not pinned; "
+            "run 'keyward hosts scan --write' and review it"
+        )
+    try:
+        return await asyncio.wait_for(
+            asyncssh.connect(
+                endpoint.address,
+                port=endpoint.port,
+                tunnel=tunnel,
+                username=login,
+                client_keys=[creds.client_key],
+                **host_keys,
+                config=[],
+                agent_path=None,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                preferred_auth="publickey",
+                connect_timeout=creds.connect_timeout,
+                login_timeout=creds.connect_timeout,
+                keepalive_interval=keepalive or None,
+                keepalive_count_max=3,
+            ),
+            timeout=creds.connect_timeout * 2,
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise HostError(
+            f"{name}: host key of {endpoint.address}:{endpoint.port} does not match the pinned "
+            "key (changed or spoofed); nothing was written"
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise HostError(
+            f"{name}: the agent's key was refused for {login}@{endpoint.address}"
+        ) from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise HostError(
+            f"{name}: cannot connect to {endpoint.address}:{endpoint.port}: {reason}"
+        ) from None
+
+
+class _Tunnel:
+    """One shared hop connection, the tunnel it goes through, and how many use it."""
+
+    def __init__(self, chain: tuple[Hop, ...]) -> None:
+        self.chain = chain
+        self.parent: _Tunnel | None = None
+        self.task: asyncio.Future[asyncssh.SSHClientConnection] | None = None
+        self.users = 0
+
+    def stale(self) -> bool:
+        """Failed to open, or its connection has since been lost: open a new one."""
+        if self.task is None or not self.task.done():
+            return False
+        return not _usable(self.task) or self.task.result().is_closed()
+
+
+class Hops:
+    """The jump-host connections of one ``Credentials``, shared and counted per hop chain.
+
+    A chain (``Host.jump``) and each of its prefixes is one connection, opened by the first
+    host that needs it and closed when the last connection through it closes, so a round's
+    concurrent hosts share their bastion and nothing outlives its users.
+    """
+
+    def __init__(self) -> None:
+        self._tunnels: dict[tuple[Hop, ...], _Tunnel] = {}
+
+    async def acquire(
+        self, host: Host, chain: tuple[Hop, ...], creds: Credentials, keepalive: float
+    ) -> tuple[asyncssh.SSHClientConnection | None, Callable[[], None]]:
+        """The connection to the last hop of ``chain`` (None for no hop), and its release."""
+        try:
+            conn, tunnel = await self._take(chain, creds, keepalive)
+        except HostError as exc:
+            # A hop's failure is shared by every host waiting for it: name this one.
+            raise HostError(f"{host.name}: {exc}") from None
+        if tunnel is None:
+            return conn, lambda: None
+        return conn, functools.partial(self._release, tunnel)
+
+    async def _take(
+        self, chain: tuple[Hop, ...], creds: Credentials, keepalive: float
+    ) -> tuple[asyncssh.SSHClientConnection | None, _Tunnel | None]:
+        if not chain:
+            return None, None
+        tunnel = self._tunnels.get(chain)
+        if tunnel is None or tunnel.stale():
+            tunnel = self._tunnels[chain] = _Tunnel(chain)
+            tunnel.task = asyncio.ensure_future(self._open(tunnel, creds, keepalive))
+        tunnel.users += 1
+        task = tunnel.task
+        try:
+            if task is None:
+                raise HostError(f"jump host {chain[-1].name} was not opened")
+            return await asyncio.shield(task), tunnel
+        except BaseException:
+            self._release(tunnel)
+            raise
+
+    async def _open(
+        self, tunnel: _Tunnel, creds: Credentials, keepalive: float
+    ) -> asyncssh.SSHClientConnection:
+        hop = tunnel.chain[-1]
+        parent, tunnel.parent = await self._take(tunnel.chain[:-1], creds, keepalive)
+        try:
+            return await _connect(f"jump host {hop.name}", hop, hop.login, creds, keepalive, parent)
+        except BaseException:
+            if tunnel.parent is not None:
+                self._release(tunnel.parent)
+                tunnel.parent = None
+            raise
+
+    def _release(self, tunnel: _Tunnel) -> None:
+        """One user is done; the last one closes the hop and releases the hop before it."""
+        tunnel.users -= 1
+        if tunnel.users > 0:
+            return
+        if self._tunnels.get(tunnel.chain) is tunnel:
+            del self._tunnels[tunnel.chain]
+        if tunnel.task is None:
+            return
+        if not tunnel.task.done():
+            tunnel.task.cancel()
+        elif _usable(tunnel.task):
+            tunnel.task.result().close()
+            if tunnel.parent is not None:
+                self._release(tunnel.parent)
+
+
+def _usable(task: asyncio.Future[asyncssh.SSHClientConnection]) -> bool:
+    return not task.cancelled() and task.exception() is None

@@ -141,6 +141,11 @@ def _environment_json(env: Environment) -> dict[str, Any]:
                 "address": h.address,
                 "port": h.port,
                 "login": h.login,
+                "become": h.become,
+                "jump": [
+                    {"name": j.name, "address": j.address, "port": j.port, "login": j.login}
+                    for j in h.jump
+                ],
                 "mode": h.mode,
                 "groups": list(h.groups),
                 "accounts": list(h.accounts),

@@ -9,10 +9,10 @@ entries for one machine would fight over its files.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from keyward.inventory.model import MODES, Host, Mode
+from keyward.inventory.model import BECOME, MODES, Become, Hop, Host, Mode
 from keyward.inventory.names import ACCOUNT_RE, NAME_RE, read_accounts, what_account
 from keyward.inventory.reader import MISSING, Reader, has_unsafe_char, join, short
 
@@ -31,6 +31,8 @@ _DEFAULT_FIELDS = (
     "auth_log",
     "auth_log_trusted",
     "sshd_config",
+    "become",
+    "jump",
 )
 _HOST_FIELDS = (
     "name",
@@ -45,7 +47,10 @@ _HOST_FIELDS = (
     "auth_log",
     "auth_log_trusted",
     "sshd_config",
+    "become",
+    "jump",
 )
+_JUMP_FIELDS = ("name", "address", "port", "login")
 
 
 @dataclass
@@ -110,7 +115,12 @@ def check_address(address: str) -> str | None:
 def read_hosts(
     reader: Reader, data: Mapping[str, Any], env: str, customer: str | None, seen: SeenHosts
 ) -> list[Host]:
-    """``[defaults]`` and ``[[hosts]]``; registers names and endpoints fleet-wide."""
+    """``[defaults]``, ``[[jump_hosts]]`` and ``[[hosts]]``; registers hosts fleet-wide.
+
+    A host's ``jump`` names hops of this same file, each a ``[[jump_hosts]]`` entry or a
+    ``[[hosts]]`` entry (reached at its own address, port and login), so that a host's whole
+    path can be read in one file.
+    """
     defaults = reader.table(data, "", "defaults") or {}
     reader.fields(defaults, "defaults", _DEFAULT_FIELDS)
     d_login = _login(reader, defaults, "defaults", DEFAULT_LOGIN)
@@ -121,8 +131,12 @@ def read_hosts(
     d_auth_log = _auth_log(reader, defaults, "defaults", "auto")
     d_trusted = reader.boolean(defaults, "defaults", "auth_log_trusted", False)
     d_sshd_config = _sshd_config(reader, defaults, "defaults", DEFAULT_SSHD_CONFIG)
+    d_become = _become(reader, defaults, "defaults", None)
+    d_jump = reader.names(defaults, "defaults", "jump", NAME_RE, "host name") or ()
+    jump_hosts = _jump_hosts(reader, data, d_port)
 
     hosts: list[Host] = []
+    jumps: list[tuple[str, tuple[str, ...]]] = []
     for where, table in reader.tables(data, "hosts"):
         reader.fields(table, where, _HOST_FIELDS)
         name = reader.string(table, where, "name", required=True)
@@ -153,6 +167,12 @@ def read_hosts(
             auth_log=_auth_log(reader, table, where, d_auth_log),
             auth_log_trusted=reader.boolean(table, where, "auth_log_trusted", d_trusted),
             sshd_config=_sshd_config(reader, table, where, d_sshd_config),
+            become=_become(reader, table, where, d_become),
+        )
+        hop_names = (
+            reader.names(table, where, "jump", NAME_RE, "host name", allow_empty=True) or ()
+            if "jump" in table
+            else d_jump
         )
         if len(host.managed_accounts) > 1:
             for pattern in host.authorized_keys:
@@ -180,7 +200,78 @@ def read_hosts(
         elif address:
             seen.endpoints[endpoint] = f"host {name!r} ({reader.file})"
         hosts.append(host)
-    return hosts
+        jumps.append((where, hop_names))
+    return _with_jumps(reader, hosts, jumps, jump_hosts)
+
+
+def _jump_hosts(reader: Reader, data: Mapping[str, Any], default_port: int) -> dict[str, Hop]:
+    """``[[jump_hosts]]``: bastions that are only passed through, never managed."""
+    hops: dict[str, Hop] = {}
+    for where, table in reader.tables(data, "jump_hosts"):
+        reader.fields(table, where, _JUMP_FIELDS)
+        name = reader.string(table, where, "name", required=True)
+        if name is not None and not NAME_RE.fullmatch(name):
+            reader.add(join(where, "name"), f"{short(name)} is not a valid host name")
+            name = None
+        address = reader.string(table, where, "address", name) or ""
+        problem = check_address(address) if address else None
+        if problem:
+            reader.add(join(where, "address"), problem)
+        port = reader.integer(table, where, "port", default_port, 1, 65535)
+        login = _login(reader, table, where, DEFAULT_LOGIN)
+        if name is None:
+            continue
+        if name in hops:
+            reader.add(join(where, "name"), f"jump host {name!r} is defined twice")
+            continue
+        hops[name] = Hop(name=name, address=address, port=port, login=login)
+    return hops
+
+
+def _with_jumps(
+    reader: Reader,
+    hosts: list[Host],
+    jumps: list[tuple[str, tuple[str, ...]]],
+    jump_hosts: Mapping[str, Hop],
+) -> list[Host]:
+    """Each host with its hops resolved: a ``[[jump_hosts]]`` entry, else a host of the file."""
+    by_name = {host.name: host for host in hosts}
+    for name in jump_hosts:
+        if name in by_name:
+            reader.add("jump_hosts", f"{name!r} is both a jump host and a host; rename one")
+    result: list[Host] = []
+    for host, (where, names) in zip(hosts, jumps, strict=True):
+        hops: list[Hop] = []
+        for name in names:
+            hop = jump_hosts.get(name)
+            target = by_name.get(name)
+            if hop is None and target is not None:
+                hop = Hop(name=name, address=target.address, port=target.port, login=target.login)
+            if hop is None:
+                reader.add(
+                    join(where, "jump"),
+                    f"{name!r} is neither a [[jump_hosts]] entry nor a host of this file",
+                )
+            elif name == host.name or hop in hops:
+                reader.add(join(where, "jump"), f"{name!r} would be passed through twice")
+            else:
+                hops.append(hop)
+        result.append(replace(host, jump=tuple(hops)) if hops else host)
+    return result
+
+
+def _become(
+    reader: Reader, table: Mapping[str, Any], where: str, default: Become | None
+) -> Become | None:
+    value = reader.string(table, where, "become")
+    if value is None:
+        return default
+    if value == "none":
+        return None
+    if value not in BECOME:
+        reader.add(join(where, "become"), f"{short(value)} is not one of none, sudo")
+        return default
+    return "sudo"
 
 
 def _login(reader: Reader, table: Mapping[str, Any], where: str, default: str) -> str:

@@ -26,7 +26,7 @@ from keyward.inventory.reader import Problem, Reader, read_toml, short
 from keyward.inventory.rules import read_rules
 from keyward.inventory.settings import SETTINGS_FILE, read_settings
 
-_ENV_FILE_FIELDS = ("environment", "defaults", "hosts", "access", "break_glass")
+_ENV_FILE_FIELDS = ("environment", "defaults", "jump_hosts", "hosts", "access", "break_glass")
 _ENV_FIELDS = ("name", "min_attestation", "customer")
 
 

@@ -19,6 +19,8 @@ from keyward.keys import DEFAULT_ALLOWED_TYPES, KeyPolicy, PublicKey
 
 Mode = Literal["exclusive", "managed-block"]
 MODES: tuple[Mode, ...] = ("exclusive", "managed-block")
+Become = Literal["sudo"]
+BECOME: tuple[Become, ...] = ("sudo",)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,20 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class Hop:
+    """One jump host on the way to a managed host: only logged in to, never managed.
+
+    Its host key is pinned in the same known_hosts file as every host's, for exactly
+    ``address`` and ``port``; ``login`` only has to be allowed to open a TCP tunnel.
+    """
+
+    name: str
+    address: str
+    port: int
+    login: str
+
+
+@dataclass(frozen=True)
 class Host:
     """One SSH endpoint and the accounts keyward manages on it.
 
@@ -97,6 +113,11 @@ class Host:
     # file never puts anyone into failure mode.
     auth_log_trusted: bool = False
     sshd_config: str = "/etc/ssh/sshd_config"  # what `keyward plan` checks with sshd -T
+    # How a non-root ``login`` becomes root to run the helper: None (the login is root) or
+    # "sudo" (``sudo -n``, never a password prompt).
+    become: Become | None = None
+    # The jump hosts to tunnel through, first hop first; empty for a direct connection.
+    jump: tuple[Hop, ...] = ()
 
     @property
     def managed_accounts(self) -> tuple[str, ...]:
