@@ -201,8 +201,10 @@ def home(visit: Visit) -> Page:
             for k in keys
         ]
         requests = list_requests(session, visit.now, False, person=caller.username)
+        person = session.exec(select(Person).where(Person.username == caller.username)).one()
     body = (
-        f"<p>Roles: {esc(', '.join(sorted(caller.roles)) or '-')}. "
+        f"<p><span id='full-name'>{esc(person.full_name)}</span>. "
+        f"Roles: {esc(', '.join(sorted(caller.roles)) or '-')}. "
         f"Approves requests for: {esc(', '.join(sorted(caller.approves)) or '-')}."
         f"{' Administrator.' if caller.admin else ''}{' Auditor.' if caller.auditor else ''}</p>"
         "<h2>My keys</h2>"
