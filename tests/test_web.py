@@ -241,3 +241,74 @@ def test_revoking_the_key_ends_the_browser_session(server: ServerEnv, tmp_path: 
         server.kw.ok("key", "revoke", fingerprint, "--reason", "stolen")
         dave.get(server.url + "/web/queue")
         assert wait_for(dave, "code")  # back to sign-in
+
+
+def test_the_access_review_filters_and_members_see_their_own(
+    server: ServerEnv, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    rid = server.request_for("rita", "devops")
+    server.kw.ok("access", "approve", str(rid), actor="bob")
+    with chromium(tmp_path / "erin") as erin, chromium(tmp_path / "rita") as rita:
+        sign_in(erin, server, "erin")  # an administrator
+        erin.get(server.url + "/web/access?environment=prod&role=devops&person=rita")
+        assert 'id="error"' not in erin.page_source, erin.page_source
+        wait_for(erin, "user")
+        text = erin.find_element(By.TAG_NAME, "main").text
+        assert "prod-web-1" in text and "rita" in text and "access request" in text
+        erin.get(server.url + "/web/access?person=nobody")
+        wait_for(erin, "user")
+        assert "0 rows." in erin.page_source
+        erin.get(server.url + "/web/access?environment=prod&customer=none-such")
+        assert "0 rows." in erin.page_source
+
+        sign_in(rita, server, "rita")  # a member: only her own rows, whatever she asks
+        rita.get(server.url + "/web/access?person=erin")
+        wait_for(rita, "user")
+        assert "Your own access" in rita.page_source
+        rows = rita.find_elements(By.CSS_SELECTOR, "tbody tr")
+        assert rows and all("rita" in r.text for r in rows)
+
+
+def test_sign_out_and_secure_cookies_under_tls(server: ServerEnv, tmp_path: Path) -> None:
+    import ssl
+
+    from selenium.webdriver.common.by import By
+
+    from tests.server_env import _wait_listening, free_port, start_server, stop
+    from tests.test_server_cli import self_signed
+
+    with chromium(tmp_path / "alice") as alice:
+        sign_in(alice, server, "alice")
+        alice.find_element(By.ID, "logout").click()
+        wait_for(alice, "code")  # signed out: the sign-in page again
+        assert "kw_session" not in {c["name"] for c in alice.get_cookies()}
+
+    host = "127.0.0.26"
+    cert, key = self_signed(tmp_path, host)
+    port = free_port(host)
+    process, log = start_server(
+        server.base,
+        server.db_url,
+        server.inventory,
+        host,
+        port,
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    try:
+        _wait_listening(host, port, process, log)
+        context = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(
+            f"https://{host}:{port}/web/", timeout=30, context=context
+        ) as r:
+            cookie = r.headers["set-cookie"]
+            policy = r.headers["content-security-policy"]
+    finally:
+        stop(process)
+    assert cookie.startswith("kw_pre=")
+    assert {"HttpOnly", "Secure", "SameSite=strict"} <= {p.strip() for p in cookie.split(";")}
+    assert "default-src 'none'" in policy

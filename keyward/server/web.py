@@ -388,7 +388,7 @@ def _serve(state: api.ServerState, handler: Handler, request: WebRequest, who: l
         visit = None  # expired, revoked or offboarded: sign in again
         if request.method == "GET":
             page = sign_in(state, request, now)
-            page.cookies[SESSION_COOKIE] = ("", 0)
+            page.cookies.setdefault(SESSION_COOKIE, ("", 0))  # unless signed in again just now
             return page
         raise
     if visit is None:
