@@ -185,6 +185,14 @@ def test_csrf_and_cookie_flags(server: ServerEnv, tmp_path: Path) -> None:
     assert server.head() == before
     # Without a session a POST proves no one.
     assert post(server, "/web/request", "", {**form, "csrf": csrf})[0] == 401
+    # The form's input is checked as the API and the CLI check it, and shown again.
+    status, page = post(
+        server, "/web/request", header, {**form, "environment": "nope", "csrf": csrf}
+    )
+    assert status == 400 and 'id="error"' in page and 'value="nope"' in page
+    status, page = post(server, "/web/request", header, {**form, "duration": "9d", "csrf": csrf})
+    assert status == 400 and "between 1 minute and 7 days" in page
+    assert server.head() == before
     # The right token passes (a 303 to the page, followed by urllib).
     assert post(server, "/web/request", header, {**form, "csrf": csrf})[0] == 200
     assert server.head() != before
