@@ -409,10 +409,10 @@ def _serve(state: api.ServerState, handler: Handler, request: WebRequest, who: l
 
 def _form(body: bytes) -> dict[str, str]:
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError("the form is not UTF-8") from None
-    return {k: v[0] for k, v in parse_qs(text, max_num_fields=50).items()}
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=50)
+    except ValueError:  # not UTF-8 (UnicodeDecodeError), or too many fields
+        raise UsageError("the form is not UTF-8 or has too many fields") from None
+    return {k: v[0] for k, v in fields.items()}
 
 
 def _cookie(response: Response, name: str, value: str, max_age: int, secure: bool) -> None:
