@@ -77,6 +77,17 @@ def wait_for(driver: Any, element_id: str) -> Any:
     return WebDriverWait(driver, WAIT).until(lambda d: d.find_element(By.ID, element_id))
 
 
+def click(driver: Any, element_id: str) -> None:
+    """Click a button and wait until the page it submits to has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, element_id).click()
+    WebDriverWait(driver, WAIT).until(expected_conditions.staleness_of(old))
+
+
 def sign_in(driver: Any, server: ServerEnv, person: str) -> None:
     """The terminal-code flow: read the code off the page, confirm it with the real CLI."""
     driver.get(server.url + "/web/")
@@ -122,15 +133,15 @@ def test_request_in_one_browser_approve_in_another(server: ServerEnv, tmp_path: 
         alice.find_element(By.ID, "environment").send_keys("prod")
         alice.find_element(By.ID, "duration").send_keys("2h")
         alice.find_element(By.ID, "reason").send_keys("INC-7 <b>now</b>")
-        alice.find_element(By.ID, "submit").click()
-        row = wait_for(alice, "user") and alice.find_element(By.CSS_SELECTOR, "tr[id^=request-]")
+        click(alice, "submit")
+        row = alice.find_element(By.CSS_SELECTOR, "tr[id^=request-]")
         rid = row.get_attribute("id").split("-")[1]
         assert "pending" in row.text and "INC-7 <b>now</b>" in row.text  # shown, not markup
 
         sign_in(bob, server, "bob")
         bob.get(server.url + "/web/queue")
         wait_for(bob, f"request-{rid}")
-        bob.find_element(By.ID, f"approve-{rid}").click()
+        click(bob, f"approve-{rid}")
         wait_for(bob, "user")
         assert not bob.find_elements(By.ID, f"request-{rid}")  # decided: gone from the queue
 
@@ -282,14 +293,12 @@ def test_the_access_review_filters_and_members_see_their_own(
 def test_sign_out_and_secure_cookies_under_tls(server: ServerEnv, tmp_path: Path) -> None:
     import ssl
 
-    from selenium.webdriver.common.by import By
-
     from tests.server_env import _wait_listening, free_port, start_server, stop
     from tests.test_server_cli import self_signed
 
     with chromium(tmp_path / "alice") as alice:
         sign_in(alice, server, "alice")
-        alice.find_element(By.ID, "logout").click()
+        click(alice, "logout")
         wait_for(alice, "code")  # signed out: the sign-in page again
         assert "kw_session" not in {c["name"] for c in alice.get_cookies()}
 
