@@ -45,3 +45,13 @@ def test_the_store_is_bounded() -> None:
 
 def test_normalize() -> None:
     assert normalize(" abcd-efgh ") == normalize("ABCD EFGH") == "ABCDEFGH"
+
+
+def test_a_session_signed_out_of_stays_ended_until_it_expires() -> None:
+    from keyward.auth.ended import EndedSessions
+
+    ended = EndedSessions()
+    ended.end("kws1.a", NOW + timedelta(hours=1), NOW)
+    assert ended.ended("kws1.a") and not ended.ended("kws1.b")
+    ended.end("kws1.b", NOW + timedelta(hours=2), NOW + timedelta(hours=1))
+    assert not ended.ended("kws1.a")  # expired anyway: forgotten

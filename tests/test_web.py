@@ -298,9 +298,14 @@ def test_sign_out_and_secure_cookies_under_tls(server: ServerEnv, tmp_path: Path
 
     with chromium(tmp_path / "alice") as alice:
         sign_in(alice, server, "alice")
+        copied = cookie_header(alice)
         click(alice, "logout")
         wait_for(alice, "code")  # signed out: the sign-in page again
         assert "kw_session" not in {c["name"] for c in alice.get_cookies()}
+    # A copy of the cookie taken before signing out no longer works either.
+    request = urllib.request.Request(server.url + "/web/", headers={"cookie": copied})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert 'id="code"' in response.read().decode()
 
     host = "127.0.0.26"
     cert, key = self_signed(tmp_path, host)

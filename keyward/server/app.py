@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from keyward.auth import tokens
 from keyward.auth.browser import BrowserCodes, CodeRefused
+from keyward.auth.ended import EndedSessions
 from keyward.auth.signing import AuthError
 from keyward.clock import Clock
 from keyward.errors import KeywardError, RegistryError, RegistryUnavailable, UsageError
@@ -89,6 +90,8 @@ class ServerState:
     """For the same environment check as ``keyward access request``; None without one."""
     codes: BrowserCodes = field(default_factory=BrowserCodes)
     """Browser sign-in codes waiting for ``keyward auth browser``."""
+    ended: EndedSessions = field(default_factory=EndedSessions)
+    """Web sessions signed out of before their expiry."""
     inventory_dir: Path | None = None
     """For the web page's access review (``keyward report access``); None without one."""
 

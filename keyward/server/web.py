@@ -152,6 +152,8 @@ def signed_in(state: api.ServerState, request: WebRequest, now: datetime) -> Vis
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
+    if state.ended.ended(token):
+        raise AuthError("signed out")
     with state.registry.read() as session:
         identity = authenticate_token(session, token, now, state.verifier, via="browser")
         caller = caller_for(session, identity, state.settings, now)
@@ -359,6 +361,9 @@ def access(visit: Visit) -> Page:
 
 
 def logout(visit: Visit) -> Page:
+    expires = visit.caller.identity.session_expires_at
+    assert expires is not None  # a browser visit is always a session
+    visit.state.ended.end(visit.request.cookies[SESSION_COOKIE], expires, visit.now)
     get_logger(component="server").info("session_end", person=visit.caller.username, via="browser")
     page = Page(redirect="/web/")
     page.cookies[SESSION_COOKIE] = ("", 0)
