@@ -106,6 +106,8 @@ GUARDED_PROGRAMS = {
     "umount": "fleet",
     "slapd": "fleet",
     "slapadd": "fleet",
+    "chromium": "fleet",
+    "chromedriver": "fleet",
     "postgres": "postgres",
     "pg_ctl": "postgres",
     "initdb": "postgres",

@@ -244,7 +244,9 @@ def server_env(
 ) -> Iterator[ServerEnv]:
     inventory = base / "inventory"
     inventory.mkdir(parents=True)
-    (inventory / "keyward.toml").write_text(SETTINGS)
+    # The agent's own key: the access review (``report access``, the web page) plans with it.
+    agent_key, _ = make_key(base / "keys", "ed25519", name="agent", comment="keyward-agent")
+    (inventory / "keyward.toml").write_text(f'[agent]\nidentity = "{agent_key}"\n\n{SETTINGS}')
     (inventory / "prod.toml").write_text(ENVIRONMENT)
     db_url = db_url or f"sqlite:///{base / 'registry.db'}"
     kw = Keyward(db_url, str(inventory))

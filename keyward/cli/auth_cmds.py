@@ -59,6 +59,25 @@ def auth_login(app: AppContext, as_json: bool) -> None:
     )
 
 
+@auth.command("browser")
+@click.argument("code")
+@pass_app
+def auth_browser(app: AppContext, code: str) -> None:
+    """Sign in the web page showing CODE, as yourself (a request signed by KEYWARD_KEY).
+
+    Confirm only a code your own browser shows you at this server's /web/ page: whoever
+    shows you a code gets a session as you when you confirm it.
+    """
+    api = _api(app)
+    if api.signer is None:
+        raise UsageError("set KEYWARD_KEY to the registered key to sign in with")
+    me = api.call("POST", "/api/v1/auth/browser", {"code": code}, sign=True)
+    click.echo(
+        f"signed in the browser showing {code.strip()} to {api.url} as {me['username']} "
+        f"with key {me['fingerprint']}"
+    )
+
+
 @auth.command("whoami")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app

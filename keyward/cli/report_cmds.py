@@ -13,10 +13,13 @@ from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, ts
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from keyward.desired import FileTarget
     from keyward.registry.models import (
         HostState,
     )
+    from keyward.registry.store import Registry
 
 pass_app = click.make_pass_decorator(AppContext)
 FORMATS = click.Choice(["md", "json", "csv"])
@@ -257,19 +260,19 @@ def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
 
 
 def access_rows(
-    app: AppContext, env: str | None, customer: str | None = None
+    registry: Registry, inventory_dir: Path, env: str | None, customer: str | None = None
 ) -> list[dict[str, Any]]:
+    """The access review's rows (``report access`` and the server's web page)."""
     from sqlmodel import col, select
 
     from keyward.engine.inputs import load_inputs
     from keyward.registry.models import HostState, LoginEvent
 
-    registry = app.registry()
-    prepared = load_inputs(registry, registry.clock, app.inventory_dir(), env, None)
+    prepared = load_inputs(registry, registry.clock, inventory_dir, env, None)
     snapshot = prepared.snapshot
     from sqlalchemy import func
 
-    with app.registry().read() as session:
+    with registry.read() as session:
         states = {s.host: s for s in session.exec(select(HostState))}
         last_logins = {
             (person, host, account): at
@@ -372,7 +375,7 @@ ACCESS_COLUMNS = [
 @pass_app
 def report_access(app: AppContext, env: str | None, customer: str | None, fmt: str) -> None:
     """Access review: who can reach which account on which host, how, since and until when."""
-    rows = access_rows(app, env, customer)
+    rows = access_rows(app.registry(), app.inventory_dir(), env, customer)
     if fmt == "json":
         emit_json(rows)
     elif fmt == "csv":

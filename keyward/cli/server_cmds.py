@@ -61,6 +61,7 @@ def server(
         verifier=Verifier(settings.min_attestation, secret, NonceStore()),
         clock=app.clock,
         inventory=inventory,
+        inventory_dir=root if root.is_dir() else None,
     )
     get_logger(component="server").info(
         "server_start",

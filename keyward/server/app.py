@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import select
@@ -30,6 +31,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from keyward.auth import tokens
+from keyward.auth.browser import BrowserCodes, CodeRefused
+from keyward.auth.ended import EndedSessions
 from keyward.auth.signing import AuthError
 from keyward.clock import Clock
 from keyward.errors import KeywardError, RegistryError, RegistryUnavailable, UsageError
@@ -85,6 +88,12 @@ class ServerState:
     clock: Clock
     inventory: Inventory | None
     """For the same environment check as ``keyward access request``; None without one."""
+    codes: BrowserCodes = field(default_factory=BrowserCodes)
+    """Browser sign-in codes waiting for ``keyward auth browser``."""
+    ended: EndedSessions = field(default_factory=EndedSessions)
+    """Web sessions signed out of before their expiry."""
+    inventory_dir: Path | None = None
+    """For the web page's access review (``keyward report access``); None without one."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,22 @@ def login(call: Call) -> Result:
     }
 
 
+def browser_confirm(call: Call) -> Result:
+    """``keyward auth browser CODE``: the signed-in terminal vouches for a browser's code."""
+    identity = call.caller.identity
+    if identity.via != "signature":
+        raise Forbidden("confirm a browser sign-in with a request signed by your key")
+    code = _field(call.json(), "code", str)
+    try:
+        call.state.codes.confirm(code, identity.username, identity.fingerprint, call.now)
+    except CodeRefused as exc:
+        raise UsageError(exc.message) from None
+    get_logger(component="server").info(
+        "browser_code_confirmed", person=identity.username, fingerprint=identity.fingerprint
+    )
+    return 200, {"username": identity.username, "fingerprint": identity.fingerprint}
+
+
 def access_list(call: Call) -> Result:
     only_open = call.query.get("open", "") in ("1", "true", "yes")
     mine = None if call.caller.reads_everything else call.caller.username
@@ -186,31 +211,45 @@ def access_request(call: Call) -> Result:
     role = _field(body, "role", str)
     environment = _field(body, "environment", str)
     seconds = _field(body, "duration_seconds", int)
+    reason = _field(body, "reason", str)
+    return 201, file_request(call.state, call.caller, role, environment, seconds, reason)
+
+
+def file_request(
+    state: ServerState, caller: Caller, role: str, environment: str, seconds: int, reason: str
+) -> dict[str, Any]:
+    """A new access request of ``caller``: the API's and the web page's one path."""
     if not 0 < seconds <= lifecycle.MAX_REQUEST.total_seconds():  # before timedelta can overflow
         raise UsageError("duration_seconds must be between 1 minute and 7 days")
-    reason = _field(body, "reason", str)
-    if call.state.inventory is not None:
-        call.state.inventory.environment(environment)
-    with call.state.registry.write(call.caller.username) as tx:
+    if state.inventory is not None:
+        state.inventory.environment(environment)
+    with state.registry.write(caller.username) as tx:
         request = lifecycle.request_access(
             tx, role, environment, timedelta(seconds=seconds), reason
         )
         result = request_json(
             request,
-            ops.find_person(tx.session, call.caller.username),
+            ops.find_person(tx.session, caller.username),
             ops.find_role(tx.session, role),
         )
     _log_changes(tx)
-    return 201, result
+    return result
 
 
 def _decide(call: Call, approve: bool) -> Result:
-    text = call.params["id"]
+    note = _field(call.json(), "note", str, "")
+    return 200, decide(call.state, call.caller, call.params["id"], approve, note)
+
+
+def decide(
+    state: ServerState, caller: Caller, text: str, approve: bool, note: str
+) -> dict[str, Any]:
+    """Approve or deny request ``text`` as ``caller``: the API's and the web page's one path,
+    so the two-person rule and the approvers of the role hold for both."""
     if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise NotFound(f"no access request {text[:20]!r}")
     request_id = int(text)
-    note = _field(call.json(), "note", str, "")
-    with call.state.registry.read() as session:
+    with state.registry.read() as session:
         request = session.get(AccessRequest, request_id)
         if request is None:
             raise NotFound(f"no access request {request_id}")
@@ -218,16 +257,16 @@ def _decide(call: Call, approve: bool) -> Result:
         role = session.get(Role, request.role_id)
         assert requester is not None and role is not None
     # The two-person rule first: even an approver of the role cannot decide their own.
-    if requester.username == call.caller.username:
+    if requester.username == caller.username:
         raise Forbidden("a request must be approved by someone other than the requester")
-    if not call.caller.may_decide(role.name):
+    if not caller.may_decide(role.name):
         raise Forbidden(
-            f"{call.caller.username!r} may not decide requests for role {role.name!r} "
+            f"{caller.username!r} may not decide requests for role {role.name!r} "
             "(see [server.approvers] in keyward.toml)"
         )
     if request.status != "pending":
         raise Conflict(f"access request {request_id} is {request.status}, not pending")
-    with call.state.registry.write(call.caller.username) as tx:
+    with state.registry.write(caller.username) as tx:
         try:
             decided = lifecycle.decide_access(tx, request_id, approve=approve, note=note)
         except RegistryError as exc:
@@ -236,7 +275,7 @@ def _decide(call: Call, approve: bool) -> Result:
             raise
         result = request_json(decided, requester, role)
     _log_changes(tx)
-    return 200, result
+    return result
 
 
 def access_approve(call: Call) -> Result:
@@ -363,6 +402,7 @@ def endpoint(state: ServerState, handler: Handler) -> Callable[[Request], Awaita
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/v1/whoami", whoami),
     ("POST", "/api/v1/auth/login", login),
+    ("POST", "/api/v1/auth/browser", browser_confirm),
     ("GET", "/api/v1/access-requests", access_list),
     ("POST", "/api/v1/access-requests", access_request),
     ("POST", "/api/v1/access-requests/{id}/approve", access_approve),
@@ -379,7 +419,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def build_app(state: ServerState) -> Starlette:
     """The application serving ``ROUTES`` (the endpoints of ``authz.MATRIX``)."""
+    from keyward.server import web
+
     routes = [
         Route(path, endpoint(state, handler), methods=[method]) for method, path, handler in ROUTES
     ]
+    routes += web.routes(state)
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

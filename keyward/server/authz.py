@@ -114,6 +114,7 @@ CALLERS = (
 ENDPOINTS = (
     "GET /api/v1/whoami",
     "POST /api/v1/auth/login",
+    "POST /api/v1/auth/browser",
     "GET /api/v1/access-requests",
     "POST /api/v1/access-requests",
     "POST /api/v1/access-requests/{id}/approve",
@@ -145,6 +146,7 @@ def _row(**allowed: int) -> dict[str, int]:
 MATRIX: dict[str, dict[str, int]] = {
     "GET /api/v1/whoami": _row(member=200, other=200, approver=200, auditor=200, admin=200),
     "POST /api/v1/auth/login": _row(member=200, other=200, approver=200, auditor=200, admin=200),
+    "POST /api/v1/auth/browser": _row(member=400, other=400, approver=400, auditor=400, admin=400),
     "GET /api/v1/access-requests": _row(
         member=200, other=200, approver=200, auditor=200, admin=200
     ),
@@ -160,4 +162,5 @@ MATRIX: dict[str, dict[str, int]] = {
     "GET /api/v1/people": _row(member=403, other=403, approver=403, auditor=200, admin=200),
 }
 """Endpoint -> kind of caller -> HTTP status; the request in the approve/deny rows is a
-pending one of a third person, for the role the "approver" decides."""
+pending one of a third person, for the role the "approver" decides; the browser row is
+sent without a code (400: every proven caller may confirm one, nobody a missing one)."""

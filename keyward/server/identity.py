@@ -46,7 +46,7 @@ class Identity:
 
     username: str
     fingerprint: str
-    via: str  # "signature" | "session"
+    via: str  # "signature" | "session" | "browser"
     session_expires_at: datetime | None = None
 
 
@@ -83,6 +83,19 @@ def _check_standing(key: SshKey, person: Person, now: datetime, min_attestation:
         )
 
 
+def authenticate_token(
+    session: Session, token: str, now: datetime, verifier: Verifier, via: str
+) -> Identity:
+    """The identity a session token stands for (an API bearer token or the web page's
+    cookie), after the same registry checks as a signature; ``AuthError`` otherwise."""
+    held = tokens.verify(verifier.secret, token, now)
+    key, person = _key_and_owner(session, held.fingerprint)
+    if person.username != held.username:
+        raise AuthError("session token does not match its key's owner")
+    _check_standing(key, person, now, verifier.min_attestation)
+    return Identity(person.username, key.fingerprint, via, held.expires_at)
+
+
 def authenticate(
     session: Session, request: RequestFacts, now: datetime, verifier: Verifier
 ) -> Identity | None:
@@ -94,12 +107,8 @@ def authenticate(
     if authorization:
         if not authorization.lower().startswith(BEARER):
             raise AuthError("unsupported Authorization scheme (want Bearer and a session token)")
-        held = tokens.verify(verifier.secret, authorization[len(BEARER) :].strip(), now)
-        key, person = _key_and_owner(session, held.fingerprint)
-        if person.username != held.username:
-            raise AuthError("session token does not match its key's owner")
-        _check_standing(key, person, now, verifier.min_attestation)
-        return Identity(person.username, key.fingerprint, "session", held.expires_at)
+        token = authorization[len(BEARER) :].strip()
+        return authenticate_token(session, token, now, verifier, via="session")
     signed = signing.parse_headers(request.headers)
     if signed is None:
         return None
