@@ -65,7 +65,19 @@ def test_on_a_fresh_machine_installs_what_is_missing_then_runs_pytest(tmp_path: 
     missing.append("openssh-client")
     if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
         missing.append("postgresql")
-    missing += ["systemd", "passwd", "mount", "e2fsprogs", "bsdutils", "groff-base"]
+    missing += ["systemd", "passwd", "mount", "e2fsprogs", "bsdutils", "sudo", "groff-base"]
+    # slapd and the browser are looked for at their Debian paths too.
+    if not os.access("/usr/sbin/slapd", os.X_OK):
+        missing.append("slapd")
+    missing.append("ldap-utils")
+    missing += [
+        package
+        for path, package in (
+            ("/usr/bin/chromium", "chromium"),
+            ("/usr/bin/chromedriver", "chromium-driver"),
+        )
+        if not os.access(path, os.X_OK)
+    ]
     assert calls == [
         "apt-get update -qq",
         f"apt-get install -y -qq --no-install-recommends {' '.join(missing)}",
