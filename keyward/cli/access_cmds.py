@@ -10,8 +10,8 @@ import click
 from keyward.cli.common import log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table
-from keyward.cli.parsing import duration
 from keyward.clock import parse_utc
+from keyward.timeparse import duration
 
 pass_app = click.make_pass_decorator(AppContext)
 

@@ -12,9 +12,9 @@ from keyward.cli.checkpoints import check_and_checkpoint, checkpoint_options, re
 from keyward.cli.common import customer_hosts, log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, ts
-from keyward.cli.parsing import start_of_day
 from keyward.errors import AuditChainBroken, UsageError
 from keyward.logs import get_logger, human_value
+from keyward.timeparse import start_of_day
 
 if TYPE_CHECKING:
     from keyward.registry.models import AuditEvent

@@ -14,8 +14,8 @@ import click
 from keyward.cli.common import key_json, key_policy, log_events, read_small_file
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
-from keyward.cli.parsing import duration, end_of_day
 from keyward.errors import UsageError
+from keyward.timeparse import duration, end_of_day
 
 # Imported where used: `key check` loads this module and must not pay for the registry
 # (tests/test_startup.py).

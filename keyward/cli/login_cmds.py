@@ -10,8 +10,8 @@ import click
 from keyward.cli.common import customer_hosts, log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table, ts
-from keyward.cli.parsing import start_of_day
 from keyward.errors import KeywardError, RegistryError
+from keyward.timeparse import start_of_day
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement

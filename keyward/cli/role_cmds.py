@@ -7,7 +7,7 @@ import click
 from keyward.cli.common import log_events, membership_json
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
-from keyward.cli.parsing import end_of_day
+from keyward.timeparse import end_of_day
 
 pass_app = click.make_pass_decorator(AppContext)
 

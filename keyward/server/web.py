@@ -247,7 +247,7 @@ def request_form(visit: Visit, error: str = "", status: int = 200) -> Page:
 
 
 def request_submit(visit: Visit) -> Page:
-    from keyward.cli.parsing import duration
+    from keyward.timeparse import duration
 
     form = visit.request.form
     try:
@@ -328,7 +328,7 @@ ACCESS_COLUMNS = (
 
 def access(visit: Visit) -> Page:
     """``keyward report access`` as a page; admins and auditors see all, others themselves."""
-    from keyward.cli.report_cmds import access_rows
+    from keyward.engine.access_review import access_rows
 
     query = {k: visit.request.query.get(k, "").strip() for k in ACCESS_FILTERS}
     everyone = visit.caller.admin or visit.caller.auditor
