@@ -9,14 +9,12 @@ heavy at import: ``key check`` loads this module and must not pay for the regist
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import ts
 from keyward.errors import UsageError
-from keyward.logs import get_logger
 
 if TYPE_CHECKING:
     from keyward.inventory.model import PolicySettings
@@ -76,16 +74,10 @@ def customer_hosts(app: AppContext, customer: str) -> set[str]:
 
 
 def log_events(tx: WriteTx) -> None:
-    log = get_logger()
-    for event in tx.events:
-        log.info(
-            "registry_change",
-            action=event.action,
-            subject=event.subject,
-            actor=event.actor,
-            seq=event.seq,
-            details=json.loads(event.details),
-        )
+    """Log the changes a command's transaction committed (``registry_change`` lines)."""
+    from keyward.registry.change_log import log_changes
+
+    log_changes(tx)
 
 
 def key_status(key: SshKey, now: Any) -> str:

@@ -41,6 +41,7 @@ from keyward.inventory.server import ServerSettings
 from keyward.logs import get_logger
 from keyward.registry import lifecycle, ops
 from keyward.registry.access_rows import list_requests, request_json
+from keyward.registry.change_log import log_changes
 from keyward.registry.models import AccessRequest, Person, Role
 from keyward.registry.store import Registry, WriteTx
 from keyward.server.authz import Caller, Forbidden, caller_for
@@ -131,16 +132,7 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> 
 
 
 def _log_changes(tx: WriteTx) -> None:
-    log = get_logger(component="server")
-    for event in tx.events:
-        log.info(
-            "registry_change",
-            action=event.action,
-            subject=event.subject,
-            actor=event.actor,
-            seq=event.seq,
-            details=json.loads(event.details),
-        )
+    log_changes(tx, component="server")
 
 
 # -- handlers ---------------------------------------------------------------------
