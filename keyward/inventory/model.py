@@ -11,11 +11,14 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from keyward.errors import UsageError
-from keyward.inventory.directory_settings import DirectorySettings
 from keyward.keys import DEFAULT_ALLOWED_TYPES, KeyPolicy, PublicKey
+
+if TYPE_CHECKING:
+    # Only an annotation here; the settings reader imports it when keyward.toml has one.
+    from keyward.inventory.directory_settings import DirectorySettings
 
 Mode = Literal["exclusive", "managed-block"]
 MODES: tuple[Mode, ...] = ("exclusive", "managed-block")

@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyward.errors import InventoryError
-from keyward.inventory.directory_settings import DirectorySettings, read_directory
 from keyward.inventory.model import AgentSettings, PolicySettings
 from keyward.inventory.reader import Problem, Reader, read_toml, short
 from keyward.inventory.server import ServerSettings, read_server_settings
 from keyward.keys import DSA, KNOWN_TYPES
+
+if TYPE_CHECKING:
+    from keyward.inventory.directory_settings import DirectorySettings
 
 SETTINGS_FILE = "keyward.toml"
 
@@ -99,7 +101,11 @@ def read_settings(
                 "policy.allowed_key_types",
                 f"unknown key type {short(key_type)} (known: {known})",
             )
-    directory = read_directory(root, reader, data)
+    directory = None
+    if "directory" in data:  # its reader (and urllib) only for inventories that sync people
+        from keyward.inventory.directory_settings import read_directory
+
+        directory = read_directory(root, reader, data)
     return (
         agent_settings,
         PolicySettings(
