@@ -15,8 +15,6 @@ these options: the audit trail in the registry records every change regardless.
 
 from __future__ import annotations
 
-import json as _json
-import logging
 import sys
 from typing import Any, Literal, TextIO
 
@@ -64,6 +62,8 @@ def configure(
     if json is None and log_format != "auto":
         json = log_format == "json"
     as_json = json if json is not None else not _isatty(out)
+    import logging  # here, not at import: `--version` and `--help` never configure logs
+
     _pending = (out, as_json, logging.getLevelNamesMapping()[level.upper()])
     if "structlog" in sys.modules:
         _apply()
@@ -133,6 +133,8 @@ def human_line(_logger: Any, _method: str, event: dict[str, Any]) -> str:
 
 def human_value(value: Any) -> str:
     """A value for people: yes/no, lists comma-joined, mappings as JSON, never a repr."""
+    import json  # cached after the first call; keeps json out of every command's start-up
+
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None:
@@ -143,11 +145,11 @@ def human_value(value: Any) -> str:
         return (
             value
             if value and not any(c.isspace() or c in '"=' for c in value)
-            else (_json.dumps(value, ensure_ascii=False))
+            else (json.dumps(value, ensure_ascii=False))
         )
     if isinstance(value, int | float):
         return str(value)
-    return _json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from typing import NamedTuple
 
 import click
@@ -269,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
             _reader_went_away()
             sys.exit(0)
         if os.environ.get("KEYWARD_DEBUG"):
+            import traceback  # only for KEYWARD_DEBUG: not on every start
+
             traceback.print_exc()
         first = " ".join(str(exc).split())[:300]
         click.echo(

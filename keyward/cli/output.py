@@ -6,7 +6,6 @@ added, never renamed or removed.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -107,6 +106,8 @@ def short_ts(value: datetime | None) -> str:
 
 
 def emit_json(value: Any) -> None:
+    import json  # not at import: `--version` and `--help` print no JSON
+
     click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
 
 
