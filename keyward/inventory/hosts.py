@@ -139,15 +139,7 @@ def read_hosts(
     jumps: list[tuple[str, tuple[str, ...]]] = []
     for where, table in reader.tables(data, "hosts"):
         reader.fields(table, where, _HOST_FIELDS)
-        name = reader.string(table, where, "name", required=True)
-        if name is not None and not NAME_RE.fullmatch(name):
-            reader.add(join(where, "name"), f"{short(name)} is not a valid host name")
-            name = None
-        address = reader.string(table, where, "address", name) or ""
-        problem = check_address(address) if address else None
-        if problem:
-            reader.add(join(where, "address"), problem)
-        port = reader.integer(table, where, "port", d_port, 1, 65535)
+        name, address, port = _endpoint(reader, table, where, d_port)
         accounts = (
             read_accounts(reader, table, where, required=False)
             if "accounts" in table
@@ -204,20 +196,30 @@ def read_hosts(
     return _with_jumps(reader, hosts, jumps, jump_hosts)
 
 
+def _endpoint(
+    reader: Reader, table: Mapping[str, Any], where: str, default_port: int
+) -> tuple[str | None, str, int]:
+    """A host's or jump host's name, address (default: the name) and port, each checked.
+
+    The name is None when missing or invalid (the problem is recorded).
+    """
+    name = reader.string(table, where, "name", required=True)
+    if name is not None and not NAME_RE.fullmatch(name):
+        reader.add(join(where, "name"), f"{short(name)} is not a valid host name")
+        name = None
+    address = reader.string(table, where, "address", name) or ""
+    problem = check_address(address) if address else None
+    if problem:
+        reader.add(join(where, "address"), problem)
+    return name, address, reader.integer(table, where, "port", default_port, 1, 65535)
+
+
 def _jump_hosts(reader: Reader, data: Mapping[str, Any], default_port: int) -> dict[str, Hop]:
     """``[[jump_hosts]]``: bastions that are only passed through, never managed."""
     hops: dict[str, Hop] = {}
     for where, table in reader.tables(data, "jump_hosts"):
         reader.fields(table, where, _JUMP_FIELDS)
-        name = reader.string(table, where, "name", required=True)
-        if name is not None and not NAME_RE.fullmatch(name):
-            reader.add(join(where, "name"), f"{short(name)} is not a valid host name")
-            name = None
-        address = reader.string(table, where, "address", name) or ""
-        problem = check_address(address) if address else None
-        if problem:
-            reader.add(join(where, "address"), problem)
-        port = reader.integer(table, where, "port", default_port, 1, 65535)
+        name, address, port = _endpoint(reader, table, where, default_port)
         login = _login(reader, table, where, DEFAULT_LOGIN)
         if name is None:
             continue
