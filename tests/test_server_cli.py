@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from keyward.errors import UsageError
 from keyward.server.run import check_tls, parse_listen
 from tests.cli_runner import Keyward
-from tests.server_env import ServerEnv, free_port, server_env, start_server, stop
+from tests.server_env import ServerEnv, free_port, server_env
 
 REQUESTED = re.compile(
     r"access request (\d+): devops in prod for 2h, waiting for approval by someone else\n"
@@ -177,70 +176,15 @@ def test_plain_http_is_refused_beyond_loopback() -> None:
     assert check_tls(parse_listen("127.0.0.1:8443"), None, None) is None
 
 
-def self_signed(directory: Path, address: str) -> tuple[Path, Path]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyward test")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_directly(server: ServerEnv, tmp_path: Path) -> None:
-    from tests.server_env import _wait_listening
+    from tests.server_env import tls_server
 
-    host = "127.0.0.23"
-    cert, key = self_signed(tmp_path, host)
-    port = free_port(host)
-    process, log = start_server(
-        server.base,
-        server.db_url,
-        server.inventory,
-        host,
-        port,
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-    )
-    try:
-        _wait_listening(host, port, process, log)
-        alice = remote(server, "alice", KEYWARD_URL=f"https://{host}:{port}", KEYWARD_CA=str(cert))
+    with tls_server(server, tmp_path, "127.0.0.23") as (url, cert, log):
+        alice = remote(server, "alice", KEYWARD_URL=url, KEYWARD_CA=str(cert))
         assert alice.ok("auth", "whoami", "--json").json()["username"] == "alice"
-        untrusted = remote(server, "alice", KEYWARD_URL=f"https://{host}:{port}")
+        untrusted = remote(server, "alice", KEYWARD_URL=url)
         result = untrusted("auth", "whoami")
         assert result.code == 1 and "CERTIFICATE_VERIFY_FAILED" in result.err
-    finally:
-        stop(process)
     lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
     assert any(ln["event"] == "server_start" and ln["tls"] for ln in lines)
 

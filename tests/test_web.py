@@ -293,8 +293,7 @@ def test_the_access_review_filters_and_members_see_their_own(
 def test_sign_out_and_secure_cookies_under_tls(server: ServerEnv, tmp_path: Path) -> None:
     import ssl
 
-    from tests.server_env import _wait_listening, free_port, start_server, stop
-    from tests.test_server_cli import self_signed
+    from tests.server_env import tls_server
 
     with chromium(tmp_path / "alice") as alice:
         sign_in(alice, server, "alice")
@@ -307,30 +306,11 @@ def test_sign_out_and_secure_cookies_under_tls(server: ServerEnv, tmp_path: Path
     with urllib.request.urlopen(request, timeout=30) as response:
         assert 'id="code"' in response.read().decode()
 
-    host = "127.0.0.26"
-    cert, key = self_signed(tmp_path, host)
-    port = free_port(host)
-    process, log = start_server(
-        server.base,
-        server.db_url,
-        server.inventory,
-        host,
-        port,
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-    )
-    try:
-        _wait_listening(host, port, process, log)
+    with tls_server(server, tmp_path, "127.0.0.26") as (url, cert, _log):
         context = ssl.create_default_context(cafile=str(cert))
-        with urllib.request.urlopen(
-            f"https://{host}:{port}/web/", timeout=30, context=context
-        ) as r:
+        with urllib.request.urlopen(f"{url}/web/", timeout=30, context=context) as r:
             cookie = r.headers["set-cookie"]
             policy = r.headers["content-security-policy"]
-    finally:
-        stop(process)
     assert cookie.startswith("kw_pre=")
     assert {"HttpOnly", "Secure", "SameSite=strict"} <= {p.strip() for p in cookie.split(";")}
     assert "default-src 'none'" in policy
