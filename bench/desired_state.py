@@ -51,8 +51,8 @@ from keyward.inventory.model import (
     Environment,
     Host,
     Inventory,
-    PolicySettings,
 )
+from keyward.inventory.policy import PolicySettings
 from keyward.keys import ED25519, PublicKey, encode_string
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
 

@@ -11,6 +11,11 @@ machine's changing load falls on both alike; the load average is recorded before
     python bench/startup.py --reconcile-hosts 20 --demo-runs 3   # root, sshd
 
 ``--importtime`` adds, per command, the top imports of one ``python -X importtime`` run.
+
+Each measured tree is byte-compiled first and the runs may use the ``.pyc`` files, as an
+installed keyward does (``pip install .`` compiles them); a shell that sets
+``PYTHONDONTWRITEBYTECODE`` would otherwise make every run compile keyward's sources again
+(about 40 ms more per command here). ``--source`` measures that uncompiled case instead.
 Nothing binds outside 127.0.0.0/8; the temporary registry, keys and fleet are removed.
 """
 
@@ -224,16 +229,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reconcile-hosts", type=int, default=0, help="also time reconcile on N local hosts"
     )
     parser.add_argument("--demo-runs", type=int, default=0, help="also time keyward demo")
+    parser.add_argument(
+        "--source", action="store_true", help="do not byte-compile: every run compiles keyward"
+    )
     args = parser.parse_args(argv)
     tree = args.tree.resolve()
     baseline = args.baseline.resolve() if args.baseline else None
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
+    if args.source:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    else:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        for checkout in (tree, baseline):
+            if checkout is not None:
+                subprocess.run(
+                    [sys.executable, "-m", "compileall", "-q", str(checkout / "keyward")],
+                    check=True,
+                    capture_output=True,
+                )
     env["PYTHONPATH"] = str(tree)
     results: dict[str, Any] = {
         "tree": str(tree),
         "baseline": str(baseline) if baseline else None,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "bytecode": "source (compiled every run)" if args.source else "compiled, as installed",
         "load_before": [round(x, 2) for x in os.getloadavg()],
         "commands": {},
     }

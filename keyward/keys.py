@@ -20,11 +20,13 @@ import re
 import struct
 import unicodedata
 from dataclasses import dataclass, field
-
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from typing import TYPE_CHECKING
 
 from keyward.errors import KeyPolicyError
 from keyward.memo import computed_once
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 ED25519 = "ssh-ed25519"
 SK_ED25519 = "sk-ssh-ed25519@openssh.com"
@@ -47,13 +49,28 @@ DEFAULT_ALLOWED_TYPES: frozenset[str] = frozenset(
 
 CERT_SUFFIX = "-cert-v01@openssh.com"
 
-# curve identifier inside the blob, bits, cryptography curve
-_ECDSA_CURVES: dict[str, tuple[str, int, ec.EllipticCurve]] = {
-    ECDSA_256: ("nistp256", 256, ec.SECP256R1()),
-    ECDSA_384: ("nistp384", 384, ec.SECP384R1()),
-    ECDSA_521: ("nistp521", 521, ec.SECP521R1()),
-    SK_ECDSA_256: ("nistp256", 256, ec.SECP256R1()),
+# curve identifier inside the blob, bits
+_ECDSA_CURVES: dict[str, tuple[str, int]] = {
+    ECDSA_256: ("nistp256", 256),
+    ECDSA_384: ("nistp384", 384),
+    ECDSA_521: ("nistp521", 521),
+    SK_ECDSA_256: ("nistp256", 256),
 }
+
+
+def _ec_public_key(bits: int, point: bytes) -> EllipticCurvePublicKey:
+    """The point decoded on its NIST curve; ``ValueError`` when it is not on it.
+
+    cryptography is imported here, not with the module: reading a key file's text (what
+    ``key check`` and the CLI's start-up do) must not pay for OpenSSL's bindings.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    curve: ec.EllipticCurve = (
+        ec.SECP256R1() if bits == 256 else ec.SECP384R1() if bits == 384 else ec.SECP521R1()
+    )
+    return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+
 
 # OpenSSH refuses bignums above 16384 bits (SSHBUF_MAX_BIGNUM).
 _MAX_RSA_BITS = 16384
@@ -281,10 +298,12 @@ def _decode_body(key_type: str, reader: WireReader) -> _KeyInfo:
         point = reader.string()
         if len(point) != 32:
             raise WireError("Ed25519 key must be 32 bytes")
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
         ed25519.Ed25519PublicKey.from_public_bytes(point)
         bits = 256
     elif key_type in _ECDSA_CURVES:
-        name, bits, curve = _ECDSA_CURVES[key_type]
+        name, bits = _ECDSA_CURVES[key_type]
         if reader.string() != name.encode("ascii"):
             raise WireError("curve name does not match the key type")
         point = reader.string()
@@ -293,7 +312,7 @@ def _decode_body(key_type: str, reader: WireReader) -> _KeyInfo:
         if len(point) != 1 + 2 * coord or point[0] != 4:
             raise WireError("ECDSA point is not an uncompressed point")
         try:
-            ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+            _ec_public_key(bits, point)
         except ValueError:
             raise WireError("ECDSA point is not on the curve") from None
     elif key_type == RSA:
@@ -307,6 +326,8 @@ def _decode_body(key_type: str, reader: WireReader) -> _KeyInfo:
             raise WireError("RSA modulus below 1024 bits")
         if not (n & 1 and e & 1 and 3 <= e < n):
             raise WireError("invalid RSA public numbers")
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         try:
             rsa.RSAPublicNumbers(e, n).public_key()
         except ValueError:
@@ -517,13 +538,13 @@ def _sshd_blob_type(name: bytes) -> str:
 
 def _sshd_ec_point(key_type: str, point: bytes) -> None:
     """``sshbuf_get_eckey`` and ``sshkey_ec_validate_public`` for one point."""
-    _name, bits, curve = _ECDSA_CURVES[key_type]
+    _name, bits = _ECDSA_CURVES[key_type]
     if not point or len(point) > _SSHBUF_MAX_ECPOINT:
         raise WireError("ECDSA point size")
     if point[0] != 4 or len(point) != 1 + 2 * ((bits + 7) // 8):
         raise WireError("ECDSA point is not an uncompressed point")
     try:
-        numbers = ec.EllipticCurvePublicKey.from_encoded_point(curve, point).public_numbers()
+        numbers = _ec_public_key(bits, point).public_numbers()
     except ValueError:
         raise WireError("ECDSA point is not on the curve") from None
     order = _EC_ORDERS[bits]
@@ -557,7 +578,7 @@ def read_sshd_key(line_type: str, blob: bytes, comment: str = "") -> PublicKey:
         parts.append(encode_string(point))
         bits = 256
     elif plain in _ECDSA_CURVES:
-        name, bits, _curve = _ECDSA_CURVES[plain]
+        name, bits = _ECDSA_CURVES[plain]
         if _sshd_cstring(reader) != name.encode("ascii"):
             raise WireError("curve name does not match the key type")
         point = reader.string()

@@ -17,8 +17,8 @@ from keyward.inventory.model import (
     Environment,
     Host,
     Inventory,
-    PolicySettings,
 )
+from keyward.inventory.policy import PolicySettings
 from keyward.keys import PublicKey, parse_public_key
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot
 from keyward.testing.keypairs import make_ed25519

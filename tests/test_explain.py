@@ -24,8 +24,8 @@ from keyward.inventory.model import (
     Environment,
     Host,
     Inventory,
-    PolicySettings,
 )
+from keyward.inventory.policy import PolicySettings
 from keyward.keys import PublicKey, parse_public_key
 from keyward.sshsig import proof_statement
 from keyward.state import GrantRecord, KeyRecord, PersonRecord, RegistrySnapshot

@@ -137,7 +137,9 @@ def test_key_check_reads_only_the_inventorys_policy(tmp_path: Path) -> None:
     (inventory / "production.toml").write_text("this is [not toml\n")
     modules = imported_by(tmp_path, "--inventory", str(inventory), "key", "check", str(private))
     assert loaded(modules, ("keyward.inventory.load", "keyward.inventory.hosts")) == []
-    assert "keyward.inventory.settings" in modules
+    # Only the policy's reader: not the inventory model or the other settings' readers.
+    assert "keyward.inventory.policy" in modules
+    assert loaded(modules, ("keyward.inventory.model", "keyward.inventory.settings")) == []
 
 
 def test_inventory_check_imports_no_registry_or_ssh(tmp_path: Path) -> None:

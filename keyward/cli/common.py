@@ -17,7 +17,7 @@ from keyward.cli.output import ts
 from keyward.errors import UsageError
 
 if TYPE_CHECKING:
-    from keyward.inventory.model import PolicySettings
+    from keyward.inventory.policy import PolicySettings
     from keyward.keys import KeyPolicy
     from keyward.registry.models import Membership, Person, Role, SshKey
     from keyward.registry.store import WriteTx
@@ -47,20 +47,20 @@ def key_policy(app: AppContext) -> KeyPolicy:
     root = app.inventory_dir()
     if not root.is_dir():
         return DEFAULT_POLICY
-    from keyward.inventory.settings import load_policy
+    from keyward.inventory.policy import load_policy
 
     return load_policy(root).key_policy()
 
 
 def key_policy_settings(app: AppContext) -> PolicySettings:
     """The inventory's ``[policy]`` (defaults without an inventory)."""
-    from keyward.inventory.model import PolicySettings
+    from keyward.inventory.policy import PolicySettings
     from keyward.keys import DEFAULT_POLICY
 
     root = app.inventory_dir()
     if not root.is_dir():
         return PolicySettings(DEFAULT_POLICY.max_key_age_days, DEFAULT_POLICY.min_rsa_bits, None)
-    from keyward.inventory.settings import load_policy
+    from keyward.inventory.policy import load_policy
 
     return load_policy(root)
 

@@ -22,7 +22,7 @@ from keyward.errors import KeywardError, RegistryUnavailable
 if TYPE_CHECKING:
     from keyward.agent.reconcile import HostResult
     from keyward.engine.inputs import RoundInputs
-    from keyward.inventory.model import PolicySettings
+    from keyward.inventory.policy import PolicySettings
     from keyward.registry.store import Registry
     from keyward.state import RegistrySnapshot
 

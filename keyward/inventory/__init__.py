@@ -21,12 +21,11 @@ if TYPE_CHECKING:
         Host,
         Inventory,
         Mode,
-        PolicySettings,
     )
     from keyward.inventory.names import ACCOUNT_RE, NAME_RE
+    from keyward.inventory.policy import PolicySettings
     from keyward.inventory.reader import Problem
-    from keyward.inventory.settings import SETTINGS_FILE
-    from keyward.inventory.where import DEFAULT_INVENTORY_DIR, find_inventory_dir
+    from keyward.inventory.where import DEFAULT_INVENTORY_DIR, SETTINGS_FILE, find_inventory_dir
 
 # Imported on first use (PEP 562), not with the package: a command that needs one small
 # part (where the inventory is, its key policy) does not load the whole loader.
@@ -44,11 +43,11 @@ _WHERE = {
     "Host": "model",
     "Inventory": "model",
     "Mode": "model",
-    "PolicySettings": "model",
+    "PolicySettings": "policy",
     "ACCOUNT_RE": "names",
     "NAME_RE": "names",
     "Problem": "reader",
-    "SETTINGS_FILE": "settings",
+    "SETTINGS_FILE": "where",
 }
 
 

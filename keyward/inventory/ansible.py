@@ -32,7 +32,7 @@ from keyward.attestation import ATTESTATION_LEVELS
 from keyward.errors import UsageError
 from keyward.inventory.hosts import check_address
 from keyward.inventory.names import ACCOUNT_RE, NAME_RE
-from keyward.inventory.settings import SETTINGS_FILE
+from keyward.inventory.where import SETTINGS_FILE
 
 ALL = "all"
 UNGROUPED = "ungrouped"

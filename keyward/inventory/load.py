@@ -20,11 +20,13 @@ from pathlib import Path
 from keyward.attestation import ATTESTATION_LEVELS
 from keyward.errors import InventoryError
 from keyward.inventory.hosts import SeenHosts, read_hosts
-from keyward.inventory.model import Environment, Inventory, PolicySettings
+from keyward.inventory.model import Environment, Inventory
 from keyward.inventory.names import NAME_RE
+from keyward.inventory.policy import PolicySettings
 from keyward.inventory.reader import Problem, Reader, read_toml, short
 from keyward.inventory.rules import read_rules
-from keyward.inventory.settings import SETTINGS_FILE, read_settings
+from keyward.inventory.settings import read_settings
+from keyward.inventory.where import SETTINGS_FILE
 
 _ENV_FILE_FIELDS = ("environment", "defaults", "jump_hosts", "hosts", "access", "break_glass")
 _ENV_FIELDS = ("name", "min_attestation", "customer")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from keyward.errors import UsageError
-from keyward.keys import DEFAULT_ALLOWED_TYPES, KeyPolicy, PublicKey
+from keyward.inventory.policy import PolicySettings
+from keyward.keys import PublicKey
 
 if TYPE_CHECKING:
     # Only an annotation here; the settings reader imports it when keyward.toml has one.
@@ -40,39 +41,6 @@ class AgentSettings:
     concurrency: int
     connect_timeout: float
     python: str
-
-
-@dataclass(frozen=True)
-class PolicySettings:
-    """Fleet-wide key policy (``[policy]`` in ``keyward.toml``).
-
-    ``allowed_key_types`` is ``None`` for "whatever keyward's key policy allows".
-    """
-
-    max_key_age_days: int
-    min_rsa_bits: int
-    allowed_key_types: tuple[str, ...] | None
-    proof_max_age_days: int = 30
-    failed_login_threshold: int = 5
-    failed_login_window_minutes: int = 10
-    multi_source_window_minutes: int = 60
-    failure_mode: str = "off"  # off | suspend | restrict
-    alert_command: str | None = None
-    purge_after_days: int = 365  # how long an offboarded person's details are kept
-
-    def key_policy(self) -> KeyPolicy:
-        """The ``keyward.keys.KeyPolicy`` these settings describe, for checking keys."""
-        allowed = (
-            DEFAULT_ALLOWED_TYPES
-            if self.allowed_key_types is None
-            else frozenset(self.allowed_key_types)
-        )
-        return KeyPolicy(
-            allowed_types=allowed,
-            min_rsa_bits=self.min_rsa_bits,
-            max_key_age_days=self.max_key_age_days,
-            proof_max_age_days=self.proof_max_age_days,
-        )
 
 
 @dataclass(frozen=True)

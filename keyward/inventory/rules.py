@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from keyward.errors import KeyPolicyError
-from keyward.inventory.model import AccessRule, BreakGlass, Host, PolicySettings
+from keyward.inventory.model import AccessRule, BreakGlass, Host
 from keyward.inventory.names import NAME_RE, read_accounts
+from keyward.inventory.policy import PolicySettings
 from keyward.inventory.reader import Reader, join
 from keyward.keys import PublicKey, parse_public_key
 from keyward.options import validate_option, validate_options

@@ -13,24 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keyward.errors import InventoryError
-from keyward.inventory.model import AgentSettings, PolicySettings
-from keyward.inventory.reader import Problem, Reader, read_toml, short
+from keyward.inventory.model import AgentSettings
+from keyward.inventory.policy import PolicySettings, read_policy
+from keyward.inventory.reader import Problem, Reader, read_toml
 from keyward.inventory.server import ServerSettings, read_server_settings
-from keyward.keys import DSA, KNOWN_TYPES
+from keyward.inventory.where import SETTINGS_FILE
 
 if TYPE_CHECKING:
     from keyward.inventory.directory_settings import DirectorySettings
-
-SETTINGS_FILE = "keyward.toml"
 
 DEFAULT_IDENTITY = "/etc/keyward/agent_ed25519"
 DEFAULT_KNOWN_HOSTS = "known_hosts"
 DEFAULT_CONCURRENCY = 100
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_PYTHON = "python3"
-DEFAULT_MAX_KEY_AGE_DAYS = 365
-DEFAULT_MIN_RSA_BITS = 3072
-DEFAULT_PROOF_MAX_AGE_DAYS = 30
 
 _SETTINGS_FIELDS = ("agent", "policy", "directory", "server")
 _AGENT_FIELDS = (
@@ -41,19 +37,6 @@ _AGENT_FIELDS = (
     "connect_timeout",
     "python",
 )
-_POLICY_FIELDS = (
-    "max_key_age_days",
-    "min_rsa_bits",
-    "allowed_key_types",
-    "proof_max_age_days",
-    "failed_login_threshold",
-    "failed_login_window_minutes",
-    "multi_source_window_minutes",
-    "failure_mode",
-    "alert_command",
-    "purge_after_days",
-)
-FAILURE_MODES = ("off", "suspend", "restrict")
 _PYTHON_RE = re.compile(r"[A-Za-z0-9_./+-]+")
 
 
@@ -89,18 +72,6 @@ def read_settings(
         python=python,
     )
 
-    policy = reader.table(data, "", "policy") or {}
-    reader.fields(policy, "policy", _POLICY_FIELDS)
-    types = reader.strings(policy, "policy", "allowed_key_types")
-    for key_type in types or ():
-        if key_type == DSA:
-            reader.add("policy.allowed_key_types", "ssh-dss (DSA) keys cannot be allowed")
-        elif key_type not in KNOWN_TYPES:
-            known = ", ".join(sorted(KNOWN_TYPES - {DSA}))
-            reader.add(
-                "policy.allowed_key_types",
-                f"unknown key type {short(key_type)} (known: {known})",
-            )
     directory = None
     if "directory" in data:  # its reader (and urllib) only for inventories that sync people
         from keyward.inventory.directory_settings import read_directory
@@ -108,45 +79,9 @@ def read_settings(
         directory = read_directory(root, reader, data)
     return (
         agent_settings,
-        PolicySettings(
-            max_key_age_days=reader.integer(
-                policy, "policy", "max_key_age_days", DEFAULT_MAX_KEY_AGE_DAYS, 1, 36500
-            ),
-            min_rsa_bits=reader.integer(
-                policy, "policy", "min_rsa_bits", DEFAULT_MIN_RSA_BITS, 2048, 16384
-            ),
-            allowed_key_types=types,
-            proof_max_age_days=reader.integer(
-                policy, "policy", "proof_max_age_days", DEFAULT_PROOF_MAX_AGE_DAYS, 0, 3650
-            ),
-            failed_login_threshold=reader.integer(
-                policy, "policy", "failed_login_threshold", 5, 1, 100000
-            ),
-            failed_login_window_minutes=reader.integer(
-                policy, "policy", "failed_login_window_minutes", 10, 1, 10080
-            ),
-            multi_source_window_minutes=reader.integer(
-                policy, "policy", "multi_source_window_minutes", 60, 1, 10080
-            ),
-            failure_mode=_failure_mode(reader, policy),
-            alert_command=reader.string(policy, "policy", "alert_command"),
-            purge_after_days=reader.integer(policy, "policy", "purge_after_days", 365, 0, 36500),
-        ),
+        read_policy(reader, data),
         directory,
     )
-
-
-def load_policy(root: Path) -> PolicySettings:
-    """``[policy]`` of ``root``'s ``keyward.toml`` (defaults without one); ``InventoryError``.
-
-    All a key command needs: the environment files are not read, so ``key check`` and
-    ``key add`` neither pay for nor depend on checking the whole fleet's inventory.
-    """
-    problems: list[Problem] = []
-    _, policy, _ = read_settings(root, problems)
-    if problems:
-        raise InventoryError(str(problems[0]))
-    return policy
 
 
 def load_server_settings(root: Path) -> ServerSettings:
@@ -158,14 +93,6 @@ def load_server_settings(root: Path) -> ServerSettings:
     if problems:
         raise InventoryError(str(problems[0]))
     return settings
-
-
-def _failure_mode(reader: Reader, policy: Mapping[str, Any]) -> str:
-    value = reader.string(policy, "policy", "failure_mode", "off") or "off"
-    if value not in FAILURE_MODES:
-        reader.add("policy.failure_mode", f"must be one of {', '.join(FAILURE_MODES)}")
-        return "off"
-    return value
 
 
 def _path(root: Path, reader: Reader, table: Mapping[str, Any], field: str, default: str) -> Path:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 DEFAULT_INVENTORY_DIR = Path("/etc/keyward/inventory")
+SETTINGS_FILE = "keyward.toml"  # the fleet-wide settings, beside the environment files
 
 
 def find_inventory_dir(explicit: str | None, env: Mapping[str, str]) -> Path:

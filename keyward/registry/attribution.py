@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection
 from sqlmodel import col, select
 
-from keyward.inventory.model import Host, PolicySettings
+from keyward.inventory.model import Host
+from keyward.inventory.policy import PolicySettings
 from keyward.logins import (
     Alert,
     LoginEvent,
