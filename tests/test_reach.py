@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from keyward.agent.connection import Credentials
@@ -89,6 +90,8 @@ def test_non_root_login_becomes_root_through_sudo(env: AgentEnv, ops: tuple[str,
         (refused, "sudo"),
         ("root", None),
     ]
+    text = env.kw.ok("inventory", "show").out
+    assert f"login {granted}" in text and "become sudo" in text
     env.person_with_key("alice", "devops")
 
     result = env.kw("reconcile")
@@ -244,3 +247,46 @@ def test_daemon_holds_its_links_through_the_bastion(
     finally:
         if daemon.alive():
             daemon.stop(signal.SIGKILL)
+
+
+def test_hosts_scan_goes_through_the_bastion(env: AgentEnv, bastion: FleetHost) -> None:
+    """``hosts scan`` asks a host behind a bastion for its key through the bastion, as the
+    agent will reach it, and scans the bastion itself; an unpinned bastion is pinned first."""
+    behind = env.hosts[2]
+    _with_fields(env, behind, f'jump = ["{bastion.name}"]')
+    assert f"via {bastion.name}" in env.kw.ok("inventory", "show").out
+    known = env.inventory / "known_hosts"
+    pinned = known.read_text()
+    known.write_text(
+        pinned.replace(bastion.known_hosts_line() + "\n", "").replace(
+            behind.known_hosts_line() + "\n", ""
+        )
+    )
+
+    # Nothing goes through a bastion that is not pinned: it is scanned, the host is not.
+    result = env.kw("hosts", "scan", "--all", "--json")
+    assert result.code == 1
+    report = result.json()
+    shown = {row["host"]: row for row in report["hosts"]}
+    assert shown[bastion.name]["status"] == "new"
+    assert shown[env.hosts[0].name]["status"] == "pinned"
+    assert [row["host"] for row in report["failures"]] == [behind.name]
+    assert f"jump host {bastion.name}" in report["failures"][0]["error"]
+    assert "not pinned" in report["failures"][0]["error"]
+    assert _tunnels_to(bastion, behind) == 0
+
+    # The bastion, named, pinned after review; then the host behind it, through it.
+    env.kw.ok("hosts", "scan", bastion.name, "--write")
+    assert bastion.known_hosts_line().split()[2] in known.read_text()
+    result = env.kw.ok("hosts", "scan", behind.name, "--write", "--json").json()
+    assert [(r["host"], r["status"], r["written"]) for r in result["hosts"]] == [
+        (behind.name, "new", True)
+    ]
+    presented = asyncssh.import_public_key(behind.host_key_pub).get_fingerprint("sha256")
+    assert result["hosts"][0]["fingerprint"] == presented
+    assert _tunnels_to(bastion, behind) == 1
+
+    # What was pinned is what the agent then trusts through the bastion.
+    env.person_with_key("alice", "devops")
+    env.kw.ok("reconcile", "--host", behind.name)
+    assert env.can_login(behind, env.deploy, "alice")

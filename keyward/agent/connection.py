@@ -376,9 +376,13 @@ class Hops:
         self._tunnels: dict[tuple[Hop, ...], _Tunnel] = {}
 
     async def acquire(
-        self, host: Host, chain: tuple[Hop, ...], creds: Credentials, keepalive: float
+        self, host: Host | Hop, chain: tuple[Hop, ...], creds: Credentials, keepalive: float
     ) -> tuple[asyncssh.SSHClientConnection | None, Callable[[], None]]:
-        """The connection to the last hop of ``chain`` (None for no hop), and its release."""
+        """The connection to the last hop of ``chain`` (None for no hop), and its release.
+
+        ``host`` is what the connection is for (a host, or a hop ``hosts scan`` asks for
+        its key); errors start with its name.
+        """
         try:
             conn, tunnel = await self._take(chain, creds, keepalive)
         except HostError as exc:

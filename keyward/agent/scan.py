@@ -17,6 +17,13 @@ Writing pins exactly the key object whose fingerprint this run printed: there
 is no second connection that could be answered with another key.  A changed
 key is never pinned next to the old one: ``--replace`` with ``--fingerprint``
 naming the presented key replaces every pin of that host.
+
+A host behind jump hosts is scanned *through* them, as the agent will reach it: its key
+is asked for over a tunnel opened by logging in to each hop with the agent's key, and
+every hop must already be pinned (a hop is trusted exactly like a host, so an unpinned
+or changed hop is refused before anything goes through it).  The hops themselves are
+scanned too, each through the hops before it, so a new bastion is pinned in one run and
+the hosts behind it in the next.
 """
 
 from __future__ import annotations
@@ -31,20 +38,25 @@ from typing import Literal
 
 import asyncssh
 
+from keyward.agent.connection import Credentials
 from keyward.agent.hostkeys import known_hosts_name, pinned_keys
-from keyward.errors import InventoryError, UsageError
-from keyward.inventory.model import Host
+from keyward.errors import HostError, InventoryError, UsageError
+from keyward.inventory.model import Hop, Host
 
 FIRST_CONTACT_ALG = "ssh-ed25519"
 
 Status = Literal["pinned", "new", "changed"]
 
 
+Target = Host | Hop
+"""What a scan asks for a key: a managed host, or a jump host on the way to one."""
+
+
 @dataclass(frozen=True)
 class Scanned:
     """One host's presented key, and how it compares with the host's pins."""
 
-    host: Host
+    host: Target
     line: str  # the known_hosts line for exactly the presented key
     fingerprint: str
     pinned: tuple[str, ...]  # fingerprints pinned for the host before this scan
@@ -77,39 +89,84 @@ def host_key_algs(pins: Sequence[asyncssh.SSHKey]) -> list[str]:
     return algs
 
 
+def with_jump_hosts(hosts: Sequence[Host]) -> list[tuple[Target, tuple[Hop, ...]]]:
+    """What to scan for ``hosts``: every jump host they go through (first, each with the
+    hops before it), then the hosts themselves with their chains; each name once."""
+    hops: dict[str, tuple[Target, tuple[Hop, ...]]] = {}
+    for host in hosts:
+        for i, hop in enumerate(host.jump):
+            hops.setdefault(hop.name, (hop, host.jump[:i]))
+    targets = {host.name: (host, host.jump) for host in hosts if host.name not in hops}
+    return [*hops.values(), *targets.values()]
+
+
+def find_jump_host(hosts: Sequence[Host], name: str) -> tuple[Hop, tuple[Hop, ...]] | None:
+    """The jump host called ``name`` and the hops before it, as the inventory's hosts use it."""
+    for host in hosts:
+        for i, hop in enumerate(host.jump):
+            if hop.name == name:
+                return hop, host.jump[:i]
+    return None
+
+
 async def scan_hosts(
-    hosts: Sequence[Host],
+    targets: Sequence[tuple[Target, tuple[Hop, ...]]],
     known_hosts_text: str,
     timeout: float,
     on_done: Callable[[bool], None] | None = None,
-) -> tuple[list[Scanned], list[tuple[Host, str]]]:
-    """Each host's presented key compared with its pins; failures apart (in input order).
+    credentials: Callable[[], Credentials] | None = None,
+) -> tuple[list[Scanned], list[tuple[Target, str]]]:
+    """Each target's presented key compared with its pins; failures apart (in input order).
 
-    ``on_done(failed)`` is called as each host is done (the CLI's progress bar).
+    A target comes with the jump hosts it is reached through (first hop first; empty for
+    a direct connection); ``credentials`` gives the agent's key and pins to log in to them
+    (loaded once, when a target needs it).  ``on_done(failed)`` is called as each target
+    is done (the CLI's progress bar).
     """
     found: dict[str, Scanned] = {}
-    failed: dict[str, tuple[Host, str]] = {}
+    failed: dict[str, tuple[Target, str]] = {}
+    loaded: list[Credentials] = []
 
-    async def one(host: Host) -> None:
-        await scan_one(host)
+    def creds() -> Credentials:
+        if credentials is None:
+            raise HostError("a jump host needs the agent's identity, and none was given")
+        if not loaded:
+            loaded.append(credentials())
+        return loaded[0]
+
+    async def one(host: Target, chain: tuple[Hop, ...]) -> None:
+        await scan_one(host, chain)
         if on_done is not None:
             on_done(host.name in failed)
 
-    async def scan_one(host: Host) -> None:
+    async def scan_one(host: Target, chain: tuple[Hop, ...]) -> None:
         pins = pinned_keys(known_hosts_text, host)
+        tunnel: asyncssh.SSHClientConnection | None = None
+        release: Callable[[], None] | None = None
         try:
+            if chain:
+                agent = creds()
+                tunnel, release = await agent.hops.acquire(host, chain, agent, 0)
             key = await asyncio.wait_for(
                 asyncssh.get_server_host_key(
                     host.address,
                     host.port,
+                    tunnel=tunnel,
                     config=[],
                     server_host_key_algs=host_key_algs(pins),
                 ),
                 timeout,
             )
+        except HostError as exc:  # a hop: already named ("web-3: jump host b1: ...")
+            reason = str(exc).removeprefix(f"{host.name}: ")
+            failed[host.name] = (host, f"scan failed: {reason}")
+            return
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             failed[host.name] = (host, f"scan failed: {exc or type(exc).__name__}")
             return
+        finally:
+            if release is not None:
+                release()
         if key is None:
             failed[host.name] = (host, "no host key offered")
             return
@@ -117,9 +174,9 @@ async def scan_hosts(
         pinned = tuple(dict.fromkeys(str(p.get_fingerprint("sha256")) for p in pins))
         found[host.name] = Scanned(host, line, str(key.get_fingerprint("sha256")), pinned)
 
-    unique = list({h.name: h for h in hosts}.values())
-    await asyncio.gather(*(one(h) for h in unique))
-    order = [h.name for h in unique]
+    unique = list({h.name: (h, chain) for h, chain in targets}.values())
+    await asyncio.gather(*(one(h, chain) for h, chain in unique))
+    order = [h.name for h, _ in unique]
     return (
         [found[n] for n in order if n in found],
         [failed[n] for n in order if n in failed],

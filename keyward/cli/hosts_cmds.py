@@ -15,7 +15,10 @@ from keyward.errors import UsageError
 from keyward.logs import get_logger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from keyward.agent import scan
+    from keyward.inventory.model import Hop, Host
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -57,11 +60,14 @@ def hosts_scan(
     """Fetch the host keys of NAMES (inventory host names), --env ENV or --all; print them.
 
     A key that differs from the host's pin is shown as CHANGED and never pinned next
-    to the old one: an impostor must not become trusted by a routine --write.
+    to the old one: an impostor must not become trusted by a routine --write.  Hosts
+    behind jump hosts are scanned through them (each hop must be pinned already);
+    --env and --all scan those jump hosts too, and NAMES may name one.
     """
     import asyncio
 
     from keyward.agent import scan
+    from keyward.agent.connection import Credentials
     from keyward.inventory import load_inventory
 
     if (replace or fingerprints) and not write:
@@ -74,15 +80,31 @@ def hosts_scan(
         )
     wanted = [scan.check_fingerprint(fp) for fp in fingerprints]
     inv = load_inventory(app.inventory_dir())
-    targets = [inv.host(name) for name in names] if names else list(inv.select_hosts(env))
+    if names:
+        targets = [_named(inv.hosts(), inv.host, name) for name in names]
+    else:
+        targets = scan.with_jump_hosts(inv.select_hosts(env))
     path = inv.agent.known_hosts
     try:
         existing = path.read_text() if path.exists() else ""
     except OSError as exc:
         raise UsageError(f"cannot read known_hosts {path}: {exc.strerror}") from None
+
+    def credentials() -> Credentials:
+        """The agent's key, to log in to jump hosts (only a scan through one needs it)."""
+        return Credentials.load(
+            inv.agent.identity, path, inv.agent.connect_timeout, inv.agent.python
+        )
+
     with progress(len(targets), "hosts scan") as advance:
         found, failures = asyncio.run(
-            scan.scan_hosts(targets, existing, inv.agent.connect_timeout, on_done=advance)
+            scan.scan_hosts(
+                targets,
+                existing,
+                inv.agent.connect_timeout,
+                on_done=advance,
+                credentials=credentials,
+            )
         )
     for item in found if not as_json else ():
         click.echo(item.describe())
@@ -115,6 +137,19 @@ def hosts_scan(
         )
     if failures:
         sys.exit(EXIT_FAILED)
+
+
+def _named(
+    hosts: Sequence[Host], find: Callable[[str], Host], name: str
+) -> tuple[scan.Target, tuple[Hop, ...]]:
+    """A host of the inventory by name, or a jump host its hosts go through."""
+    from keyward.agent import scan
+
+    hop = scan.find_jump_host(hosts, name)
+    if hop is not None and all(host.name != name for host in hosts):
+        return hop
+    host = find(name)  # unknown: the inventory's own error, with its suggestions
+    return host, host.jump
 
 
 def _write_pins(

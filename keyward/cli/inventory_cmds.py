@@ -91,6 +91,10 @@ def inventory_show(app: AppContext, env: str | None, as_json: bool) -> None:
         click.echo("  hosts:")
         for h in e["hosts"]:
             extra = f" customer {h['customer']}" if h["customer"] else ""
+            if h["become"]:
+                extra += f"  become {h['become']}"
+            if h["jump"]:
+                extra += f"  via {' -> '.join(hop['name'] for hop in h['jump'])}"
             click.echo(
                 f"    {h['name']}  {h['address']}:{h['port']}  login {h['login']}  "
                 f"{h['mode']}  groups {','.join(h['groups']) or '-'}  "
