@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from keyward.errors import InventoryError
 from keyward.inventory.model import AgentSettings, PolicySettings
+from keyward.inventory.notify_settings import NotifySettings, read_notify_settings
 from keyward.inventory.reader import Problem, Reader, read_toml, short
 from keyward.inventory.server import ServerSettings, read_server_settings
 from keyward.keys import DSA, KNOWN_TYPES
@@ -32,7 +33,7 @@ DEFAULT_MAX_KEY_AGE_DAYS = 365
 DEFAULT_MIN_RSA_BITS = 3072
 DEFAULT_PROOF_MAX_AGE_DAYS = 30
 
-_SETTINGS_FIELDS = ("agent", "policy", "directory", "server")
+_SETTINGS_FIELDS = ("agent", "policy", "directory", "server", "notify")
 _AGENT_FIELDS = (
     "identity",
     "identity_pub",
@@ -69,6 +70,7 @@ def read_settings(
     reader = Reader(SETTINGS_FILE, problems)
     reader.fields(data, "", _SETTINGS_FIELDS)
     read_server_settings(data, reader)  # checked with the rest; `keyward server` reads it again
+    read_notify_settings(data, reader, root)  # likewise: its readers load it themselves
     agent = reader.table(data, "", "agent") or {}
     reader.fields(agent, "agent", _AGENT_FIELDS)
     identity = _path(root, reader, agent, "identity", DEFAULT_IDENTITY)
@@ -155,6 +157,17 @@ def load_server_settings(root: Path) -> ServerSettings:
     path = root / SETTINGS_FILE
     data = (read_toml(path, problems) or {}) if path.exists() else {}
     settings = read_server_settings(data, Reader(SETTINGS_FILE, problems))
+    if problems:
+        raise InventoryError(str(problems[0]))
+    return settings
+
+
+def load_notify_settings(root: Path) -> NotifySettings:
+    """``[notify]`` of ``root``'s ``keyward.toml`` (defaults without one); ``InventoryError``."""
+    problems: list[Problem] = []
+    path = root / SETTINGS_FILE
+    data = (read_toml(path, problems) or {}) if path.exists() else {}
+    settings = read_notify_settings(data, Reader(SETTINGS_FILE, problems), root)
     if problems:
         raise InventoryError(str(problems[0]))
     return settings
