@@ -246,3 +246,57 @@ def test_a_failed_delivery_exits_1_and_is_not_repeated(tmp_path: Path, sqlite_ur
     result = kw("notify", "reminders", "--json")
     assert result.code == 1 and result.json()["failed"] == 1
     assert kw.ok("notify", "reminders", "--json").json()["notifications"] == []
+
+
+def test_the_server_notifies_in_the_background(
+    tmp_path: Path, sqlite_url: str, hook: Receiver
+) -> None:
+    """A slow receiver never holds the request: ``request_filed`` only queues the work.
+    The approvers are resolved as authz does: by person, by a role held, never the
+    requester, never someone offboarded."""
+    from keyward.clock import system_clock
+    from keyward.notify.server_side import ServerNotifier
+    from keyward.registry import lifecycle
+    from keyward.registry.store import Registry
+
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "prod.toml").write_text(ENVIRONMENT)
+    kw = Keyward(sqlite_url, str(inventory))
+    kw.ok("init")
+    for person in ("rita", "bob", "carol", "dave", "frank"):
+        kw.ok("person", "add", person, "--name", person.title())
+    kw.ok("role", "add", "security")
+    kw.ok("role", "add", "devops")
+    for person in ("bob", "rita", "frank"):
+        kw.ok("role", "grant", "security", person, "--reason", "t")
+    registry = Registry.open(sqlite_url)
+    with registry.write("admin") as tx:
+        lifecycle.offboard(tx, "frank", "left", [])
+    rid = kw.ok(
+        "access",
+        "request",
+        "devops",
+        "--env",
+        "prod",
+        "--for",
+        "1h",
+        "--reason",
+        "x",
+        "--json",
+        actor="rita",
+    ).json()["id"]
+    hook.delay = 2.0
+    notifier = ServerNotifier(
+        registry,
+        Deliverer(NotifySettings(webhooks=(hook.url,), timeout=5)),
+        {"devops": ("role:security", "person:carol")},
+        system_clock,
+    )
+    started = time.monotonic()
+    notifier.request_filed(rid)
+    assert time.monotonic() - started < 0.5
+    notifier.close()
+    registry.dispose()
+    (post,) = hook.posts
+    assert [r["username"] for r in post.json()["recipients"]] == ["bob", "carol"]
