@@ -296,7 +296,28 @@ def test_the_server_notifies_in_the_background(
     started = time.monotonic()
     notifier.request_filed(rid)
     assert time.monotonic() - started < 0.5
+    kw.ok("access", "deny", str(rid), "--note", "not now", actor="bob")
+    notifier.request_decided(rid)
+    assert time.monotonic() - started < 0.5
     notifier.close()
     registry.dispose()
-    (post,) = hook.posts
-    assert [r["username"] for r in post.json()["recipients"]] == ["bob", "carol"]
+    asked, denied = (p.json() for p in hook.posts)
+    assert [r["username"] for r in asked["recipients"]] == ["bob", "carol"]
+    assert denied["event"] == "access_denied"
+    assert [r["username"] for r in denied["recipients"]] == ["rita"]
+    assert denied["text"] == f"bob denied rita's devops in prod (request {rid})"
+
+
+def test_notify_test_reaches_every_channel(tmp_path: Path, sqlite_url: str, hook: Receiver) -> None:
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "prod.toml").write_text(ENVIRONMENT)
+    kw = Keyward(sqlite_url, str(inventory))
+    assert "no [notify] command or webhook" in kw.fails("notify", "test").err
+    (inventory / "keyward.toml").write_text(f'[notify]\nwebhook = "{hook.url}"\nformat = "slack"\n')
+    kw.ok("notify", "test", "--to", "bob")
+    assert hook.posts[0].json() == {
+        "text": "keyward: test notification from keyward notify test (for bob)"
+    }
+    hook.statuses = [410]
+    assert kw("notify", "test").code == 1
