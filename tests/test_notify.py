@@ -300,12 +300,27 @@ def test_the_server_notifies_in_the_background(
     notifier.request_decided(rid)
     assert time.monotonic() - started < 0.5
     notifier.close()
-    registry.dispose()
     asked, denied = (p.json() for p in hook.posts)
     assert [r["username"] for r in asked["recipients"]] == ["bob", "carol"]
     assert denied["event"] == "access_denied"
     assert [r["username"] for r in denied["recipients"]] == ["rita"]
     assert denied["text"] == f"bob denied rita's devops in prod (request {rid})"
+
+    # A stopping server is not held by a dead receiver: past the grace, the queue is dropped.
+    hook.posts.clear()
+    stopping = ServerNotifier(
+        registry,
+        Deliverer(NotifySettings(webhooks=(hook.url,), timeout=5)),
+        {"devops": ("person:carol",)},
+        system_clock,
+    )
+    for _ in range(4):
+        stopping.request_filed(rid)
+    started = time.monotonic()
+    stopping.close(grace=0.5)
+    registry.dispose()
+    assert time.monotonic() - started < 3.5
+    assert len(hook.posts) == 1
 
 
 def test_notify_test_reaches_every_channel(tmp_path: Path, sqlite_url: str, hook: Receiver) -> None:

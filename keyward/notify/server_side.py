@@ -10,6 +10,7 @@ receiver grow the server's memory.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from keyward.registry.models import AccessRequest, Person, Role
 from keyward.registry.store import Registry
 
 MAX_QUEUED = 1000
+CLOSE_GRACE = 10.0  # seconds a stopping server keeps delivering its queue
 
 
 class ServerNotifier:
@@ -42,6 +44,7 @@ class ServerNotifier:
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyward-notify")
         self._queued = 0
+        self._stop_by: float | None = None
         self._lock = threading.Lock()
 
     def request_filed(self, request_id: int) -> None:
@@ -52,8 +55,13 @@ class ServerNotifier:
         """Tell the requester that their request was approved or denied."""
         self._submit(request_id, decided=True)
 
-    def close(self) -> None:
-        """Deliver what is queued (bounded by the channels' own timeouts), then stop."""
+    def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Deliver what is queued for up to ``grace`` seconds, log the rest as not sent.
+
+        The one in flight at the deadline still finishes, bounded by its channels' own
+        timeouts: a dead receiver cannot hold a server's stop for the whole queue.
+        """
+        self._stop_by = time.monotonic() + grace
         self._pool.shutdown(wait=True)
 
     def _submit(self, request_id: int, decided: bool) -> None:
@@ -68,6 +76,11 @@ class ServerNotifier:
 
     def _run(self, request_id: int, decided: bool) -> None:
         try:
+            if self._stop_by is not None and time.monotonic() > self._stop_by:
+                get_logger(component="notify").warning(
+                    "notification_failed", request_id=request_id, error="server stopping"
+                )
+                return
             self._send(request_id, decided)
         except Exception as exc:  # a notification never takes the server down
             get_logger(component="notify").error(
