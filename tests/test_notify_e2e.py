@@ -4,7 +4,8 @@ rita (a member) requests ``devops`` through the CLI signed with her key; bob (an
 through the role ``security``) gets the webhook and approves through the CLI; rita gets the
 webhook; the daemon deploys her key and the real ``ssh`` client logs in within seconds of
 the approval; when the approved minute runs out the daemon removes the key (``ssh``
-refused), records ``access.expire`` and rita gets that webhook too.
+refused), records ``access.expire`` and rita gets that webhook too. A key of hers that
+expires in five days gets her one renewal reminder from the daemon, however many rounds run.
 
 The server runs with a fixed clock (``KEYWARD_NOW``) set so that the shortest duration it
 allows (one minute) from the approval ends ``WINDOW`` seconds after the server started: the
@@ -69,6 +70,9 @@ def test_request_approve_login_and_expiry_with_real_processes(
             + f'[notify]\nwebhook = "{hook.url}"\nsecret_file = "{secret}"\n'
         )
         env.person_with_key("rita")
+        # A second key of rita's that expires in 5 days: the daemon reminds her, once.
+        soon = (datetime.now(UTC) + timedelta(days=5)).strftime("%Y-%m-%d")
+        env.kw.ok("key", "add", "rita", str(env.pub("rita-old")), "--expires", soon)
         env.person_with_key("bob", "security")
         env.kw.ok("role", "add", "devops")
         assert not env.can_login(host, env.deploy, "rita")
@@ -158,6 +162,8 @@ def test_request_approve_login_and_expiry_with_real_processes(
             assert expired["details"]["request_id"] == rid  # type: ignore[index]
             events = env.kw.ok("audit", "log", "--json", "--action", "access.expire").json()
             assert [e["details"]["request_id"] for e in events] == [rid]
+            reminded = verified(hook.wait_for(event_for("key_expiring", "rita")))
+            assert reminded["details"]["fingerprint"] in reminded["text"]  # type: ignore[index,operator]
             assert daemon.alive()
         finally:
             if server is not None:
@@ -172,4 +178,8 @@ def test_request_approve_login_and_expiry_with_real_processes(
         ("notification_sent", "access_requested"),
         ("notification_sent", "access_approved"),
         ("notification_sent", "access_expired"),
+        ("notification_sent", "key_expiring"),
     }
+    # Many sweeps ran (one per recompute): each notification went out exactly once.
+    assert len(sent) == 4, sent
+    assert len([p for p in hook.posts if p.json()["event"] == "key_expiring"]) == 1
