@@ -288,7 +288,7 @@ def test_the_server_notifies_in_the_background(
         "--json",
         actor="rita",
     ).json()["id"]
-    hook.delay = 2.0
+    hook.delay = 1.0
     notifier = ServerNotifier(
         registry,
         Deliverer(NotifySettings(webhooks=(hook.url,), timeout=5)),
@@ -321,7 +321,7 @@ def test_the_server_notifies_in_the_background(
     started = time.monotonic()
     stopping.close(grace=0.5)
     registry.dispose()
-    assert time.monotonic() - started < 3.5
+    assert time.monotonic() - started < 2.5
     assert len(hook.posts) == 1
 
 
