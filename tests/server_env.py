@@ -199,11 +199,19 @@ def ssh_agent(base: Path) -> Iterator[str]:
 
 
 def start_server(
-    base: Path, db_url: str, inventory: Path, host: str, port: int, *extra: str
+    base: Path,
+    db_url: str,
+    inventory: Path,
+    host: str,
+    port: int,
+    *extra: str,
+    environ: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    """``environ`` is added to the server's environment (``KEYWARD_NOW`` for a fixed clock)."""
     log = base / f"server-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KEYWARD_STATE_DIR": str(base / "state")}
     env.pop("KEYWARD_NOW", None)
+    env.update(environ or {})
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

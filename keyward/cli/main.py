@@ -88,6 +88,10 @@ COMMANDS: dict[str, Entry] = {
         "login_cmds",
         "The fleet's access log, attributed to people by the key they used (newest first).",
     ),
+    "notify": Entry(
+        "notify_cmds",
+        "Notifications ([notify] in keyward.toml): renewal reminders, expired access, a test.",
+    ),
     "offboard": Entry(
         "offboard_cmds",
         "Take a person's access away from every host, with per-host evidence.",

@@ -40,6 +40,7 @@ def server(
     from keyward.inventory.server import ServerSettings
     from keyward.inventory.settings import load_server_settings
     from keyward.logs import get_logger
+    from keyward.notify.server_side import notifier_for
     from keyward.registry.location import default_state_dir
     from keyward.server.app import ServerState, build_app
     from keyward.server.identity import Verifier
@@ -55,6 +56,8 @@ def server(
     secret = load_or_create_secret(state / "server.secret")
     registry = app.registry()
     registry.head()  # an unreachable or uninitialised registry fails now, not per request
+    inventory_dir = root if root.is_dir() else None
+    notifier = notifier_for(inventory_dir, registry, settings.approvers, app.clock)
     app_state = ServerState(
         registry=registry,
         settings=settings,
@@ -62,6 +65,7 @@ def server(
         clock=app.clock,
         inventory=inventory,
         inventory_dir=root if root.is_dir() else None,
+        notifier=notifier,
     )
     get_logger(component="server").info(
         "server_start",
@@ -73,6 +77,8 @@ def server(
         min_attestation=settings.min_attestation,
     )
     serve(build_app(app_state), address, tls)
+    if notifier is not None:
+        notifier.close()  # deliver what is queued
     get_logger(component="server").info("server_stop")
 
 

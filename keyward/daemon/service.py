@@ -160,6 +160,7 @@ class Daemon:
         self.reload = asyncio.Event()
         self.changed_snapshot = asyncio.Event()  # wakes the expiry timer after a recompute
         self.beat = asyncio.Event()  # write the heartbeat now (after a push or a connect)
+        self.sweep_due = asyncio.Event()  # expired access and reminders, after a recompute
         self.lock = WriterLock(registry)
         self.inflight: set[asyncio.Task[Any]] = set()
         self.started_at = clock()
@@ -352,6 +353,7 @@ class Daemon:
         new_cases = set(watch) - set(self.watch)
         self.inputs, self.snapshot, self.desired, self.watch = inputs, snapshot, desired, watch
         self.changed_snapshot.set()
+        self.sweep_due.set()
         pending: dict[str, list[DesiredFile]] = {}
         for target, d in desired.items():
             if new_cases or self.confirmed.get(target) != signature(d):
@@ -518,6 +520,31 @@ class Daemon:
                 seconds=round(time.monotonic() - started, 3),
             )
 
+    # -- notifications ----------------------------------------------------------
+
+    def _sweep(self) -> None:
+        from keyward.inventory.settings import load_notify_settings
+        from keyward.notify.deliver import Deliverer
+        from keyward.notify.sweep import sweep
+
+        settings = load_notify_settings(self.inventory_dir)
+        deliverer = Deliverer.from_settings(settings) if settings.channels else None
+        sweep(self.registry, settings, deliverer, self.actor, self.clock())
+
+    async def notify_sweep(self) -> None:
+        """Record expired access and send renewal reminders (``keyward.notify.sweep``):
+        after every recompute (an ``until`` passing is one) and at least every minute, in
+        a thread of its own so a slow receiver never holds a push."""
+        from keyward.notify.sweep import SWEEP_EVERY
+
+        while not self.stopping.is_set():
+            if await self._sleep(SWEEP_EVERY, self.sweep_due):
+                return
+            try:
+                await asyncio.to_thread(self._sweep)
+            except Exception as exc:  # the one policy: see keyward.daemon.failures
+                round_failed(self.log, "notify_sweep_failed", exc)
+
     # -- heartbeat ------------------------------------------------------------
 
     def _write_heartbeat(self, stopped: bool = False) -> None:
@@ -669,6 +696,7 @@ class Daemon:
             asyncio.create_task(self.apply_changes()),
             asyncio.create_task(self.verify()),
             asyncio.create_task(self.heartbeat()),
+            asyncio.create_task(self.notify_sweep()),
         ]
         if self.settings.metrics:
             workers.append(asyncio.create_task(self.serve_metrics()))

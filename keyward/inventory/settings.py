@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from keyward.errors import InventoryError
 from keyward.inventory.model import AgentSettings
+from keyward.inventory.notify_settings import NotifySettings, read_notify_settings
 from keyward.inventory.policy import PolicySettings, read_policy
 from keyward.inventory.reader import Problem, Reader, read_toml
 from keyward.inventory.server import ServerSettings, read_server_settings
@@ -28,7 +29,7 @@ DEFAULT_CONCURRENCY = 100
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_PYTHON = "python3"
 
-_SETTINGS_FIELDS = ("agent", "policy", "directory", "server")
+_SETTINGS_FIELDS = ("agent", "policy", "directory", "server", "notify")
 _AGENT_FIELDS = (
     "identity",
     "identity_pub",
@@ -52,6 +53,7 @@ def read_settings(
     reader = Reader(SETTINGS_FILE, problems)
     reader.fields(data, "", _SETTINGS_FIELDS)
     read_server_settings(data, reader)  # checked with the rest; `keyward server` reads it again
+    read_notify_settings(data, reader, root)  # likewise: its readers load it themselves
     agent = reader.table(data, "", "agent") or {}
     reader.fields(agent, "agent", _AGENT_FIELDS)
     identity = _path(root, reader, agent, "identity", DEFAULT_IDENTITY)
@@ -72,16 +74,13 @@ def read_settings(
         python=python,
     )
 
+    policy = read_policy(reader, data)
     directory = None
     if "directory" in data:  # its reader (and urllib) only for inventories that sync people
         from keyward.inventory.directory_settings import read_directory
 
         directory = read_directory(root, reader, data)
-    return (
-        agent_settings,
-        read_policy(reader, data),
-        directory,
-    )
+    return agent_settings, policy, directory
 
 
 def load_server_settings(root: Path) -> ServerSettings:
@@ -90,6 +89,17 @@ def load_server_settings(root: Path) -> ServerSettings:
     path = root / SETTINGS_FILE
     data = (read_toml(path, problems) or {}) if path.exists() else {}
     settings = read_server_settings(data, Reader(SETTINGS_FILE, problems))
+    if problems:
+        raise InventoryError(str(problems[0]))
+    return settings
+
+
+def load_notify_settings(root: Path) -> NotifySettings:
+    """``[notify]`` of ``root``'s ``keyward.toml`` (defaults without one); ``InventoryError``."""
+    problems: list[Problem] = []
+    path = root / SETTINGS_FILE
+    data = (read_toml(path, problems) or {}) if path.exists() else {}
+    settings = read_notify_settings(data, Reader(SETTINGS_FILE, problems), root)
     if problems:
         raise InventoryError(str(problems[0]))
     return settings

@@ -314,3 +314,20 @@ class FailureMode(SQLModel, table=True):
     since: datetime = Field(sa_column=_ts())
     cleared_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     cleared_by: str | None = Field(default=None, max_length=64)
+
+
+class Reminder(SQLModel, table=True):
+    """A renewal reminder sent: one per key (or grant) and expiry date, never repeated.
+
+    A key whose expiry moves (rotation, renewal) is a new ``due_at`` and gets its own.
+    """
+
+    __tablename__ = "reminder"
+    __table_args__ = (UniqueConstraint("kind", "object_id", "due_at", name="uq_reminder_due"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # key | grant
+    object_id: int
+    due_at: datetime = Field(sa_column=_ts())
+    person: str = Field(max_length=32)
+    sent_at: datetime = Field(sa_column=_ts())

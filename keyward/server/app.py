@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import select
 from starlette.applications import Starlette
@@ -46,6 +46,9 @@ from keyward.registry.models import AccessRequest, Person, Role
 from keyward.registry.store import Registry, WriteTx
 from keyward.server.authz import Caller, Forbidden, caller_for
 from keyward.server.identity import RequestFacts, Verifier, authenticate
+
+if TYPE_CHECKING:
+    from keyward.notify.server_side import ServerNotifier
 
 MAX_BODY = 64 * 1024
 
@@ -95,6 +98,8 @@ class ServerState:
     """Web sessions signed out of before their expiry."""
     inventory_dir: Path | None = None
     """For the web page's access review (``keyward report access``); None without one."""
+    notifier: ServerNotifier | None = None
+    """Tells approvers and requesters (``[notify]``), in the background; None: nobody."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,8 @@ def file_request(
             ops.find_role(tx.session, role),
         )
     _log_changes(tx)
+    if state.notifier is not None:
+        state.notifier.request_filed(int(result["id"]))
     return result
 
 
@@ -267,6 +274,8 @@ def decide(
             raise
         result = request_json(decided, requester, role)
     _log_changes(tx)
+    if state.notifier is not None:
+        state.notifier.request_decided(request_id)
     return result
 
 
