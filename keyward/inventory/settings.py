@@ -20,6 +20,7 @@ from keyward.keys import DSA, KNOWN_TYPES
 
 if TYPE_CHECKING:
     from keyward.inventory.directory_settings import DirectorySettings
+    from keyward.inventory.scim_settings import ScimSettings
 
 SETTINGS_FILE = "keyward.toml"
 
@@ -32,7 +33,7 @@ DEFAULT_MAX_KEY_AGE_DAYS = 365
 DEFAULT_MIN_RSA_BITS = 3072
 DEFAULT_PROOF_MAX_AGE_DAYS = 30
 
-_SETTINGS_FIELDS = ("agent", "policy", "directory", "server")
+_SETTINGS_FIELDS = ("agent", "policy", "directory", "server", "scim")
 _AGENT_FIELDS = (
     "identity",
     "identity_pub",
@@ -69,6 +70,10 @@ def read_settings(
     reader = Reader(SETTINGS_FILE, problems)
     reader.fields(data, "", _SETTINGS_FIELDS)
     read_server_settings(data, reader)  # checked with the rest; `keyward server` reads it again
+    if "scim" in data:  # likewise: only `keyward server` uses it (load_scim_settings)
+        from keyward.inventory.scim_settings import read_scim
+
+        read_scim(root, reader, data)
     agent = reader.table(data, "", "agent") or {}
     reader.fields(agent, "agent", _AGENT_FIELDS)
     identity = _path(root, reader, agent, "identity", DEFAULT_IDENTITY)
@@ -155,6 +160,20 @@ def load_server_settings(root: Path) -> ServerSettings:
     path = root / SETTINGS_FILE
     data = (read_toml(path, problems) or {}) if path.exists() else {}
     settings = read_server_settings(data, Reader(SETTINGS_FILE, problems))
+    if problems:
+        raise InventoryError(str(problems[0]))
+    return settings
+
+
+def load_scim_settings(root: Path) -> ScimSettings | None:
+    """``[scim]`` of ``root``'s ``keyward.toml`` (None without one); ``InventoryError``."""
+    from keyward.inventory.scim_settings import read_scim
+
+    problems: list[Problem] = []
+    path = root / SETTINGS_FILE
+    data = (read_toml(path, problems) or {}) if path.exists() else {}
+    reader = Reader(SETTINGS_FILE, problems)
+    settings = read_scim(root, reader, data)
     if problems:
         raise InventoryError(str(problems[0]))
     return settings

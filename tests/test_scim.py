@@ -1,0 +1,263 @@
+"""SCIM 2.0 on a real ``keyward server`` (uvicorn on loopback), driven by real SCIM clients.
+
+The ``scim2-tester`` compliance checker runs every check it has against the server;
+a ``scim2-client`` plays the identity provider that deactivates a person, whose real
+``ssh`` logins to real sshd hosts then fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from scim2_client.engines.httpx2 import SyncSCIMClient
+from scim2_models import Group, PatchOp, PatchOperation, SCIMException
+from scim2_tester import Status, check_server
+
+from keyward.testing.inventory import InventorySpec, write_inventory
+from keyward.testing.keypairs import make_ed25519
+from tests.agent_env import AgentEnv
+from tests.cli_runner import Keyward
+from tests.server_env import _wait_listening, free_port, start_server, stop
+
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+TOKEN = "kw-scim-test-token-0123456789abcdef0123456789"
+
+
+def add_scim(inventory: Path, **fields: object) -> Path:
+    """``[scim]`` in ``keyward.toml``, with the token in a 0600 file beside it."""
+    token = inventory.parent / "scim-token"
+    token.write_text(TOKEN + "\n")
+    os.chmod(token, 0o600)
+    lines = ["", "[scim]", f'token_file = "{token}"']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+    with (inventory / "keyward.toml").open("a") as out:
+        out.write("\n".join(lines) + "\n")
+    return token
+
+
+@dataclass
+class Served:
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def scim(self) -> str:
+        return self.url + "/scim/v2"
+
+    def client(self, token: str = TOKEN) -> SyncSCIMClient:
+        http = httpx2.Client(
+            base_url=self.scim, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        return SyncSCIMClient(http)
+
+    def send(
+        self, method: str, path: str, body: bytes = b"", token: str | None = TOKEN
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        headers = {"content-type": "application/scim+json"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            self.scim + path, data=body or None, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else {}, dict(response.headers)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            assert b"Traceback" not in raw, raw
+            return exc.code, json.loads(raw), dict(exc.headers)
+
+
+@pytest.fixture
+def served_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def serve(db_url: str, inventory: Path, host: str) -> Served:
+        port = free_port(host)
+        process, log = start_server(tmp_path, db_url, inventory, host, port)
+        started.append(process)
+        _wait_listening(host, port, process, log)
+        return Served(f"http://{host}:{port}", log, process)
+
+    yield serve
+    for process in started:
+        stop(process)
+
+
+@pytest.fixture
+def plain(tmp_path: Path, sqlite_url: str, served_factory: Any) -> Served:
+    """A server whose inventory has no hosts: SCIM changes reach no fleet."""
+    inventory = tmp_path / "inventory"
+    key = make_ed25519(tmp_path / "keys" / "agent", comment="keyward-agent")
+    spec = InventorySpec(environment="test", login="root", accounts=("app",), access=())
+    write_inventory(inventory, [], spec, key)
+    add_scim(inventory)
+    Keyward(sqlite_url, str(inventory)).ok("init")
+    served: Served = served_factory(sqlite_url, inventory, "127.0.2.31")
+    return served
+
+
+def test_scim2_tester_compliance_checks_all_pass(plain: Served) -> None:
+    results = check_server(plain.client(), raise_exceptions=False)
+    assert len(results) > 50
+    failed = [
+        f"{r.resource_type} {r.title}: {r.reason}"
+        for r in results
+        if r.status not in (Status.SUCCESS, Status.COMPLIANT, Status.ACCEPTABLE)
+    ]
+    assert not failed, "\n".join(failed)
+    # Every group of checks ran: discovery, CRUD, PATCH, attribute filtering, errors.
+    tags = set().union(*(r.tags for r in results))
+    for tag in ("discovery", "crud:create", "crud:read", "crud:update", "crud:delete", "misc"):
+        assert tag in tags
+    assert {r.resource_type for r in results} >= {"User", "Group"}
+
+
+def test_bad_tokens_401_malformed_json_400_never_a_traceback(plain: Served) -> None:
+    for token in (None, "", "wrong-token", TOKEN + "x", TOKEN[:-1]):
+        status, body, headers = plain.send("GET", "/Users", token=token)
+        assert status == 401, token
+        assert body["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
+        assert headers["www-authenticate"].startswith("Bearer")
+    user = b'{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "x"'
+    for body_bytes in (user, b"\xff\xfe", b"[1, 2]", b'"text"', b"{" * 5000 + b"}" * 5000):
+        status, body, _ = plain.send("POST", "/Users", body_bytes)
+        assert status == 400, body_bytes[:20]
+        assert body["scimType"] == "invalidSyntax" and body["status"] == "400"
+    status, body, _ = plain.send("POST", "/Users", b'{"schemas": ["urn:x"], "userName": 7}')
+    assert status == 400 and body["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
+    status, body, _ = plain.send("POST", "/Users", b"{}" + b" " * (300 * 1024))
+    assert status == 413 and body["status"] == "413"
+    status, body, _ = plain.send("GET", "/Users?filter=" + "userName%20eq", b"")
+    assert status == 400 and body["scimType"] == "invalidFilter"
+    # The people's API is not opened by the SCIM token.
+    request = urllib.request.Request(
+        plain.url + "/api/v1/people", headers={"authorization": f"Bearer {TOKEN}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
+    log = plain.log.read_text()
+    assert "Traceback" not in log and "scim_internal_error" not in log
+    assert TOKEN not in log
+    assert '"event": "scim_refused"' in log
+
+
+# -- end to end: the identity provider deactivates a person -----------------------------
+
+
+def wait_confirmed(kw: Keyward, username: str, seconds: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        status: dict[str, Any] = kw("offboard", "status", username, "--json").json()
+        if status["status"] == "confirmed" or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def test_deactivated_over_scim_cannot_log_in(
+    env: AgentEnv, sqlite_url: str, served_factory: Any
+) -> None:
+    add_scim(env.inventory)
+    served: Served = served_factory(sqlite_url, env.inventory, "127.0.2.32")
+    client = served.client()
+    client.discover()
+    user_model: Any = client.get_resource_model("User")
+    assert user_model is not None
+    created = client.create(
+        user_model.model_validate(
+            {
+                "userName": "Alice@Example.com",
+                "name": {"givenName": "Alice", "familyName": "Doe"},
+                "emails": [{"value": "alice@example.com", "primary": True}],
+                "active": True,
+            }
+        )
+    )
+    assert created.id and created.active is True
+    person = env.kw.ok("person", "show", "alice", "--json").json()
+    assert person["full_name"] == "Alice Doe" and person["email"] == "alice@example.com"
+    bob = client.create(user_model(user_name="bob@example.com", display_name="Bob Roe"))
+    for username in ("alice", "bob"):
+        env.kw.ok("key", "add", username, str(env.pub(username)), "--attest", "admin")
+    env.kw("role", "add", "devops")
+    for username in ("alice", "bob"):
+        env.kw.ok("role", "grant", "devops", username, "--reason", "test", actor="security")
+    env.kw.ok("reconcile")
+    assert all(env.can_login(host, env.deploy, "alice") for host in env.hosts)
+
+    patch = PatchOp[user_model](
+        operations=[PatchOperation(op="replace", path="active", value=False)]
+    )
+    answered = client.modify(user_model, created.id, patch)
+    assert answered is not None and answered.active is False
+    status = wait_confirmed(env.kw, "alice")
+    assert status["status"] == "confirmed", status
+    assert status["reason"] == f"directory: scim active=false (id {created.id})"
+    for host in env.hosts:
+        assert not env.can_login(host, env.deploy, "alice")
+        assert env.can_login(host, env.deploy, "bob")
+    report = env.kw.ok("report", "offboarding", "alice").out
+    assert f"directory: scim active=false (id {created.id})" in report
+    assert "Nothing: every managed file is confirmed." in report
+    events = env.kw.ok("audit", "log", "--json").json()
+    offboarded = [e for e in events if e["action"] == "scim.person-offboarded"]
+    assert offboarded[0]["details"]["scim_id"] == created.id
+    assert offboarded[0]["actor"] == "keyward-scim"
+    # The same deactivation again changes nothing; a reactivation does not rehire.
+    client.modify(user_model, created.id, patch)
+    stale = created.model_copy(update={"active": True})
+    with pytest.raises(SCIMException, match="If-Match"):  # the ETag of the first version
+        client.replace(stale)
+    current = client.query(user_model, created.id)
+    client.replace(current.model_copy(update={"active": True}))
+    assert env.kw.ok("person", "show", "alice", "--json").json()["status"] == "offboarded"
+
+    # A second leaver within the hour is one too many for a team of two (the guard:
+    # 10%, at least one a window): refused, nothing changed, an alert raised.
+    code, body, _ = served.send("DELETE", f"/Users/{bob.id}")
+    assert code == 503 and "keyward alerts clear" in body["detail"], body
+    assert body["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
+    assert env.kw.ok("person", "show", "bob", "--json").json()["status"] == "active"
+    assert served.send("GET", f"/Users/{bob.id}")[0] == 200
+    assert env.can_login(env.hosts[0], env.deploy, "bob")
+    guard = [a for a in env.kw.ok("alerts", "--json").json() if a["kind"] == "scim_guard"]
+    assert len(guard) == 1
+    env.kw.ok("alerts", "clear", str(guard[0]["id"]), "--reason", "checked the IdP")
+    # Cleared by an administrator: the deletion goes through (the IdP retries it).
+    assert served.send("DELETE", f"/Users/{bob.id}")[0] == 204
+    status = wait_confirmed(env.kw, "bob")
+    assert status["status"] == "confirmed"
+    assert status["reason"] == f"directory: scim user deleted (id {bob.id})"
+    assert not env.can_login(env.hosts[0], env.deploy, "bob")
+    assert served.send("GET", f"/Users/{bob.id}")[0] == 404
+
+
+def test_groups_are_stored_and_a_user_is_unique(plain: Served) -> None:
+    client = plain.client()
+    client.discover()
+    user_model: Any = client.get_resource_model("User")
+    assert user_model is not None and "EnterpriseUser" in user_model.__name__
+    dan = client.create(user_model(user_name="dan@example.com"))
+    code, body, _ = plain.send(
+        "POST",
+        "/Users",
+        json.dumps({"schemas": [USER_SCHEMA], "userName": "DAN@example.com"}).encode(),
+    )
+    assert code == 409 and body["scimType"] == "uniqueness"
+    group = client.create(Group(display_name="SSH-DevOps", members=[Group.Members(value=dan.id)]))
+    found = client.query(Group, query_parameters={"filter": 'displayName eq "SSH-DevOps"'})
+    assert found.total_results == 1 and found.resources[0].id == group.id
