@@ -148,7 +148,7 @@ def read_directory(root: Path, reader: Reader, data: Mapping[str, Any]) -> Direc
 
 
 def _interval(reader: Reader, table: Mapping[str, Any]) -> float | None:
-    """``sync_interval = "15m"``: at least a minute, at most a day."""
+    """``sync_interval = "15m"``: at least 5 seconds, at most a day."""
     from keyward.errors import UsageError
     from keyward.timeparse import duration
 
@@ -160,8 +160,8 @@ def _interval(reader: Reader, table: Mapping[str, Any]) -> float | None:
     except UsageError:
         reader.add("directory.sync_interval", f"{short(text)} is not a duration like 15m or 1h")
         return None
-    if not 60 <= seconds <= 86400:
-        reader.add("directory.sync_interval", "must be between 1m and 24h")
+    if not 5 <= seconds <= 86400:
+        reader.add("directory.sync_interval", "must be between 5s and 24h")
         return None
     return seconds
 
