@@ -258,6 +258,109 @@ def test_groups_are_stored_and_a_user_is_unique(plain: Served) -> None:
         json.dumps({"schemas": [USER_SCHEMA], "userName": "DAN@example.com"}).encode(),
     )
     assert code == 409 and body["scimType"] == "uniqueness"
+    found_user = client.query(
+        user_model, query_parameters={"filter": 'userName eq "DAN@example.com"'}
+    )
+    assert found_user.total_results == 1 and found_user.resources[0].id == dan.id
     group = client.create(Group(display_name="SSH-DevOps", members=[Group.Members(value=dan.id)]))
     found = client.query(Group, query_parameters={"filter": 'displayName eq "SSH-DevOps"'})
     assert found.total_results == 1 and found.resources[0].id == group.id
+
+
+# -- settings and the token ------------------------------------------------------------
+
+
+def test_token_file_is_private_long_or_a_hash(tmp_path: Path) -> None:
+    import hashlib
+
+    from keyward.errors import UsageError
+    from keyward.server.scim_protocol import ScimToken
+
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(UsageError, match="readable by others"):
+        ScimToken.load(path)
+    os.chmod(path, 0o600)
+    token = ScimToken.load(path)
+    assert token.matches(TOKEN) and not token.matches(TOKEN + " ") and not token.matches("")
+    path.write_text("short\n")
+    with pytest.raises(UsageError, match="at least 32"):
+        ScimToken.load(path)
+    path.write_text("sha256:" + hashlib.sha256(TOKEN.encode()).hexdigest() + "\n")
+    hashed = ScimToken.load(path)
+    assert hashed.matches(TOKEN) and not hashed.matches("sha256:" + TOKEN)
+    path.write_text("sha256:abc\n")
+    with pytest.raises(UsageError, match="64 hex"):
+        ScimToken.load(path)
+    with pytest.raises(UsageError, match="cannot read"):
+        ScimToken.load(tmp_path / "missing")
+
+
+def test_scim_and_sync_interval_settings_are_checked(tmp_path: Path) -> None:
+    from keyward.inventory import check_inventory
+
+    inventory = tmp_path / "inventory"
+    key = make_ed25519(tmp_path / "keys" / "agent", comment="keyward-agent")
+    spec = InventorySpec(environment="test", login="root", accounts=("app",), access=())
+    write_inventory(inventory, [], spec, key)
+    base = (inventory / "keyward.toml").read_text()
+    (inventory / "keyward.toml").write_text(
+        base
+        + '\n[scim]\ntoken_file = "t"\nmass_offboard_share = 2\nmass_offboard_window = "soon"\n'
+        + 'colour = "red"\n\n[directory]\nurl = "ldap://127.0.0.1"\nbase_dn = "dc=x"\n'
+        + 'sync_interval = "1s"\n'
+    )
+    _, problems = check_inventory(inventory)
+    text = "\n".join(str(p) for p in problems)
+    for expected in (
+        "scim.mass_offboard_share",
+        "scim.mass_offboard_window",
+        "colour",
+        "directory.sync_interval: must be between 5s and 24h",
+    ):
+        assert expected in text, text
+
+
+def test_entra_and_okta_shaped_deactivations(plain: Served, sqlite_url: str) -> None:
+    """Entra ID sends ``"Replace"`` with the string ``"False"``; Okta a replace without path."""
+    kw = Keyward(sqlite_url, str(plain.log.parent / "inventory"))
+    patch_schema = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+    code, erin, _ = plain.send(
+        "POST",
+        "/Users",
+        json.dumps(
+            {
+                "schemas": [USER_SCHEMA],
+                "userName": "erin@corp.example.com",
+                "active": True,
+                "displayName": "Erin Example",
+                "emails": [{"value": "erin@corp.example.com", "type": "work", "primary": True}],
+            }
+        ).encode(),
+    )
+    assert code == 201
+    assert kw.ok("person", "show", "erin", "--json").json()["full_name"] == "Erin Example"
+    entra = {
+        "schemas": [patch_schema],
+        "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
+    }
+    code, body, _ = plain.send("PATCH", f"/Users/{erin['id']}", json.dumps(entra).encode())
+    assert code == 200 and body["active"] is False
+    reason = kw("offboard", "status", "erin", "--json").json()["reason"]
+    assert reason == f"directory: scim active=false (id {erin['id']})"
+    # Okta: no path, the attributes in the value. (A userName that is no login name
+    # becomes no person: only the SCIM resource changes.)
+    code, okta, _ = plain.send(
+        "POST", "/Users", json.dumps({"schemas": [USER_SCHEMA], "userName": "9.okta"}).encode()
+    )
+    assert code == 201
+    okta_patch = {
+        "schemas": [patch_schema],
+        "Operations": [{"op": "replace", "value": {"active": False}}],
+    }
+    code, body, headers = plain.send(
+        "PATCH", f"/Users/{okta['id']}", json.dumps(okta_patch).encode()
+    )
+    assert code == 200 and body["active"] is False and headers["etag"] == 'W/"2"'
+    assert '"note": "userName' in plain.log.read_text()

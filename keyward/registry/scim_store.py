@@ -88,15 +88,14 @@ def find(session: Session, kind: str, scim_id: str) -> ScimResource | None:
     return row
 
 
-def live(session: Session, kind: str) -> list[ScimResource]:
-    """Every live resource of ``kind``, oldest first."""
-    return list(
-        session.exec(
-            select(ScimResource)
-            .where(ScimResource.kind == kind, col(ScimResource.deleted_at).is_(None))
-            .order_by(col(ScimResource.created_at), col(ScimResource.id))
-        )
+def live(session: Session, kind: str, name: str | None = None) -> list[ScimResource]:
+    """Every live resource of ``kind`` (only those called ``name``, if given), oldest first."""
+    query = select(ScimResource).where(
+        ScimResource.kind == kind, col(ScimResource.deleted_at).is_(None)
     )
+    if name is not None:
+        query = query.where(ScimResource.name == name)
+    return list(session.exec(query.order_by(col(ScimResource.created_at), col(ScimResource.id))))
 
 
 def name_taken(session: Session, kind: str, name: str, other_than: str | None) -> bool:

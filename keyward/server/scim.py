@@ -417,8 +417,10 @@ class Resources:
     def search(
         self, request: Any, query: dict[str, str], ctx: Context = Context.RESOURCE_QUERY_RESPONSE
     ) -> Answer:
+        named = _equality_on_name(self.kind, str(request.filter or ""))
         with self.scim.state.registry.read() as session:
-            found = [self.load(row) for row in scim_store.live(session, self.kind)]
+            rows = scim_store.live(session, self.kind, named)
+            found = [self.load(row) for row in rows]
         return _page(found, request, self.model, ctx)
 
     # writing
@@ -505,6 +507,8 @@ class Resources:
                 current = None if create else scim_store.find(tx.session, self.kind, scim_id)
                 if not create and current is None:
                     raise ScimNotFound(f"no {self.kind} {scim_id[:100]!r}")
+                if name is not None and scim_store.name_taken(tx.session, self.kind, name, scim_id):
+                    raise Conflict(f"a {self.kind} named {name[:100]!r} already exists")
                 if resource is None:
                     assert current is not None
                     if is_user:
@@ -608,6 +612,27 @@ def confirm_offboarding(state: ServerState, username: str, case_id: int | None) 
             error=f"{type(exc).__name__}: {exc}",
             exc_info=True,
         )
+
+
+_NAME_FILTER = {"User": "username", "Group": "displayname"}
+
+
+def _equality_on_name(kind: str, text: str) -> str | None:
+    """The name of ``userName eq "x"`` (``displayName`` for groups), the lookup identity
+    providers make before every creation: read by the indexed column, not by loading
+    every resource.  The filter itself is still applied to what is read."""
+    attribute, _, rest = text.strip().partition(" ")
+    operator, _, value = rest.strip().partition(" ")
+    value = value.strip()
+    if attribute.lower() != _NAME_FILTER[kind] or operator.lower() != "eq":
+        return None
+    if len(value) < 2 or not value.startswith('"') or not value.endswith('"'):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    return parsed.lower() if isinstance(parsed, str) else None
 
 
 def _etag(row: ScimResource) -> str:
