@@ -34,13 +34,15 @@ USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 TOKEN = "kw-scim-test-token-0123456789abcdef0123456789"
 
 
-def add_scim(inventory: Path, **fields: object) -> Path:
+def add_scim(inventory: Path, roles: dict[str, str] | None = None, **fields: object) -> Path:
     """``[scim]`` in ``keyward.toml``, with the token in a 0600 file beside it."""
     token = inventory.parent / "scim-token"
     token.write_text(TOKEN + "\n")
     os.chmod(token, 0o600)
     lines = ["", "[scim]", f'token_file = "{token}"']
     lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+    if roles:
+        lines += ["[scim.roles]", *(f"{k} = {json.dumps(v)}" for k, v in roles.items())]
     with (inventory / "keyward.toml").open("a") as out:
         out.write("\n".join(lines) + "\n")
     return token
@@ -364,3 +366,51 @@ def test_entra_and_okta_shaped_deactivations(plain: Served, sqlite_url: str) -> 
     )
     assert code == 200 and body["active"] is False and headers["etag"] == 'W/"2"'
     assert '"note": "userName' in plain.log.read_text()
+
+
+def test_a_mapped_group_grants_and_revokes_its_role(
+    tmp_path: Path, sqlite_url: str, served_factory: Any
+) -> None:
+    inventory = tmp_path / "inventory"
+    key = make_ed25519(tmp_path / "keys" / "agent", comment="keyward-agent")
+    spec = InventorySpec(environment="test", login="root", accounts=("app",), access=())
+    write_inventory(inventory, [], spec, key)
+    add_scim(inventory, roles={"devops": "SSH-DevOps"})
+    kw = Keyward(sqlite_url, str(inventory))
+    kw.ok("init")
+    kw.ok("role", "add", "devops")
+    kw.ok("person", "add", "ivan", "--name", "Ivan")  # managed by hand, not over SCIM
+    kw.ok("role", "grant", "devops", "ivan", "--reason", "by hand", actor="security")
+    served: Served = served_factory(sqlite_url, inventory, "127.0.2.33")
+    client = served.client()
+    client.discover()
+    user_model: Any = client.get_resource_model("User")
+    gina = client.create(user_model(user_name="gina@example.com"))
+    hank = client.create(user_model(user_name="hank@example.com"))
+
+    def holders() -> set[str]:
+        found = set()
+        for user in ("gina", "hank", "ivan"):
+            roles = kw.ok("person", "show", user, "--json").json()["roles"]
+            if any(r["role"] == "devops" and r["status"] == "active" for r in roles):
+                found.add(user)
+        return found
+
+    group = client.create(Group(display_name="SSH-DevOps", members=[Group.Members(value=gina.id)]))
+    assert holders() == {"gina", "ivan"}
+    add = PatchOp[Group](
+        operations=[PatchOperation(op="add", path="members", value=[{"value": hank.id}])]
+    )
+    client.modify(Group, group.id, add)
+    assert holders() == {"gina", "hank", "ivan"}
+    remove = PatchOp[Group](
+        operations=[PatchOperation(op="remove", path=f'members[value eq "{gina.id}"]')]
+    )
+    client.modify(Group, group.id, remove)
+    assert holders() == {"hank", "ivan"}  # ivan, managed by hand, keeps his grant
+    client.delete(Group, group.id)
+    assert holders() == {"ivan"}
+    events = kw.ok("audit", "log", "--json").json()
+    granted = [e for e in events if e["action"] == "scim.role-granted"]
+    assert [e["subject"] for e in granted] == ["gina", "hank"]
+    assert granted[0]["details"] == {"role": "devops", "group": "ssh-devops"}

@@ -11,12 +11,16 @@ server keeps only its SHA-256.  The file may hold the hash itself
     mass_offboard_share = 0.10               # the guard: see docs/directory.md
     mass_offboard_window = "1h"
     create_people = true
+
+    [scim.roles]                             # optional: a group's members hold a role
+    devops = "SSH-DevOps"                    # keyward role = the group's displayName
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,8 @@ from keyward.timeparse import duration
 
 DEFAULT_SHARE = 0.10
 DEFAULT_WINDOW = "1h"
-_FIELDS = ("token_file", "mass_offboard_share", "mass_offboard_window", "create_people")
+_FIELDS = ("token_file", "mass_offboard_share", "mass_offboard_window", "create_people", "roles")
+_ROLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class ScimSettings:
     mass_offboard_window: timedelta = timedelta(hours=1)
     create_people: bool = True
     """Whether a new SCIM user with a valid username becomes a person."""
+    roles: Mapping[str, str] = field(default_factory=dict)
+    """keyward role -> SCIM group displayName (lower-cased): the group's members hold it."""
 
 
 def read_scim(root: Path, reader: Reader, data: Mapping[str, Any]) -> ScimSettings | None:
@@ -67,4 +74,18 @@ def read_scim(root: Path, reader: Reader, data: Mapping[str, Any]) -> ScimSettin
         mass_offboard_share=float(share),
         mass_offboard_window=window,
         create_people=reader.boolean(table, "scim", "create_people", True),
+        roles=_roles(reader, table),
     )
+
+
+def _roles(reader: Reader, parent: Mapping[str, Any]) -> dict[str, str]:
+    table = reader.table(parent, "scim", "roles") or {}
+    roles: dict[str, str] = {}
+    for role in table:
+        if not _ROLE_RE.fullmatch(role):
+            reader.add("scim.roles", f"{short(role)} is not a valid role name")
+            continue
+        group = reader.string(table, "scim.roles", role)
+        if group:
+            roles[role] = group.strip().lower()
+    return roles

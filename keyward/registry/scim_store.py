@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, func, or_, select
 
 from keyward.errors import KeywardError
 from keyward.registry import lifecycle, ops
-from keyward.registry.models import Alert, AuditEvent, Person, ScimResource
+from keyward.registry.models import Alert, AuditEvent, Membership, Person, Role, ScimResource
 from keyward.registry.store import WriteTx
 from keyward.registry.subjects import FLEET, Subject
 
@@ -44,6 +45,8 @@ CREATED = "scim.person-created"
 LINKED = "scim.person-linked"
 UPDATED = "scim.person-updated"
 OFFBOARDED = "scim.person-offboarded"
+ROLE_GRANTED = "scim.role-granted"
+ROLE_REVOKED = "scim.role-revoked"
 ALERT_KIND = "scim_guard"
 
 CaseTarget = tuple[str, str, str, bool]
@@ -269,6 +272,72 @@ def _linked_elsewhere(session: Session, username: str, scim_id: str) -> bool:
         col(ScimResource.deleted_at).is_(None),
     )
     return any(found != scim_id for found in session.exec(query))
+
+
+def sync_roles(
+    tx: WriteTx, mapping: Mapping[str, str], deleted_group: str | None = None
+) -> list[str]:
+    """Grant and revoke the mapped roles from the SCIM groups' members; returns notes.
+
+    ``mapping`` is role -> group displayName (lower-cased).  One direction, and only
+    for people linked to a SCIM user: a person managed by hand keeps their grants.  A
+    group the identity provider never pushed changes nothing; ``deleted_group`` (being
+    deleted in ``tx``) counts as having no members.
+    """
+    notes: list[str] = []
+    session = tx.session
+    linked = {
+        row_id: person
+        for row_id, person in session.exec(
+            select(ScimResource.id, ScimResource.person).where(
+                ScimResource.kind == "User",
+                col(ScimResource.deleted_at).is_(None),
+                col(ScimResource.person).is_not(None),
+            )
+        )
+        if person is not None
+    }
+    status = dict(session.exec(select(Person.username, Person.status)).all())
+    groups = {row.name: row for row in live(session, "Group")}
+    for role, group_name in sorted(mapping.items()):
+        if session.exec(select(Role.id).where(Role.name == role)).first() is None:
+            notes.append(f"role {role!r} is not in the registry ('keyward role add')")
+            continue
+        group = groups.get(group_name)
+        if group is None and group_name != deleted_group:
+            continue
+        members: set[str] = set()
+        if group is not None and group_name != deleted_group:
+            for member in document(group).get("members") or []:
+                if isinstance(member, dict) and isinstance(member.get("value"), str):
+                    members.add(member["value"])
+        wanted = {linked[i] for i in members if i in linked and status.get(linked[i]) == "active"}
+        holders = _holders(session, role, tx.now)
+        for username in sorted(wanted - holders):
+            ops.grant_role(tx, role, username, f"directory: scim member of {group_name}", None)
+            tx.audit(ROLE_GRANTED, Subject.person(username), {"role": role, "group": group_name})
+        for username in sorted((holders & set(linked.values())) - wanted):
+            if status.get(username) != "active":
+                continue
+            reason = f"directory: scim no longer a member of {group_name}"
+            ops.revoke_role(tx, role, username, reason)
+            tx.audit(ROLE_REVOKED, Subject.person(username), {"role": role, "group": group_name})
+    return notes
+
+
+def _holders(session: Session, role: str, now: datetime) -> set[str]:
+    return set(
+        session.exec(
+            select(Person.username)
+            .join(Membership, col(Membership.person_id) == col(Person.id))
+            .join(Role, col(Role.id) == col(Membership.role_id))
+            .where(
+                Role.name == role,
+                col(Membership.ended_at).is_(None),
+                or_(col(Membership.until).is_(None), col(Membership.until) > now),
+            )
+        )
+    )
 
 
 # -- the guard ------------------------------------------------------------------------

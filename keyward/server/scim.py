@@ -520,6 +520,11 @@ class Resources:
                     )
                     if is_user:
                         effect = self._apply(tx, row, facts, targets)
+                if settings.roles:
+                    deleted = current.name if resource is None and current is not None else None
+                    effect.notes += scim_store.sync_roles(
+                        tx, settings.roles, deleted if not is_user else None
+                    )
             except scim_store.GuardRefused as exc:
                 refused = exc  # the alert is committed; nothing else was changed
         log_changes(tx, component="server")
