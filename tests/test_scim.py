@@ -414,3 +414,21 @@ def test_a_mapped_group_grants_and_revokes_its_role(
     granted = [e for e in events if e["action"] == "scim.role-granted"]
     assert [e["subject"] for e in granted] == ["gina", "hank"]
     assert granted[0]["details"] == {"role": "devops", "group": "ssh-devops"}
+
+
+def test_a_loose_token_file_stops_the_server_with_one_line(tmp_path: Path, sqlite_url: str) -> None:
+    inventory = tmp_path / "inventory"
+    key = make_ed25519(tmp_path / "keys" / "agent", comment="keyward-agent")
+    spec = InventorySpec(environment="test", login="root", accounts=("app",), access=())
+    write_inventory(inventory, [], spec, key)
+    token = add_scim(inventory)
+    os.chmod(token, 0o644)
+    Keyward(sqlite_url, str(inventory)).ok("init")
+    process, log = start_server(tmp_path, sqlite_url, inventory, "127.0.2.34", 1)
+    try:
+        assert process.wait(timeout=60) == 2
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert "readable by others; chmod 600 it" in text and "Traceback" not in text
+    assert TOKEN not in text

@@ -110,6 +110,14 @@ def routes(state: ServerState) -> list[Route]:
     if settings is None:
         return []
     scim = Scim(state, settings, ScimToken.load(settings.token_file))
+    get_logger(component="server").info(
+        "scim_enabled",
+        path=PREFIX,
+        token_file=str(settings.token_file),
+        mass_offboard_share=settings.mass_offboard_share,
+        mass_offboard_window_s=settings.mass_offboard_window.total_seconds(),
+        roles=sorted(settings.roles),
+    )
     handler = _endpoint(scim)
     return [
         Route(PREFIX, handler, methods=METHODS),
