@@ -432,3 +432,29 @@ def test_a_loose_token_file_stops_the_server_with_one_line(tmp_path: Path, sqlit
     text = log.read_text()
     assert "readable by others; chmod 600 it" in text and "Traceback" not in text
     assert TOKEN not in text
+
+
+def test_a_broken_inventory_refuses_the_offboarding_until_fixed(
+    plain: Served, sqlite_url: str
+) -> None:
+    """As a directory sync does: nothing changes, 503, the identity provider retries."""
+    inventory = plain.log.parent / "inventory"
+    kw = Keyward(sqlite_url, str(inventory))
+    body = json.dumps({"schemas": [USER_SCHEMA], "userName": "jo", "active": True}).encode()
+    code, jo, _ = plain.send("POST", "/Users", body)
+    assert code == 201
+    broken = inventory / "broken.toml"
+    broken.write_text("[environment\n")
+    off = json.dumps(
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": "active", "value": False}],
+        }
+    ).encode()
+    code, error, _ = plain.send("PATCH", f"/Users/{jo['id']}", off)
+    assert code == 503 and "cannot read the inventory" in error["detail"], error
+    assert kw.ok("person", "show", "jo", "--json").json()["status"] == "active"
+    assert plain.send("GET", f"/Users/{jo['id']}")[1]["active"] is True
+    broken.unlink()
+    assert plain.send("PATCH", f"/Users/{jo['id']}", off)[0] == 200
+    assert kw.ok("person", "show", "jo", "--json").json()["status"] == "offboarded"

@@ -218,6 +218,10 @@ class PreconditionFailed(KeywardError):
     """``If-Match`` names another version (412)."""
 
 
+class Unavailable(KeywardError):
+    """The offboarding cannot be prepared now (the inventory does not load): 503, retry."""
+
+
 class Conflict(KeywardError):
     """A userName or displayName already taken (409, uniqueness)."""
 
@@ -238,6 +242,7 @@ def _failure(exc: Exception, method: str, path: str) -> tuple[int, dict[str, Any
         (PreconditionFailed, 412, None),
         (BodyTooLarge, 413, None),
         (scim_store.GuardRefused, 503, None),
+        (Unavailable, 503, None),
         (RegistryUnavailable, 503, None),
     )
     if isinstance(exc, KeywardError):
@@ -568,7 +573,12 @@ class Resources:
         state = self.scim.state
         if state.inventory_dir is None:
             return None
-        before = load_inputs(state.registry, state.clock, state.inventory_dir, None, None)
+        try:
+            before = load_inputs(state.registry, state.clock, state.inventory_dir, None, None)
+        except KeywardError as exc:  # as for a directory sync: nothing changes, retry later
+            raise Unavailable(
+                f"cannot read the inventory for the offboarding: {exc.message}"
+            ) from None
         return case_targets(before, username)
 
     def _alert(self, refused: scim_store.GuardRefused) -> None:
