@@ -1,207 +1,45 @@
-"""One directory sync: read, compare, guard, apply; and the one call into the offboarding round.
+"""``keyward directory sync`` and ``status``: the engine's sync with the command's surroundings.
 
-``keyward directory sync`` and ``directory status`` share this; the commands in
-``directory_cmds`` only parse options and print. Leavers go through exactly the
-path ``keyward offboard`` takes (revoke in the registry, open a case, reconcile
-every host under the writers' lock, confirm by read-back), and that call is made
-in one function here, ``offboard_and_confirm``.
+The sync itself (read, compare, guard, apply, offboard) is ``keyward.engine.directory_sync``,
+shared with the daemon's schedule; this module gives it the command's registry, actor and
+lock-wait message, and turns a result into the JSON both commands print.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from keyward.cli.common import log_events
 from keyward.cli.context import AppContext
-from keyward.errors import UsageError
-from keyward.logs import get_logger
+from keyward.engine.directory_sync import SyncResult, directory_settings
 
 if TYPE_CHECKING:
-    from keyward.directory.guard import Trip
-    from keyward.directory.model import DirectoryRead, Offboard, SyncPlan
     from keyward.inventory.directory_settings import DirectorySettings
     from keyward.inventory.model import Inventory
 
-
-@dataclass
-class SyncResult:
-    """What one sync read, planned, found suspicious and did."""
-
-    settings: DirectorySettings
-    read: DirectoryRead
-    plan: SyncPlan
-    trips: list[Trip]
-    blocking: list[Trip]
-    dry_run: bool
-    allow_mass_offboard: bool
-    applied: bool = False
-    skipped: list[str] = field(default_factory=list)
-    cases: list[int] = field(default_factory=list)
-    unconfirmed: list[str] = field(default_factory=list)
-    alert_id: int | None = None
-
-    @property
-    def outcome(self) -> str:
-        if self.dry_run:
-            return "dry-run"
-        if self.blocking:
-            return "failed" if self.read.error else "refused"
-        return "applied" if self.applied else "unchanged"
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.blocking or self.unconfirmed else 0
-
-    def digest(self) -> str:
-        """A fingerprint of what was read (DN, username, disabled reason of every entry)."""
-        text = "\n".join(
-            sorted(f"{e.dn}\t{e.username}\t{e.disabled or ''}" for e in self.read.entries)
-        )
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def details(self, applied_base_dn: str | None) -> dict[str, Any]:
-        """The ``directory.sync`` event's details."""
-        return {
-            "url": self.settings.url,
-            "base_dn": self.settings.base_dn,
-            "filter": self.settings.filter,
-            "outcome": self.outcome,
-            "read": len(self.read.entries),
-            "read_sha256": self.digest(),
-            "complete": self.read.complete,
-            "error": self.read.error,
-            "skipped": len(self.read.skipped) + len(self.skipped),
-            "counts": self.plan.counts(),
-            "guard": [{"kind": t.kind, "message": t.message} for t in self.trips],
-            "allow_mass_offboard": self.allow_mass_offboard,
-            "applied_base_dn": applied_base_dn,
-            "cases": self.cases,
-            "unconfirmed_hosts": self.unconfirmed,
-        }
-
-
-def directory_settings(inv: Inventory) -> DirectorySettings:
-    if inv.directory is None:
-        raise UsageError(
-            f"no [directory] section in {inv.root / 'keyward.toml'}; see docs/directory.md"
-        )
-    return inv.directory
+__all__ = ["SyncResult", "directory_settings", "plan", "result_json", "sync"]
 
 
 def plan(app: AppContext, settings: DirectorySettings, allow: bool) -> SyncResult:
     """Read the directory and the registry and plan the sync; change nothing."""
-    from keyward.directory import guard
-    from keyward.directory.diff import plan_sync
-    from keyward.directory.ldap import read_directory
-    from keyward.registry.directory import last_sync, load_people
+    from keyward.engine import directory_sync
 
-    read = read_directory(settings, dict(os.environ))
-    registry = app.registry()
-    with registry.read() as session:
-        people = load_people(session, settings.roles, registry.clock())
-        last = last_sync(session)
-    sync_plan = plan_sync(read, people, create_people=settings.create_people, roles=settings.roles)
-    trips = guard.check(
-        read,
-        sync_plan,
-        active_people=sum(1 for p in people if p.status == "active"),
-        share=settings.mass_offboard_share,
-        last_base_dn=(last or {}).get("applied_base_dn"),
-    )
-    return SyncResult(
-        settings=settings,
-        read=read,
-        plan=sync_plan,
-        trips=trips,
-        blocking=guard.blocking(trips, allow),
-        dry_run=True,
-        allow_mass_offboard=allow,
-    )
+    return directory_sync.plan(app.registry(), settings, allow)
 
 
 def sync(
     app: AppContext, inv: Inventory, *, dry_run: bool, allow_mass_offboard: bool
 ) -> SyncResult:
     """Plan, then (unless ``dry_run``) apply or refuse, and record the sync."""
-    from keyward.registry.attribution import notify
-    from keyward.registry.directory import apply_people, last_sync, raise_alert, record_sync
+    from keyward.cli.rounds import say_lock_wait, surroundings
+    from keyward.engine import directory_sync
 
-    settings = directory_settings(inv)
-    result = plan(app, settings, allow_mass_offboard)
-    result.dry_run = dry_run
-    log = get_logger()
-    if dry_run:
-        return result
-    registry = app.registry()
-    with registry.read() as session:
-        previous = (last_sync(session) or {}).get("applied_base_dn")
-    if result.blocking:
-        summary = "directory sync refused: " + "; ".join(t.message for t in result.blocking)
-        with registry.write(app.actor) as tx:
-            result.alert_id = raise_alert(
-                tx,
-                summary[:500],
-                {"url": settings.url, "guard": [t.kind for t in result.blocking]},
-            )
-            record_sync(tx, settings.url, result.details(previous))
-        log_events(tx)
-        log.error("directory_sync_refused", guard=[t.kind for t in result.blocking])
-        notify(registry, app.actor, (result.alert_id,), inv.policy.alert_command)
-        return result
-    if not result.plan.empty:
-        # Leavers first: the round reads the inventory and the agent key before it changes
-        # anything, so a broken inventory stops the sync before any other change.
-        if result.plan.offboards:
-            result.cases, result.unconfirmed = offboard_and_confirm(app, result.plan.offboards)
-        with registry.write(app.actor) as tx:
-            result.skipped = apply_people(tx, result.plan)
-        log_events(tx)
-        result.applied = True
-    with registry.write(app.actor) as tx:
-        record_sync(tx, settings.url, result.details(settings.base_dn))
-    log_events(tx)
-    log.info("directory_sync", outcome=result.outcome, **result.plan.counts())
-    return result
-
-
-def offboard_and_confirm(
-    app: AppContext, leavers: Sequence[Offboard]
-) -> tuple[list[int], list[str]]:
-    """Offboard ``leavers`` the way ``keyward offboard`` does; (case ids, unconfirmed hosts).
-
-    The one place a directory sync enters the offboarding round: the registry
-    is read for every managed file (the case's targets), the leavers are revoked
-    and their cases opened in one transaction (with ``directory.person-offboarded``
-    naming each entry's DN), then every host is reconciled under the writers' lock
-    and the cases confirmed by read-back.
-    """
-    from sqlmodel import col, select
-
-    from keyward.cli.rounds import load_inputs, say_lock_wait, surroundings
-    from keyward.engine.offboarding import case_targets, confirm_round
-    from keyward.registry.directory import offboard_people
-    from keyward.registry.models import OffboardingCase, OffboardingTarget
-
-    before = load_inputs(app, None, None)
-    targets = {leaver.username: case_targets(before, leaver.username) for leaver in leavers}
-    registry = app.registry()
-    with registry.write(app.actor) as tx:
-        cases = [case.id or 0 for case in offboard_people(tx, leavers, targets)]
-    log_events(tx)
-    confirm_round(surroundings(app), before, "keyward directory sync", say_lock_wait)
-    with registry.read() as session:
-        open_hosts = session.exec(
-            select(OffboardingTarget.host)
-            .join(OffboardingCase, col(OffboardingCase.id) == col(OffboardingTarget.case_id))
-            .where(
-                col(OffboardingCase.id).in_(cases), col(OffboardingTarget.confirmed_at).is_(None)
-            )
-        ).all()
-    return cases, sorted(set(open_hosts))
+    return directory_sync.sync(
+        surroundings(app),
+        inv,
+        dry_run=dry_run,
+        allow_mass_offboard=allow_mass_offboard,
+        on_wait=say_lock_wait,
+    )
 
 
 def result_json(result: SyncResult) -> dict[str, Any]:

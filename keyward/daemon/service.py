@@ -11,7 +11,10 @@ Flow, each step reusing the one-shot agent's pieces:
   read-back), under the same writers' lock as ``keyward reconcile``;
 - every ``verify_interval`` (with jitter) all files of every host are read
   and synced, which catches hand edits;
-- a heartbeat row in the registry lets ``keyward status`` see the daemon.
+- a heartbeat row in the registry lets ``keyward status`` see the daemon;
+- with ``[directory] sync_interval``, the directory sync of ``keyward directory sync``
+  runs on that schedule (``keyward.engine.directory_sync``: the same guard, alert and
+  offboarding round), so a leaver loses access without anyone running a command.
 """
 
 from __future__ import annotations
@@ -545,6 +548,53 @@ class Daemon:
             except Exception as exc:  # the one policy: see keyward.daemon.failures
                 round_failed(self.log, "notify_sweep_failed", exc)
 
+    # -- directory ------------------------------------------------------------
+
+    async def directory_sync(self) -> None:
+        """``keyward directory sync`` every ``[directory] sync_interval``, first at start.
+
+        The sync runs in a worker thread (LDAP and the offboarding round block); its
+        guard stops it exactly as it stops the timer's (an alert, nothing changed), and
+        a failure is logged and retried at the next interval, never fatal.  The
+        interval is read from the inventory each time, so a reload changes it.
+        """
+        while not self.stopping.is_set():
+            directory = self.inventory.directory if self.inventory is not None else None
+            interval = directory.sync_interval if directory is not None else None
+            if directory is None or interval is None:
+                if await self._sleep(5.0):  # a reloaded inventory may bring one
+                    return
+                continue
+            try:
+                await asyncio.to_thread(self._directory_sync_once)
+            except Exception as exc:  # the one policy: see keyward.daemon.failures
+                round_failed(self.log, "directory_sync_failed", exc)
+            if await self._sleep(interval):
+                return
+
+    def _directory_sync_once(self) -> None:
+        from keyward.engine.directory_sync import sync
+        from keyward.engine.round import Surroundings
+
+        assert self.inventory is not None
+        around = Surroundings(self.registry, self.actor, self.clock, time.sleep)
+        result = sync(
+            around,
+            self.inventory,
+            dry_run=False,
+            allow_mass_offboard=False,  # never from a schedule, as the timer never does
+            on_wait=lambda holder: self.log.info("lock_wait", holder=holder),
+            holder="keyward daemon (directory sync)",
+            component="daemon",
+        )
+        self.log.info(
+            "directory_sync_done",
+            outcome=result.outcome,
+            exit_code=result.exit_code,
+            cases=result.cases,
+            unconfirmed_hosts=result.unconfirmed,
+        )
+
     # -- heartbeat ------------------------------------------------------------
 
     def _write_heartbeat(self, stopped: bool = False) -> None:
@@ -697,6 +747,7 @@ class Daemon:
             asyncio.create_task(self.verify()),
             asyncio.create_task(self.heartbeat()),
             asyncio.create_task(self.notify_sweep()),
+            asyncio.create_task(self.directory_sync()),
         ]
         if self.settings.metrics:
             workers.append(asyncio.create_task(self.serve_metrics()))

@@ -50,6 +50,7 @@ _FIELDS = (
     "mass_offboard_share",
     "page_size",
     "timeout",
+    "sync_interval",
     "attributes",
     "roles",
 )
@@ -90,6 +91,8 @@ class DirectorySettings:
     attributes: DirectoryAttributes = field(default_factory=DirectoryAttributes)
     roles: Mapping[str, str] = field(default_factory=dict)
     """keyward role -> group DN: members of the group hold the role (one direction)."""
+    sync_interval: float | None = None
+    """Seconds between the syncs ``keyward daemon`` runs itself; None: only the timer."""
 
     @property
     def tls(self) -> bool:
@@ -140,7 +143,27 @@ def read_directory(root: Path, reader: Reader, data: Mapping[str, Any]) -> Direc
         timeout=reader.number(table, where, "timeout", DEFAULT_TIMEOUT, 0, 3600),
         attributes=_attributes(reader, table),
         roles=_roles(reader, table),
+        sync_interval=_interval(reader, table),
     )
+
+
+def _interval(reader: Reader, table: Mapping[str, Any]) -> float | None:
+    """``sync_interval = "15m"``: at least 5 seconds, at most a day."""
+    from keyward.errors import UsageError
+    from keyward.timeparse import duration
+
+    text = reader.string(table, "directory", "sync_interval")
+    if text is None:
+        return None
+    try:
+        seconds = duration(text, "directory.sync_interval").total_seconds()
+    except UsageError:
+        reader.add("directory.sync_interval", f"{short(text)} is not a duration like 15m or 1h")
+        return None
+    if not 5 <= seconds <= 86400:
+        reader.add("directory.sync_interval", "must be between 5s and 24h")
+        return None
+    return seconds
 
 
 def _share(reader: Reader, table: Mapping[str, Any]) -> float:

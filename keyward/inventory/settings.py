@@ -22,6 +22,7 @@ from keyward.inventory.where import SETTINGS_FILE
 
 if TYPE_CHECKING:
     from keyward.inventory.directory_settings import DirectorySettings
+    from keyward.inventory.scim_settings import ScimSettings
 
 DEFAULT_IDENTITY = "/etc/keyward/agent_ed25519"
 DEFAULT_KNOWN_HOSTS = "known_hosts"
@@ -29,7 +30,7 @@ DEFAULT_CONCURRENCY = 100
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_PYTHON = "python3"
 
-_SETTINGS_FIELDS = ("agent", "policy", "directory", "server", "notify")
+_SETTINGS_FIELDS = ("agent", "policy", "directory", "server", "notify", "scim")
 _AGENT_FIELDS = (
     "identity",
     "identity_pub",
@@ -54,6 +55,10 @@ def read_settings(
     reader.fields(data, "", _SETTINGS_FIELDS)
     read_server_settings(data, reader)  # checked with the rest; `keyward server` reads it again
     read_notify_settings(data, reader, root)  # likewise: its readers load it themselves
+    if "scim" in data:  # likewise: only `keyward server` uses it (load_scim_settings)
+        from keyward.inventory.scim_settings import read_scim
+
+        read_scim(root, reader, data)
     agent = reader.table(data, "", "agent") or {}
     reader.fields(agent, "agent", _AGENT_FIELDS)
     identity = _path(root, reader, agent, "identity", DEFAULT_IDENTITY)
@@ -100,6 +105,18 @@ def load_notify_settings(root: Path) -> NotifySettings:
     path = root / SETTINGS_FILE
     data = (read_toml(path, problems) or {}) if path.exists() else {}
     settings = read_notify_settings(data, Reader(SETTINGS_FILE, problems), root)
+    if problems:
+        raise InventoryError(str(problems[0]))
+    return settings
+def load_scim_settings(root: Path) -> ScimSettings | None:
+    """``[scim]`` of ``root``'s ``keyward.toml`` (None without one); ``InventoryError``."""
+    from keyward.inventory.scim_settings import read_scim
+
+    problems: list[Problem] = []
+    path = root / SETTINGS_FILE
+    data = (read_toml(path, problems) or {}) if path.exists() else {}
+    reader = Reader(SETTINGS_FILE, problems)
+    settings = read_scim(root, reader, data)
     if problems:
         raise InventoryError(str(problems[0]))
     return settings

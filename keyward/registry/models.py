@@ -331,3 +331,23 @@ class Reminder(SQLModel, table=True):
     due_at: datetime = Field(sa_column=_ts())
     person: str = Field(max_length=32)
     sent_at: datetime = Field(sa_column=_ts())
+class ScimResource(SQLModel, table=True):
+    """A user or group an identity provider pushed over SCIM, as it sent it.
+
+    ``name`` is the userName (users) or displayName (groups), lower-cased, for the
+    uniqueness check; ``person`` the keyward username the user is linked to (None
+    when its userName is no valid keyward username, or it never was active).
+    """
+
+    __tablename__ = "scim_resource"
+    __table_args__ = (Index("ix_scim_resource_kind_name", "kind", "name"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)  # User | Group
+    name: str = Field(max_length=512)
+    person: str | None = Field(default=None, index=True, max_length=32)
+    document: str = Field(sa_column=Column(Text, nullable=False))  # the resource, JSON
+    version: int = Field(default=1)
+    created_at: datetime = Field(sa_column=_ts())
+    changed_at: datetime = Field(sa_column=_ts())
+    deleted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))

@@ -420,10 +420,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def build_app(state: ServerState) -> Starlette:
     """The application serving ``ROUTES`` (the endpoints of ``authz.MATRIX``)."""
-    from keyward.server import web
+    from keyward.server import scim, web
 
     routes = [
         Route(path, endpoint(state, handler), methods=[method]) for method, path, handler in ROUTES
     ]
     routes += web.routes(state)
+    routes += scim.routes(state)  # /scim/v2, when keyward.toml has [scim]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
