@@ -108,6 +108,8 @@ def load_notify_settings(root: Path) -> NotifySettings:
     if problems:
         raise InventoryError(str(problems[0]))
     return settings
+
+
 def load_scim_settings(root: Path) -> ScimSettings | None:
     """``[scim]`` of ``root``'s ``keyward.toml`` (None without one); ``InventoryError``."""
     from keyward.inventory.scim_settings import read_scim

@@ -331,6 +331,8 @@ class Reminder(SQLModel, table=True):
     due_at: datetime = Field(sa_column=_ts())
     person: str = Field(max_length=32)
     sent_at: datetime = Field(sa_column=_ts())
+
+
 class ScimResource(SQLModel, table=True):
     """A user or group an identity provider pushed over SCIM, as it sent it.
 
