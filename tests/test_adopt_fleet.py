@@ -93,8 +93,16 @@ def test_adopt_a_messy_fleet(env: AgentEnv, tmp_path: Path) -> None:
 
     report = kw.ok("adopt", "report", "--json").json()
     keys = {k["fingerprint"]: k for k in report["keys"]}
-    fp = {name: _fp(p) for name, p in (("alice", alice), ("carol", leaver),
-          ("ci", shared), ("stranger", stranger), ("rsa", Path(f"{rsa}.pub")))}  # fmt: skip
+    fp = {
+        name: _fp(p)
+        for name, p in (
+            ("alice", alice),
+            ("carol", leaver),
+            ("ci", shared),
+            ("stranger", stranger),
+            ("rsa", Path(f"{rsa}.pub")),
+        )
+    }
     assert keys[fp["alice"]]["kind"] == "unknown"
     assert keys[fp["alice"]]["last_login"] is not None
     assert {p["options"][0] for p in keys[fp["alice"]]["places"] if p["options"]} == {

@@ -325,8 +325,13 @@ def decide(tx: WriteTx, text: str, decision: str, reason: str) -> AdoptDecision:
     row = tx.session.get(AdoptDecision, key.fingerprint)
     previous = None if row is None else {"decision": row.decision, "reason": row.reason}
     if row is None:
-        row = AdoptDecision(fingerprint=key.fingerprint, decision=decision, reason=reason,
-                            decided_by=tx.actor, decided_at=tx.now)  # fmt: skip
+        row = AdoptDecision(
+            fingerprint=key.fingerprint,
+            decision=decision,
+            reason=reason,
+            decided_by=tx.actor,
+            decided_at=tx.now,
+        )
     row.decision, row.reason, row.decided_by, row.decided_at = decision, reason, tx.actor, tx.now
     tx.session.add(row)
     tx.audit(
