@@ -30,6 +30,7 @@ from keyward.registry.snapshot import load_snapshot
 from keyward.registry.store import Registry
 from keyward.registry.verify import verify_session
 from keyward.testing.fakehost import FakeFleet
+from tests.cli_runner import Keyward
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(days=1)
@@ -214,3 +215,19 @@ def test_a_round_refuses_only_the_host_with_unaccounted_lines(
     with registry.write("admin") as tx:
         decide(tx, KEYS["stranger"].fingerprint, "remove", "nobody knows it")
     assert run() == {"h1": None, "h2": None, "h3": None}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("adopt", "claim", "nonsense with spaces", "alice"),
+        ("adopt", "claim", "SHA256:" + "B" * 43, "alice"),
+        ("adopt", "ignore", "SHA256:" + "B" * 43, "--reason", "x"),
+        ("adopt", "remove", "SHA256:" + "B" * 20, "--reason", "line\nbreak"),
+        ("adopt", "report", "--json", "--csv"),
+        ("adopt", "scan", "--host", "nope"),
+    ],
+)
+def test_adopt_commands_refuse_bad_input_in_one_line(kw: Keyward, args: tuple[str, ...]) -> None:
+    result = kw.fails(*args)
+    assert len(result.err.strip().splitlines()) == 1, str(result)
