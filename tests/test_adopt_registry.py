@@ -113,7 +113,7 @@ def test_scans_are_recorded_per_host(db_url: str, fleet: tuple[FakeFleet, list[H
 
     # The stranger's line goes from h1; h3 is still down: its (no) lines stay, still failed.
     h1 = fakes["h1"]
-    h1.put(h1.path_of("root"), line(KEYS["agent"]) + line(KEYS["alice"]))
+    h1.put(h1.path_of("root"), line(KEYS["alice"]) + line(KEYS["agent"]))  # alice moved up
     registry.clock = lambda: T1
     with registry.write("admin") as tx:
         record_scan(tx, scan(fakes, hosts), {"env": None, "host": None})
@@ -126,7 +126,7 @@ def test_scans_are_recorded_per_host(db_url: str, fleet: tuple[FakeFleet, list[H
         s.fingerprint for s in data.sightings if s.where.host == "h1"
     }
     alice_row = next(r for r in rows if r.fingerprint == KEYS["alice"].fingerprint)
-    assert alice_row.first_seen == T0  # the same line: first seen at the first scan
+    assert alice_row.lineno == 1 and alice_row.first_seen == T0  # moved: still first seen at T0
     alice = next(k for k in data.keys if k.fingerprint == KEYS["alice"].fingerprint)
     assert (alice.first_seen, alice.last_seen) == (T0, T1)
     assert h3 is not None and h3.error and not h3.complete

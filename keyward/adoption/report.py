@@ -231,8 +231,25 @@ def build_report(
     ]
     findings.sort(key=lambda f: (KIND_ORDER[f.kind], f.owner or "", f.fingerprint))
     index = {f.fingerprint: f for f in findings}
+    lines: dict[str, list[Sighting]] = {}
+    skipped: dict[str, list[Unhonoured]] = {}
+    for s in data.sightings:
+        lines.setdefault(s.where.host, []).append(s)
+    for u in data.unhonoured:
+        skipped.setdefault(u.where.host, []).append(u)
     hosts = tuple(
-        HostFinding(host, tuple(_removals(host.host, data, index, desired)))
+        HostFinding(
+            host,
+            tuple(
+                _removals(
+                    host.host,
+                    lines.get(host.host, []),
+                    skipped.get(host.host, []),
+                    index,
+                    desired,
+                )
+            ),
+        )
         for host in sorted(data.hosts, key=lambda h: h.host)
     )
     return Report(tuple(findings), hosts, data.unhonoured)
@@ -240,39 +257,41 @@ def build_report(
 
 def _removals(
     host: str,
-    data: ScanData,
+    sightings: Sequence[Sighting],
+    unhonoured: Sequence[Unhonoured],
     index: Mapping[str, KeyFinding],
     desired: Mapping[FileTarget, DesiredFile],
 ) -> list[Removal]:
     """What exclusive mode would remove from ``host``: what the desired state does not hold."""
     kept: dict[FileTarget, set[tuple[str, tuple[str, ...]]]] = {}
+    used: set[tuple[FileTarget, str, tuple[str, ...]]] = set()
     out: list[tuple[str, str, int, Removal]] = []
-    for s in data.sightings:
-        if s.where.host != host:
-            continue
+    for s in sorted(sightings, key=lambda x: x.lineno):
         target = FileTarget(host, s.where.account, s.where.pattern)
         wanted = desired.get(target)
         if wanted is None:  # no longer managed: exclusive mode would not touch it
             continue
         if target not in kept:
             kept[target] = {(line.key.fingerprint, line.options) for line in wanted.lines}
-        if (s.fingerprint, s.options) in kept[target]:
-            continue
         finding = index[s.fingerprint]
         what = finding.owner or ("unknown" if finding.kind == "unknown" else finding.kind)
+        accounted = finding.accounted
+        if (s.fingerprint, s.options) in kept[target]:
+            if (target, s.fingerprint, s.options) not in used:
+                used.add((target, s.fingerprint, s.options))
+                continue
+            what, accounted = f"{what} (duplicate of a line that stays)", True
         removal = Removal(
             s.where.account,
             _path(s.where),
             s.lineno,
             s.fingerprint,
             what,
-            finding.accounted,
+            accounted,
             finding.last_login,
         )
         out.append((s.where.account, _path(s.where), s.lineno, removal))
-    for u in data.unhonoured:
-        if u.where.host != host:
-            continue
+    for u in unhonoured:
         if FileTarget(host, u.where.account, u.where.pattern) not in desired:
             continue
         removal = Removal(

@@ -60,6 +60,8 @@ def adopt_scan(
             {
                 "run_id": outcome.run_id,
                 **outcome.counts,
+                "read_seconds": outcome.read_seconds,
+                "record_seconds": outcome.record_seconds,
                 "hosts": [
                     {
                         "host": h.host,

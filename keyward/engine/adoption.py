@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,8 @@ class ScanOutcome:
     run_id: str
     hosts: tuple[HostScan, ...]
     counts: dict[str, int]
+    read_seconds: float = 0.0  # reading the hosts
+    record_seconds: float = 0.0  # recording what they hold, one transaction
 
 
 def scan(
@@ -60,11 +63,14 @@ def scan(
         def done(result: HostScan) -> None:
             advance(result.error is not None)
 
+        started = time.monotonic()
         results = asyncio.run(scan_fleet(hosts, creds, limit, done))
+    read = time.monotonic() - started
     with surroundings.registry.write(surroundings.actor) as tx:
         counts = record_scan(tx, results, {"env": env, "host": host, "run_id": run_id})
-    log.info("adopt_scan_finished", **counts)
-    return ScanOutcome(run_id, tuple(results), counts)
+    recorded = time.monotonic() - started - read
+    log.info("adopt_scan_finished", **counts, read_s=round(read, 2), record_s=round(recorded, 2))
+    return ScanOutcome(run_id, tuple(results), counts, round(read, 2), round(recorded, 2))
 
 
 def special_keys(inv: Inventory) -> dict[str, KeyKind]:

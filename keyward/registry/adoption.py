@@ -67,51 +67,73 @@ def last_logins(session: Session, fingerprints: Iterable[str]) -> dict[str, date
     return out
 
 
+# The columns of an adopt_line row that say what the line is (all but id and first_seen).
+_LINE_COLUMNS = (
+    "host",
+    "account",
+    "pattern",
+    "path",
+    "lineno",
+    "fingerprint",
+    "options",
+    "comment",
+    "error",
+)
+
+
 def record_scan(
     tx: WriteTx, scans: Sequence[HostScan], selection: Mapping[str, str | None]
 ) -> dict[str, int]:
     """Store one scan's hosts; return (and audit as ``adopt.scan``) its counts.
 
-    A host that could not be read keeps its earlier lines; its row says the scan failed
-    and is incomplete, so the guard holds back every unaccounted removal there.
+    Each host read replaces its lines: rows that are exactly as before are left alone
+    (a rescan of an unchanged fleet writes no line), others are deleted or inserted, a
+    new row keeping the ``first_seen`` of an earlier row with the same key, options and
+    file. A host that could not be read keeps its earlier lines; its row says the scan
+    failed and is incomplete, so the guard holds back every unaccounted removal there.
     """
     session, now = tx.session, tx.now
     read = [s for s in scans if s.error is None]
-    names = [s.host for s in read]
+    table = AdoptLine.__table__  # type: ignore[attr-defined]
+    old: dict[tuple[Any, ...], list[int]] = {}
     first_line: dict[tuple[str, ...], datetime] = {}
-    for chunk in chunks(names):
-        for row in session.exec(select(AdoptLine).where(col(AdoptLine.host).in_(chunk))):
-            ident = _line_identity(
-                row.host, row.account, row.pattern, row.fingerprint, row.error or row.options
-            )
-            first_line[ident] = min(first_line.get(ident, row.first_seen), row.first_seen)
-        session.exec(delete(AdoptLine).where(col(AdoptLine.host).in_(chunk)))
+    for chunk in chunks([s.host for s in read]):
+        query = select(table.c.id, table.c.first_seen, *(table.c[c] for c in _LINE_COLUMNS))
+        for row_id, first, *values in session.execute(query.where(table.c.host.in_(chunk))):
+            old.setdefault(tuple(values), []).append(row_id)
+            host, account, pattern, _, _, fingerprint, options, _, error = values
+            ident = _line_identity(host, account, pattern, fingerprint, error or options)
+            seen_at = as_utc(first)
+            first_line[ident] = min(first_line.get(ident, seen_at), seen_at)
     rows: list[dict[str, Any]] = []
     found: dict[str, Sighting] = {}
+
+    def keep_or_add(row: dict[str, Any], ident: tuple[str, ...]) -> None:
+        same = old.get(tuple(row[c] for c in _LINE_COLUMNS))
+        if same:
+            same.pop()  # exactly this line is stored already: leave the row alone
+            return
+        rows.append({**row, "first_seen": first_line.get(ident, now)})
+
     for scan in read:
         for s in scan.sightings:
             options = json.dumps(list(s.options))
-            ident = _line_identity(
-                s.where.host, s.where.account, s.where.pattern, s.fingerprint, options
-            )
-            rows.append(
-                _line_row(
-                    s.where,
-                    s.lineno,
-                    s.fingerprint,
-                    options,
-                    _comment(s.comment),
-                    None,
-                    first_line.get(ident, now),
-                )
+            w = s.where
+            keep_or_add(
+                _line_row(w, s.lineno, s.fingerprint, options, _comment(s.comment), None),
+                _line_identity(w.host, w.account, w.pattern, s.fingerprint, options),
             )
             found.setdefault(s.fingerprint, s)
         for u in scan.unhonoured:
             reason = u.reason[:MAX_COMMENT]
-            ident = _line_identity(u.where.host, u.where.account, u.where.pattern, None, reason)
-            rows.append(
-                _line_row(u.where, u.lineno, None, "[]", "", reason, first_line.get(ident, now))
+            w = u.where
+            keep_or_add(
+                _line_row(w, u.lineno, None, "[]", "", reason),
+                _line_identity(w.host, w.account, w.pattern, None, reason),
             )
+    gone = sorted(row_id for ids in old.values() for row_id in ids)
+    for ids in chunks(gone):
+        session.execute(delete(table).where(table.c.id.in_(ids)))
     for batch in chunks(rows):
         session.execute(insert(AdoptLine), list(batch))
     logins = last_logins(session, found)
@@ -169,7 +191,6 @@ def _line_row(
     options: str,
     comment: str,
     error: str | None,
-    first_seen: datetime,
 ) -> dict[str, Any]:
     return {
         "host": where.host,
@@ -181,7 +202,6 @@ def _line_row(
         "options": options,
         "comment": comment,
         "error": error,
-        "first_seen": first_seen,
     }
 
 
@@ -201,24 +221,38 @@ def load_scan(session: Session) -> ScanData:
     )
     sightings: list[Sighting] = []
     unhonoured: list[Unhonoured] = []
-    for row in session.exec(select(AdoptLine).order_by(col(AdoptLine.id))):
-        where = Where(row.host, row.account, row.pattern, row.path)
-        if row.fingerprint is None:
-            unhonoured.append(Unhonoured(where, row.lineno, row.error or "not a key line"))
+    table = AdoptLine.__table__  # type: ignore[attr-defined]
+    options_of: dict[str, tuple[str, ...]] = {}  # the same few option lists, parsed once
+    for (
+        host,
+        account,
+        pattern,
+        path,
+        lineno,
+        fingerprint,
+        options,
+        comment,
+        error,
+    ) in session.execute(select(*(table.c[c] for c in _LINE_COLUMNS)).order_by(table.c.id)):
+        where = Where(host, account, pattern, path)
+        if fingerprint is None:
+            unhonoured.append(Unhonoured(where, lineno, error or "not a key line"))
             continue
-        key = keys.get(row.fingerprint)
+        key = keys.get(fingerprint)
         if key is None:
             continue
+        if options not in options_of:
+            options_of[options] = tuple(json.loads(options))
         sightings.append(
             Sighting(
                 where,
-                row.lineno,
-                row.fingerprint,
+                lineno,
+                fingerprint,
                 key.key_type,
                 key.bits,
                 key.blob,
-                tuple(json.loads(row.options)),
-                row.comment,
+                options_of[options],
+                comment,
             )
         )
     seen = tuple(
@@ -250,7 +284,9 @@ def load_guard(session: Session, registered: Iterable[str]) -> AdoptionGuard:
         return AdoptionGuard()
     sighted: dict[str, set[str]] = {name: set() for name, _ in hosts}
     for host, fingerprint in session.exec(
-        select(AdoptLine.host, AdoptLine.fingerprint).where(col(AdoptLine.fingerprint).is_not(None))
+        select(AdoptLine.host, AdoptLine.fingerprint)
+        .where(col(AdoptLine.fingerprint).is_not(None))
+        .distinct()
     ):
         if fingerprint is not None:
             sighted.setdefault(host, set()).add(fingerprint)
