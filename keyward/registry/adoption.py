@@ -160,8 +160,12 @@ def record_scan(
             seen.last_seen = now
             seen.last_login = logins.get(fingerprint, seen.last_login)
             session.add(seen)
+    stored: dict[str, AdoptHost] = {}
+    for chunk in chunks([s.host for s in scans]):
+        for row in session.exec(select(AdoptHost).where(col(AdoptHost.host).in_(chunk))):
+            stored[row.host] = row
     for scan in scans:
-        host = session.get(AdoptHost, scan.host)
+        host = stored.get(scan.host)
         if host is None:
             host = AdoptHost(host=scan.host, scanned_at=now)
         host.environment = scan.environment
