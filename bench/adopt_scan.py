@@ -51,8 +51,10 @@ def run(bench: Bench, label: str, *argv: str) -> dict[str, Any]:
     out = out_path.read_text()
     if argv[:2] == ("adopt", "scan") and out.startswith("{"):
         data = json.loads(out)
+        totals = data["totals"]
         out = (
-            f"scanned {data['hosts']} hosts: {data['lines']} key lines, {data['failed']} failed; "
+            f"scanned {totals['hosts']} hosts: {totals['lines']} key lines, "
+            f"{totals['failed']} failed; "
             f"reading {data['read_seconds']} s, recording {data['record_seconds']} s"
         )
     summary = next(

@@ -87,7 +87,7 @@ def test_adopt_a_messy_fleet(env: AgentEnv, tmp_path: Path) -> None:
     assert kw("reconcile").code == 1  # managed-block: the symlink host fails, nothing else
 
     scan = kw.ok("adopt", "scan", "--json").json()
-    assert scan["failed"] == 0 and scan["incomplete"] == 1
+    assert scan["totals"]["failed"] == 0 and scan["totals"]["incomplete"] == 1
     h2_scan = next(h for h in scan["hosts"] if h["host"] == h2.name)
     assert h2_scan["files_not_read"][0]["account"] == deploy
 

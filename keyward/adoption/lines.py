@@ -2,15 +2,17 @@
 
 Parsed with ``keyward.authorized_keys`` (sshd-faithful), so a line is a key exactly when
 sshd would honour it; every other line is kept as an ``Unhonoured`` with sshd's reason
-(never its content), and nothing in a file can make the scan fail.
+(never its content), and nothing in a file can make the scan fail. Each distinct content
+is parsed once (``plan.parse_cached``, as a round does): hosts with the same access hold
+byte-identical files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import COMMENT_PREFIX
+from keyward.plan import parse_cached
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def read_file(where: Where, content: bytes) -> tuple[list[Sighting], list[Unhono
     """The key lines and the unhonoured lines of one file's content; never raises."""
     sightings: list[Sighting] = []
     skipped: list[Unhonoured] = []
-    for line in parse_authorized_keys(content):
+    for line in parse_cached(content):
         if line.key is None:
             skipped.append(Unhonoured(where, line.lineno, line.error or "not a key line"))
             continue

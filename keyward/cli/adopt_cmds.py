@@ -59,7 +59,7 @@ def adopt_scan(
         emit_json(
             {
                 "run_id": outcome.run_id,
-                **outcome.counts,
+                "totals": outcome.counts,
                 "read_seconds": outcome.read_seconds,
                 "record_seconds": outcome.record_seconds,
                 "hosts": [
