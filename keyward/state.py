@@ -57,6 +57,23 @@ class GrantRecord:
 
 
 @dataclass(frozen=True)
+class AdoptionGuard:
+    """What ``keyward adopt scan`` found, as the switch-over guard needs it.
+
+    ``sighted``: per scanned host, the fingerprints its latest scan found; ``complete``:
+    the hosts whose latest scan read every managed file.  ``decided``: keys an
+    administrator ignored or confirmed for removal (``adopt ignore``/``adopt remove``).
+    ``last_login``: the newest accepted login of each sighted key the registry does not
+    hold, for the refusal message.  Empty for a fleet that was never scanned: no guard.
+    """
+
+    sighted: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    complete: frozenset[str] = frozenset()
+    decided: frozenset[str] = frozenset()
+    last_login: Mapping[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RegistrySnapshot:
     """Everything the desired state needs from the registry, read in one go."""
 
@@ -68,6 +85,7 @@ class RegistrySnapshot:
     # (an empty set means suspended: none of their keys is deployed).
     restricted: Mapping[str, frozenset[str]] = field(default_factory=dict)
     by_fingerprint: Mapping[str, KeyRecord] = field(default_factory=dict)
+    adoption: AdoptionGuard = field(default_factory=AdoptionGuard)
 
     def __post_init__(self) -> None:
         if not self.by_fingerprint:

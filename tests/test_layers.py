@@ -25,6 +25,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keyward"
 
 # The pure core: plain values in, plain values out (docs/architecture.md).
 PURE_CORE = (
+    "keyward.adoption",
     "keyward.attestation",
     "keyward.authorized_keys",
     "keyward.clock",

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncssh
 
+from keyward.adoption import guard as adoption_guard
 from keyward.agent.transport import Connector, FileRead, HostTransport
 from keyward.clock import Clock
 from keyward.desired import DesiredFile, FileTarget
@@ -209,6 +210,13 @@ async def sync_files(
     if plan.refused:
         log.error("plan_refused", reason=plan.refused)
         return HostResult(host, started, _now(ctx), plan, error=plan.refused)
+    held = adoption_guard.held_lines(host.name, plan, ctx.snapshot.adoption)
+    if held:
+        refusal = adoption_guard.refusal(
+            host.name, held, host.name in ctx.snapshot.adoption.complete
+        )
+        log.error("adoption_refused", lines=len(held), fingerprints=[h.fingerprint for h in held])
+        return HostResult(host, started, _now(ctx), plan, error=refusal)
     results: list[FileResult] = []
     for file_plan in plan.files:
         if file_plan.action == "error":

@@ -40,6 +40,10 @@ class Entry(NamedTuple):
 # Commands are imported only when used: SQLAlchemy, asyncssh and cryptography cost most of a
 # second, and `keyward --version` or `keyward key check` need none of them.
 COMMANDS: dict[str, Entry] = {
+    "adopt": Entry(
+        "adopt_cmds",
+        "Take over a fleet's existing keys: scan, report, claim or ignore, then switch over.",
+    ),
     "access": Entry(
         "access_cmds",
         "Short-lived access for break-fix work: request, approve (by someone else), list.",

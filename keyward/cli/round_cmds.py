@@ -4,7 +4,9 @@ per-host results are printed, logged and turned into an exit code (shared by bot
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -127,8 +129,18 @@ def plan_summary(results: list[HostResult]) -> PlanSummary:
     )
 
 
-def print_plan(results: list[HostResult], applied: bool) -> None:
-    """The plan for people: per host and file, each line change, then one summary line."""
+def _login_text(value: datetime | None) -> str:
+    return f"last login {value:%Y-%m-%d %H:%M} UTC" if value else "never logged in"
+
+
+def print_plan(
+    results: list[HostResult], applied: bool, adoption: AdoptionLogins | None = None
+) -> None:
+    """The plan for people: per host and file, each line change, then one summary line.
+
+    On hosts ``keyward adopt scan`` has read, every removal also says when its key last
+    logged in (``adoption``), so the switch-over is decided with that in view.
+    """
     from keyward.plan import EXPIRY_OPTION, shown_changes
 
     for result in results:
@@ -158,7 +170,11 @@ def print_plan(results: list[HostResult], applied: bool) -> None:
                     continue
                 sign = "+" if c.action == "add" else "-"
                 opts = f"  [{printable(','.join(c.options))}]" if c.options else ""
-                click.echo(f"    {sign} {owner:<14} {fp}  {c.reason}{opts}")
+                login = ""
+                if adoption and c.action == "remove" and result.host.name in adoption.hosts:
+                    seen = adoption.last_login.get(c.fingerprint or "")
+                    login = f"  ({_login_text(seen)})"
+                click.echo(f"    {sign} {owner:<14} {fp}  {c.reason}{opts}{login}")
     click.echo(plan_summary(results).line())
 
 
@@ -197,6 +213,33 @@ def exit_code(results: list[HostResult]) -> int:
     return EXIT_IN_SYNC
 
 
+@dataclass(frozen=True)
+class AdoptionLogins:
+    """Hosts an adoption scan has read, and the last login of each key a plan removes."""
+
+    hosts: frozenset[str]
+    last_login: Mapping[str, datetime]
+
+
+def adoption_logins(app: AppContext, results: list[HostResult]) -> AdoptionLogins:
+    from sqlmodel import select
+
+    from keyward.registry.adoption import last_logins
+    from keyward.registry.models import AdoptHost
+
+    with app.registry().read() as session:
+        hosts = frozenset(session.exec(select(AdoptHost.host)).all())
+        removed = {
+            c.fingerprint
+            for r in results
+            if r.host.name in hosts
+            for f in r.files
+            for c in f.plan.changes
+            if c.action == "remove" and c.fingerprint
+        }
+        return AdoptionLogins(hosts, last_logins(session, removed) if removed else {})
+
+
 # -- plan / reconcile ---------------------------------------------------------
 
 
@@ -221,7 +264,7 @@ def plan(
     if as_json:
         emit_json([result_json(r) for r in results])
     else:
-        print_plan(results, applied=False)
+        print_plan(results, applied=False, adoption=adoption_logins(app, results))
     ctx.exit(exit_code(results))
 
 

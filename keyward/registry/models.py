@@ -353,3 +353,69 @@ class ScimResource(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_ts())
     changed_at: datetime = Field(sa_column=_ts())
     deleted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class AdoptHost(SQLModel, table=True):
+    """A host's latest ``keyward adopt scan``: when, in which mode, and what it could not read.
+
+    A host with a row here is under the switch-over guard (``keyward/adoption/guard.py``).
+    """
+
+    __tablename__ = "adopt_host"
+
+    host: str = Field(primary_key=True, max_length=255)
+    environment: str = Field(default="", max_length=64)
+    mode: str = Field(default="", max_length=16)
+    scanned_at: datetime = Field(sa_column=_ts())
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    file_errors: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON
+    complete: bool = Field(default=False)
+
+
+class AdoptKey(SQLModel, table=True):
+    """A public key an adoption scan found anywhere: the key itself and when it was seen."""
+
+    __tablename__ = "adopt_key"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    key_type: str = Field(max_length=64)
+    bits: int = Field(default=0)
+    blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    comment: str = Field(default="", max_length=500)
+    first_seen: datetime = Field(sa_column=_ts())
+    last_seen: datetime = Field(sa_column=_ts())
+    last_login: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class AdoptLine(SQLModel, table=True):
+    """One line of a managed file as the host's latest scan found it.
+
+    A key line has a ``fingerprint``; a line sshd would not honour has none and ``error``
+    says why. Never the line's text.
+    """
+
+    __tablename__ = "adopt_line"
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str = Field(index=True, max_length=255)
+    account: str = Field(max_length=64)
+    pattern: str = Field(max_length=1024)
+    path: str | None = Field(default=None, max_length=4096)
+    lineno: int
+    fingerprint: str | None = Field(default=None, index=True, max_length=64)
+    options: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON
+    comment: str = Field(default="", max_length=500)
+    error: str | None = Field(default=None, max_length=500)
+    first_seen: datetime = Field(sa_column=_ts())
+
+
+class AdoptDecision(SQLModel, table=True):
+    """An administrator's decision about a key nobody claimed: ignore it, or remove it."""
+
+    __tablename__ = "adopt_decision"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    decision: str = Field(max_length=16)  # ignore | remove
+    reason: str = Field(max_length=500)
+    decided_by: str = Field(max_length=64)
+    decided_at: datetime = Field(sa_column=_ts())

@@ -11,6 +11,7 @@ import json
 from sqlmodel import Session, col, select
 
 from keyward.keys import decode_key
+from keyward.registry.adoption import load_guard
 from keyward.registry.models import (
     AccessRequest,
     AuditHead,
@@ -79,6 +80,12 @@ def load_snapshot(session: Session) -> RegistrySnapshot:
         for f in session.exec(select(FailureMode).where(col(FailureMode.cleared_at).is_(None)))
     }
     head = session.exec(select(AuditHead).where(AuditHead.id == 1)).one()
+    adoption = load_guard(session, (k.fingerprint for k in keys))
     return RegistrySnapshot(
-        people=people, keys=keys, grants=grants, head_seq=head.seq, restricted=restricted
+        people=people,
+        keys=keys,
+        grants=grants,
+        head_seq=head.seq,
+        restricted=restricted,
+        adoption=adoption,
     )
