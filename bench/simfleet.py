@@ -346,12 +346,32 @@ def audit_removes(b: Bench, fingerprint: str) -> int:
         )
 
 
-def bench_revocation(b: Bench, rounds: int, sync_timeout: float) -> dict[str, Any]:
+def start_profile(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the daemon (every thread) into collapsed stacks, if asked for."""
+    if out is None:
+        return None
+    return subprocess.Popen(
+        ["py-spy", "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def bench_revocation(
+    b: Bench, rounds: int, sync_timeout: float, profile: Path | None = None
+) -> dict[str, Any]:
     assert b.registry is not None
     b.start_daemon("--verify-interval", "86400")
     synced = b.wait_in_sync(sync_timeout)
     assert b.daemon is not None and b.tail is not None
     time.sleep(5)  # the initial syncs' records settle
+    profiler = start_profile(b.daemon.pid, profile)
     rss_synced = rss_mb(b.daemon.pid)
     log(f"revocation: {len(b.fleet.hosts)} hosts in sync after {synced:.1f}s, RSS {rss_synced:.0f} MB")
     n = len(b.fleet.hosts)
@@ -365,7 +385,13 @@ def bench_revocation(b: Bench, rounds: int, sync_timeout: float) -> dict[str, An
             add_key(tx, person, key, KeyClaim("admin", tx.now + timedelta(days=300)))
         granted = time.monotonic()
         grant_s = b.fleet.wait_watch(granted, 120)
-        time.sleep(3.0)  # the push round finishes recording
+        # The grant's round finishes recording (push_done) before the revocation.
+        until = time.monotonic() + 120
+        while time.monotonic() < until and not any(
+            ev.get("event") == "push_done" for ev in b.tail.events()
+        ):
+            time.sleep(0.05)
+        time.sleep(1.0)
         b.tail.events()
         b.fleet.watch(needle, False)
         d0, s0 = cpu_seconds(b.daemon.pid, children=False), b.fleet.cpu()
@@ -401,6 +427,7 @@ def bench_revocation(b: Bench, rounds: int, sync_timeout: float) -> dict[str, An
         )
         log(f"revocation round {i}: {rows[-1]}")
     rss_end = rss_mb(b.daemon.pid)
+    stop_profile(profiler)
     b.stop_daemon()
     rev = [r["revoke_on_all_files_s"] for r in rows]
     audits = [r["revoke_audit_2n_s"] for r in rows if r["revoke_audit_2n_s"] is not None]
@@ -478,6 +505,7 @@ def main() -> int:
     parser.add_argument("--verify-interval", type=float, default=30.0)
     parser.add_argument("--sync-timeout", type=float, default=1800.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output (revocations)")
     args = parser.parse_args()
     random.seed(1)
     b = Bench(args.hosts, args.procs)
@@ -495,7 +523,9 @@ def main() -> int:
         results["setup"] = b.setup()
         log(f"setup: {results['setup']}")
         if args.revocations:
-            results["revocation"] = bench_revocation(b, args.revocations, args.sync_timeout)
+            results["revocation"] = bench_revocation(
+                b, args.revocations, args.sync_timeout, args.profile
+            )
         if args.verify_passes:
             results["verification"] = bench_verification(
                 b, args.verify_passes, args.verify_interval, args.sync_timeout

@@ -111,7 +111,9 @@ class RemoteHelper:
             request = {"id": self._next_id, "op": op, **args}
             self._process.stdin.write(json.dumps(request) + "\n")
             try:
-                line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+                # Not ``wait_for``: that wraps every request in a task of its own.
+                async with asyncio.timeout(timeout):
+                    line = await self._process.stdout.readline()
             except TimeoutError:
                 raise HostError(f"{self._host}: no answer to {op} within {timeout:.0f}s") from None
             except UnicodeDecodeError:
