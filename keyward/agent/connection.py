@@ -51,6 +51,18 @@ REQUEST_TIMEOUT = 60.0
 # reports that file alone as timed out; a read waits for every file's share, so that a
 # few files that never answer fail alone instead of failing the whole host.
 FILE_TIMEOUT = 10.0
+# asyncssh's own list with AES-GCM first: the same ciphers (every one an OpenSSH default),
+# only the preference differs. asyncssh implements chacha20-poly1305 with two new cipher
+# objects and a Poly1305 per packet, AES-GCM in one call: a daemon pushing to thousands of
+# hosts spent more of its CPU encrypting than anything else (docs/benchmarks.md).
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
 
 
 @dataclass(frozen=True)
@@ -327,6 +339,7 @@ async def _connect(
                 agent_forwarding=False,
                 x11_forwarding=False,
                 preferred_auth="publickey",
+                encryption_algs=CIPHERS,
                 connect_timeout=creds.connect_timeout,
                 login_timeout=creds.connect_timeout,
                 keepalive_interval=keepalive or None,
