@@ -40,7 +40,8 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlmodel import col, func, select
 
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon import LogTail, cpu_seconds, fake_key, log, mem_available_mb, rss_mb  # noqa: E402
 
+from keyward.errors import RegistryUnavailable  # noqa: E402
 from keyward.registry.models import AuditEvent, DaemonStatus  # noqa: E402
 from keyward.registry.ops import KeyClaim, add_key, add_person, add_role, grant_role, revoke_key  # noqa: E402
 from keyward.registry.store import Registry  # noqa: E402
@@ -57,6 +59,7 @@ from keyward.testing.inventory import AccessSpec, InventorySpec, write_inventory
 from keyward.testing.keypairs import make_ed25519  # noqa: E402
 
 PEOPLE = 50
+T = TypeVar("T")
 DEPLOY, APP = "deploy", "app"
 SECOND_OCTET = 77
 MARKER = "keyward-simfleet"  # on every process this script starts (for a safe cleanup)
@@ -312,7 +315,7 @@ class Bench:
             assert self.daemon is not None
             if self.daemon.poll() is not None:
                 raise RuntimeError(f"daemon exited: {self.daemon_log}")
-            connected, synced = self.daemon_status()
+            connected, synced = patiently(self.daemon_status)
             if connected == n and synced == n:
                 return time.monotonic() - start
             if time.monotonic() - last > 15:
@@ -329,6 +332,22 @@ class Bench:
         if self.registry is not None:
             self.registry.dispose()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def patiently(action: Callable[[], T], timeout: float = 300) -> T:
+    """Run a registry read or write, again while the daemon's recorder holds SQLite's lock.
+
+    At 10,000 hosts one round's record is tens of thousands of audit rows in a single
+    transaction: a benchmark query may meet the lock for longer than the busy timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except RegistryUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def audit_removes(b: Bench, fingerprint: str) -> int:
@@ -381,8 +400,12 @@ def bench_revocation(
         key = fake_key(f"{person}@round{i}")
         needle = key.base64.encode()
         b.fleet.watch(needle, True)
-        with b.registry.write("bench-admin") as tx:
-            add_key(tx, person, key, KeyClaim("admin", tx.now + timedelta(days=300)))
+        def grant() -> None:
+            assert b.registry is not None
+            with b.registry.write("bench-admin") as tx:
+                add_key(tx, person, key, KeyClaim("admin", tx.now + timedelta(days=300)))
+
+        patiently(grant)
         granted = time.monotonic()
         grant_s = b.fleet.wait_watch(granted, 120)
         # The grant's round finishes recording (push_done) before the revocation.
@@ -395,14 +418,18 @@ def bench_revocation(
         b.tail.events()
         b.fleet.watch(needle, False)
         d0, s0 = cpu_seconds(b.daemon.pid, children=False), b.fleet.cpu()
-        with b.registry.write("bench-admin") as tx:
-            revoke_key(tx, key.fingerprint, "bench round")
+        def revoke() -> None:
+            assert b.registry is not None
+            with b.registry.write("bench-admin") as tx:
+                revoke_key(tx, key.fingerprint, "bench round")
+
+        patiently(revoke)
         committed = time.monotonic()
         revoke_s = b.fleet.wait_watch(committed, 120)
         audit_s = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if audit_removes(b, key.fingerprint) >= 2 * n:
+            if patiently(lambda: audit_removes(b, key.fingerprint)) >= 2 * n:
                 audit_s = time.monotonic() - committed
                 break
             time.sleep(0.05)

@@ -167,13 +167,14 @@ class Owners(dict[str, str]):
 def _keys_of(content: bytes, owners: dict[str, str]) -> list[list[str | None]]:
     """(fingerprint, owner) of every key line; the owner is the registry's (None if unknown).
 
-    A fresh list each time (callers keep it), worked out once per content for ``Owners``.
+    Worked out once per content for ``Owners``, and then shared: callers only store it
+    in ``host_state.files`` (serialised) or compare it, never change it.
     """
     if isinstance(owners, Owners):
         found = owners.keys_memo.get(content)
         if found is None:
             found = owners.keys_memo[content] = _keys_of_content(content, owners)
-        return [list(item) for item in found]
+        return found
     return _keys_of_content(content, owners)
 
 
