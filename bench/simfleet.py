@@ -20,13 +20,15 @@ Measured:
   its ``verification_done`` events, and the daemon's and simulators' CPU over each pass
   (target < 10 s at 10,000).
 
-    python bench/simfleet.py --hosts 10000 [--procs 4] [--revocations 5] [--verify-passes 3] [--json out.json]
+    python bench/simfleet.py --hosts 10000 [--procs 4] [--revocations 5] [--verify-passes 3]
+        [--verify-interval 40] [--profile out.txt] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -38,9 +40,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlmodel import col, func, select
@@ -48,15 +50,16 @@ from sqlmodel import col, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from daemon import LogTail, cpu_seconds, fake_key, log, mem_available_mb, rss_mb  # noqa: E402
+from daemon import LogTail, cpu_seconds, fake_key, log, mem_available_mb, rss_mb
 
-from keyward.errors import RegistryUnavailable  # noqa: E402
-from keyward.registry.models import AuditEvent, DaemonStatus  # noqa: E402
-from keyward.registry.ops import KeyClaim, add_key, add_person, add_role, grant_role, revoke_key  # noqa: E402
-from keyward.registry.store import Registry  # noqa: E402
-from keyward.testing.fleet import FleetHost, safe_base_dir  # noqa: E402
-from keyward.testing.inventory import AccessSpec, InventorySpec, write_inventory  # noqa: E402
-from keyward.testing.keypairs import make_ed25519  # noqa: E402
+from keyward.errors import RegistryUnavailable
+from keyward.keys import PublicKey
+from keyward.registry.models import AuditEvent, DaemonStatus
+from keyward.registry.ops import KeyClaim, add_key, add_person, add_role, grant_role, revoke_key
+from keyward.registry.store import Registry
+from keyward.testing.fleet import FleetHost, safe_base_dir
+from keyward.testing.inventory import AccessSpec, InventorySpec, write_inventory
+from keyward.testing.keypairs import make_ed25519
 
 PEOPLE = 50
 T = TypeVar("T")
@@ -370,7 +373,19 @@ def start_profile(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
     if out is None:
         return None
     return subprocess.Popen(
-        ["py-spy", "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"],
+        [
+            "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -392,15 +407,16 @@ def bench_revocation(
     time.sleep(5)  # the initial syncs' records settle
     profiler = start_profile(b.daemon.pid, profile)
     rss_synced = rss_mb(b.daemon.pid)
-    log(f"revocation: {len(b.fleet.hosts)} hosts in sync after {synced:.1f}s, RSS {rss_synced:.0f} MB")
     n = len(b.fleet.hosts)
+    log(f"revocation: {n} hosts in sync after {synced:.1f}s, RSS {rss_synced:.0f} MB")
     rows = []
     for i in range(rounds):
         person = b.people[i % len(b.people)]
         key = fake_key(f"{person}@round{i}")
         needle = key.base64.encode()
         b.fleet.watch(needle, True)
-        def grant() -> None:
+
+        def grant(person: str = person, key: PublicKey = key) -> None:
             assert b.registry is not None
             with b.registry.write("bench-admin") as tx:
                 add_key(tx, person, key, KeyClaim("admin", tx.now + timedelta(days=300)))
@@ -418,10 +434,11 @@ def bench_revocation(
         b.tail.events()
         b.fleet.watch(needle, False)
         d0, s0 = cpu_seconds(b.daemon.pid, children=False), b.fleet.cpu()
-        def revoke() -> None:
+
+        def revoke(fingerprint: str = key.fingerprint) -> None:
             assert b.registry is not None
             with b.registry.write("bench-admin") as tx:
-                revoke_key(tx, key.fingerprint, "bench round")
+                revoke_key(tx, fingerprint, "bench round")
 
         patiently(revoke)
         committed = time.monotonic()
@@ -429,7 +446,7 @@ def bench_revocation(
         audit_s = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if patiently(lambda: audit_removes(b, key.fingerprint)) >= 2 * n:
+            if patiently(functools.partial(audit_removes, b, key.fingerprint)) >= 2 * n:
                 audit_s = time.monotonic() - committed
                 break
             time.sleep(0.05)
@@ -476,7 +493,9 @@ def bench_revocation(
     }
 
 
-def bench_verification(b: Bench, passes: int, interval: float, sync_timeout: float) -> dict[str, Any]:
+def bench_verification(
+    b: Bench, passes: int, interval: float, sync_timeout: float
+) -> dict[str, Any]:
     b.start_daemon("--verify-interval", str(interval))
     synced = b.wait_in_sync(sync_timeout)
     assert b.daemon is not None and b.tail is not None
@@ -566,7 +585,11 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     summary = {
-        k: ({kk: vv for kk, vv in v.items() if kk not in ("rounds", "passes")} if isinstance(v, dict) else v)
+        k: (
+            {kk: vv for kk, vv in v.items() if kk not in ("rounds", "passes")}
+            if isinstance(v, dict)
+            else v
+        )
         for k, v in results.items()
     }
     print(json.dumps(summary, indent=2, default=str))
