@@ -556,11 +556,17 @@ def bench_revocation(b: Bench, rounds: int) -> dict[str, Any]:
         grant_s = wait_files(files, needle, True, 60)
         time.sleep(1.0)  # let the push round finish recording
         b.tail.events()  # discard older events
+        # Where the CPU goes during the revocation: the daemon's own, and the hosts' (every
+        # process under the sshd listeners, exited session children included).
+        listeners = b.fleet.listener_pids()
+        assert b.daemon is not None
+        d0, (h0, _) = cpu_seconds(b.daemon.pid, children=False), tree_cpu(listeners)
         with b.registry.write("bench-admin") as tx:
             revoke_key(tx, key.fingerprint, "bench round")
         committed = time.perf_counter()
         wait_files(files, needle, False, 60)
         revoke_s = time.perf_counter() - committed
+        d1, (h1, _) = cpu_seconds(b.daemon.pid, children=False), tree_cpu(listeners)
         # audit: 2N host.remove events for this fingerprint
         audit_s = None
         lag_ms = None
@@ -592,6 +598,10 @@ def bench_revocation(b: Bench, rounds: int) -> dict[str, Any]:
                 "revoke_to_all_files_s": round(revoke_s, 3),
                 "revoke_to_audit_2n_s": round(audit_s, 3) if audit_s is not None else None,
                 "daemon_push_done_lag_ms": lag_ms,
+                # Sampled right after the last file changed (the round may still be
+                # recording): the push's CPU, not the audit's.
+                "daemon_cpu_to_disk_s": round(d1 - d0, 3),
+                "hosts_cpu_to_disk_s": round(h1 - h0, 3),
             }
         )
         log(
@@ -618,6 +628,8 @@ def bench_revocation(b: Bench, rounds: int) -> dict[str, Any]:
         "audit_p99_s": round(pctl(audits, 99), 3) if audits else None,
         "daemon_lag_median_ms": statistics.median(lags) if lags else None,
         "daemon_rss_mb": round(daemon_rss, 1),
+        "daemon_cpu_to_disk_median_s": statistics.median(r["daemon_cpu_to_disk_s"] for r in rows),
+        "hosts_cpu_to_disk_median_s": statistics.median(r["hosts_cpu_to_disk_s"] for r in rows),
         "target_met": statistics.median(rev) < 1.0,
     }
 

@@ -51,6 +51,18 @@ REQUEST_TIMEOUT = 60.0
 # reports that file alone as timed out; a read waits for every file's share, so that a
 # few files that never answer fail alone instead of failing the whole host.
 FILE_TIMEOUT = 10.0
+# asyncssh's own list with AES-GCM first: the same ciphers (every one an OpenSSH default),
+# only the preference differs. asyncssh implements chacha20-poly1305 with two new cipher
+# objects and a Poly1305 per packet, AES-GCM in one call: a daemon pushing to thousands of
+# hosts spent more of its CPU encrypting than anything else (docs/benchmarks.md).
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,9 @@ class RemoteHelper:
             request = {"id": self._next_id, "op": op, **args}
             self._process.stdin.write(json.dumps(request) + "\n")
             try:
-                line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+                # Not ``wait_for``: that wraps every request in a task of its own.
+                async with asyncio.timeout(timeout):
+                    line = await self._process.stdout.readline()
             except TimeoutError:
                 raise HostError(f"{self._host}: no answer to {op} within {timeout:.0f}s") from None
             except UnicodeDecodeError:
@@ -325,6 +339,7 @@ async def _connect(
                 agent_forwarding=False,
                 x11_forwarding=False,
                 preferred_auth="publickey",
+                encryption_algs=CIPHERS,
                 connect_timeout=creds.connect_timeout,
                 login_timeout=creds.connect_timeout,
                 keepalive_interval=keepalive or None,

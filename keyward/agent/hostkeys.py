@@ -13,6 +13,7 @@ trusted for what the inventory says it is, nothing wider.
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol, TypedDict
 
 import asyncssh
@@ -41,21 +42,33 @@ def known_hosts_name(endpoint: Endpoint) -> str:
     return endpoint.address if endpoint.port == 22 else f"[{endpoint.address}]:{endpoint.port}"
 
 
+@functools.lru_cache(maxsize=8)
+def _pins_by_name(known_hosts_text: str) -> dict[str, tuple[str, ...]]:
+    """Host field name -> the ``"type blob"`` of each line naming it, in file order.
+
+    Built once per known_hosts text: a daemon connecting 10,000 hosts used to split the
+    whole file again for each of them (quadratic in the fleet).
+    """
+    pins: dict[str, list[str]] = {}
+    for raw in known_hosts_text.splitlines():
+        fields = raw.split()
+        if len(fields) < 3 or fields[0].startswith(("#", "@", "|")):
+            continue
+        key = f"{fields[1]} {fields[2]}"
+        for name in dict.fromkeys(fields[0].split(",")):
+            pins.setdefault(name, []).append(key)
+    return {name: tuple(keys) for name, keys in pins.items()}
+
+
 def pinned_keys(known_hosts_text: str, endpoint: Endpoint) -> list[asyncssh.SSHKey]:
     """The host keys ``known_hosts_text`` pins for exactly this address and port.
 
     A line whose key cannot be read pins nothing (it is skipped, not an error).
     """
-    wanted = known_hosts_name(endpoint)
     keys: list[asyncssh.SSHKey] = []
-    for raw in known_hosts_text.splitlines():
-        fields = raw.split()
-        if len(fields) < 3 or fields[0].startswith(("#", "@", "|")):
-            continue
-        if wanted not in fields[0].split(","):
-            continue
+    for text in _pins_by_name(known_hosts_text).get(known_hosts_name(endpoint), ()):
         try:
-            keys.append(asyncssh.import_public_key(f"{fields[1]} {fields[2]}"))
+            keys.append(asyncssh.import_public_key(text))
         except (asyncssh.KeyImportError, ValueError):
             continue
     return keys

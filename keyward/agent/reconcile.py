@@ -17,7 +17,7 @@ from typing import Any
 import asyncssh
 
 from keyward.adoption import guard as adoption_guard
-from keyward.agent.transport import Connector, FileRead, HostTransport
+from keyward.agent.transport import Connector, FileRead, HostTransport, WriteResult
 from keyward.clock import Clock
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
@@ -158,10 +158,18 @@ def files_of(host: Host, desired: dict[FileTarget, DesiredFile]) -> list[Desired
 
 async def _apply_file(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> FileResult:
     assert plan.new_content is not None
-    log = ctx.log.bind(host=conn.host.name, account=plan.target.account, run_id=ctx.run_id)
     reply = await conn.write(
         plan.target.account, plan.target.pattern, plan.new_content, plan.expect_sha256
     )
+    return _written(conn, plan, reply, ctx)
+
+
+def _written(
+    conn: HostTransport, plan: FilePlan, reply: WriteResult, ctx: RunContext
+) -> FileResult:
+    """The outcome of one write, logged: what ``_apply_file`` returns for its reply."""
+    assert plan.new_content is not None
+    log = ctx.log.bind(host=conn.host.name, account=plan.target.account, run_id=ctx.run_id)
     if reply.error is not None:
         message = reply.error.text or "write failed"
         log.error("file_write_failed", path=plan.path, code=reply.error.code or None, error=message)
@@ -186,6 +194,86 @@ async def _apply_file(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> F
     if reply.fixed_dir_mode:
         log.info("dir_mode_fixed", path=reply.path)
     return FileResult(plan, written=True, confirmed_sha256=reply.sha256)
+
+
+def known_after(result: HostResult) -> dict[FileTarget, Observed]:
+    """What a successful sync leaves each of its files holding, as a read would observe it.
+
+    A file written was read back by the helper and matched ``new_content`` byte for byte;
+    a file in sync holds ``new_content`` (the plan found them equal) with the owner and
+    mode a write would give it. Nothing is known after a failure.
+    """
+    if not result.ok:
+        return {}
+    known: dict[FileTarget, Observed] = {}
+    for f in result.files:
+        plan = f.plan
+        content = plan.new_content
+        if content is None or not (f.written or plan.action == "in-sync"):
+            continue
+        digest = f.confirmed_sha256 if f.written else None
+        known[plan.target] = Observed(plan.target, "present", plan.path, content,
+                                      digest or sha256(content), True)  # fmt: skip
+    return known
+
+
+async def sync_known(
+    conn: HostTransport,
+    desired: list[DesiredFile],
+    ctx: RunContext,
+    known: Mapping[FileTarget, Observed],
+) -> HostResult:
+    """``sync_files`` for a push over a held connection whose files the caller knows.
+
+    ``known`` is what the last sync over this same connection left in each file
+    (``known_after``). Instead of reading the files again, the plan starts from that, and
+    every write is a compare-and-swap against the hash it implies: a file someone changed
+    since is refused by the host (nothing is written over it), and then the files not yet
+    written are read and synced as ``sync_files`` does. Only a plain push uses it: while
+    offboarding cases are open (their evidence must be a fresh read), when collecting logins
+    or checking sshd, for a dry run, or when a file is not known, this is ``sync_files``.
+    """
+    if (
+        ctx.watch
+        or ctx.collect
+        or ctx.check_sshd
+        or ctx.dry_run
+        or not all(d.target in known for d in desired)
+    ):
+        return await sync_files(conn, desired, ctx)
+    host = conn.host
+    started = _now(ctx)
+    observed = {d.target: known[d.target] for d in desired}
+    plan = plan_host(
+        host.name, desired, observed, ctx.snapshot, ctx.now, ctx.agent_fingerprint, ctx.purge
+    )
+    if (
+        plan.refused
+        or plan.errors
+        or adoption_guard.held_lines(host.name, plan, ctx.snapshot.adoption)
+    ):
+        # Refusals, errors and the switch-over guard are judged on a fresh read.
+        return await sync_files(conn, desired, ctx)
+    done: list[FileResult] = []
+    for d, file_plan in zip(desired, plan.files, strict=True):
+        if not file_plan.writes:
+            done.append(FileResult(file_plan))
+            continue
+        assert file_plan.new_content is not None
+        reply = await conn.write(
+            d.target.account, d.target.pattern, file_plan.new_content, file_plan.expect_sha256
+        )
+        if reply.error is not None:
+            # Refused: the file is not what this connection last left there (or cannot be
+            # written as it is). Read it, and the files after it, afresh: what a read finds
+            # is then handled exactly as ``sync_files`` handles it.
+            rest = await sync_files(conn, desired[len(done) :], ctx)
+            files = (*done, *rest.files)
+            refused = rest.plan.refused if rest.plan is not None else None
+            merged = HostPlan(host.name, tuple(f.plan for f in files), refused)
+            return HostResult(host, started, rest.finished, merged, files, rest.error)
+        done.append(_written(conn, file_plan, reply, ctx))
+    return HostResult(host, started, _now(ctx), plan, tuple(done))
 
 
 async def sync_files(

@@ -17,8 +17,10 @@ from typing import Any
 
 from keyward.agent.transport import Connector, HostTransport
 from keyward.daemon.failures import round_failed
+from keyward.desired import FileTarget
 from keyward.errors import HostError
 from keyward.inventory.model import Host
+from keyward.plan import Observed
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
@@ -49,6 +51,10 @@ class HostLink:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.busy = asyncio.Lock()  # one sync at a time per host
+        # What the last syncs over the current connection left in each file (a push then
+        # need not read them again: ``keyward.agent.reconcile.sync_known``); emptied
+        # whenever the connection is (re)made or dropped.
+        self.known: dict[FileTarget, Observed] = {}
 
     @property
     def connected(self) -> bool:
@@ -73,6 +79,7 @@ class HostLink:
 
     async def _drop(self) -> None:
         conn, self.connection = self.connection, None
+        self.known = {}
         if conn is not None:
             with contextlib.suppress(TimeoutError, OSError, HostError):
                 await asyncio.wait_for(conn.close(), 5)
@@ -92,6 +99,7 @@ class HostLink:
                 await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
                 delay = min(BACKOFF_MAX, delay * 2)
                 continue
+            self.known = {}
             self.connection = conn
             self.last_error = None
             self.failures = 0
@@ -103,6 +111,7 @@ class HostLink:
                 round_failed(self._log, "host_sync_failed", exc)
             await conn.wait_closed()
             self.connection = None
+            self.known = {}
             if not self._stopping:
                 self._log.warning("host_disconnected", error=self.last_error)
                 await asyncio.sleep(random.uniform(0, BACKOFF_START))  # noqa: S311

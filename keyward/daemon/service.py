@@ -45,7 +45,8 @@ from keyward.agent.reconcile import (
     RunContext,
     failed,
     files_of,
-    sync_files,
+    known_after,
+    sync_known,
 )
 from keyward.clock import Clock
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
@@ -458,10 +459,15 @@ class Daemon:
                     link.host, started, ctx, KeywardError(f"{link.host.name}: not connected")
                 )
             try:
-                result = await asyncio.wait_for(sync_files(conn, files, ctx), SYNC_TIMEOUT)
+                async with asyncio.timeout(SYNC_TIMEOUT):
+                    result = await sync_known(conn, files, ctx, link.known)
             except (TimeoutError, *HOST_FAILURES) as exc:
                 link.broken(str(exc) or type(exc).__name__)
                 result = failed(link.host, started, ctx, exc)
+            if not result.ok:
+                link.known.clear()
+            elif link.connection is conn:  # still the connection the files were synced over
+                link.known.update(known_after(result))
         if result.ok:
             for f in result.files:
                 self.confirmed[f.plan.target] = (
@@ -482,8 +488,11 @@ class Daemon:
         if self.snapshot is None or self.inventory is None:
             self.changed.set()
             return
-        for target in [t for t in self.confirmed if t.host == link.host.name]:
-            del self.confirmed[target]
+        # Its own targets, not a scan of every host's (quadratic when a fleet connects).
+        host = link.host
+        for account in host.managed_accounts:
+            for pattern in host.authorized_keys:
+                self.confirmed.pop(FileTarget(host.name, account, pattern), None)
         await self._sync_many([(link, files_of(link.host, self.desired))], collect=True)
 
     async def verify(self) -> None:
@@ -597,39 +606,51 @@ class Daemon:
 
     # -- heartbeat ------------------------------------------------------------
 
-    def _write_heartbeat(self, stopped: bool = False) -> None:
-        hosts = {
+    def _host_map(self) -> str:
+        """The heartbeat's per-host JSON, built on the event loop in one pass over the files.
+
+        It used to be built in the writer thread while the loop changed ``confirmed``
+        (a "dictionary changed size" error ended the heartbeat for good, at a thousand
+        hosts) and counted every host's files over all files (quadratic in the fleet).
+        """
+        counts: dict[str, int] = {}
+        for target in self.confirmed:
+            counts[target.host] = counts.get(target.host, 0) + 1
+        hosts: dict[str, Any] = {
             name: {
                 "connected": link.connected,
                 "error": link.last_error,
-                "confirmed_files": sum(1 for t in self.confirmed if t.host == name),
+                "confirmed_files": counts.get(name, 0),
             }
             for name, link in self.links.items()
         }
         if self.settings.metrics:
             hosts[METRICS_KEY] = self.metrics_state()
+        return json.dumps(hosts, sort_keys=True)
+
+    def _write_heartbeat(self, hosts: str, connected: int, stopped: bool = False) -> None:
         with Session(self.registry.engine) as session, session.begin():
             row = session.get(DaemonStatus, self.instance) or DaemonStatus(
                 id=self.instance, started_at=self.started_at, heartbeat_at=self.clock()
             )
             row.heartbeat_at = self.clock()
             row.hosts_total = len(self.links)
-            row.hosts_connected = sum(1 for link in self.links.values() if link.connected)
+            row.hosts_connected = connected
             row.last_push_at = self.last_push_at
             row.last_lag_ms = self.last_lag_ms
             row.last_verify_at = self.last_verify_at
             row.stopped_at = self.clock() if stopped else None
-            row.hosts = json.dumps(hosts, sort_keys=True)
+            row.hosts = hosts
             session.add(row)
 
     async def heartbeat(self) -> None:
         while not self.stopping.is_set():
-            self.metrics.hosts_connected.set(sum(1 for x in self.links.values() if x.connected))
+            connected = sum(1 for x in self.links.values() if x.connected)
+            self.metrics.hosts_connected.set(connected)
             try:
-                await asyncio.to_thread(self._write_heartbeat)
+                await asyncio.to_thread(self._write_heartbeat, self._host_map(), connected)
             except REGISTRY_FAILURES as exc:
                 self.log.warning("heartbeat_failed", error=first_line(exc))
-            connected = sum(1 for x in self.links.values() if x.connected)
             state = f"connected {connected}/{len(self.links)} hosts"
             if self.metrics_error is not None:
                 state += f"; metrics unavailable: {self.metrics_error}"
@@ -762,7 +783,8 @@ class Daemon:
         await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
         with contextlib.suppress(*REGISTRY_FAILURES):  # best effort on the way out
-            await asyncio.to_thread(self._write_heartbeat, True)
+            connected = sum(1 for x in self.links.values() if x.connected)
+            await asyncio.to_thread(self._write_heartbeat, self._host_map(), connected, True)
         self.lock.close()
         self.log.info("daemon_stopped")
         return 0

@@ -47,7 +47,7 @@ def record_hosts(
             for names in _chunks(sorted({r.host.name for r in results}))
             for state in tx.session.exec(select(HostState).where(col(HostState.host).in_(names)))
         }
-        owners = _key_owners(tx, results)
+        owners = Owners(_key_owners(tx, results))
         for result in results:
             name = result.host.name
             state = states.setdefault(name, HostState(host=name))
@@ -152,8 +152,33 @@ def _record(
     tx.session.add(state)
 
 
+class Owners(dict[str, str]):
+    """Fingerprint -> owner for one batch, remembering each distinct content's key list.
+
+    Hosts with the same access hold the same content: ``_keys_of`` works it out once per
+    batch instead of once per file (thousands of files in a daemon round).
+    """
+
+    def __init__(self, owners: dict[str, str]) -> None:
+        super().__init__(owners)
+        self.keys_memo: dict[bytes, list[list[str | None]]] = {}
+
+
 def _keys_of(content: bytes, owners: dict[str, str]) -> list[list[str | None]]:
-    """(fingerprint, owner) of every key line; the owner is the registry's (None if unknown)."""
+    """(fingerprint, owner) of every key line; the owner is the registry's (None if unknown).
+
+    Worked out once per content for ``Owners``, and then shared: callers only store it
+    in ``host_state.files`` (serialised) or compare it, never change it.
+    """
+    if isinstance(owners, Owners):
+        found = owners.keys_memo.get(content)
+        if found is None:
+            found = owners.keys_memo[content] = _keys_of_content(content, owners)
+        return found
+    return _keys_of_content(content, owners)
+
+
+def _keys_of_content(content: bytes, owners: dict[str, str]) -> list[list[str | None]]:
     out: list[list[str | None]] = []
     for line in parse_cached(content):
         if line.key is None:
