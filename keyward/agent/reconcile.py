@@ -9,7 +9,7 @@ and checked.  A failing host never stops the others.  Hosts are reached through
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -118,6 +118,9 @@ class RunContext:
     collect: bool = False
     auth_positions: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     check_sshd: bool = False  # plan: warn about sshd settings keyward relies on
+    # Asked immediately before each write: (host, removal_only) -> None, or why not to
+    # write. The daemon's lease check when several daemons share a fleet.
+    fence: Callable[[str, bool], Awaitable[str | None]] | None = None
 
     @property
     def purge(self) -> frozenset[str]:
@@ -158,6 +161,12 @@ def files_of(host: Host, desired: dict[FileTarget, DesiredFile]) -> list[Desired
 async def _apply_file(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> FileResult:
     assert plan.new_content is not None
     log = ctx.log.bind(host=conn.host.name, account=plan.target.account, run_id=ctx.run_id)
+    if ctx.fence is not None:
+        # As late as possible: nothing but this check stands between it and the write.
+        removal_only = plan.action != "create" and all(c.action == "remove" for c in plan.changes)
+        refused = await ctx.fence(conn.host.name, removal_only)
+        if refused is not None:
+            return FileResult(plan, error=refused)
     reply = await conn.write(
         plan.target.account, plan.target.pattern, plan.new_content, plan.expect_sha256
     )

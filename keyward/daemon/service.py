@@ -12,6 +12,11 @@ Flow, each step reusing the one-shot agent's pieces:
 - every ``verify_interval`` (with jitter) all files of every host are read
   and synced, which catches hand edits;
 - a heartbeat row in the registry lets ``keyward status`` see the daemon.
+
+On PostgreSQL several daemons may share the fleet: each holds the hosts whose shard
+lease it holds (``keyward.daemon.cluster``) and asks the lease's fence before every
+write. On SQLite one daemon holds every host, and a second one is refused
+(``keyward.daemon.solo``).
 """
 
 from __future__ import annotations
@@ -45,9 +50,13 @@ from keyward.agent.reconcile import (
     sync_files,
 )
 from keyward.clock import Clock
+from keyward.daemon.cluster import Cluster
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
+from keyward.daemon.leases import FENCED
 from keyward.daemon.links import HostLink
+from keyward.daemon.membership import new_member_id
 from keyward.daemon.metrics import (
+    ClusterMetrics,
     Metrics,
     MetricsServer,
     address_of,
@@ -55,6 +64,8 @@ from keyward.daemon.metrics import (
     inherited_listener,
     parse_loopback,
 )
+from keyward.daemon.sharding import shard_of
+from keyward.daemon.solo import claim_sqlite
 from keyward.daemon.support import WriterLock, sd_notify
 from keyward.desired import DesiredFile, FileTarget
 from keyward.engine.inputs import (
@@ -124,6 +135,12 @@ def next_time_change(snapshot: RegistrySnapshot, now: datetime) -> datetime | No
     return min(moments) if moments else None
 
 
+def fenced(result: HostResult) -> bool:
+    """Whether the fence refused the host's writes and nothing of it was written."""
+    refused = any(f.error is not None and f.error.startswith(FENCED) for f in result.files)
+    return refused and not any(f.written for f in result.files)
+
+
 class Daemon:
     def __init__(
         self,
@@ -145,6 +162,9 @@ class Daemon:
         self.metrics_listening = False
         self.metrics_error: str | None = None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self.cluster: Cluster | None = None  # on PostgreSQL, from run()
+        self.owned: set[str] | None = None  # the hosts this daemon holds; None: all of them
+        self.solo_fd: int | None = None  # the SQLite daemon lock, held while running
         self.links: dict[str, HostLink] = {}
         self.inventory: Inventory | None = None
         self.inventory_hash = ""
@@ -160,7 +180,7 @@ class Daemon:
         self.reload = asyncio.Event()
         self.changed_snapshot = asyncio.Event()  # wakes the expiry timer after a recompute
         self.beat = asyncio.Event()  # write the heartbeat now (after a push or a connect)
-        self.lock = WriterLock(registry)
+        self.lock = WriterLock(registry, shared=registry.backend == "postgresql")
         self.inflight: set[asyncio.Task[Any]] = set()
         self.started_at = clock()
         self.last_push_at: datetime | None = None
@@ -187,13 +207,18 @@ class Daemon:
         self.inventory, self.creds, self.agent_key = inventory, creds, pub
         return True
 
-    def _sync_links(self) -> None:
+    def _owns(self, name: str) -> bool:
+        return self.owned is None or name in self.owned
+
+    def _sync_links(self) -> list[asyncio.Task[Any]]:
+        """Links for exactly the hosts held; the tasks that stop the others."""
         assert self.inventory is not None and self.creds is not None
-        wanted = {h.name: h for h in self.inventory.hosts()}
+        wanted = {h.name: h for h in self.inventory.hosts() if self._owns(h.name)}
+        stopping: list[asyncio.Task[Any]] = []
         for name in list(self.links):
             link = self.links[name]
             if name not in wanted or wanted[name] != link.host or link.connector is not self.creds:
-                self._track(link.stop())
+                stopping.append(self._track(self._let_go(link)))
                 del self.links[name]
                 self.confirmed = {t: s for t, s in self.confirmed.items() if t.host != name}
         for name, host in wanted.items():
@@ -209,6 +234,29 @@ class Daemon:
                 self.links[name] = link
                 link.start()
         self.metrics.hosts_total.set(len(self.links))
+        return stopping
+
+    async def _let_go(self, link: HostLink) -> None:
+        """Close a host's link once its in-flight sync is over (bounded by its timeout)."""
+        await link.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                async with link.busy:
+                    pass
+
+    async def set_owned(self, hosts: set[str]) -> None:
+        """Hold exactly ``hosts`` (the cluster's call); returns once the others are let go."""
+        added = hosts - (self.owned or set())
+        self.owned = set(hosts)
+        if self.inventory is None or self.creds is None:
+            return
+        stopping = self._sync_links()
+        if stopping:
+            await asyncio.gather(*stopping, return_exceptions=True)
+        self.log.info("hosts_held", hosts=len(hosts), added=len(added), let_go=len(stopping))
+        self.beat.set()
+        if added:
+            self.changed.set()  # their desired state is computed with the next round
 
     def _track(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -342,7 +390,7 @@ class Daemon:
         assert self.agent_key is not None
         snapshot, watch, committed_at = await asyncio.to_thread(self._read_state)
         now = self.clock()
-        hosts = self.inventory.hosts()
+        hosts = tuple(h for h in self.inventory.hosts() if self._owns(h.name))
         # Off the event loop: at thousands of hosts this takes a while, and keepalives,
         # heartbeats and other hosts' I/O must go on meanwhile.
         inputs = await asyncio.to_thread(
@@ -405,6 +453,8 @@ class Daemon:
             RoundSettings(collect=collect),
             self.auth_positions,
         )
+        if self.cluster is not None:
+            ctx = dataclasses.replace(ctx, fence=self.cluster.fence.check)
         await self.lock.acquire()
         try:
             tasks = [self._track(self._sync(link, files, ctx)) for link, files in work]
@@ -412,6 +462,9 @@ class Daemon:
         finally:
             await self.lock.release()
         self.confirmed_at = self.clock()  # every file of the round is read back by now
+        # A host whose writes the fence refused, with nothing written, is no longer this
+        # daemon's: its state is the new holder's to record, not ours.
+        results = [r for r in results if not fenced(r)]
         await self._record(inputs, ctx, results)
         return results
 
@@ -457,6 +510,13 @@ class Daemon:
             except (TimeoutError, *HOST_FAILURES) as exc:
                 link.broken(str(exc) or type(exc).__name__)
                 result = failed(link.host, started, ctx, exc)
+        if self.cluster is not None:
+            outcome = "fenced" if fenced(result) else "ok" if result.ok else "failed"
+            self.cluster.metrics.shard_pushes.labels(
+                shard=str(shard_of(link.host.name)), outcome=outcome
+            ).inc()
+            if outcome == "fenced":
+                self.cluster.metrics.fenced.inc()
         if result.ok:
             for f in result.files:
                 self.confirmed[f.plan.target] = (
@@ -479,7 +539,12 @@ class Daemon:
             return
         for target in [t for t in self.confirmed if t.host == link.host.name]:
             del self.confirmed[target]
-        await self._sync_many([(link, files_of(link.host, self.desired))], collect=True)
+        try:
+            files = files_of(link.host, self.desired)
+        except KeyError:
+            self.changed.set()  # newly held: its desired state comes with the next round
+            return
+        await self._sync_many([(link, files)], collect=True)
 
     async def verify(self) -> None:
         """Full verification: read every managed file over the open connections."""
@@ -639,7 +704,25 @@ class Daemon:
         self.stopping.set()
         self.changed.set()
 
+    def _join_cluster(self) -> None:
+        """On PostgreSQL: hold no host until the first lease round says which are ours."""
+        member = new_member_id()
+        self.instance = member
+        self.owned = set()
+        self.log = self.log.bind(member=member)
+        self.cluster = Cluster(
+            self.registry.engine,
+            member,
+            lambda: [h.name for h in self.inventory.hosts()] if self.inventory else [],
+            self.set_owned,
+            ClusterMetrics(self.metrics.registry, member),
+            self.log,
+        )
+
     async def run(self) -> int:
+        self.solo_fd = claim_sqlite(self.registry)  # a second daemon on SQLite stops here
+        if self.registry.backend == "postgresql":
+            self._join_cluster()
         if not self._load_inventory():
             raise UsageError(
                 f"the inventory in {self.inventory_dir} does not validate; "
@@ -672,6 +755,8 @@ class Daemon:
         ]
         if self.settings.metrics:
             workers.append(asyncio.create_task(self.serve_metrics()))
+        if self.cluster is not None:
+            workers.append(asyncio.create_task(self.cluster.run(self._sleep)))
         sd_notify("READY=1")
         await self.stopping.wait()
         # Finish what is in flight (writes are atomic on the hosts anyway), then close.
@@ -682,8 +767,12 @@ class Daemon:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
+        if self.cluster is not None:  # nothing is written any more: hand every host over
+            await self.cluster.leave()
         with contextlib.suppress(*REGISTRY_FAILURES):  # best effort on the way out
             await asyncio.to_thread(self._write_heartbeat, True)
         self.lock.close()
+        if self.solo_fd is not None:
+            os.close(self.solo_fd)
         self.log.info("daemon_stopped")
         return 0

@@ -41,8 +41,8 @@ class WriterLock:
     every later round waited for it forever.
     """
 
-    def __init__(self, registry: Registry) -> None:
-        self._lock = LockHandle(registry, DAEMON_HOLDER)
+    def __init__(self, registry: Registry, shared: bool = False) -> None:
+        self._lock = LockHandle(registry, DAEMON_HOLDER, shared)
         self._holders = 0
         self._steps = asyncio.Lock()
 
