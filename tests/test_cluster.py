@@ -306,3 +306,60 @@ def test_a_second_daemon_on_sqlite_is_refused(env: AgentEnv, tmp_path: Path) -> 
         wait_until(lambda: "daemon_started" in again.logs(), timeout=30, what="restart")
     finally:
         assert again.stop() == 0
+
+
+def test_postgresql_down_for_ten_seconds(
+    pg_server: PgServer, pg_env: AgentEnv, daemons: list[Proc], tmp_path: Path
+) -> None:
+    """The registry stops for 10 s (kept short to bound the test; the daemons' behaviour
+    does not change with the length): the daemons keep their SSH connections, a grant
+    that runs out during the outage is removed from every host, and a change made once
+    the registry is back reaches every host."""
+    from datetime import UTC, datetime, timedelta
+
+    env = pg_env
+    daemons += [Proc(env, tmp_path, n).start() for n in ("a", "b")]
+    fp = env.person_with_key("alice", "devops")
+    env.person_with_key("bob")
+    wait_until(lambda: on_every_host(env, "alice", True), timeout=60, what="alice's grant")
+    wait_until(lambda: all_held(env, daemons), timeout=30, what="every host held")
+    registry = Registry.open(env.kw.db_url)
+    try:
+        with registry.write("security") as tx:
+            until = datetime.now(UTC) + timedelta(seconds=4)
+            ops.grant_role(tx, "devops", "bob", "runs out during the outage", until)
+    finally:
+        registry.dispose()
+    wait_until(lambda: on_every_host(env, "bob", True), timeout=3, what="bob's grant")
+    marks = [len(d.logs()) for d in daemons]
+    pg_server.halt()
+    halted = time.monotonic()
+    try:
+        wait_until(
+            lambda: on_every_host(env, "bob", False), timeout=15, what="bob's grant running out"
+        )
+        expired_after = time.monotonic() - halted
+        assert on_every_host(env, "alice", True)
+        time.sleep(max(0.0, 10 - (time.monotonic() - halted)))
+        assert all(d.alive() for d in daemons)
+    finally:
+        pg_server.resume()
+    down = time.monotonic() - halted
+    during = [d.logs()[m:] for d, m in zip(daemons, marks, strict=True)]
+    assert any("registry_unavailable_enforcing_last_state" in text for text in during)
+    assert not any("host_disconnected" in text for text in during)  # connections kept
+    env.kw.ok("key", "revoke", fp, "--reason", "after the outage")
+    caught_up = wait_until(
+        lambda: on_every_host(env, "alice", False), timeout=30, what="revocation after"
+    )
+    wait_until(lambda: all_held(env, daemons), timeout=30, what="every host held again")
+    wait_until(lambda: env.kw("plan").code == 0, timeout=40, what="plan in sync")
+    assert env.kw.ok("audit", "verify").code == 0
+    removed = env.kw.ok("audit", "log", "--json", "--action", "host.remove").json()
+    assert {e["subject"] for e in removed if e["details"].get("person") == "bob"} == {
+        h.name for h in env.hosts
+    }, removed
+    print(
+        f"registry down {down:.1f} s; bob removed {expired_after:.1f} s into it; "
+        f"a revocation after it reached every host in {caught_up:.1f} s"
+    )

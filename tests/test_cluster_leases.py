@@ -66,13 +66,14 @@ def test_a_lease_is_taken_once_and_its_token_grows_with_each_holder(engine: obje
     assert a.acquire({1, 3}) == {1: 3, 3: 2}  # released: taken at once, next token
 
 
-def test_confirm_refuses_a_lease_that_ran_out_even_if_nobody_took_it(engine: object) -> None:
-    a = LeaseStore(engine, "a", ttl=0.3)
-    assert a.acquire({5}) == {5: 1}
-    assert a.confirm({5: 1}) == {5}
-    time.sleep(0.5)
-    assert a.confirm({5: 1}) == set()  # it may be another's by now: never written on
-    assert a.acquire({5}) == {5: 2}  # taken again, with a new token
+def test_a_lease_that_ran_out_is_confirmed_only_if_nobody_took_it(engine: object) -> None:
+    a, b = LeaseStore(engine, "a", ttl=0.3), LeaseStore(engine, "b", ttl=5)
+    assert a.acquire({5, 6}) == {5: 1, 6: 1}
+    time.sleep(0.5)  # both run out (a registry outage, a pause)
+    assert b.acquire({6}) == {6: 2}
+    assert a.confirm({5: 1, 6: 1}) == {5}  # 5: still a's, token unchanged; 6: b's now
+    assert b.acquire({5}) == {}  # and confirming renewed 5
+    assert a.acquire({5}) == {5: 2}  # taken again by a (a lost reply): a new token
 
 
 def test_the_fence_refuses_a_write_once_the_lease_is_another_daemons(engine: object) -> None:

@@ -60,6 +60,7 @@ class Cluster:
         self.live: list[str] = []
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()  # set after the first round that reached the registry
+        self.cut_off = False  # the last heartbeat did not reach the registry
 
     def hosts(self) -> set[str]:
         """The inventory hosts whose shard's lease this daemon holds."""
@@ -78,16 +79,25 @@ class Cluster:
             self.live = await asyncio.to_thread(self.membership.beat)
         except REGISTRY_FAILURES as exc:
             self.metrics.heartbeat_failures.inc()
-            self.log.warning("cluster_heartbeat_failed", error=first_line(exc))
+            if not self.cut_off:
+                self.log.warning("cluster_heartbeat_failed", error=first_line(exc))
+            self.cut_off = True
             return
+        # Back from an outage, the others' heartbeats may all look stale for a moment:
+        # renew what is held, but take nothing new until they had a round to beat.
+        returning, self.cut_off = self.cut_off, False
+        if returning:
+            self.log.info("cluster_heartbeat_restored", live=len(self.live))
         self.metrics.members_live.set(len(self.live))
         by_shard = shards_of_hosts(self.host_names())
         wanted = {s for s in by_shard if owner(s, self.live) == self.id}
         before = set(self.held)
         try:
-            await self._hand_over({s: t for s, t in self.held.items() if s not in wanted})
+            if not returning:
+                await self._hand_over({s: t for s, t in self.held.items() if s not in wanted})
             await self._renew()
-            await self._acquire(wanted - set(self.held))
+            if not returning:
+                await self._acquire(wanted - set(self.held))
         except REGISTRY_FAILURES as exc:
             self.log.warning("lease_round_failed", error=first_line(exc))
         self.fence.hold(self.held)

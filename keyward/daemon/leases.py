@@ -10,10 +10,11 @@ Holding a lease when the round started is not enough: a daemon can be paused (SI
 a stalled VM, a long garbage collection) or cut off from the database for longer than
 its lease, while another takes over. So :class:`Fence` is asked immediately before each
 file write. It confirms in the database, with one conditional ``UPDATE`` (``holder = me
-AND token = T AND expires_at > now``, which also extends the lease), that the lease is
-still this daemon's and has :data:`LEASE_TTL` seconds left, and lets writes start for at
-most :data:`MAX_TRUST` seconds (by the monotonic clock, which also runs while the process
-is stopped) after it sent that question. Concurrent writers share one confirmation.
+AND token = T``, which also extends the lease to :data:`LEASE_TTL` seconds from the
+database's now), that nobody took the lease since this daemon got it, and lets writes
+start for at most :data:`MAX_TRUST` seconds (by the monotonic clock, which also runs
+while the process is stopped) after it sent that question. Concurrent writers share
+one confirmation.
 
 The window that remains: a write that passed the check and is then delayed (the process
 paused, or the bytes stuck in the network) for longer than the lease's remaining time
@@ -24,9 +25,11 @@ if not, the new holder's first full sync of the host, which follows every takeov
 reads and corrects it.
 
 When the database cannot be reached at all, a write that only removes lines (an expiry,
-a revocation already known) is let through on the last lease this daemon held: every
-holder would make the same removal, and a removal never locks anyone in. A write that
-adds anything waits for the database.
+a revocation already known) is let through on the last lease this daemon held, so that
+expiries are enforced through a registry outage. Two writers are then possible, but a
+removal never grants access: at worst a daemon cut off from the registry removes a key
+that a newer state (which it cannot read) grants again, and the holder puts it back at
+its next sync. A write that adds anything waits for the database.
 """
 
 from __future__ import annotations
@@ -66,12 +69,13 @@ _RENEW = text(
     "WHERE holder = :me AND (shard, token) IN (SELECT * FROM unnest(:shards, :tokens)) "
     "RETURNING shard, token"
 ).bindparams(_SHARDS, _TOKENS)
-# Confirming also renews, but only a lease that has not run out: one that did may be
-# another daemon's by now even if it is not yet written down as such.
+# Confirming also renews. A lease that ran out but still names this daemon with the same
+# token was taken by nobody in between (taking it changes holder and token, and the row
+# lock orders the two statements), so it is renewed too: after a registry outage longer
+# than the lease, the daemons keep their hosts instead of reshuffling the whole fleet.
 _CONFIRM = text(
     "UPDATE shard_lease SET expires_at = clock_timestamp() + make_interval(secs => :ttl) "
     "WHERE holder = :me AND (shard, token) IN (SELECT * FROM unnest(:shards, :tokens)) "
-    "AND expires_at > clock_timestamp() "
     "RETURNING shard"
 ).bindparams(_SHARDS, _TOKENS)
 _RELEASE = text(
@@ -111,7 +115,7 @@ class LeaseStore:
             return {int(s): int(t) for s, t in rows}
 
     def confirm(self, held: Mapping[int, int]) -> set[int]:
-        """The shards whose lease is ours, with that token, and not run out (then renewed)."""
+        """The shards whose lease is still ours with that token (and renewed for ``ttl``)."""
         if not held:
             return set()
         with self.engine.begin() as conn:

@@ -165,6 +165,7 @@ class Daemon:
         self.cluster: Cluster | None = None  # on PostgreSQL, from run()
         self.owned: set[str] | None = None  # the hosts this daemon holds; None: all of them
         self.solo_fd: int | None = None  # the SQLite daemon lock, held while running
+        self.enforcing_last_state = False  # the registry is unreachable: last state in force
         self.links: dict[str, HostLink] = {}
         self.inventory: Inventory | None = None
         self.inventory_hash = ""
@@ -274,6 +275,31 @@ class Daemon:
                 select(AuditEvent.at).where(AuditEvent.seq == snapshot.head_seq)
             ).first()
         return snapshot, watch, last
+
+    async def _state(self) -> tuple[RegistrySnapshot, CaseWatch, datetime | None]:
+        """The registry's state now; while it cannot be read, the last one read.
+
+        Enforcing the last known state keeps expiries and grants' ``until`` working
+        through a registry outage (the state is recomputed at the moment). The changes
+        are recorded once the registry is back (``recorded-late``).
+        """
+        try:
+            state = await asyncio.to_thread(self._read_state)
+        except REGISTRY_FAILURES as exc:
+            if self.snapshot is None:
+                raise
+            if not self.enforcing_last_state:
+                self.enforcing_last_state = True
+                self.log.error(
+                    "registry_unavailable_enforcing_last_state",
+                    seq=self.snapshot.head_seq,
+                    error=first_line(exc),
+                )
+            return self.snapshot, self.watch, None
+        if self.enforcing_last_state:
+            self.enforcing_last_state = False
+            self.log.info("registry_available_again", seq=state[0].head_seq)
+        return state
 
     def _head(self) -> int:
         seq, _ = self.registry.head()
@@ -388,7 +414,7 @@ class Daemon:
         assert self.inventory is not None
         started = time.monotonic()
         assert self.agent_key is not None
-        snapshot, watch, committed_at = await asyncio.to_thread(self._read_state)
+        snapshot, watch, committed_at = await self._state()
         now = self.clock()
         hosts = tuple(h for h in self.inventory.hosts() if self._owns(h.name))
         # Off the event loop: at thousands of hosts this takes a while, and keepalives,
