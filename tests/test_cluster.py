@@ -41,8 +41,11 @@ pytestmark = [pytest.mark.fleet, pytest.mark.timeout(240)]
 class Proc:
     """One ``keyward daemon`` process acting as ``daemon-<name>``."""
 
-    def __init__(self, env: AgentEnv, tmp_path: Path, name: str, *args: str) -> None:
+    def __init__(
+        self, env: AgentEnv, tmp_path: Path, name: str, *args: str, skew: float = 0
+    ) -> None:
         self.env = env
+        self.skew = skew
         self.name = name
         self.actor = f"daemon-{name}"
         self.log = tmp_path / f"daemon-{name}.log"
@@ -56,6 +59,8 @@ class Proc:
             "KEYWARD_INVENTORY": self.env.kw.inventory,
             "KEYWARD_ACTOR": self.actor,
         }
+        if self.skew:
+            environ["KEYWARD_CLOCK_SKEW"] = str(self.skew)
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "keyward", "daemon", *self.args],
@@ -363,3 +368,50 @@ def test_postgresql_down_for_ten_seconds(
         f"registry down {down:.1f} s; bob removed {expired_after:.1f} s into it; "
         f"a revocation after it reached every host in {caught_up:.1f} s"
     )
+
+
+def grant_for(env: AgentEnv, who: str, seconds: float) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    registry = Registry.open(env.kw.db_url)
+    try:
+        with registry.write("security") as tx:
+            until = datetime.now(UTC) + timedelta(seconds=seconds)
+            ops.grant_role(tx, "devops", who, f"for {seconds} s", until)
+    finally:
+        registry.dispose()
+
+
+def test_daemons_whose_clocks_are_five_minutes_off(
+    pg_env: AgentEnv, daemons: list[Proc], tmp_path: Path
+) -> None:
+    """Membership, leases and expiries all go by the database's clock, so a daemon whose
+    own clock is 5 minutes off (``KEYWARD_CLOCK_SKEW``) neither removes an expiring key
+    minutes early or late, nor looks dead, nor takes another daemon's hosts."""
+    env = pg_env
+    env.person_with_key("alice", "devops")
+    for who in ("bob", "carol"):
+        env.person_with_key(who)
+    slow = Proc(env, tmp_path, "slow", skew=-300).start()
+    daemons.append(slow)
+    wait_until(lambda: all_held(env, daemons), timeout=30, what="the slow daemon holds all")
+    grant_for(env, "carol", 4)
+    wait_until(lambda: on_every_host(env, "carol", True), timeout=4, what="carol's grant")
+    gone = wait_until(lambda: on_every_host(env, "carol", False), timeout=15, what="expiry")
+    assert gone < 8, gone  # by its own clock the grant had 5 minutes left
+    assert slow.stop() == 0
+    daemons.remove(slow)
+
+    fast = Proc(env, tmp_path, "fast", skew=300).start()
+    daemons.append(fast)
+    wait_until(lambda: all_held(env, daemons), timeout=30, what="the fast daemon holds all")
+    grant_for(env, "bob", 120)  # over 3 minutes ago by the fast daemon's own clock
+    wait_until(lambda: on_every_host(env, "bob", True), timeout=10, what="bob's grant")
+
+    daemons.append(Proc(env, tmp_path, "slow2", skew=-300).start())
+    wait_until(lambda: all_held(env, daemons), timeout=30, what="both hold their share")
+    time.sleep(5)  # two heartbeats and more: nobody looks dead to the other
+    assert all_held(env, daemons)
+    assert all("lease_lost" not in d.logs() for d in daemons)
+    assert env.kw.ok("status", "--json").json()["cluster"]["live"] == 2
+    assert on_every_host(env, "bob", True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line
 from keyward.daemon.leases import LEASE_TTL, Fence, LeaseStore
-from keyward.daemon.membership import HEARTBEAT_EVERY, LIVE_WINDOW, Membership
+from keyward.daemon.membership import HEARTBEAT_EVERY, LIVE_WINDOW, DbClock, Membership
 from keyward.daemon.metrics import ClusterMetrics
 from keyward.daemon.sharding import owner, shard_of, shards_of_hosts
 
@@ -43,12 +43,13 @@ class Cluster:
         on_hosts: Callable[[set[str]], Awaitable[None]],
         metrics: ClusterMetrics,
         log: Any,
+        clock: DbClock | None = None,
         heartbeat_every: float = HEARTBEAT_EVERY,
         live_window: float = LIVE_WINDOW,
         lease_ttl: float = LEASE_TTL,
     ) -> None:
         self.id = member_id
-        self.membership = Membership(engine, member_id, live_window)
+        self.membership = Membership(engine, member_id, live_window, clock)
         self.leases = LeaseStore(engine, member_id, lease_ttl)
         self.host_names = host_names
         self.on_hosts = on_hosts

@@ -7,6 +7,10 @@ than :data:`LIVE_WINDOW` seconds old. Both times are the database's
 minutes neither looks dead to the others nor sees them as dead. The database server's
 clock is the one clock of the fleet.
 
+The daemons also compute expiries by the database's clock (:class:`DbClock`, corrected at
+every heartbeat): two daemons whose clocks disagree would otherwise remove an expiring
+key from their hosts minutes apart, or one of them keep pushing it.
+
 A daemon that stops cleanly marks its row stopped, so the others take its hosts at their
 next heartbeat instead of waiting out the window. Rows of daemons gone for a day are
 deleted by the survivors' heartbeats.
@@ -17,11 +21,14 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
+
+from keyward.clock import Clock
 
 HEARTBEAT_EVERY = 2.0  # seconds between heartbeats (and lease renewals)
 LIVE_WINDOW = 10.0  # seconds without a heartbeat before a member counts as gone
@@ -60,6 +67,7 @@ _FORGET = text(
     "DELETE FROM daemon_member "
     "WHERE heartbeat_at < clock_timestamp() - make_interval(secs => :forget)"
 )
+_NOW = text("SELECT clock_timestamp()")
 _LEAVE = text("UPDATE daemon_member SET stopped_at = clock_timestamp() WHERE id = :id")
 _ALL = text(
     "SELECT id, hostname, pid, started_at, heartbeat_at, stopped_at, "
@@ -70,14 +78,31 @@ _ALL = text(
 class Membership:
     """This daemon's row: heartbeats, and the live members as the database sees them."""
 
-    def __init__(self, engine: Any, member_id: str, live_window: float = LIVE_WINDOW) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        member_id: str,
+        live_window: float = LIVE_WINDOW,
+        clock: DbClock | None = None,
+    ) -> None:
         self.engine = engine
         self.id = member_id
         self.live_window = live_window
+        self.clock = clock
 
     def beat(self) -> list[str]:
-        """Write the heartbeat (creating the row if needed); the live members, this one too."""
+        """Write the heartbeat (creating the row if needed); the live members, this one too.
+
+        Also sets the :class:`DbClock`'s offset, from the database's time at the middle of
+        the round trip.
+        """
         with self.engine.begin() as conn:
+            if self.clock is not None:
+                sent = time.monotonic()
+                local = self.clock.base()
+                db_now = conn.execute(_NOW).scalar_one()
+                half = timedelta(seconds=(time.monotonic() - sent) / 2)
+                self.clock.offset = db_now - (local + half)
             conn.execute(
                 _UPSERT,
                 {"id": self.id, "hostname": socket.gethostname()[:255], "pid": os.getpid()},
@@ -90,6 +115,20 @@ class Membership:
         """Mark this daemon stopped, so the others need not wait out the window."""
         with self.engine.begin() as conn:
             conn.execute(_LEAVE, {"id": self.id})
+
+
+class DbClock:
+    """A clock that reads the local one and adds how far it is off the database's.
+
+    Until the first heartbeat the offset is zero (the local clock).
+    """
+
+    def __init__(self, base: Clock) -> None:
+        self.base = base
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return self.base() + self.offset
 
 
 def members(conn: Any, live_window: float = LIVE_WINDOW) -> list[Member]:

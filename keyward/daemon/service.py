@@ -54,7 +54,7 @@ from keyward.daemon.cluster import Cluster
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
 from keyward.daemon.leases import FENCED
 from keyward.daemon.links import HostLink
-from keyward.daemon.membership import new_member_id
+from keyward.daemon.membership import DbClock, new_member_id
 from keyward.daemon.metrics import (
     ClusterMetrics,
     Metrics,
@@ -731,7 +731,13 @@ class Daemon:
         self.changed.set()
 
     def _join_cluster(self) -> None:
-        """On PostgreSQL: hold no host until the first lease round says which are ours."""
+        """On PostgreSQL: hold no host until the first lease round says which are ours.
+
+        From here on the daemon's clock is the database's (corrected at each heartbeat),
+        for expiries and for its records alike: daemons of one fleet agree on the time.
+        """
+        clock = DbClock(self.clock)
+        self.clock = self.registry.clock = clock
         member = new_member_id()
         self.instance = member
         self.owned = set()
@@ -743,6 +749,7 @@ class Daemon:
             self.set_owned,
             ClusterMetrics(self.metrics.registry, member),
             self.log,
+            clock,
         )
 
     async def run(self) -> int:
