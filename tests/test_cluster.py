@@ -114,6 +114,39 @@ def daemons(pg_env: AgentEnv, tmp_path: Path) -> Iterator[list[Proc]]:
         proc.stop(signal.SIGKILL)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The daemon's /metrics as series -> value (comments left out)."""
+    import urllib.request
+
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    text = ""
+    deadline = time.monotonic() + 20
+    while not text:
+        try:
+            text = fetch()
+        except OSError:
+            assert time.monotonic() < deadline, "metrics never served"
+            time.sleep(0.3)
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
 def blob(env: AgentEnv, who: str) -> str:
     return env.pub(who).read_text().split()[1]
 
@@ -220,7 +253,13 @@ def test_three_daemons_revocation_and_status(
     pg_env: AgentEnv, daemons: list[Proc], tmp_path: Path
 ) -> None:
     env = pg_env
-    daemons += [Proc(env, tmp_path, n).start() for n in ("a", "b", "c")]
+    port = free_port()
+    daemons.append(
+        Proc(env, tmp_path, "a", "--verify-interval", "20", "--metrics", f"127.0.0.1:{port}")
+    )
+    daemons += [Proc(env, tmp_path, n) for n in ("b", "c")]
+    for d in daemons:
+        d.start()
     people = ("alice", "carol", "dave")
     fingerprints = {p: env.person_with_key(p, "devops") for p in people}
     for p in people:
@@ -240,6 +279,12 @@ def test_three_daemons_revocation_and_status(
             time.sleep(0.02)
         figures.append(time.monotonic() - committed)
     print(f"revocation on every host with three daemons: {[round(f, 2) for f in figures]} s")
+    metrics = scrape(port)
+    assert metrics["keyward_cluster_members_live"] == 3
+    held = [k for k in metrics if k.startswith("keyward_shard_hosts{")]
+    assert len(held) == metrics["keyward_cluster_shards_held"]
+    assert sum(metrics[k] for k in held) == metrics["keyward_hosts"]
+    assert any(k.startswith("keyward_cluster_member_info{") for k in metrics)
     assert sorted(figures)[1] < 5.0, figures  # the median; about a second on an idle machine
 
 

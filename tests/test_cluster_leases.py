@@ -18,6 +18,7 @@ import pytest
 from keyward.daemon.leases import NOT_HELD, Fence, LeaseStore
 from keyward.daemon.membership import Membership, members
 from keyward.registry.store import Registry
+from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward
 from tests.pgserver import PgServer
 
@@ -111,3 +112,54 @@ def test_membership_by_the_databases_clock(engine: object) -> None:
     assert rows["a"].live and not rows["b"].live
     assert rows["b"].stopped_at is not None
     assert b.beat() == ["a", "b"]  # a restarted member is live again
+
+
+def test_a_write_planned_under_a_lost_lease_never_reaches_the_host(
+    env: AgentEnv, engine: object
+) -> None:
+    """The round is planned while the lease is held; by the time of the write another
+    daemon holds it: the fence, asked immediately before the write, refuses, and the
+    real host's file is left as it was. The new holder's write goes through."""
+    import dataclasses
+
+    from keyward.agent.reconcile import reconcile_host
+    from keyward.clock import system_clock
+    from keyward.daemon.sharding import shard_of
+    from keyward.engine.inputs import checked_credentials, load_inputs
+    from keyward.engine.round import RoundSettings, host_context
+
+    env.person_with_key("alice", "devops")
+    host = env.hosts[0]
+    path = env.file(host, env.deploy)
+    before = path.read_bytes() if path.exists() else None
+    registry = Registry.open(env.kw.db_url)
+    try:
+        inputs = load_inputs(registry, system_clock, env.inventory, None, host.name)
+    finally:
+        registry.dispose()
+    creds = checked_credentials(inputs.inventory, inputs.agent_key)
+    ctx = host_context(inputs, creds, system_clock, "dtest", {}, RoundSettings(collect=False), {})
+    shard = shard_of(host.name)
+    a, b = LeaseStore(engine, "a", ttl=0.3), LeaseStore(engine, "b", ttl=30)
+    log = Log()
+    fence_a = Fence(a.confirm, shard_of, lambda s, t: None, log)
+    fence_a.hold(a.acquire({shard}))
+    time.sleep(0.5)  # a is paused past its lease ...
+    assert b.acquire({shard}) == {shard: 2}  # ... and b takes the host over
+    [inventory_host] = inputs.hosts
+    stale = asyncio.run(
+        reconcile_host(inventory_host, dataclasses.replace(ctx, fence=fence_a.check))
+    )
+    assert not stale.ok and not any(f.written for f in stale.files)
+    assert {f.error for f in stale.files if f.error} == {NOT_HELD}
+    assert (path.read_bytes() if path.exists() else None) == before
+    assert not env.can_login(host, env.deploy, "alice")
+    assert "write_fenced" in log.names()
+
+    fence_b = Fence(b.confirm, shard_of, lambda s, t: None, Log())
+    fence_b.hold({shard: 2})
+    fresh = asyncio.run(
+        reconcile_host(inventory_host, dataclasses.replace(ctx, fence=fence_b.check))
+    )
+    assert fresh.ok and any(f.written for f in fresh.files)
+    assert env.can_login(host, env.deploy, "alice")
