@@ -285,6 +285,18 @@ def test_three_daemons_revocation_and_status(
     assert len(held) == metrics["keyward_cluster_shards_held"]
     assert sum(metrics[k] for k in held) == metrics["keyward_hosts"]
     assert any(k.startswith("keyward_cluster_member_info{") for k in metrics)
+
+    # A clean stop hands the hosts over at once, without waiting for the lease to run out.
+    held = holders(env)
+    leaving = next(d for d in daemons if d.pid in held.values())
+    stopped = time.monotonic()
+    assert leaving.stop() == 0
+    daemons.remove(leaving)
+    wait_until(lambda: all_held(env, daemons), timeout=20, what="hand-over after SIGTERM")
+    handed_over = time.monotonic() - stopped
+    print(f"hosts handed over {handed_over:.1f} s after SIGTERM")
+    assert handed_over < 8, handed_over  # the others' next heartbeat, not the 10 s lease
+    daemons.append(leaving)  # the fixture reaps it
     assert sorted(figures)[1] < 5.0, figures  # the median; about a second on an idle machine
 
 

@@ -17,6 +17,7 @@ makes the newcomer wait until the old holder let go or its lease ran out.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 
@@ -27,6 +28,7 @@ def _hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked for every host at every heartbeat
 def shard_of(host: str, shards: int = SHARDS) -> int:
     """The shard a host name falls into, ``0 <= shard < shards``."""
     return _hash64(b"host\0" + host.encode()) % shards
