@@ -50,6 +50,7 @@ from keyward.agent.reconcile import (
     sync_files,
 )
 from keyward.clock import Clock
+from keyward.daemon.backlog import Backlog
 from keyward.daemon.cluster import Cluster
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
 from keyward.daemon.leases import FENCED
@@ -166,6 +167,7 @@ class Daemon:
         self.owned: set[str] | None = None  # the hosts this daemon holds; None: all of them
         self.solo_fd: int | None = None  # the SQLite daemon lock, held while running
         self.enforcing_last_state = False  # the registry is unreachable: last state in force
+        self.backlog = Backlog(self.log)  # rounds the registry did not take, recorded later
         self.links: dict[str, HostLink] = {}
         self.inventory: Inventory | None = None
         self.inventory_hash = ""
@@ -499,10 +501,14 @@ class Daemon:
     ) -> None:
         """The engine's recorder, one transaction for the whole round (one disk sync).
 
-        The daemon does not wait for a registry that refuses: the next verification pass
-        records the changes late (``recorded-late``). Read positions advance only for the
-        hosts whose logins were stored.
+        The daemon does not wait for a registry that refuses: it keeps the round in its
+        backlog and records it, before anything newer, once the registry is back
+        (``keyward.daemon.backlog``). Read positions advance only for the hosts whose
+        logins were stored.
         """
+        if not await self.backlog.flush(self._plain_recorder):
+            self.backlog.keep(ctx.run_id, results)
+            return
         recorder = Recorder(
             self.registry,
             self.actor,
@@ -513,6 +519,7 @@ class Daemon:
             LoginSink.of(inputs),
         )
         await asyncio.to_thread(recorder.record, results)
+        self.backlog.keep(ctx.run_id, recorder.unrecorded)
         for result in recorder.logins_stored:
             assert result.auth is not None and result.auth.position is not None
             self.auth_positions[result.host.name] = result.auth.position
@@ -522,6 +529,10 @@ class Daemon:
             await asyncio.to_thread(recorder.notify, inputs.inventory.policy.alert_command)
         except KeywardError as exc:
             self.log.error("logins_record_failed", hosts=len(results), error=exc.message)
+
+    def _plain_recorder(self, run_id: str) -> Recorder:
+        """A recorder for a round kept in the backlog (its logins are not kept)."""
+        return Recorder(self.registry, self.actor, self.clock, run_id, tuple(self.watch), self.log)
 
     async def _sync(self, link: HostLink, files: list[DesiredFile], ctx: RunContext) -> HostResult:
         async with link.busy:
@@ -643,6 +654,9 @@ class Daemon:
                 await asyncio.to_thread(self._write_heartbeat)
             except REGISTRY_FAILURES as exc:
                 self.log.warning("heartbeat_failed", error=first_line(exc))
+            else:
+                if len(self.backlog):  # the registry is back: record what it missed
+                    await self.backlog.flush(self._plain_recorder)
             connected = sum(1 for x in self.links.values() if x.connected)
             state = f"connected {connected}/{len(self.links)} hosts"
             if self.metrics_error is not None:
@@ -742,6 +756,7 @@ class Daemon:
         self.instance = member
         self.owned = set()
         self.log = self.log.bind(member=member)
+        self.backlog = Backlog(self.log)
         self.cluster = Cluster(
             self.registry.engine,
             member,
