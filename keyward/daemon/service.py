@@ -282,8 +282,8 @@ class Daemon:
         """The registry's state now; while it cannot be read, the last one read.
 
         Enforcing the last known state keeps expiries and grants' ``until`` working
-        through a registry outage (the state is recomputed at the moment). The changes
-        are recorded once the registry is back (``recorded-late``).
+        through a registry outage (the state is recomputed at the moment). The rounds
+        are recorded once the registry is back (``keyward.daemon.backlog``).
         """
         try:
             state = await asyncio.to_thread(self._read_state)
