@@ -33,7 +33,12 @@ from keyward.daemon.sharding import owner, shard_of, shards_of_hosts
 
 
 class Cluster:
-    """The coordinator; ``on_hosts(hosts)`` makes the daemon hold exactly ``hosts``."""
+    """The coordinator.
+
+    ``on_hosts(hosts)`` makes the daemon hold exactly ``hosts`` (it returns at once,
+    closing the others' links in the background); ``let_go(names)`` returns once those
+    hosts' links are closed and their in-flight syncs over.
+    """
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class Cluster:
         member_id: str,
         host_names: Callable[[], list[str]],
         on_hosts: Callable[[set[str]], Awaitable[None]],
+        let_go: Callable[[set[str]], Awaitable[None]],
         metrics: ClusterMetrics,
         log: Any,
         clock: DbClock | None = None,
@@ -53,6 +59,7 @@ class Cluster:
         self.leases = LeaseStore(engine, member_id, lease_ttl)
         self.host_names = host_names
         self.on_hosts = on_hosts
+        self.let_go = let_go
         self.metrics = metrics
         self.log = log.bind(member=member_id)
         self.heartbeat_every = heartbeat_every
@@ -62,6 +69,7 @@ class Cluster:
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()  # set after the first round that reached the registry
         self.cut_off = False  # the last heartbeat did not reach the registry
+        self.handing_over: set[asyncio.Task[None]] = set()
 
     def hosts(self) -> set[str]:
         """The inventory hosts whose shard's lease this daemon holds."""
@@ -111,14 +119,30 @@ class Cluster:
         self.ready.set()
 
     async def _hand_over(self, going: Mapping[int, int]) -> None:
+        """Stop writing ``going`` now; let the leases go once their hosts are let go.
+
+        The wait for in-flight syncs (a stuck host can hold one for minutes) runs on its
+        own, so that the rounds go on renewing the other leases meanwhile; until the
+        release, the shards' new owner waits (at most until the leases run out).
+        """
         if not going:
             return
         self.fence.drop(going)  # no write starts on them from now on
         for shard in going:
             del self.held[shard]
             self.metrics.forget_shard(shard)
-        await self.on_hosts(self.hosts())  # returns once their in-flight syncs are done
-        await asyncio.to_thread(self.leases.release, going)
+        task = asyncio.create_task(self._release_when_let_go(dict(going)))
+        self.handing_over.add(task)
+        task.add_done_callback(self.handing_over.discard)
+
+    async def _release_when_let_go(self, going: dict[int, int]) -> None:
+        await self.on_hosts(self.hosts())
+        await self.let_go({h for h in self.host_names() if shard_of(h) in going})
+        try:
+            await asyncio.to_thread(self.leases.release, going)
+        except REGISTRY_FAILURES as exc:  # they run out by themselves
+            self.log.warning("lease_release_failed", shards=len(going), error=first_line(exc))
+            return
         self.metrics.released.inc(len(going))
         self.log.info("lease_released", shards=len(going), live=len(self.live))
 
@@ -158,6 +182,8 @@ class Cluster:
         """On a clean stop: let every lease go and mark this member stopped."""
         held, self.held = dict(self.held), {}
         self.fence.drop(held)
+        if self.handing_over:  # the links are closed by now: these finish at once
+            await asyncio.wait(self.handing_over, timeout=5)
         try:
             await asyncio.to_thread(self.leases.release, held)
             await asyncio.to_thread(self.membership.leave)

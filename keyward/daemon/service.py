@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -169,6 +170,7 @@ class Daemon:
         self.enforcing_last_state = False  # the registry is unreachable: last state in force
         self.backlog = Backlog(self.log)  # rounds the registry did not take, recorded later
         self.links: dict[str, HostLink] = {}
+        self.letting_go: dict[str, asyncio.Task[Any]] = {}  # host -> its link's closing
         self.inventory: Inventory | None = None
         self.inventory_hash = ""
         self.creds: Credentials | None = None
@@ -221,7 +223,10 @@ class Daemon:
         for name in list(self.links):
             link = self.links[name]
             if name not in wanted or wanted[name] != link.host or link.connector is not self.creds:
-                stopping.append(self._track(self._let_go(link)))
+                task = self._track(self._let_go(link))
+                stopping.append(task)
+                self.letting_go[name] = task
+                task.add_done_callback(functools.partial(self._let_go_done, name))
                 del self.links[name]
                 self.confirmed = {t: s for t, s in self.confirmed.items() if t.host != name}
         for name, host in wanted.items():
@@ -239,6 +244,10 @@ class Daemon:
         self.metrics.hosts_total.set(len(self.links))
         return stopping
 
+    def _let_go_done(self, name: str, task: asyncio.Task[Any]) -> None:
+        if self.letting_go.get(name) is task:
+            del self.letting_go[name]
+
     async def _let_go(self, link: HostLink) -> None:
         """Close a host's link once its in-flight sync is over (bounded by its timeout)."""
         await link.stop()
@@ -248,18 +257,23 @@ class Daemon:
                     pass
 
     async def set_owned(self, hosts: set[str]) -> None:
-        """Hold exactly ``hosts`` (the cluster's call); returns once the others are let go."""
+        """Hold exactly ``hosts`` (the cluster's call); the others are let go in the
+        background (:meth:`wait_let_go`)."""
         added = hosts - (self.owned or set())
         self.owned = set(hosts)
         if self.inventory is None or self.creds is None:
             return
         stopping = self._sync_links()
-        if stopping:
-            await asyncio.gather(*stopping, return_exceptions=True)
         self.log.info("hosts_held", hosts=len(hosts), added=len(added), let_go=len(stopping))
         self.beat.set()
         if added:
             self.changed.set()  # their desired state is computed with the next round
+
+    async def wait_let_go(self, names: set[str]) -> None:
+        """Return once these hosts' links are closed and their in-flight syncs over."""
+        tasks = [self.letting_go[n] for n in names if n in self.letting_go]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _track(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -762,6 +776,7 @@ class Daemon:
             member,
             lambda: [h.name for h in self.inventory.hosts()] if self.inventory else [],
             self.set_owned,
+            self.wait_let_go,
             ClusterMetrics(self.metrics.registry, member),
             self.log,
             clock,
