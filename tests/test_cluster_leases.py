@@ -17,6 +17,7 @@ import pytest
 
 from keyward.daemon.leases import NOT_HELD, Fence, LeaseStore
 from keyward.daemon.membership import Membership, members
+from keyward.registry import ops
 from keyward.registry.store import Registry
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward
@@ -163,3 +164,32 @@ def test_a_write_planned_under_a_lost_lease_never_reaches_the_host(
     )
     assert fresh.ok and any(f.written for f in fresh.files)
     assert env.can_login(host, env.deploy, "alice")
+
+
+def test_a_registry_write_left_open_by_a_paused_daemon_is_ended(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """A daemon stopped in the middle of a registry transaction holds the audit chain's
+    lock; PostgreSQL ends its session after the limit, and the others write again."""
+    from keyward.daemon.cluster import limit_idle_transactions
+    from keyward.errors import KeywardError
+
+    name = "kw_" + uuid.uuid4().hex[:12]
+    url = pg_server.create_database(name)
+    Keyward(url, str(tmp_path / "no-inventory")).ok("init")
+    paused, other = Registry.open(url), Registry.open(url)
+    try:
+        limit_idle_transactions(paused.engine, 1000)
+        write = paused.write("keyward-daemon")
+        write.__enter__()  # holds the chain head FOR UPDATE ... and is paused here
+        started = time.monotonic()
+        with other.write("admin") as tx:
+            ops.add_person(tx, "bob", "Bob", None)
+        waited = time.monotonic() - started
+        assert 0.5 < waited < 10, waited
+        with pytest.raises(KeywardError):  # resumed: its transaction is gone
+            write.__exit__(None, None, None)
+    finally:
+        paused.dispose()
+        other.dispose()
+        pg_server.drop_database(name)

@@ -31,6 +31,32 @@ from keyward.daemon.membership import HEARTBEAT_EVERY, LIVE_WINDOW, DbClock, Mem
 from keyward.daemon.metrics import ClusterMetrics
 from keyward.daemon.sharding import owner, shard_of, shards_of_hosts
 
+IDLE_IN_TRANSACTION_MS = 15_000
+
+
+def limit_idle_transactions(engine: Any, limit_ms: int = IDLE_IN_TRANSACTION_MS) -> None:
+    """Have PostgreSQL end this daemon's sessions that sit in a transaction doing nothing.
+
+    A daemon paused (or cut off) in the middle of a registry transaction, say while
+    recording a round, would otherwise hold the audit chain's lock for as long as it is
+    paused, and every registry write of every other daemon and administrator would wait
+    for it. With this setting the server ends such a session after ``limit_ms``: the
+    locks go, the paused daemon's transaction fails when it resumes, and its round is
+    recorded from its backlog. Applies to connections opened from now on.
+    """
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {int(limit_ms)}")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections opened before (start-up checks) are not reused
+
 
 class Cluster:
     """The coordinator.

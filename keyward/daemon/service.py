@@ -52,7 +52,7 @@ from keyward.agent.reconcile import (
 )
 from keyward.clock import Clock
 from keyward.daemon.backlog import Backlog
-from keyward.daemon.cluster import Cluster
+from keyward.daemon.cluster import Cluster, limit_idle_transactions
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
 from keyward.daemon.leases import FENCED
 from keyward.daemon.links import HostLink
@@ -764,6 +764,7 @@ class Daemon:
         From here on the daemon's clock is the database's (corrected at each heartbeat),
         for expiries and for its records alike: daemons of one fleet agree on the time.
         """
+        limit_idle_transactions(self.registry.engine)
         clock = DbClock(self.clock)
         self.clock = self.registry.clock = clock
         member = new_member_id()
