@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 
 
 def system_clock() -> datetime:
-    """Now, in UTC.  ``KEYWARD_NOW`` (ISO 8601) overrides it, for tests and drills."""
+    """Now, in UTC.  ``KEYWARD_NOW`` (ISO 8601) overrides it, for tests and drills;
+    ``KEYWARD_CLOCK_SKEW`` (seconds, may be negative) plays a machine whose clock is off."""
     fixed = os.environ.get("KEYWARD_NOW")
     if fixed:
         return parse_utc(fixed)
+    skew = os.environ.get("KEYWARD_CLOCK_SKEW")
+    if skew:
+        return datetime.now(UTC) + timedelta(seconds=float(skew))
     return datetime.now(UTC)
 
 

@@ -105,6 +105,7 @@ class PgServer:
         self._external = False
         self._bindir: Path | None = None
         self._started = False
+        self._options = ""  # the server's -o settings, for resume()
 
     def __enter__(self) -> PgServer:
         self.start()
@@ -203,6 +204,7 @@ class PgServer:
                     "-c max_connections=200",
                 ]
             )
+            self._options = options
             try:
                 self._run(
                     [
@@ -244,6 +246,24 @@ class PgServer:
         self._started = False
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
+
+    def halt(self) -> None:
+        """Stop the server (fast: sessions are ended) and keep its data, for :meth:`resume`."""
+        assert not self._external and self._bindir is not None
+        self._run(
+            [str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+            "pg_ctl stop",
+        )
+
+    def resume(self) -> None:
+        """Start the halted server again, on the same port with the same settings."""
+        assert self._bindir is not None and self.dir is not None
+        self._run(
+            [str(self._bindir / "pg_ctl"), "-D", str(self.data_dir), "-l",
+             str(self.dir / "postgres.log"), "-w", "-t", str(START_TIMEOUT), "-o",
+             self._options, "start"],
+            "pg_ctl start",
+        )  # fmt: skip
 
     def postmaster_pid(self) -> int | None:
         """The running postmaster's pid (None for an external server)."""

@@ -9,7 +9,7 @@ and checked.  A failing host never stops the others.  Hosts are reached through
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -119,6 +119,9 @@ class RunContext:
     collect: bool = False
     auth_positions: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     check_sshd: bool = False  # plan: warn about sshd settings keyward relies on
+    # Asked immediately before each write: (host, removal_only) -> None, or why not to
+    # write. The daemon's lease check when several daemons share a fleet.
+    fence: Callable[[str, bool], Awaitable[str | None]] | None = None
 
     @property
     def purge(self) -> frozenset[str]:
@@ -156,8 +159,24 @@ def files_of(host: Host, desired: dict[FileTarget, DesiredFile]) -> list[Desired
     ]
 
 
+async def _fenced(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> FileResult | None:
+    """The fence's refusal of this write (``RunContext.fence``), or None to go ahead.
+
+    Every write path asks it immediately before ``conn.write``: nothing but this check
+    may stand between it and the write.
+    """
+    if ctx.fence is None:
+        return None
+    removal_only = plan.action != "create" and all(c.action == "remove" for c in plan.changes)
+    refused = await ctx.fence(conn.host.name, removal_only)
+    return None if refused is None else FileResult(plan, error=refused)
+
+
 async def _apply_file(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> FileResult:
     assert plan.new_content is not None
+    refused = await _fenced(conn, plan, ctx)
+    if refused is not None:
+        return refused
     reply = await conn.write(
         plan.target.account, plan.target.pattern, plan.new_content, plan.expect_sha256
     )
@@ -260,6 +279,10 @@ async def sync_known(
             done.append(FileResult(file_plan))
             continue
         assert file_plan.new_content is not None
+        fenced = await _fenced(conn, file_plan, ctx)
+        if fenced is not None:
+            done.append(fenced)
+            continue
         reply = await conn.write(
             d.target.account, d.target.pattern, file_plan.new_content, file_plan.expect_sha256
         )

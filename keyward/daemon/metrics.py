@@ -66,6 +66,72 @@ class Metrics:
         )
 
 
+class ClusterMetrics:
+    """Per daemon and per shard, when several daemons share a fleet (PostgreSQL).
+
+    Every daemon serves its own endpoint, so each series is this daemon's; ``member``
+    on ``keyward_cluster_member_info`` says which daemon it is. Per-shard series exist
+    only for the shards this daemon holds (at most a few hundred, of 1,024).
+    """
+
+    def __init__(self, registry: CollectorRegistry, member: str) -> None:
+        info = Gauge(
+            "keyward_cluster_member_info",
+            "This daemon's member id (always 1)",
+            ["member"],
+            registry=registry,
+        )
+        info.labels(member=member).set(1)
+        self.members_live = Gauge(
+            "keyward_cluster_members_live", "Live daemons, as this one sees them", registry=registry
+        )
+        self.shards_held = Gauge(
+            "keyward_cluster_shards_held", "Shards whose lease this daemon holds", registry=registry
+        )
+        self.shard_hosts = Gauge(
+            "keyward_shard_hosts",
+            "Hosts in a shard this daemon holds",
+            ["shard"],
+            registry=registry,
+        )
+        self.shard_token = Gauge(
+            "keyward_shard_lease_token",
+            "Fencing token of a lease this daemon holds",
+            ["shard"],
+            registry=registry,
+        )
+        self.shard_pushes = Counter(
+            "keyward_shard_host_syncs",
+            "Host syncs in a shard this daemon holds, by outcome",
+            ["shard", "outcome"],
+            registry=registry,
+        )
+        self.acquired = Counter("keyward_lease_acquired", "Shard leases taken", registry=registry)
+        self.lost = Counter(
+            "keyward_lease_lost",
+            "Shard leases found lost (taken over or expired)",
+            registry=registry,
+        )
+        self.released = Counter(
+            "keyward_lease_released", "Shard leases handed over", registry=registry
+        )
+        self.fenced = Counter(
+            "keyward_writes_fenced",
+            "File writes not made because the lease was not confirmed",
+            registry=registry,
+        )
+        self.heartbeat_failures = Counter(
+            "keyward_cluster_heartbeat_failures",
+            "Heartbeats the registry did not take",
+            registry=registry,
+        )
+
+    def forget_shard(self, shard: int) -> None:
+        for gauge in (self.shard_hosts, self.shard_token):
+            with contextlib.suppress(KeyError):
+                gauge.remove(str(shard))
+
+
 def parse_loopback(address: str) -> tuple[str, int]:
     """``127.0.0.1:9464`` -> (host, port); anything but a loopback address is refused."""
     host, sep, port_text = address.rpartition(":")

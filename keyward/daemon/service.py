@@ -15,6 +15,11 @@ Flow, each step reusing the one-shot agent's pieces:
 - with ``[directory] sync_interval``, the directory sync of ``keyward directory sync``
   runs on that schedule (``keyward.engine.directory_sync``: the same guard, alert and
   offboarding round), so a leaver loses access without anyone running a command.
+
+On PostgreSQL several daemons may share the fleet: each holds the hosts whose shard
+lease it holds (``keyward.daemon.cluster``) and asks the lease's fence before every
+write. On SQLite one daemon holds every host, and a second one is refused
+(``keyward.daemon.solo``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -49,9 +55,14 @@ from keyward.agent.reconcile import (
     sync_known,
 )
 from keyward.clock import Clock
+from keyward.daemon.backlog import Backlog
+from keyward.daemon.cluster import Cluster, limit_idle_transactions
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
+from keyward.daemon.leases import FENCED
 from keyward.daemon.links import HostLink
+from keyward.daemon.membership import DbClock, new_member_id
 from keyward.daemon.metrics import (
+    ClusterMetrics,
     Metrics,
     MetricsServer,
     address_of,
@@ -59,6 +70,8 @@ from keyward.daemon.metrics import (
     inherited_listener,
     parse_loopback,
 )
+from keyward.daemon.sharding import shard_of
+from keyward.daemon.solo import claim_sqlite
 from keyward.daemon.support import WriterLock, sd_notify
 from keyward.desired import DesiredFile, FileTarget
 from keyward.engine.inputs import (
@@ -128,6 +141,12 @@ def next_time_change(snapshot: RegistrySnapshot, now: datetime) -> datetime | No
     return min(moments) if moments else None
 
 
+def fenced(result: HostResult) -> bool:
+    """Whether the fence refused the host's writes and nothing of it was written."""
+    refused = any(f.error is not None and f.error.startswith(FENCED) for f in result.files)
+    return refused and not any(f.written for f in result.files)
+
+
 class Daemon:
     def __init__(
         self,
@@ -149,7 +168,13 @@ class Daemon:
         self.metrics_listening = False
         self.metrics_error: str | None = None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self.cluster: Cluster | None = None  # on PostgreSQL, from run()
+        self.owned: set[str] | None = None  # the hosts this daemon holds; None: all of them
+        self.solo_fd: int | None = None  # the SQLite daemon lock, held while running
+        self.enforcing_last_state = False  # the registry is unreachable: last state in force
+        self.backlog = Backlog(self.log)  # rounds the registry did not take, recorded later
         self.links: dict[str, HostLink] = {}
+        self.letting_go: dict[str, asyncio.Task[Any]] = {}  # host -> its link's closing
         self.inventory: Inventory | None = None
         self.inventory_hash = ""
         self.creds: Credentials | None = None
@@ -165,7 +190,7 @@ class Daemon:
         self.changed_snapshot = asyncio.Event()  # wakes the expiry timer after a recompute
         self.beat = asyncio.Event()  # write the heartbeat now (after a push or a connect)
         self.sweep_due = asyncio.Event()  # expired access and reminders, after a recompute
-        self.lock = WriterLock(registry)
+        self.lock = WriterLock(registry, shared=registry.backend == "postgresql")
         self.inflight: set[asyncio.Task[Any]] = set()
         self.started_at = clock()
         self.last_push_at: datetime | None = None
@@ -192,13 +217,21 @@ class Daemon:
         self.inventory, self.creds, self.agent_key = inventory, creds, pub
         return True
 
-    def _sync_links(self) -> None:
+    def _owns(self, name: str) -> bool:
+        return self.owned is None or name in self.owned
+
+    def _sync_links(self) -> list[asyncio.Task[Any]]:
+        """Links for exactly the hosts held; the tasks that stop the others."""
         assert self.inventory is not None and self.creds is not None
-        wanted = {h.name: h for h in self.inventory.hosts()}
+        wanted = {h.name: h for h in self.inventory.hosts() if self._owns(h.name)}
+        stopping: list[asyncio.Task[Any]] = []
         for name in list(self.links):
             link = self.links[name]
             if name not in wanted or wanted[name] != link.host or link.connector is not self.creds:
-                self._track(link.stop())
+                task = self._track(self._let_go(link))
+                stopping.append(task)
+                self.letting_go[name] = task
+                task.add_done_callback(functools.partial(self._let_go_done, name))
                 del self.links[name]
                 self.confirmed = {t: s for t, s in self.confirmed.items() if t.host != name}
         for name, host in wanted.items():
@@ -214,6 +247,38 @@ class Daemon:
                 self.links[name] = link
                 link.start()
         self.metrics.hosts_total.set(len(self.links))
+        return stopping
+
+    def _let_go_done(self, name: str, task: asyncio.Task[Any]) -> None:
+        if self.letting_go.get(name) is task:
+            del self.letting_go[name]
+
+    async def _let_go(self, link: HostLink) -> None:
+        """Close a host's link once its in-flight sync is over (bounded by its timeout)."""
+        await link.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                async with link.busy:
+                    pass
+
+    async def set_owned(self, hosts: set[str]) -> None:
+        """Hold exactly ``hosts`` (the cluster's call); the others are let go in the
+        background (:meth:`wait_let_go`)."""
+        added = hosts - (self.owned or set())
+        self.owned = set(hosts)
+        if self.inventory is None or self.creds is None:
+            return
+        stopping = self._sync_links()
+        self.log.info("hosts_held", hosts=len(hosts), added=len(added), let_go=len(stopping))
+        self.beat.set()
+        if added:
+            self.changed.set()  # their desired state is computed with the next round
+
+    async def wait_let_go(self, names: set[str]) -> None:
+        """Return once these hosts' links are closed and their in-flight syncs over."""
+        tasks = [self.letting_go[n] for n in names if n in self.letting_go]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _track(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -231,6 +296,31 @@ class Daemon:
                 select(AuditEvent.at).where(AuditEvent.seq == snapshot.head_seq)
             ).first()
         return snapshot, watch, last
+
+    async def _state(self) -> tuple[RegistrySnapshot, CaseWatch, datetime | None]:
+        """The registry's state now; while it cannot be read, the last one read.
+
+        Enforcing the last known state keeps expiries and grants' ``until`` working
+        through a registry outage (the state is recomputed at the moment). The rounds
+        are recorded once the registry is back (``keyward.daemon.backlog``).
+        """
+        try:
+            state = await asyncio.to_thread(self._read_state)
+        except REGISTRY_FAILURES as exc:
+            if self.snapshot is None:
+                raise
+            if not self.enforcing_last_state:
+                self.enforcing_last_state = True
+                self.log.error(
+                    "registry_unavailable_enforcing_last_state",
+                    seq=self.snapshot.head_seq,
+                    error=first_line(exc),
+                )
+            return self.snapshot, self.watch, None
+        if self.enforcing_last_state:
+            self.enforcing_last_state = False
+            self.log.info("registry_available_again", seq=state[0].head_seq)
+        return state
 
     def _head(self) -> int:
         seq, _ = self.registry.head()
@@ -345,9 +435,9 @@ class Daemon:
         assert self.inventory is not None
         started = time.monotonic()
         assert self.agent_key is not None
-        snapshot, watch, committed_at = await asyncio.to_thread(self._read_state)
+        snapshot, watch, committed_at = await self._state()
         now = self.clock()
-        hosts = self.inventory.hosts()
+        hosts = tuple(h for h in self.inventory.hosts() if self._owns(h.name))
         # Off the event loop: at thousands of hosts this takes a while, and keepalives,
         # heartbeats and other hosts' I/O must go on meanwhile.
         inputs = await asyncio.to_thread(
@@ -411,6 +501,8 @@ class Daemon:
             RoundSettings(collect=collect),
             self.auth_positions,
         )
+        if self.cluster is not None:
+            ctx = dataclasses.replace(ctx, fence=self.cluster.fence.check)
         await self.lock.acquire()
         try:
             tasks = [self._track(self._sync(link, files, ctx)) for link, files in work]
@@ -418,6 +510,9 @@ class Daemon:
         finally:
             await self.lock.release()
         self.confirmed_at = self.clock()  # every file of the round is read back by now
+        # A host whose writes the fence refused, with nothing written, is no longer this
+        # daemon's: its state is the new holder's to record, not ours.
+        results = [r for r in results if not fenced(r)]
         await self._record(inputs, ctx, results)
         return results
 
@@ -426,10 +521,14 @@ class Daemon:
     ) -> None:
         """The engine's recorder, one transaction for the whole round (one disk sync).
 
-        The daemon does not wait for a registry that refuses: the next verification pass
-        records the changes late (``recorded-late``). Read positions advance only for the
-        hosts whose logins were stored.
+        The daemon does not wait for a registry that refuses: it keeps the round in its
+        backlog and records it, before anything newer, once the registry is back
+        (``keyward.daemon.backlog``). Read positions advance only for the hosts whose
+        logins were stored.
         """
+        if not await self.backlog.flush(self._plain_recorder):
+            self.backlog.keep(ctx.run_id, results)
+            return
         recorder = Recorder(
             self.registry,
             self.actor,
@@ -440,6 +539,7 @@ class Daemon:
             LoginSink.of(inputs),
         )
         await asyncio.to_thread(recorder.record, results)
+        self.backlog.keep(ctx.run_id, recorder.unrecorded)
         for result in recorder.logins_stored:
             assert result.auth is not None and result.auth.position is not None
             self.auth_positions[result.host.name] = result.auth.position
@@ -449,6 +549,10 @@ class Daemon:
             await asyncio.to_thread(recorder.notify, inputs.inventory.policy.alert_command)
         except KeywardError as exc:
             self.log.error("logins_record_failed", hosts=len(results), error=exc.message)
+
+    def _plain_recorder(self, run_id: str) -> Recorder:
+        """A recorder for a round kept in the backlog (its logins are not kept)."""
+        return Recorder(self.registry, self.actor, self.clock, run_id, tuple(self.watch), self.log)
 
     async def _sync(self, link: HostLink, files: list[DesiredFile], ctx: RunContext) -> HostResult:
         async with link.busy:
@@ -468,6 +572,13 @@ class Daemon:
                 link.known.clear()
             elif link.connection is conn:  # still the connection the files were synced over
                 link.known.update(known_after(result))
+        if self.cluster is not None:
+            outcome = "fenced" if fenced(result) else "ok" if result.ok else "failed"
+            self.cluster.metrics.shard_pushes.labels(
+                shard=str(shard_of(link.host.name)), outcome=outcome
+            ).inc()
+            if outcome == "fenced":
+                self.cluster.metrics.fenced.inc()
         if result.ok:
             for f in result.files:
                 self.confirmed[f.plan.target] = (
@@ -493,7 +604,12 @@ class Daemon:
         for account in host.managed_accounts:
             for pattern in host.authorized_keys:
                 self.confirmed.pop(FileTarget(host.name, account, pattern), None)
-        await self._sync_many([(link, files_of(link.host, self.desired))], collect=True)
+        try:
+            files = files_of(link.host, self.desired)
+        except KeyError:
+            self.changed.set()  # newly held: its desired state comes with the next round
+            return
+        await self._sync_many([(link, files)], collect=True)
 
     async def verify(self) -> None:
         """Full verification: read every managed file over the open connections."""
@@ -651,6 +767,9 @@ class Daemon:
                 await asyncio.to_thread(self._write_heartbeat, self._host_map(), connected)
             except REGISTRY_FAILURES as exc:
                 self.log.warning("heartbeat_failed", error=first_line(exc))
+            else:
+                if len(self.backlog):  # the registry is back: record what it missed
+                    await self.backlog.flush(self._plain_recorder)
             state = f"connected {connected}/{len(self.links)} hosts"
             if self.metrics_error is not None:
                 state += f"; metrics unavailable: {self.metrics_error}"
@@ -737,7 +856,35 @@ class Daemon:
         self.stopping.set()
         self.changed.set()
 
+    def _join_cluster(self) -> None:
+        """On PostgreSQL: hold no host until the first lease round says which are ours.
+
+        From here on the daemon's clock is the database's (corrected at each heartbeat),
+        for expiries and for its records alike: daemons of one fleet agree on the time.
+        """
+        limit_idle_transactions(self.registry.engine)
+        clock = DbClock(self.clock)
+        self.clock = self.registry.clock = clock
+        member = new_member_id()
+        self.instance = member
+        self.owned = set()
+        self.log = self.log.bind(member=member)
+        self.backlog = Backlog(self.log)
+        self.cluster = Cluster(
+            self.registry.engine,
+            member,
+            lambda: [h.name for h in self.inventory.hosts()] if self.inventory else [],
+            self.set_owned,
+            self.wait_let_go,
+            ClusterMetrics(self.metrics.registry, member),
+            self.log,
+            clock,
+        )
+
     async def run(self) -> int:
+        self.solo_fd = claim_sqlite(self.registry)  # a second daemon on SQLite stops here
+        if self.registry.backend == "postgresql":
+            self._join_cluster()
         if not self._load_inventory():
             raise UsageError(
                 f"the inventory in {self.inventory_dir} does not validate; "
@@ -772,6 +919,8 @@ class Daemon:
         ]
         if self.settings.metrics:
             workers.append(asyncio.create_task(self.serve_metrics()))
+        if self.cluster is not None:
+            workers.append(asyncio.create_task(self.cluster.run(self._sleep)))
         sd_notify("READY=1")
         await self.stopping.wait()
         # Finish what is in flight (writes are atomic on the hosts anyway), then close.
@@ -782,9 +931,13 @@ class Daemon:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.gather(*(link.stop() for link in self.links.values()), return_exceptions=True)
+        if self.cluster is not None:  # nothing is written any more: hand every host over
+            await self.cluster.leave()
         with contextlib.suppress(*REGISTRY_FAILURES):  # best effort on the way out
             connected = sum(1 for x in self.links.values() if x.connected)
             await asyncio.to_thread(self._write_heartbeat, self._host_map(), connected, True)
         self.lock.close()
+        if self.solo_fd is not None:
+            os.close(self.solo_fd)
         self.log.info("daemon_stopped")
         return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 # The newest revision in keyward/migrations/versions. Every command checks the registry
 # against it; reading it from the scripts would import Alembic and every migration on each
 # run. tests/test_migrations.py checks that it matches the scripts.
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 
 
 def default_state_dir(env: Mapping[str, str], euid: int) -> Path:

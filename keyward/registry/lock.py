@@ -166,9 +166,12 @@ class LockHandle:
     ``WriterLock`` (shared by its rounds, off the event loop) are built on it.
     """
 
-    def __init__(self, registry: Registry, holder: Holder) -> None:
+    def __init__(self, registry: Registry, holder: Holder, shared: bool = False) -> None:
         self._registry = registry
         self._holder = holder
+        # Shared (PostgreSQL): several daemons of one fleet push at once, each to its own
+        # hosts (their leases keep them apart); a one-shot writer still excludes them all.
+        self._shared = shared
         self._conn: Any = None
         self._fd: int | None = None
         self.lock_path: str | None = None  # the lock file, on SQLite
@@ -188,10 +191,9 @@ class LockHandle:
                 # A waiting writer reads this name to say whom it waits for.
                 name_pg_connection(self._conn, self._holder)
                 self._conn.commit()
+            take = "pg_try_advisory_lock_shared" if self._shared else "pg_try_advisory_lock"
             got = bool(
-                self._conn.execute(
-                    text("SELECT pg_try_advisory_lock(:id)"), {"id": ADVISORY_LOCK_ID}
-                ).scalar()
+                self._conn.execute(text(f"SELECT {take}(:id)"), {"id": ADVISORY_LOCK_ID}).scalar()
             )
             self._conn.commit()
             return got
@@ -220,7 +222,8 @@ class LockHandle:
     def release(self) -> None:
         """Give the lock back; the descriptor or connection stays open for the next attempt."""
         if self._conn is not None:
-            self._conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ADVISORY_LOCK_ID})
+            give = "pg_advisory_unlock_shared" if self._shared else "pg_advisory_unlock"
+            self._conn.execute(text(f"SELECT {give}(:id)"), {"id": ADVISORY_LOCK_ID})
             self._conn.commit()
         if self._fd is not None:
             unmark_file(self._fd)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from keyward.registry.types import UTCDateTime
@@ -225,6 +225,40 @@ class DaemonStatus(SQLModel, table=True):
     last_verify_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     stopped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     hosts: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class DaemonMember(SQLModel, table=True):
+    """A running daemon of a fleet shared by several (PostgreSQL only).
+
+    ``heartbeat_at`` is the database's clock (``clock_timestamp()``), never the daemon's:
+    a daemon whose clock is off cannot look alive or dead to the others because of it.
+    See ``keyward.daemon.membership``.
+    """
+
+    __tablename__ = "daemon_member"
+
+    id: str = Field(primary_key=True, max_length=300)
+    hostname: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = Field(sa_column=_ts())
+    heartbeat_at: datetime = Field(sa_column=_ts())
+    stopped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class ShardLease(SQLModel, table=True):
+    """Which daemon may write the hosts of one shard, until when, under which fencing token.
+
+    ``token`` grows by one whenever the holder changes; a write is made only after the
+    database confirmed holder and token (``keyward.daemon.leases``).
+    """
+
+    __tablename__ = "shard_lease"
+
+    shard: int = Field(primary_key=True)
+    holder: str = Field(max_length=300)
+    token: int = Field(sa_column=Column(BigInteger, nullable=False))
+    acquired_at: datetime = Field(sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
 
 
 class LoginEvent(SQLModel, table=True):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
-from keyward.plan import parse_cached
+from keyward.plan import FilePlan, parse_cached
 from keyward.registry.models import (
     HostState,
     OffboardingCase,
@@ -112,10 +112,13 @@ def _record(
                 owners,
             )
         if file_result.written:
+            written = _keys_of(plan.new_content or b"", owners)
+            if key in files:
+                _record_unexplained(tx, result.host.name, plan, files[key], written, run_id)
             files[key] = {
                 "path": plan.path,
                 "sha256": file_result.confirmed_sha256,
-                "keys": _keys_of(plan.new_content or b"", owners),
+                "keys": written,
             }
             if plan.action == "fix-mode":
                 tx.audit(
@@ -228,6 +231,42 @@ def _record_late(
                 },
             )
     files[key] = {"path": path, "sha256": digest, "keys": current}
+
+
+def _record_unexplained(
+    tx: WriteTx,
+    host: str,
+    plan: FilePlan,
+    before: dict[str, Any],
+    written: list[list[str | None]],
+    run_id: str,
+) -> None:
+    """Key changes between the file as last recorded and as written now that this write
+    does not explain: an earlier write whose record never reached the registry (a daemon
+    enforcing expiries while the registry was down, or killed before recording). Recorded
+    now (reason ``recorded-late``), as for a file found in sync."""
+    added = {c.fingerprint for c in plan.changes if c.action == "add"}
+    removed = {c.fingerprint for c in plan.changes if c.action == "remove"}
+    was = {item[0]: item for item in before.get("keys") or []}
+    now = {item[0]: item for item in written}
+    late = (
+        ("host.add", [now[f] for f in sorted(set(now) - set(was) - added, key=str)]),
+        ("host.remove", [was[f] for f in sorted(set(was) - set(now) - removed, key=str)]),
+    )
+    for action, items in late:
+        for fingerprint, owner in items:
+            tx.audit(
+                action,
+                Subject.host(host),
+                {
+                    "account": plan.target.account,
+                    "path": plan.path,
+                    "fingerprint": fingerprint,
+                    "person": owner,
+                    "reason": "recorded-late",
+                    "run_id": run_id,
+                },
+            )
 
 
 def _record_confirmations(
