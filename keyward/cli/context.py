@@ -16,6 +16,32 @@ if TYPE_CHECKING:
     from keyward.registry.store import Registry
 
 
+def unix_user() -> str:
+    """The real user running this process (``os.getuid``), from the password database.
+
+    Not ``$USER`` or ``$LOGNAME``: those are whatever the environment says.
+    """
+    import pwd
+
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid-{uid}"
+
+
+def local_actor(unix: str, claimed: str) -> str:
+    """The actor recorded for a direct database write: ``local:<unix user>``.
+
+    A claimed name (``--actor``, ``KEYWARD_ACTOR``, ``SUDO_USER``) is kept beside it but
+    never replaces it: ``local:root (claims alice)``.  Whoever can write the database
+    can claim any name; the unix user is what the operating system vouches for.
+    """
+    if claimed == unix:
+        return f"local:{unix}"
+    return f"local:{unix} (claims {claimed})"
+
+
 def default_actor(env: dict[str, str]) -> str:
     """The invoking login: ``SUDO_USER`` first, so ``sudo keyward`` records the human."""
     for name in ("KEYWARD_ACTOR", "SUDO_USER"):
@@ -53,14 +79,44 @@ class AppContext:
 
         return resolve_url(self.db, dict(os.environ), os.geteuid())
 
-    def registry(self) -> Registry:
+    def registry(self, *, service: bool = False) -> Registry:
+        """The registry, opened on first use.
+
+        A command's writes are recorded as ``local:<unix user>`` (``local_actor``): the
+        CLI writing the database directly is bootstrap or break-glass, and ``report
+        access`` flags it.  ``service``: the daemon and the server, whose events keep
+        their own actor (the daemon's ``KEYWARD_ACTOR``, the server's proven people).
+
+        With ``KEYWARD_URL`` set, a command that reaches here has no API route: it fails
+        naming itself rather than quietly using the database.
+        """
+        if not service:
+            self.require_database()
         if self._registry is None:
             # Imported here: SQLAlchemy costs most of a second, and only commands that read
             # or write the registry should pay it (tests/test_startup.py).
             from keyward.registry.store import Registry
 
             self._registry = Registry.open(self.url, self.clock)
+            if not service:
+                self._registry.recorded_as = self.local_attribution()
         return self._registry
+
+    def require_database(self) -> None:
+        """Refuse, naming the command, to use the database while a server is set."""
+        if self.server_url:
+            import click
+
+            ctx = click.get_current_context(silent=True)
+            name = ctx.command_path if ctx is not None else "this command"
+            raise UsageError(
+                f"'{name}' has no route in the keyward server's API; unset KEYWARD_URL "
+                "(and --url) to use the database directly"
+            )
+
+    def local_attribution(self) -> str:
+        """The actor this process's direct database writes record (``local_actor``)."""
+        return local_actor(unix_user(), self.actor)
 
     def inventory_dir(self) -> Path:
         from keyward.inventory.where import find_inventory_dir

@@ -53,7 +53,7 @@ def server(
     state = Path(state_dir) if state_dir else default_state_dir(dict(os.environ), os.geteuid())
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = load_or_create_secret(state / "server.secret")
-    registry = app.registry()
+    registry = app.registry(service=True)
     registry.head()  # an unreachable or uninitialised registry fails now, not per request
     app_state = ServerState(
         registry=registry,

@@ -281,17 +281,11 @@ def access_deny(call: Call) -> Result:
 def people(call: Call) -> Result:
     if not (call.caller.admin or call.caller.auditor):
         raise Forbidden("only administrators and auditors may list people")
+    from keyward.registry.views import person_json
+
     with call.state.registry.read() as session:
         rows = session.exec(select(Person).order_by(Person.username)).all()
-        return 200, [
-            {
-                "username": p.username,
-                "full_name": p.full_name,
-                "email": p.email,
-                "status": p.status,
-            }
-            for p in rows
-        ]
+        return 200, [person_json(p) for p in rows]
 
 
 # -- plumbing ---------------------------------------------------------------------
@@ -401,6 +395,12 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/v1/access-requests/{id}/deny", access_deny),
     ("GET", "/api/v1/people", people),
 )
+
+# The everyday commands' routes live in their own modules (imported here, after the
+# names they use are defined): people, keys and roles; reports, audit and offboarding.
+from keyward.server import routes_people, routes_reports  # noqa: E402
+
+ROUTES += routes_people.ROUTES + routes_reports.ROUTES
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
