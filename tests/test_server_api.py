@@ -21,7 +21,7 @@ from tests.test_server_cli import remote
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
-    with server_env(tmp_path_factory.mktemp("server-api"), host="127.0.0.26") as env:
+    with server_env(tmp_path_factory.mktemp("server-api"), host="127.0.0.28") as env:
         yield env
 
 

@@ -247,6 +247,8 @@ def access_review(app: AppContext, env: str | None, customer: str | None) -> dic
     rows = access_rows(registry, app.inventory_dir(), env, customer)
     with registry.read() as session:
         direct = views.direct_writes(session)
+    if env or customer:
+        direct = views.in_scope(direct, rows)
     return {
         "generated_at": views.ts(registry.clock()),
         "rows": rows,

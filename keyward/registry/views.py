@@ -179,6 +179,18 @@ def direct_writes(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+def in_scope(direct: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The direct writes about the hosts, people and roles of a scoped review's ``rows``.
+
+    A review for one customer or environment is disclosed to that audience: it must not
+    name other customers' hosts or people through this section.
+    """
+    subjects = {f"host:{r['host']}" for r in rows}
+    subjects |= {f"person:{r['person']}" for r in rows}
+    subjects |= {f"role:{r['role']}" for r in rows if r.get("role")}
+    return [d for d in direct if d["subject"] in subjects]
+
+
 DAEMON_STALE_AFTER = 20.0  # seconds without a heartbeat before a daemon counts as gone
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,12 +26,13 @@ from sqlmodel import select
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from keyward.auth import tokens
-from keyward.auth.browser import BrowserCodes, CodeRefused
+from keyward.auth.browser import BrowserCodes, CodeRefused, TooManyCodes
 from keyward.auth.ended import EndedSessions
 from keyward.auth.signing import AuthError
 from keyward.clock import Clock
@@ -46,6 +47,7 @@ from keyward.registry.models import AccessRequest, Person, Role
 from keyward.registry.store import Registry, WriteTx
 from keyward.server.authz import Caller, Forbidden, caller_for
 from keyward.server.identity import RequestFacts, Verifier, authenticate
+from keyward.server.metrics import CountRequests, ServerMetrics
 
 MAX_BODY = 64 * 1024
 
@@ -68,6 +70,7 @@ _STATUS: tuple[tuple[type[KeywardError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (BodyTooLarge, 413),
+    (TooManyCodes, 429),
     (RegistryUnavailable, 503),
 )
 
@@ -95,6 +98,10 @@ class ServerState:
     """Web sessions signed out of before their expiry."""
     inventory_dir: Path | None = None
     """For the web page's access review (``keyward report access``); None without one."""
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    """Prometheus collectors (``--metrics-listen``)."""
+    proxies: frozenset[str] = frozenset()
+    """``--trusted-proxy``: peers whose X-Forwarded-For names the client (``clients``)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,7 @@ def login(call: Call) -> Result:
         fingerprint=identity.fingerprint,
         hours=call.state.settings.session_hours,
     )
+    call.state.metrics.session_started(token, call.now + lifetime)
     return 200, {
         "token": token,
         "username": identity.username,
@@ -362,6 +370,7 @@ def endpoint(state: ServerState, handler: Handler) -> Callable[[Request], Awaita
                 log.warning(
                     "api_refused", method=request.method, path=request.url.path, reason=exc.message
                 )
+                state.metrics.signin_failed(exc.message)
         except Exception as exc:
             status = 500
             log.error(
@@ -417,4 +426,16 @@ def build_app(state: ServerState) -> Starlette:
         Route(path, endpoint(state, handler), methods=[method]) for method, path, handler in ROUTES
     ]
     routes += web.routes(state)
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    state.metrics.pending_codes.set_function(lambda: float(len(state.codes)))
+
+    def route_of(scope: MutableMapping[str, Any]) -> str:
+        for route in routes:
+            if route.matches(scope)[0] != Match.NONE:
+                return route.path
+        return "other"
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(CountRequests, metrics=state.metrics, route_of=route_of)],
+    )

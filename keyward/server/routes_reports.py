@@ -107,6 +107,8 @@ def report_access(call: Call) -> Result:
     if everyone:
         with state.registry.read() as session:
             direct = views.direct_writes(session)
+        if call.query.get("env") or call.query.get("customer"):
+            direct = views.in_scope(direct, rows)
     return 200, {
         "generated_at": views.ts(call.now),
         "rows": rows,
