@@ -206,3 +206,18 @@ def test_the_access_review_flags_direct_database_writes(server: ServerEnv) -> No
     assert actors(server, "person.add")[-2:] == ["erin", claimed]
     # Through the server, administrators and auditors see the same section.
     assert "## Direct database writes" in remote(server, "dave").ok("report", "access").out
+
+
+def test_the_agent_and_the_daemon_keep_their_own_actor(server: ServerEnv) -> None:
+    """Rounds and the daemon write with the actor as given; a command's change does not."""
+    from keyward.cli.context import AppContext, unix_user
+
+    app = AppContext(db=server.db_url, actor="keyward-agent", inventory=None)
+    try:
+        assert app.registry(agent=True).recorded_as is None
+        assert app.registry(service=True).recorded_as is None
+        assert app.registry().recorded_as == f"local:{unix_user()} (claims keyward-agent)"
+        with app.registry(agent=True).write(app.actor) as tx:
+            assert tx.recorded_as == "keyward-agent"
+    finally:
+        app.close()

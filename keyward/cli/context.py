@@ -64,6 +64,7 @@ class AppContext:
     server_url: str | None = None
     """``--url`` / ``KEYWARD_URL``: talk to ``keyward server`` instead of the database."""
     _registry: Registry | None = field(default=None, repr=False)
+    _plain: Registry | None = field(default=None, repr=False)  # service and agent writes
 
     def __post_init__(self) -> None:
         from keyward.registry import validate  # not at import: `--version` loads no registry
@@ -79,28 +80,37 @@ class AppContext:
 
         return resolve_url(self.db, dict(os.environ), os.geteuid())
 
-    def registry(self, *, service: bool = False) -> Registry:
+    def registry(self, *, service: bool = False, agent: bool = False) -> Registry:
         """The registry, opened on first use.
 
         A command's writes are recorded as ``local:<unix user>`` (``local_actor``): the
         CLI writing the database directly is bootstrap or break-glass, and ``report
-        access`` flags it.  ``service``: the daemon and the server, whose events keep
-        their own actor (the daemon's ``KEYWARD_ACTOR``, the server's proven people).
+        access`` flags it.  Their own actor (``--actor``/``KEYWARD_ACTOR`` as given) is
+        kept by ``service`` (the daemon; the server, which records proven people) and by
+        ``agent``: the rounds of ``reconcile``, ``plan`` and the confirmation round of
+        ``offboard``, whose events (host states, confirmations, alerts) are the agent's,
+        ``keyward-agent`` in the units.  Those get a registry of their own, so a command's
+        own change (``offboard``'s revocation) stays attributed.
 
-        With ``KEYWARD_URL`` set, a command that reaches here has no API route: it fails
-        naming itself rather than quietly using the database.
+        With ``KEYWARD_URL`` set, a command that reaches here (``service`` aside) has no
+        API route: it fails naming itself rather than quietly using the database.
         """
         if not service:
             self.require_database()
-        if self._registry is None:
+        plain = service or agent
+        opened = self._plain if plain else self._registry
+        if opened is None:
             # Imported here: SQLAlchemy costs most of a second, and only commands that read
             # or write the registry should pay it (tests/test_startup.py).
             from keyward.registry.store import Registry
 
-            self._registry = Registry.open(self.url, self.clock)
-            if not service:
-                self._registry.recorded_as = self.local_attribution()
-        return self._registry
+            opened = Registry.open(self.url, self.clock)
+            if plain:
+                self._plain = opened
+            else:
+                opened.recorded_as = self.local_attribution()
+                self._registry = opened
+        return opened
 
     def require_database(self) -> None:
         """Refuse, naming the command, to use the database while a server is set."""
@@ -148,6 +158,7 @@ class AppContext:
         )
 
     def close(self) -> None:
-        if self._registry is not None:
-            self._registry.dispose()
-            self._registry = None
+        for opened in (self._registry, self._plain):
+            if opened is not None:
+                opened.dispose()
+        self._registry = self._plain = None
