@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from keyward.cli.context import unix_user
 from tests.cli_runner import Keyward
 from tests.keygen import make_key
 
@@ -32,7 +33,8 @@ def test_init_is_idempotent_and_audited(kw: Keyward) -> None:
     assert "up to date" in again.out
     events = kw.ok("audit", "log", "--json").json()
     assert [e["action"] for e in events] == ["registry.init"]
-    assert events[0]["actor"] == "admin"
+    # A direct database write names the unix user; the claimed name (--actor) stays beside it.
+    assert events[0]["actor"] == f"local:{unix_user()} (claims admin)"
 
 
 def test_commands_without_registry_say_run_init(tmp_path: Path) -> None:

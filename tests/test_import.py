@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from keyward.cli.context import unix_user
 from keyward.keys import parse_public_key
 from tests.cli_runner import Keyward
 from tests.keygen import make_key
@@ -59,7 +60,7 @@ def test_import_people_keys_and_roles_in_one_go(roles: Keyward, tmp_path: Path) 
     assert members == {"devops": ["alice", "bob"], "qa": ["alice", "bob"]}
     grants = roles.ok("audit", "log", "--action", "role.grant", "--json").json()
     assert {(g["actor"], g["details"]["reason"]) for g in grants} == {
-        ("hr-admin", "import people.csv")
+        (f"local:{unix_user()} (claims hr-admin)", "import people.csv")
     }
     assert _audit_head(roles) == before + 3 + 2 + 4
 

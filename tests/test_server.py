@@ -7,6 +7,7 @@ is sent as a real HTTP request; docs/server.md must state the same matrix.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from keyward.server.authz import CALLERS, ENDPOINTS, MATRIX
+from tests.keygen import make_key
 from tests.server_env import ServerEnv, server_env
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "server.md"
@@ -44,12 +46,64 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
         yield env
 
 
+_FRESH = itertools.count(1)
+
+
+def fresh_person(env: ServerEnv, *, key: bool = False, role: str | None = None) -> str:
+    """A new person for one request that changes them (made directly in the database)."""
+    name = f"m{next(_FRESH)}"
+    env.kw.ok("person", "add", name, "--name", name.title())
+    if key:
+        _, public = make_key(env.base / "keys", "ed25519", name=name)
+        env.kw.ok("key", "add", name, str(public), "--attest", "admin")
+    if role:
+        env.kw.ok("role", "grant", role, name, "--reason", "matrix")
+    return name
+
+
+def new_public_key(env: ServerEnv) -> str:
+    _, public = make_key(env.base / "keys", "ed25519", name=f"k{next(_FRESH)}")
+    return public.read_text()
+
+
+def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, object] | None]:
+    """Path parameters and JSON body of one request to ``endpoint``; each write acts on
+    something made for it, so every cell is asked the same question."""
+    if endpoint == "POST /api/v1/people":
+        return {}, {"username": f"n{next(_FRESH)}", "full_name": "New Person"}
+    if endpoint == "PATCH /api/v1/people/{username}":
+        return {"username": "rita"}, {"full_name": f"Rita {next(_FRESH)}"}
+    if endpoint == "POST /api/v1/keys":
+        return {}, {"username": "rita", "public_key": new_public_key(env), "attest": "admin"}
+    if endpoint == "POST /api/v1/keys/rotate":
+        name = fresh_person(env, key=True)
+        return {}, {"username": name, "public_key": new_public_key(env), "attest": "admin"}
+    if endpoint == "POST /api/v1/keys/revoke":
+        _, public = make_key(env.base / "keys", "ed25519", name=f"r{next(_FRESH)}")
+        added = env.kw.ok("key", "add", "rita", str(public), "--attest", "admin", "--json")
+        return {}, {"fingerprint": added.json()["fingerprint"], "reason": "matrix"}
+    if endpoint == "POST /api/v1/roles/{name}/grant":
+        return {"name": "dba"}, {"username": fresh_person(env), "reason": "matrix"}
+    if endpoint == "POST /api/v1/roles/{name}/revoke":
+        return {"name": "dba"}, {"username": fresh_person(env, role="dba"), "reason": "matrix"}
+    if endpoint == "POST /api/v1/offboard":
+        return {}, {"username": fresh_person(env, key=True), "reason": "matrix"}
+    if endpoint.endswith("/{username}"):
+        return {"username": "rita" if "/people/" in endpoint else "frank"}, None
+    return {}, None
+
+
 def _request(env: ServerEnv, endpoint: str) -> tuple[str, str, bytes]:
     method, path = endpoint.split(" ")
     if "{id}" in path:
         path = path.replace("{id}", str(env.request_for("rita", "devops")))
+    params, payload = _body(env, endpoint)
+    for name, value in params.items():
+        path = path.replace("{" + name + "}", value)
     body = NEW_REQUEST if endpoint == "POST /api/v1/access-requests" else b""
-    if method == "POST" and not body:
+    if payload is not None:
+        body = json.dumps(payload).encode()
+    if method != "GET" and not body:
         body = b"{}"
     return method, path, body
 

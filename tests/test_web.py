@@ -314,3 +314,31 @@ def test_sign_out_and_secure_cookies_under_tls(server: ServerEnv, tmp_path: Path
     assert cookie.startswith("kw_pre=")
     assert {"HttpOnly", "Secure", "SameSite=strict"} <= {p.strip() for p in cookie.split(";")}
     assert "default-src 'none'" in policy
+
+
+def test_offboarding_evidence_for_administrators_and_auditors(
+    server: ServerEnv, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    server.kw.ok("person", "add", "leaver", "--name", "Lee <Leaver>")
+    remote(server, "erin")("offboard", "leaver", "--reason", "left <b>today</b>")
+    with chromium(tmp_path / "dave") as dave, chromium(tmp_path / "alice") as alice:
+        sign_in(dave, server, "dave")  # an auditor
+        dave.get(server.url + "/web/offboarding")
+        wait_for(dave, "user")
+        rows = dave.find_elements(By.CSS_SELECTOR, "tr[id^=case-]")
+        leaver = next(r for r in rows if "leaver" in r.text)
+        assert "erin" in leaver.text and "open" in leaver.text
+        leaver.find_element(By.LINK_TEXT, "evidence").click()
+        assert wait_for(dave, "person").text == "Lee <Leaver> (leaver)"
+        targets = dave.find_elements(By.CSS_SELECTOR, "tr[id^=target-]")
+        assert dave.find_element(By.ID, "still-open").text == str(len(targets))  # none confirmed
+        target = dave.find_element(By.ID, "target-prod-web-1-deploy")
+        assert "not yet checked" in target.text
+        main = dave.find_element(By.TAG_NAME, "main").text
+        assert "left <b>today</b>" in main and "person.offboard" in main
+
+        sign_in(alice, server, "alice")  # a member: refused
+        alice.get(server.url + "/web/offboarding/leaver")
+        assert "only administrators and auditors" in wait_for(alice, "error").text

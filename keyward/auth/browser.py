@@ -26,16 +26,22 @@ from keyward.errors import KeywardError
 LIFETIME = timedelta(minutes=5)
 CODE_CHARS = 8
 DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_PER_CLIENT = 20
 
 
 class CodeRefused(KeywardError):
     """A code that is unknown, expired or already used."""
 
 
+class TooManyCodes(CodeRefused):
+    """Too many codes pending, for one client or in all (the server answers 429)."""
+
+
 @dataclass
 class _Pending:
     browser: str  # sha256 of the pre-session cookie
     expires_at: datetime
+    client: str = ""  # the address it was shown to (``keyward.server.clients``)
     username: str | None = None
     fingerprint: str | None = None
 
@@ -64,26 +70,40 @@ def _browser(cookie: str) -> str:
 class BrowserCodes:
     """Pending codes; safe across threads (handlers run in a thread pool)."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, per_client: int = DEFAULT_PER_CLIENT
+    ) -> None:
         self.max_entries = max_entries
+        self.per_client = per_client
         self._codes: dict[str, _Pending] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._codes)
 
-    def code_for(self, cookie: str, now: datetime) -> tuple[str, datetime]:
-        """The live code of this browser, or a new one; (code, expiry)."""
+    def code_for(self, cookie: str, now: datetime, client: str = "") -> tuple[str, datetime]:
+        """The live code of this browser, or a new one; (code, expiry).
+
+        ``TooManyCodes`` when ``client`` already has ``per_client`` codes pending, or the
+        store ``max_entries``: a page refresh keeps its code, but a client that drops its
+        cookie to get new codes is stopped at ``per_client`` for five minutes.
+        """
         browser = _browser(cookie)
         with self._lock:
             self._expire(now)
+            mine = 0
             for code, pending in self._codes.items():
                 if pending.browser == browser and pending.username is None:
                     return code, pending.expires_at
+                mine += pending.client == client
+            if mine >= self.per_client:
+                raise TooManyCodes(
+                    "too many sign-ins in progress from your address; try again in a few minutes"
+                )
             if len(self._codes) >= self.max_entries:
-                raise CodeRefused("too many sign-ins in progress; try again in a few minutes")
+                raise TooManyCodes("too many sign-ins in progress; try again in a few minutes")
             code = base64.b32encode(secrets.token_bytes(5)).decode("ascii")[:CODE_CHARS]
-            self._codes[code] = _Pending(browser, now + LIFETIME)
+            self._codes[code] = _Pending(browser, now + LIFETIME, client)
             return code, now + LIFETIME
 
     def confirm(self, code: str, username: str, fingerprint: str, now: datetime) -> None:

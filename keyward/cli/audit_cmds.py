@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from keyward.cli.checkpoints import check_and_checkpoint, checkpoint_options, report
 from keyward.cli.common import customer_hosts, log_events
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, ts
+from keyward.cli.output import emit_json
 from keyward.errors import AuditChainBroken, UsageError
 from keyward.logs import get_logger, human_value
 from keyward.timeparse import start_of_day
-
-if TYPE_CHECKING:
-    from keyward.registry.models import AuditEvent
-    from keyward.registry.subjects import Subject
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -26,24 +21,6 @@ pass_app = click.make_pass_decorator(AppContext)
 @click.group()
 def audit() -> None:
     """The tamper-evident audit trail."""
-
-
-def _event_row(event: AuditEvent, subject: Subject | None) -> dict[str, Any]:
-    """One event for ``audit log``: ``subject`` is the name, ``subject_kind`` its kind.
-
-    Older events store a bare name and newer ones ``kind:name``; both are shown the
-    same way, so a script filtering on ``subject`` keeps working across the change.
-    """
-    return {
-        "seq": event.seq,
-        "at": ts(event.at),
-        "actor": event.actor,
-        "action": event.action,
-        "subject": subject.name if subject else event.subject,
-        "subject_kind": subject.kind if subject else None,
-        "details": json.loads(event.details) if not event.redacted else {"redacted": True},
-        "hash": event.hash,
-    }
 
 
 @audit.command("log")
@@ -64,33 +41,15 @@ def audit_log(
     as_json: bool,
 ) -> None:
     """Show audit events, oldest first."""
-    from sqlmodel import col, select
+    api = app.api()
+    if api is not None:
+        from urllib.parse import urlencode
 
-    from keyward.registry import subjects
-    from keyward.registry.models import AuditEvent
-    from keyward.registry.subjects import Subject
-
-    with app.registry().read() as session:
-        query = select(AuditEvent).order_by(col(AuditEvent.seq))
-        if since:
-            query = query.where(AuditEvent.at >= start_of_day(since, "--since"))
-        if username:
-            query = query.where(subjects.matches(Subject.person(username)))
-        if action:
-            query = query.where(AuditEvent.action == action)
-        events = list(session.exec(query))
-        kinds = subjects.resolve(session, events)
-        if username:
-            events = [e for e in events if kinds[e.seq] == Subject.person(username)]
-        rows = [_event_row(e, kinds[e.seq]) for e in events]
-    if customer is not None:
-        hosts = customer_hosts(app, customer)
-        rows = [
-            r
-            for r in rows
-            if (r["subject_kind"] == "host" and r["subject"] in hosts)
-            or r["details"].get("customer") == customer
-        ]
+        query = {"since": since, "person": username, "action": action, "customer": customer}
+        wanted = urlencode({k: v for k, v in query.items() if v is not None})
+        rows = api.call("GET", "/api/v1/audit/events" + (f"?{wanted}" if wanted else ""))
+    else:
+        rows = _local_rows(app, since, username, action, customer)
     if as_json:
         emit_json(rows)
         return
@@ -106,6 +65,30 @@ def audit_log(
         click.echo("(no events)")
 
 
+def _local_rows(
+    app: AppContext,
+    since: str | None,
+    username: str | None,
+    action: str | None,
+    customer: str | None,
+) -> list[dict[str, Any]]:
+    from keyward.registry import views
+
+    with app.registry().read() as session:
+        rows = views.audit_rows(
+            session, start_of_day(since, "--since") if since else None, username, action
+        )
+    if customer is not None:
+        hosts = customer_hosts(app, customer)
+        rows = [
+            r
+            for r in rows
+            if (r["subject_kind"] == "host" and r["subject"] in hosts)
+            or r["details"].get("customer") == customer
+        ]
+    return rows
+
+
 @audit.command("verify")
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -115,8 +98,30 @@ def audit_verify(
 ) -> None:
     """Check the whole audit chain and its signed checkpoints; exit 1 naming the first bad event.
 
-    Then sign a checkpoint of the head (outside the registry) if it moved.
+    Then sign a checkpoint of the head (outside the registry) if it moved.  Through a
+    keyward server (KEYWARD_URL) the server checks the chain; signed checkpoints are
+    checked where 'keyward audit checkpoint' runs.
     """
+    api = app.api()
+    if api is not None:
+        ctx = click.get_current_context()
+        given = (ctx.get_parameter_source(n) for n in ("checkpoint_dir", "trusted_keys"))
+        if click.core.ParameterSource.COMMANDLINE in given:
+            raise UsageError(
+                "checkpoints are checked on the registry machine: no --checkpoint-dir or "
+                "--trusted-key through the server"
+            )
+        checked = api.call("GET", "/api/v1/audit/verify")
+        if as_json:
+            emit_json(checked)
+        if not checked["ok"]:
+            raise AuditChainBroken(f"audit chain broken at {checked['problem']}")
+        if not as_json:
+            click.echo(
+                f"audit chain ok: {checked['events']} events, head {checked['head'][:16]}; "
+                f"checked by the server at {api.url}"
+            )
+        return
     report(check_and_checkpoint(app, checkpoint_dir, trusted_keys, must_write=False), as_json)
 
 

@@ -10,16 +10,15 @@ heavy at import: ``key check`` loads this module and must not pay for the regist
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from keyward.cli.context import AppContext
-from keyward.cli.output import ts
 from keyward.errors import UsageError
+from keyward.registry import views
 
 if TYPE_CHECKING:
     from keyward.inventory.policy import PolicySettings
     from keyward.keys import KeyPolicy
-    from keyward.registry.models import Membership, Person, Role, SshKey
     from keyward.registry.store import WriteTx
 
 MAX_INPUT_BYTES = 64 * 1024
@@ -80,53 +79,7 @@ def log_events(tx: WriteTx) -> None:
     log_changes(tx)
 
 
-def key_status(key: SshKey, now: Any) -> str:
-    if key.revoked_at is not None:
-        return "revoked"
-    if key.expires_at <= now:
-        return "expired"
-    return "active"
-
-
-def key_json(k: SshKey, owner: Person, now: Any) -> dict[str, Any]:
-    from keyward.keys import decode_key
-
-    public = decode_key(k.key_type, k.blob, k.comment)
-    return {
-        "fingerprint": k.fingerprint,
-        "owner": owner.username,
-        "type": k.key_type,
-        "bits": public.bits,
-        "comment": k.comment,
-        "attestation": k.attestation,
-        "attested_by": k.attested_by,
-        "proof_date": k.proof_date,
-        "added_by": k.added_by,
-        "added_at": ts(k.added_at),
-        "expires_at": ts(k.expires_at),
-        "revoked_at": ts(k.revoked_at),
-        "revoked_by": k.revoked_by,
-        "revoke_reason": k.revoke_reason,
-        "status": key_status(k, now),
-    }
-
-
-def membership_json(m: Membership, r: Role, now: Any) -> dict[str, Any]:
-    if m.ended_at is not None:
-        status = "ended"
-    elif m.until is not None and m.until <= now:
-        status = "lapsed"
-    else:
-        status = "active"
-    return {
-        "role": r.name,
-        "granted_by": m.granted_by,
-        "granted_at": ts(m.granted_at),
-        "reason": m.reason,
-        "until": ts(m.until),
-        "customer": m.customer,
-        "ended_at": ts(m.ended_at),
-        "ended_by": m.ended_by,
-        "end_reason": m.end_reason,
-        "status": status,
-    }
+# One shape for the CLI and the server (keyward.registry.views): re-exported for the commands.
+key_status = views.key_status
+key_json = views.key_json
+membership_json = views.membership_json

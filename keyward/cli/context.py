@@ -16,6 +16,32 @@ if TYPE_CHECKING:
     from keyward.registry.store import Registry
 
 
+def unix_user() -> str:
+    """The real user running this process (``os.getuid``), from the password database.
+
+    Not ``$USER`` or ``$LOGNAME``: those are whatever the environment says.
+    """
+    import pwd
+
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid-{uid}"
+
+
+def local_actor(unix: str, claimed: str) -> str:
+    """The actor recorded for a direct database write: ``local:<unix user>``.
+
+    A claimed name (``--actor``, ``KEYWARD_ACTOR``, ``SUDO_USER``) is kept beside it but
+    never replaces it: ``local:root (claims alice)``.  Whoever can write the database
+    can claim any name; the unix user is what the operating system vouches for.
+    """
+    if claimed == unix:
+        return f"local:{unix}"
+    return f"local:{unix} (claims {claimed})"
+
+
 def default_actor(env: dict[str, str]) -> str:
     """The invoking login: ``SUDO_USER`` first, so ``sudo keyward`` records the human."""
     for name in ("KEYWARD_ACTOR", "SUDO_USER"):
@@ -38,6 +64,7 @@ class AppContext:
     server_url: str | None = None
     """``--url`` / ``KEYWARD_URL``: talk to ``keyward server`` instead of the database."""
     _registry: Registry | None = field(default=None, repr=False)
+    _plain: Registry | None = field(default=None, repr=False)  # service and agent writes
 
     def __post_init__(self) -> None:
         from keyward.registry import validate  # not at import: `--version` loads no registry
@@ -53,14 +80,53 @@ class AppContext:
 
         return resolve_url(self.db, dict(os.environ), os.geteuid())
 
-    def registry(self) -> Registry:
-        if self._registry is None:
+    def registry(self, *, service: bool = False, agent: bool = False) -> Registry:
+        """The registry, opened on first use.
+
+        A command's writes are recorded as ``local:<unix user>`` (``local_actor``): the
+        CLI writing the database directly is bootstrap or break-glass, and ``report
+        access`` flags it.  Their own actor (``--actor``/``KEYWARD_ACTOR`` as given) is
+        kept by ``service`` (the daemon; the server, which records proven people) and by
+        ``agent``: the rounds of ``reconcile``, ``plan`` and the confirmation round of
+        ``offboard``, whose events (host states, confirmations, alerts) are the agent's,
+        ``keyward-agent`` in the units.  Those get a registry of their own, so a command's
+        own change (``offboard``'s revocation) stays attributed.
+
+        With ``KEYWARD_URL`` set, a command that reaches here (``service`` aside) has no
+        API route: it fails naming itself rather than quietly using the database.
+        """
+        if not service:
+            self.require_database()
+        plain = service or agent
+        opened = self._plain if plain else self._registry
+        if opened is None:
             # Imported here: SQLAlchemy costs most of a second, and only commands that read
             # or write the registry should pay it (tests/test_startup.py).
             from keyward.registry.store import Registry
 
-            self._registry = Registry.open(self.url, self.clock)
-        return self._registry
+            opened = Registry.open(self.url, self.clock)
+            if plain:
+                self._plain = opened
+            else:
+                opened.recorded_as = self.local_attribution()
+                self._registry = opened
+        return opened
+
+    def require_database(self) -> None:
+        """Refuse, naming the command, to use the database while a server is set."""
+        if self.server_url:
+            import click
+
+            ctx = click.get_current_context(silent=True)
+            name = ctx.command_path if ctx is not None else "this command"
+            raise UsageError(
+                f"'{name}' has no route in the keyward server's API; unset KEYWARD_URL "
+                "(and --url) to use the database directly"
+            )
+
+    def local_attribution(self) -> str:
+        """The actor this process's direct database writes record (``local_actor``)."""
+        return local_actor(unix_user(), self.actor)
 
     def inventory_dir(self) -> Path:
         from keyward.inventory.where import find_inventory_dir
@@ -92,6 +158,7 @@ class AppContext:
         )
 
     def close(self) -> None:
-        if self._registry is not None:
-            self._registry.dispose()
-            self._registry = None
+        for opened in (self._registry, self._plain):
+            if opened is not None:
+                opened.dispose()
+        self._registry = self._plain = None

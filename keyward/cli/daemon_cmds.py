@@ -74,7 +74,9 @@ def daemon(
         max_connecting=max_connecting,
         keepalive=keepalive,
     )
-    service = Daemon(app.registry(), app.inventory_dir(), app.actor, app.clock, settings)
+    service = Daemon(
+        app.registry(service=True), app.inventory_dir(), app.actor, app.clock, settings
+    )
     ctx.exit(asyncio.run(service.run()))
 
 

@@ -21,8 +21,10 @@ def init(app: AppContext) -> None:
     from keyward.registry.store import Registry
     from keyward.registry.subjects import Subject
 
+    app.require_database()
     url = resolve_url(app.db, dict(os.environ), os.geteuid())
     registry, before, after = Registry.initialise(url, app.clock)
+    registry.recorded_as = app.local_attribution()
     try:
         if before is None:
             with registry.write(app.actor) as tx:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from keyward.cli.common import key_json, key_policy, log_events, read_small_file
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.clock import parse_utc
 from keyward.errors import UsageError
 from keyward.timeparse import duration, end_of_day
 
@@ -42,23 +43,29 @@ def key_claim(
     attest: str | None,
 ) -> ops.KeyClaim:
     """What we can honestly say about a new key: a verified proof, a voucher, or nothing."""
-    from keyward.registry import ops
-    from keyward.sshsig import verify_proof
+    from keyward.registry import key_intake
+
+    proof = read_small_file(proof_file, "proof file") if proof_file else None
+    return key_intake.claim(username, public, policy, now, expires_at, proof, attest, app.actor)
+
+
+def key_body(
+    username: str, pubkey_file: str, proof_file: str | None, attest: str | None
+) -> dict[str, Any]:
+    """The JSON ``key add`` and ``key rotate`` send to keyward server: the files' contents
+    (the server checks the key against its policy and verifies the proof itself)."""
+    import base64
 
     if proof_file and attest:
         raise UsageError("give either --proof or --attest, not both")
-    if proof_file:
-        signed = verify_proof(
-            read_small_file(proof_file, "proof file"),
-            username,
-            public,
-            now.date(),
-            policy.proof_max_age_days,
-        )
-        return ops.KeyClaim("proof", expires_at, proof_date=signed.isoformat())
-    if attest:
-        return ops.KeyClaim(attest, expires_at, attested_by=app.actor)
-    return ops.KeyClaim("none", expires_at)
+    text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
+    proof = read_small_file(proof_file, "proof file") if proof_file else None
+    return {
+        "username": username,
+        "public_key": text,
+        "proof_base64": base64.b64encode(proof).decode() if proof is not None else None,
+        "attest": attest,
+    }
 
 
 @key.command("add")
@@ -89,36 +96,50 @@ def key_add(
     attest: str | None,
     as_json: bool,
 ) -> None:
-    """Register USERNAME's public key from PUBKEY_FILE ('-' for stdin)."""
-    from keyward.keys import from_pub_file, parse_public_key
-    from keyward.registry import ops
+    """Register USERNAME's public key from PUBKEY_FILE ('-' for stdin).
+
+    Through a keyward server (KEYWARD_URL), administrators add anyone's key; a person
+    adds their own with --proof (nobody vouches for their own key).
+    """
+    api = app.api()
+    if api is not None:
+        body = {**key_body(username, pubkey_file, proof_file, attest), "expires": expires}
+        result = api.call("POST", "/api/v1/keys", body)
+    else:
+        result = _add_locally(app, username, pubkey_file, expires, proof_file, attest)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(
+        f"added {result['type']} key {result['fingerprint']} for {username} "
+        f"(attestation {result['attestation']}, "
+        f"expires {short_ts(parse_utc(result['expires_at']))} UTC)"
+    )
+
+
+def _add_locally(
+    app: AppContext,
+    username: str,
+    pubkey_file: str,
+    expires: str | None,
+    proof_file: str | None,
+    attest: str | None,
+) -> dict[str, Any]:
+    from keyward.registry import key_intake, ops
 
     policy = key_policy(app)
     text = read_small_file(pubkey_file, "public key file").decode("utf-8", errors="replace")
-    public = parse_public_key(from_pub_file(text), policy)
+    public = key_intake.parse_new_key(text, policy)
     registry = app.registry()
     now = registry.clock()
-    latest = now + timedelta(days=policy.max_key_age_days)
-    expires_at = latest
-    if expires is not None:
-        expires_at = end_of_day(expires, "--expires")
-        if expires_at > latest + timedelta(days=1):
-            raise UsageError(
-                f"--expires is later than the policy allows ({policy.max_key_age_days} days)"
-            )
-        expires_at = min(expires_at, latest)
+    requested = end_of_day(expires, "--expires") if expires is not None else None
+    expires_at = key_intake.expiry(now, policy, requested)
     claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
     with registry.write(app.actor) as tx:
         row = ops.add_key(tx, username, public, claim)
         result = key_json(row, ops.find_person(tx.session, username), tx.now)
     log_events(tx)
-    if as_json:
-        emit_json(result)
-        return
-    click.echo(
-        f"added {public.key_type} key {public.fingerprint} for {username} "
-        f"(attestation {claim.attestation}, expires {short_ts(expires_at)} UTC)"
-    )
+    return result
 
 
 @key.command("statement")
@@ -230,21 +251,27 @@ def key_revoke(app: AppContext, fingerprint: str, reason: str, as_json: bool) ->
 
     FINGERPRINT may be the short form written on host lines: the comment
     keyward:OWNER:XXXXXXXXXXXXXXXX, or its 16 characters; more characters are fine.
+    Through a keyward server, a person may revoke their own keys, administrators anyone's.
     """
-    from keyward.registry import ops
-    from keyward.registry.models import Person
+    api = app.api()
+    if api is not None:
+        body = {"fingerprint": fingerprint, "reason": reason}
+        result = api.call("POST", "/api/v1/keys/revoke", body)
+    else:
+        from keyward.registry import ops
+        from keyward.registry.models import Person
 
-    registry = app.registry()
-    with registry.write(app.actor) as tx:
-        revoked = ops.revoke_key(tx, fingerprint, reason)
-        owner = tx.session.get(Person, revoked.person_id)
-        assert owner is not None
-        result = key_json(revoked, owner, tx.now)
-    log_events(tx)
+        registry = app.registry()
+        with registry.write(app.actor) as tx:
+            revoked = ops.revoke_key(tx, fingerprint, reason)
+            owner = tx.session.get(Person, revoked.person_id)
+            assert owner is not None
+            result = key_json(revoked, owner, tx.now)
+        log_events(tx)
     if as_json:
         emit_json(result)
         return
-    click.echo(f"revoked key {revoked.fingerprint} of {owner.username}")
+    click.echo(f"revoked key {result['fingerprint']} of {result['owner']}")
 
 
 @key.command("check")
@@ -339,30 +366,39 @@ def key_rotate(
     as_json: bool,
 ) -> None:
     """Replace USERNAME's key: the new one is deployed at once, the old one lapses after --grace."""
-    from datetime import timedelta
-
-    from keyward.keys import from_pub_file, parse_public_key
-    from keyward.registry import lifecycle, ops
-
-    policy = key_policy(app)
     grace_period = duration(grace, "--grace") if grace != "0" else timedelta(0)
-    text = read_small_file(new_pubkey_file, "public key file").decode("utf-8", errors="replace")
-    public = parse_public_key(from_pub_file(text), policy)
-    registry = app.registry()
-    now = registry.clock()
-    expires_at = now + timedelta(days=policy.max_key_age_days)
-    claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
-    with registry.write(app.actor) as tx:
-        old, new = lifecycle.rotate_key(tx, username, public, claim, grace_period, old_fingerprint)
-        owner = ops.find_person(tx.session, username)
-        result = {"old": key_json(old, owner, tx.now), "new": key_json(new, owner, tx.now)}
-    log_events(tx)
+    api = app.api()
+    if api is not None:
+        body = {
+            **key_body(username, new_pubkey_file, proof_file, attest),
+            "grace_seconds": int(grace_period.total_seconds()),
+            "old": old_fingerprint,
+        }
+        result = api.call("POST", "/api/v1/keys/rotate", body)
+    else:
+        from keyward.registry import key_intake, lifecycle, ops
+
+        policy = key_policy(app)
+        text = read_small_file(new_pubkey_file, "public key file").decode("utf-8", errors="replace")
+        public = key_intake.parse_new_key(text, policy)
+        registry = app.registry()
+        now = registry.clock()
+        expires_at = key_intake.expiry(now, policy, None)
+        claim = key_claim(app, username, public, policy, now, expires_at, proof_file, attest)
+        with registry.write(app.actor) as tx:
+            old, new = lifecycle.rotate_key(
+                tx, username, public, claim, grace_period, old_fingerprint
+            )
+            owner = ops.find_person(tx.session, username)
+            result = {"old": key_json(old, owner, tx.now), "new": key_json(new, owner, tx.now)}
+        log_events(tx)
     if as_json:
         emit_json(result)
         return
     click.echo(
-        f"rotated {username}: new key {new.fingerprint} deployed at the next reconcile; "
-        f"old key {old.fingerprint} valid until {short_ts(old.expires_at)} UTC"
+        f"rotated {username}: new key {result['new']['fingerprint']} deployed at the next "
+        f"reconcile; old key {result['old']['fingerprint']} valid until "
+        f"{short_ts(parse_utc(result['old']['expires_at']))} UTC"
     )
 
 

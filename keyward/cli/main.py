@@ -174,16 +174,16 @@ class LazyGroup(click.Group):
 @click.option(
     "--actor",
     metavar="NAME",
-    help="Who is acting, recorded on every audit event [env KEYWARD_ACTOR; default SUDO_USER, "
-    "then the login name]",
+    help="Who is acting (audit events of direct database writes record local:<unix user> "
+    "(claims NAME)) [env KEYWARD_ACTOR; default SUDO_USER, then the login name]",
 )
 @click.option(
     "--url",
     "server_url",
     envvar="KEYWARD_URL",
     metavar="URL",
-    help="A keyward server (https://HOST:PORT): access and auth commands go through it, "
-    "signed with KEYWARD_KEY [env KEYWARD_URL].",
+    help="A keyward server (https://HOST:PORT): the everyday commands go through it, "
+    "signed with KEYWARD_KEY; others refuse to run [env KEYWARD_URL].",
 )
 @click.option(
     "--inventory",

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from keyward.cli.common import log_events
 from keyward.cli.context import AppContext
-from keyward.cli.output import chatter, emit_json, table, ts
-from keyward.errors import RegistryError
-
-if TYPE_CHECKING:
-    from keyward.registry.models import OffboardingCase
+from keyward.cli.output import chatter, emit_json, table
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -41,60 +36,27 @@ def offboard() -> None:
     """
 
 
-def _case_rows(app: AppContext, username: str) -> tuple[OffboardingCase, list[dict[str, Any]]]:
-    from sqlmodel import col, select
+def _case(app: AppContext, username: str) -> dict[str, Any]:
+    """The person's latest case (``keyward.registry.views.offboarding_case``)."""
+    api = app.api()
+    if api is not None:
+        from urllib.parse import quote
 
-    from keyward.registry import ops
-    from keyward.registry.models import OffboardingCase, OffboardingTarget
+        result: dict[str, Any] = api.call("GET", f"/api/v1/offboard/{quote(username, safe='')}")
+        return result
+    from keyward.registry import views
 
     with app.registry().read() as session:
-        person = ops.find_person(session, username)
-        case = session.exec(
-            select(OffboardingCase)
-            .where(OffboardingCase.person_id == person.id)
-            .order_by(col(OffboardingCase.id).desc())
-        ).first()
-        if case is None:
-            raise RegistryError(f"{username!r} has no offboarding case")
-        rows = [
-            {
-                "host": t.host,
-                "account": t.account,
-                "path": t.path or t.pattern,
-                "had_access": t.had_access,
-                "removed": t.removed,
-                "confirmed_at": ts(t.confirmed_at),
-                "confirmed_by_run": t.confirmed_by_run,
-                "last_attempt": ts(t.last_attempt),
-                "error": None if t.confirmed_at else (t.last_error or "not yet checked"),
-            }
-            for t in session.exec(
-                select(OffboardingTarget)
-                .where(OffboardingTarget.case_id == case.id)
-                .order_by(col(OffboardingTarget.host), col(OffboardingTarget.account))
-            )
-        ]
-        session.expunge(case)
-    return case, rows
+        return views.offboarding_case(session, username)
 
 
-def _print_case(case: OffboardingCase, rows: list[dict[str, Any]], as_json: bool) -> int:
+def _print_case(case: dict[str, Any], as_json: bool) -> int:
     from keyward.cli.rounds import EXIT_FAILED
 
+    rows = case["targets"]
     unconfirmed = [r for r in rows if r["confirmed_at"] is None]
     if as_json:
-        emit_json(
-            {
-                "case_id": case.id,
-                "status": case.status,
-                "reason": case.reason,
-                "requested_by": case.requested_by,
-                "started_at": ts(case.started_at),
-                "closed_at": ts(case.closed_at),
-                "fingerprints": json.loads(case.fingerprints),
-                "targets": rows,
-            }
-        )
+        emit_json(case)
     else:
         table(
             rows,
@@ -113,7 +75,7 @@ def _print_case(case: OffboardingCase, rows: list[dict[str, Any]], as_json: bool
                 "'keyward reconcile' retries them"
             )
         else:
-            click.echo(f"offboarding case {case.id}: confirmed on every host")
+            click.echo(f"offboarding case {case['case_id']}: confirmed on every host")
     return EXIT_FAILED if unconfirmed else 0
 
 
@@ -126,7 +88,22 @@ def _print_case(case: OffboardingCase, rows: list[dict[str, Any]], as_json: bool
 def offboard_start(
     ctx: click.Context, app: AppContext, username: str, reason: str, as_json: bool
 ) -> None:
-    """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back."""
+    """Offboard USERNAME: revoke all, reconcile every host, confirm by read-back.
+
+    Through a keyward server (KEYWARD_URL) the server records the offboarding and the
+    daemon (or the next 'keyward reconcile') confirms it on the hosts; 'keyward offboard
+    status' follows it.
+    """
+    api = app.api()
+    if api is not None:
+        case = api.call("POST", "/api/v1/offboard", {"username": username, "reason": reason})
+        if not as_json:
+            chatter(
+                f"offboarding case {case['case_id']}: {username} revoked in the registry by "
+                f"{api.url}; the daemon (or the next 'keyward reconcile') confirms it on "
+                f"{len({t['host'] for t in case['targets']})} hosts"
+            )
+        ctx.exit(_print_case(case, as_json))
     from keyward.cli.output import progress
     from keyward.cli.rounds import load_inputs, say_lock_wait, surroundings
     from keyward.engine.offboarding import case_targets, confirm_round
@@ -136,16 +113,15 @@ def offboard_start(
     targets = case_targets(before, username)
     registry = app.registry()
     with registry.write(app.actor) as tx:
-        case = lifecycle.offboard(tx, username, reason, targets)
+        opened = lifecycle.offboard(tx, username, reason, targets)
     log_events(tx)
     if not as_json:
         chatter(
-            f"offboarding case {case.id}: {username} revoked in the registry; "
+            f"offboarding case {opened.id}: {username} revoked in the registry; "
             f"confirming on {len({t[0] for t in targets})} hosts"
         )
     confirm_round(surroundings(app), before, "keyward offboard", say_lock_wait, progress)
-    case, rows = _case_rows(app, username)
-    ctx.exit(_print_case(case, rows, as_json))
+    ctx.exit(_print_case(_case(app, username), as_json))
 
 
 @offboard.command("status")
@@ -155,8 +131,7 @@ def offboard_start(
 @click.pass_context
 def offboard_status(ctx: click.Context, app: AppContext, username: str, as_json: bool) -> None:
     """Where USERNAME's offboarding stands, per host and account (exit 1 while unconfirmed)."""
-    case, rows = _case_rows(app, username)
-    ctx.exit(_print_case(case, rows, as_json))
+    ctx.exit(_print_case(_case(app, username), as_json))
 
 
 def register(cli: click.Group) -> None:

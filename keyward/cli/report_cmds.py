@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, ts
+from keyward.cli.output import emit_json
 
 if TYPE_CHECKING:
     pass
@@ -45,114 +44,19 @@ def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str
 
 
 def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
-    from sqlmodel import col, select
+    """``keyward.registry.views.offboarding_evidence``, from the server when one is set."""
+    api = app.api()
+    if api is not None:
+        from urllib.parse import quote
 
-    from keyward.registry import ops, subjects
-    from keyward.registry.login_store import source_of_pos
-    from keyward.registry.models import (
-        AuditEvent,
-        LoginEvent,
-        OffboardingCase,
-        OffboardingTarget,
-        SshKey,
-    )
-    from keyward.registry.subjects import Subject
+        data: dict[str, Any] = api.call(
+            "GET", f"/api/v1/reports/offboarding/{quote(username, safe='')}"
+        )
+        return data
+    from keyward.registry import views
 
     with app.registry().read() as session:
-        person = ops.find_person(session, username)
-        cases = session.exec(
-            select(OffboardingCase)
-            .where(OffboardingCase.person_id == person.id)
-            .order_by(col(OffboardingCase.id))
-        ).all()
-        if not cases:
-            from keyward.errors import RegistryError
-
-            raise RegistryError(f"{username!r} has no offboarding case")
-        case = cases[-1]
-        keys = session.exec(select(SshKey).where(SshKey.person_id == person.id)).all()
-        targets = session.exec(
-            select(OffboardingTarget)
-            .where(OffboardingTarget.case_id == case.id)
-            .order_by(col(OffboardingTarget.host), col(OffboardingTarget.account))
-        ).all()
-        subject = Subject.person(username)
-        events = subjects.about(
-            session,
-            session.exec(
-                select(AuditEvent)
-                .where(subjects.matches(subject), AuditEvent.at >= case.started_at)
-                .order_by(col(AuditEvent.seq))
-            ),
-            subject,
-        )
-        # Logins with the person's keys at or after the case opened: a host that was down
-        # during the offboarding kept the key until the agent reached it again.
-        fingerprints = [str(fp) for fp in json.loads(case.fingerprints or "[]")]
-        late_logins = session.exec(
-            select(LoginEvent)
-            .where(
-                LoginEvent.outcome == "accepted",
-                col(LoginEvent.at) >= case.started_at,
-                (col(LoginEvent.person) == username)
-                | col(LoginEvent.fingerprint).in_(fingerprints),
-            )
-            .order_by(col(LoginEvent.at), col(LoginEvent.id))
-        ).all()
-        return {
-            "person": {
-                "username": person.username,
-                "full_name": person.full_name,
-                "status": person.status,
-            },
-            "case": {
-                "id": case.id,
-                "requested_by": case.requested_by,
-                "reason": case.reason,
-                "started_at": ts(case.started_at),
-                "status": case.status,
-                "closed_at": ts(case.closed_at),
-            },
-            "keys": [
-                {
-                    "fingerprint": k.fingerprint,
-                    "type": k.key_type,
-                    "revoked_at": ts(k.revoked_at),
-                    "revoked_by": k.revoked_by,
-                    "revoke_reason": k.revoke_reason,
-                }
-                for k in keys
-            ],
-            "hosts": [
-                {
-                    "host": t.host,
-                    "account": t.account,
-                    "path": t.path or t.pattern,
-                    "had_access": t.had_access,
-                    "keys_removed": t.removed,
-                    "confirmed_at": ts(t.confirmed_at),
-                    "confirmed_by_run": t.confirmed_by_run,
-                    "open_issue": None if t.confirmed_at else (t.last_error or "not yet checked"),
-                }
-                for t in targets
-            ],
-            "audit_events": [
-                {"seq": e.seq, "at": ts(e.at), "actor": e.actor, "action": e.action, "hash": e.hash}
-                for e in events
-            ],
-            "logins_after_offboarding": [
-                {
-                    "at": ts(e.at),
-                    "host": e.host,
-                    "account": e.account,
-                    "address": e.addr,
-                    "fingerprint": e.fingerprint,
-                    "session_end": ts(e.session_end),
-                    "log_source": source_of_pos(e.pos),
-                }
-                for e in late_logins
-            ],
-        }
+        return views.offboarding_evidence(session, username)
 
 
 @report.command("offboarding")
@@ -277,10 +181,15 @@ ACCESS_COLUMNS = [
 @click.option("--format", "fmt", type=FORMATS, default="md", show_default=True)
 @pass_app
 def report_access(app: AppContext, env: str | None, customer: str | None, fmt: str) -> None:
-    """Access review: who can reach which account on which host, how, since and until when."""
-    from keyward.engine.access_review import access_rows
+    """Access review: who can reach which account on which host, how, since and until when.
 
-    rows = access_rows(app.registry(), app.inventory_dir(), env, customer)
+    The Markdown report ends with the direct database writes: audit events the CLI wrote
+    into the registry itself (actor ``local:<unix user>``) rather than through keyward
+    server.  Through a server, people other than administrators and auditors see only
+    their own rows.
+    """
+    review = access_review(app, env, customer)
+    rows = review["rows"]
     if fmt == "json":
         emit_json(rows)
     elif fmt == "csv":
@@ -293,15 +202,58 @@ def report_access(app: AppContext, env: str | None, customer: str | None, fmt: s
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         click.echo(buffer.getvalue().rstrip("\n"))
     else:
-        now = app.registry().clock()
         scope = f"environment {env}" if env else "all environments"
         if customer:
             scope += f", customer {customer}"
         click.echo(
-            f"# Access review ({scope})\n\nGenerated {ts(now)}. One row per person, "
-            "role, host and account that keyward deploys a key to.\n"
+            f"# Access review ({scope})\n\nGenerated {review['generated_at']}. One row per "
+            "person, role, host and account that keyward deploys a key to.\n"
         )
         click.echo(_md_table(rows, ACCESS_COLUMNS))
+        direct = review["direct_database_writes"]
+        if direct is not None:
+            click.echo(
+                "\n## Direct database writes\n\nAudit events written into the registry "
+                "directly by the CLI, not through keyward server (bootstrap or break-glass); "
+                "the actor is the unix user, with any name it claimed.\n"
+            )
+            click.echo(_md_table(direct, DIRECT_COLUMNS) if direct else "None.")
+
+
+DIRECT_COLUMNS = [
+    ("seq", "#"),
+    ("at", "At"),
+    ("actor", "Actor"),
+    ("action", "Action"),
+    ("subject", "Subject"),
+]
+
+
+def access_review(app: AppContext, env: str | None, customer: str | None) -> dict[str, Any]:
+    """Rows, generation time and direct database writes (None: not the caller's to see)."""
+    api = app.api()
+    if api is not None:
+        from urllib.parse import urlencode
+
+        wanted = urlencode({k: v for k, v in (("env", env), ("customer", customer)) if v})
+        review: dict[str, Any] = api.call(
+            "GET", "/api/v1/reports/access" + (f"?{wanted}" if wanted else "")
+        )
+        return review
+    from keyward.engine.access_review import access_rows
+    from keyward.registry import views
+
+    registry = app.registry()
+    rows = access_rows(registry, app.inventory_dir(), env, customer)
+    with registry.read() as session:
+        direct = views.direct_writes(session)
+    if env or customer:
+        direct = views.in_scope(direct, rows)
+    return {
+        "generated_at": views.ts(registry.clock()),
+        "rows": rows,
+        "direct_database_writes": direct,
+    }
 
 
 def register(cli: click.Group) -> None:

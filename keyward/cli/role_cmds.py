@@ -17,6 +17,12 @@ def role() -> None:
     """Roles and who holds them."""
 
 
+def role_path(name: str) -> str:
+    from urllib.parse import quote
+
+    return f"/api/v1/roles/{quote(name, safe='')}"
+
+
 @role.command("add")
 @click.argument("name")
 @click.option("--description", default="", help="What the role is for.")
@@ -60,17 +66,22 @@ def role_grant(
     customer: str | None,
     as_json: bool,
 ) -> None:
-    """Grant role NAME to USERNAME."""
-    from keyward.registry import ops
-
+    """Grant role NAME to USERNAME (never to yourself)."""
     until_at = end_of_day(until, "--until") if until else None
-    with app.registry().write(app.actor) as tx:
-        granted = ops.grant_role(tx, name, username, reason, until_at, customer)
-        result = {
-            "person": username,
-            **membership_json(granted, ops.find_role(tx.session, name), tx.now),
-        }
-    log_events(tx)
+    api = app.api()
+    if api is not None:
+        body = {"username": username, "reason": reason, "until": until, "customer": customer}
+        result = api.call("POST", f"{role_path(name)}/grant", body)
+    else:
+        from keyward.registry import ops
+
+        with app.registry().write(app.actor) as tx:
+            granted = ops.grant_role(tx, name, username, reason, until_at, customer)
+            result = {
+                "person": username,
+                **membership_json(granted, ops.find_role(tx.session, name), tx.now),
+            }
+        log_events(tx)
     if as_json:
         emit_json(result)
         return
@@ -85,11 +96,15 @@ def role_grant(
 @pass_app
 def role_revoke(app: AppContext, name: str, username: str, reason: str) -> None:
     """End USERNAME's membership of role NAME."""
-    from keyward.registry import ops
+    api = app.api()
+    if api is not None:
+        api.call("POST", f"{role_path(name)}/revoke", {"username": username, "reason": reason})
+    else:
+        from keyward.registry import ops
 
-    with app.registry().write(app.actor) as tx:
-        ops.revoke_role(tx, name, username, reason)
-    log_events(tx)
+        with app.registry().write(app.actor) as tx:
+            ops.revoke_role(tx, name, username, reason)
+        log_events(tx)
     click.echo(f"revoked role {name} from {username}")
 
 

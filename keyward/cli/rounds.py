@@ -25,10 +25,13 @@ EXIT_PENDING = 3
 
 
 def surroundings(app: AppContext) -> Surroundings:
-    """The registry, actor, clock and sleep a command's round runs with."""
+    """The registry, actor, clock and sleep a command's round runs with.
+
+    The agent's registry: a round's events keep the actor as given (``keyward-agent``).
+    """
     from keyward.engine.round import Surroundings
 
-    registry = app.registry()
+    registry = app.registry(agent=True)
     return Surroundings(registry, app.actor, registry.clock, time.sleep)
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, table, ts
+from keyward.cli.output import emit_json, table
 
 pass_app = click.make_pass_decorator(AppContext)
-
-DAEMON_STALE_AFTER = 20.0  # seconds without a heartbeat before a daemon counts as gone
 
 
 @click.command()
@@ -20,71 +17,20 @@ DAEMON_STALE_AFTER = 20.0  # seconds without a heartbeat before a daemon counts 
 @pass_app
 def status(app: AppContext, as_json: bool) -> None:
     """Per host: when it was last in sync, what failed, drift found; and the daemon, if any."""
-    from sqlmodel import col, select
+    api = app.api()
+    if api is not None:
+        view = api.call("GET", "/api/v1/status")
+    else:
+        from keyward.registry import views
 
-    from keyward.registry.models import DaemonStatus, HostState
-
-    registry = app.registry()
-    now = registry.clock()
-    cluster: dict[str, Any] | None = None
-    with registry.read() as session:
-        if registry.backend == "postgresql":
-            cluster = read_cluster(session)
-        beats = session.exec(
-            select(DaemonStatus).order_by(col(DaemonStatus.heartbeat_at).desc())
-        ).all()
-        daemon_row = beats[0] if beats else None
-        rows = [
-            {
-                "host": s.host,
-                "environment": s.environment,
-                "last_attempt": ts(s.last_attempt),
-                "last_success": ts(s.last_success),
-                "last_error": s.last_error,
-                "last_run_id": s.last_run_id,
-                "last_changes": s.last_changes,
-                "drift_found": s.drift_found,
-                "files": json.loads(s.files),
-                "connected": None,
-            }
-            for s in session.exec(select(HostState).order_by(HostState.host))
-        ]
-    if cluster is not None:
-        for row in rows:
-            row["holder"] = cluster["holders"].get(row["host"])
-    daemon: dict[str, Any] | None = None
-    if daemon_row is not None:
-        age = (now - daemon_row.heartbeat_at).total_seconds()
-        alive = daemon_row.stopped_at is None and age < DAEMON_STALE_AFTER
-        links = json.loads(daemon_row.hosts)
-        # The daemon keeps its metrics endpoint's state next to the hosts, under a key no
-        # host name can have (names start with a letter or digit).
-        metrics = links.pop("@metrics", None)
-        daemon = {
-            "instance": daemon_row.id,
-            "alive": alive,
-            "heartbeat_at": ts(daemon_row.heartbeat_at),
-            "heartbeat_age_seconds": round(age, 1),
-            "started_at": ts(daemon_row.started_at),
-            "stopped_at": ts(daemon_row.stopped_at),
-            "hosts_total": daemon_row.hosts_total,
-            "hosts_connected": daemon_row.hosts_connected,
-            "last_push_at": ts(daemon_row.last_push_at),
-            "propagation_lag_ms": daemon_row.last_lag_ms,
-            "last_verification_at": ts(daemon_row.last_verify_at),
-            "metrics": metrics,
-        }
-        if alive:
-            # Several daemons share a fleet: a host is connected if its holder says so.
-            for beat in beats:
-                age = (now - beat.heartbeat_at).total_seconds()
-                if beat.stopped_at is None and age < DAEMON_STALE_AFTER:
-                    for name, link in json.loads(beat.hosts).items():
-                        if isinstance(link, dict) and link.get("connected"):
-                            links.setdefault(name, link)
-            for row in rows:
-                link = links.get(row["host"])
-                row["connected"] = bool(link and link.get("connected"))
+        registry = app.registry()
+        now = registry.clock()
+        with registry.read() as session:
+            view = views.status_view(session, now)
+    daemon: dict[str, Any] | None = view["daemon"]
+    rows = view["hosts"]
+    metrics = daemon["metrics"] if daemon else None
+    cluster: dict[str, Any] | None = view.get("cluster")
     if as_json:
         out: dict[str, Any] = {"daemon": daemon, "hosts": rows}
         if cluster is not None:
@@ -132,51 +78,6 @@ def status(app: AppContext, as_json: bool) -> None:
             ("last_error", "ERROR"),
         ],
     )
-
-
-def read_cluster(session: Any) -> dict[str, Any]:
-    """The daemons sharing the fleet and which holds which host, by the database's clock.
-
-    A host's holder is the daemon holding its shard's lease, while the lease runs.
-    """
-    from sqlalchemy import text
-
-    from keyward.daemon.membership import members
-    from keyward.daemon.sharding import shard_of
-
-    conn = session.connection()
-    leases = {
-        int(shard): str(holder)
-        for shard, holder, left in conn.execute(
-            text(
-                "SELECT shard, holder, EXTRACT(EPOCH FROM expires_at - clock_timestamp()) "
-                "FROM shard_lease"
-            )
-        )
-        if float(left) > 0
-    }
-    from keyward.registry.models import HostState
-
-    names = [str(n) for (n,) in conn.execute(text(f"SELECT host FROM {HostState.__tablename__}"))]
-    holders = {name: leases[shard_of(name)] for name in names if shard_of(name) in leases}
-    rows = members(conn)
-    listed = [
-        {
-            "id": m.id,
-            "hostname": m.hostname,
-            "pid": m.pid,
-            "live": m.live,
-            "started_at": ts(m.started_at),
-            "heartbeat_at": ts(m.heartbeat_at),
-            "heartbeat_age_seconds": round(m.age, 1),
-            "stopped_at": ts(m.stopped_at),
-            "shards": sum(1 for h in leases.values() if h == m.id),
-            "hosts": sum(1 for h in holders.values() if h == m.id),
-        }
-        for m in rows
-        if m.live or m.age < 3600  # gone daemons stay listed for an hour
-    ]
-    return {"members": listed, "live": sum(1 for m in rows if m.live), "holders": holders}
 
 
 def register(cli: click.Group) -> None:

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import socket
 import time
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -212,12 +213,18 @@ def address_of(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class HasCollectors(Protocol):
+    """What the endpoint serves: the daemon's ``Metrics``, or the server's."""
+
+    registry: CollectorRegistry
+
+
 class MetricsServer:
     """The ``/metrics`` endpoint, bounded in connections, time and request size."""
 
     def __init__(
         self,
-        metrics: Metrics,
+        metrics: HasCollectors,
         max_connections: int = MAX_CONNECTIONS,
         timeout: float = REQUEST_TIMEOUT,
     ) -> None:

@@ -35,9 +35,21 @@ AUDIT_TABLE: Table = AuditEvent.__table__  # type: ignore[attr-defined]
 class WriteTx:
     """One registry transaction: a session, who acts, one ``now``, and the audit head."""
 
-    def __init__(self, session: Session, actor: str, now: datetime, head: AuditHead) -> None:
+    def __init__(
+        self,
+        session: Session,
+        actor: str,
+        now: datetime,
+        head: AuditHead,
+        recorded_as: str | None = None,
+    ) -> None:
         self.session = session
         self.actor = actor
+        """The person the registry's rules apply to (the requester, who may not approve
+        their own request or grant themselves a role) and the ``*_by`` columns name."""
+        self.recorded_as = recorded_as or actor
+        """The actor of the audit events: ``actor``, or for the CLI's direct database
+        writes ``local:<unix user>`` with the name claimed (``Registry.recorded_as``)."""
         self.now = now
         self._head = head
         self.events: list[AuditEvent] = []
@@ -57,7 +69,7 @@ class WriteTx:
         return {
             "seq": seq,
             "at": self.now,
-            "actor": self.actor,
+            "actor": self.recorded_as,
             "action": action,
             "subject": subject,
             "details": text_,
@@ -66,7 +78,7 @@ class WriteTx:
             "hash": event_hash(
                 seq=seq,
                 at=self.now,
-                actor=self.actor,
+                actor=self.recorded_as,
                 action=action,
                 subject=subject,
                 digest=digest,
@@ -131,6 +143,8 @@ class Registry:
         self.url = url
         self.where = describe(url)
         self.clock = clock
+        self.recorded_as: str | None = None
+        """When set, the actor every audit event of ``write`` records (see ``WriteTx``)."""
 
     @property
     def backend(self) -> str:
@@ -180,7 +194,7 @@ class Registry:
                 if self.backend == "postgresql":
                     query = query.with_for_update()
                 head = session.exec(query).one()
-                tx = WriteTx(session, actor, self.clock(), head)
+                tx = WriteTx(session, actor, self.clock(), head, self.recorded_as)
                 yield tx
                 if (tx.events or tx.bulk_events) and self.backend == "postgresql":
                     session.execute(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,12 +26,13 @@ from sqlmodel import select
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from keyward.auth import tokens
-from keyward.auth.browser import BrowserCodes, CodeRefused
+from keyward.auth.browser import BrowserCodes, CodeRefused, TooManyCodes
 from keyward.auth.ended import EndedSessions
 from keyward.auth.signing import AuthError
 from keyward.clock import Clock
@@ -46,6 +47,7 @@ from keyward.registry.models import AccessRequest, Person, Role
 from keyward.registry.store import Registry, WriteTx
 from keyward.server.authz import Caller, Forbidden, caller_for
 from keyward.server.identity import RequestFacts, Verifier, authenticate
+from keyward.server.metrics import CountRequests, ServerMetrics
 
 if TYPE_CHECKING:
     from keyward.notify.server_side import ServerNotifier
@@ -71,6 +73,7 @@ _STATUS: tuple[tuple[type[KeywardError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (BodyTooLarge, 413),
+    (TooManyCodes, 429),
     (RegistryUnavailable, 503),
 )
 
@@ -100,6 +103,10 @@ class ServerState:
     """For the web page's access review (``keyward report access``); None without one."""
     notifier: ServerNotifier | None = None
     """Tells approvers and requesters (``[notify]``), in the background; None: nobody."""
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    """Prometheus collectors (``--metrics-listen``)."""
+    proxies: frozenset[str] = frozenset()
+    """``--trusted-proxy``: peers whose X-Forwarded-For names the client (``clients``)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,7 @@ def login(call: Call) -> Result:
         fingerprint=identity.fingerprint,
         hours=call.state.settings.session_hours,
     )
+    call.state.metrics.session_started(token, call.now + lifetime)
     return 200, {
         "token": token,
         "username": identity.username,
@@ -290,17 +298,11 @@ def access_deny(call: Call) -> Result:
 def people(call: Call) -> Result:
     if not (call.caller.admin or call.caller.auditor):
         raise Forbidden("only administrators and auditors may list people")
+    from keyward.registry.views import person_json
+
     with call.state.registry.read() as session:
         rows = session.exec(select(Person).order_by(Person.username)).all()
-        return 200, [
-            {
-                "username": p.username,
-                "full_name": p.full_name,
-                "email": p.email,
-                "status": p.status,
-            }
-            for p in rows
-        ]
+        return 200, [person_json(p) for p in rows]
 
 
 # -- plumbing ---------------------------------------------------------------------
@@ -377,6 +379,7 @@ def endpoint(state: ServerState, handler: Handler) -> Callable[[Request], Awaita
                 log.warning(
                     "api_refused", method=request.method, path=request.url.path, reason=exc.message
                 )
+                state.metrics.signin_failed(exc.message)
         except Exception as exc:
             status = 500
             log.error(
@@ -411,6 +414,12 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/v1/people", people),
 )
 
+# The everyday commands' routes live in their own modules (imported here, after the
+# names they use are defined): people, keys and roles; reports, audit and offboarding.
+from keyward.server import routes_people, routes_reports  # noqa: E402
+
+ROUTES += routes_people.ROUTES + routes_reports.ROUTES
+
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
@@ -427,4 +436,16 @@ def build_app(state: ServerState) -> Starlette:
     ]
     routes += web.routes(state)
     routes += scim.routes(state)  # /scim/v2, when keyward.toml has [scim]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    state.metrics.pending_codes.set_function(lambda: float(len(state.codes)))
+
+    def route_of(scope: MutableMapping[str, Any]) -> str:
+        for route in routes:
+            if route.matches(scope)[0] != Match.NONE:
+                return route.path
+        return "other"
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(CountRequests, metrics=state.metrics, route_of=route_of)],
+    )

@@ -120,6 +120,21 @@ ENDPOINTS = (
     "POST /api/v1/access-requests/{id}/approve",
     "POST /api/v1/access-requests/{id}/deny",
     "GET /api/v1/people",
+    "POST /api/v1/people",
+    "GET /api/v1/people/{username}",
+    "PATCH /api/v1/people/{username}",
+    "POST /api/v1/keys",
+    "POST /api/v1/keys/rotate",
+    "POST /api/v1/keys/revoke",
+    "POST /api/v1/roles/{name}/grant",
+    "POST /api/v1/roles/{name}/revoke",
+    "GET /api/v1/status",
+    "GET /api/v1/audit/events",
+    "GET /api/v1/audit/verify",
+    "GET /api/v1/reports/access",
+    "GET /api/v1/reports/offboarding/{username}",
+    "POST /api/v1/offboard",
+    "GET /api/v1/offboard/{username}",
 )
 
 _REFUSED = {
@@ -143,6 +158,13 @@ def _row(**allowed: int) -> dict[str, int]:
     return {**_REFUSED, **{names[k]: v for k, v in allowed.items()}}
 
 
+def _admins(status: int) -> dict[str, int]:
+    return _row(member=403, other=403, approver=403, auditor=403, admin=status)
+
+
+_READERS = _row(member=403, other=403, approver=403, auditor=200, admin=200)
+"""Administrators and auditors read; the matrix asks about a third person (``rita``)."""
+
 MATRIX: dict[str, dict[str, int]] = {
     "GET /api/v1/whoami": _row(member=200, other=200, approver=200, auditor=200, admin=200),
     "POST /api/v1/auth/login": _row(member=200, other=200, approver=200, auditor=200, admin=200),
@@ -159,8 +181,26 @@ MATRIX: dict[str, dict[str, int]] = {
     "POST /api/v1/access-requests/{id}/deny": _row(
         member=403, other=403, approver=200, auditor=403, admin=403
     ),
-    "GET /api/v1/people": _row(member=403, other=403, approver=403, auditor=200, admin=200),
+    "GET /api/v1/people": _READERS,
+    "POST /api/v1/people": _admins(201),
+    "GET /api/v1/people/{username}": _READERS,
+    "PATCH /api/v1/people/{username}": _admins(200),
+    "POST /api/v1/keys": _admins(201),
+    "POST /api/v1/keys/rotate": _admins(200),
+    "POST /api/v1/keys/revoke": _admins(200),
+    "POST /api/v1/roles/{name}/grant": _admins(200),
+    "POST /api/v1/roles/{name}/revoke": _admins(200),
+    "GET /api/v1/status": _READERS,
+    "GET /api/v1/audit/events": _READERS,
+    "GET /api/v1/audit/verify": _READERS,
+    "GET /api/v1/reports/access": _row(member=200, other=200, approver=200, auditor=200, admin=200),
+    "GET /api/v1/reports/offboarding/{username}": _READERS,
+    "POST /api/v1/offboard": _admins(200),
+    "GET /api/v1/offboard/{username}": _READERS,
 }
 """Endpoint -> kind of caller -> HTTP status; the request in the approve/deny rows is a
 pending one of a third person, for the role the "approver" decides; the browser row is
-sent without a code (400: every proven caller may confirm one, nobody a missing one)."""
+sent without a code (400: every proven caller may confirm one, nobody a missing one).
+The people, key, role and offboarding rows act on a third person (rita, or a person
+made for the one request), so "member" means "someone else's"; a person's own record
+and keys are in tests/test_server_api.py."""

@@ -43,6 +43,7 @@ def layout(
         nav = (
             '<nav><a href="/web/">My access</a> · <a href="/web/request">Request access</a> · '
             '<a href="/web/queue">Approval queue</a> · <a href="/web/access">Who can log in</a>'
+            ' · <a href="/web/offboarding">Offboarding</a>'
             f'</nav><span>signed in as <b id="user">{esc(user)}</b></span>'
             f'<form class="inline" method="post" action="/web/logout">{csrf_field(csrf)}'
             '<button id="logout">Sign out</button></form>'

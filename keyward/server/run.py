@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyward.errors import UsageError
 from keyward.logs import get_logger
+
+if TYPE_CHECKING:
+    from keyward.daemon.metrics import HasCollectors
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
 
@@ -92,8 +96,20 @@ def route_uvicorn_logs() -> None:
         logger.propagate = False
 
 
-def serve(app: Any, listen: Listen, tls: Tls | None) -> None:
-    """Run until SIGTERM/SIGINT.  Our own JSON log replaces uvicorn's access log."""
+def serve(
+    app: Any,
+    listen: Listen,
+    tls: Tls | None,
+    metrics: tuple[HasCollectors, socket.socket] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT.  Our own JSON log replaces uvicorn's access log.
+
+    ``metrics``: collectors and a bound loopback socket for ``/metrics``
+    (``--metrics-listen``), answered on the same event loop by the daemon's bounded
+    responder.
+    """
+    import asyncio
+
     import uvicorn
 
     route_uvicorn_logs()
@@ -111,4 +127,20 @@ def serve(app: Any, listen: Listen, tls: Tls | None) -> None:
         lifespan="off",
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    if metrics is None:
+        server.run()
+        return
+    from keyward.daemon.metrics import MetricsServer
+
+    collectors, sock = metrics
+
+    async def both() -> None:
+        responder = MetricsServer(collectors)
+        await responder.start(sock)
+        try:
+            await server.serve()
+        finally:
+            await responder.close()
+
+    asyncio.run(both())

@@ -46,6 +46,7 @@ from keyward.registry.access_rows import list_requests
 from keyward.registry.models import Person, SshKey
 from keyward.server import app as api
 from keyward.server.authz import Caller, Forbidden, caller_for
+from keyward.server.clients import client_address
 from keyward.server.identity import authenticate_token
 from keyward.server.pages import csrf_field, esc, layout, table
 
@@ -76,6 +77,8 @@ class WebRequest:
     form: dict[str, str]
     cookies: dict[str, str]
     secure: bool
+    client: str = ""
+    """The client's address (``keyward.server.clients``), for the sign-in codes' limit."""
 
 
 @dataclass
@@ -130,11 +133,12 @@ def sign_in(state: api.ServerState, request: WebRequest, now: datetime) -> Page:
             fingerprint=confirmed.fingerprint,
             via="browser",
         )
+        state.metrics.session_started(token, now + LIFETIME)
         page.cookies[SESSION_COOKIE] = (token, int(LIFETIME.total_seconds()))
         page.cookies[PRE_COOKIE] = ("", 0)
         page.redirect = "/web/"
         return page
-    code, expires = state.codes.code_for(pre, now)
+    code, expires = state.codes.code_for(pre, now, request.client)
     shown = browser.display(code)
     page.html = layout(
         "Sign in",
@@ -364,6 +368,7 @@ def logout(visit: Visit) -> Page:
     expires = visit.caller.identity.session_expires_at
     assert expires is not None  # a browser visit is always a session
     visit.state.ended.end(visit.request.cookies[SESSION_COOKIE], expires, visit.now)
+    visit.state.metrics.session_ended(visit.request.cookies[SESSION_COOKIE])
     get_logger(component="server").info("session_end", person=visit.caller.username, via="browser")
     page = Page(redirect="/web/")
     page.cookies[SESSION_COOKIE] = ("", 0)
@@ -445,6 +450,11 @@ def endpoint(state: api.ServerState, handler: Handler) -> Callable[[Request], Aw
                 form=_form(body),
                 cookies=dict(request.cookies),
                 secure=secure,
+                client=client_address(
+                    request.client.host if request.client else "",
+                    {k.lower(): v for k, v in request.headers.items()},
+                    state.proxies,
+                ),
             )
             page = await run_in_threadpool(_serve, state, handler, facts, who)
         except KeywardError as exc:
@@ -489,4 +499,7 @@ def endpoint(state: api.ServerState, handler: Handler) -> Callable[[Request], Aw
 
 
 def routes(state: api.ServerState) -> list[Route]:
-    return [Route(path, endpoint(state, h), methods=[m]) for m, path, h in ROUTES]
+    from keyward.server import web_offboarding  # its pages use this module's Visit and Page
+
+    every = ROUTES + web_offboarding.ROUTES
+    return [Route(path, endpoint(state, h), methods=[m]) for m, path, h in every]

@@ -1,0 +1,223 @@
+"""The everyday commands through ``keyward server``: same output as on the database, the
+server's authorization, the proven actor, and no quiet fall-back to the database.
+
+A real server process (tests/server_env.py) and the real CLI with ``KEYWARD_URL`` set
+and no database of its own (``remote``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli_runner import Keyward
+from tests.keygen import make_key, ssh_sign
+from tests.server_env import ServerEnv, server_env
+from tests.test_server_cli import remote
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerEnv]:
+    with server_env(tmp_path_factory.mktemp("server-api"), host="127.0.0.28") as env:
+        yield env
+
+
+def actors(server: ServerEnv, action: str) -> list[str]:
+    return [e["actor"] for e in server.kw.ok("audit", "log", "--action", action, "--json").json()]
+
+
+def test_reads_print_what_they_print_locally(server: ServerEnv) -> None:
+    erin = remote(server, "erin")
+    for args in (
+        ("person", "list"),
+        ("person", "list", "--json"),
+        ("person", "show", "rita"),
+        ("person", "show", "frank", "--json"),
+        ("status",),
+        ("status", "--json"),
+        ("audit", "log", "--person", "grace"),
+        ("audit", "log", "--action", "key.revoke", "--json"),
+        ("report", "offboarding", "frank"),
+        ("report", "access", "--format", "json"),
+        ("report", "access", "--format", "csv"),
+    ):
+        assert erin.ok(*args).out == server.kw.ok(*args).out, args
+    # The auditor reads as well; the Markdown review differs only in its timestamp.
+    generated = re.compile(r"Generated \S+\.")
+    through = remote(server, "dave").ok("report", "access").out
+    assert generated.sub("", through) == generated.sub("", server.kw.ok("report", "access").out)
+    assert remote(server, "dave").ok("audit", "verify").out.startswith("audit chain ok: ")
+
+
+def test_person_add_and_edit_record_the_proven_administrator(server: ServerEnv) -> None:
+    erin = remote(server, "erin")
+    assert erin.ok("person", "add", "paula", "--name", "Paula").out == "added person paula\n"
+    out = erin.ok("person", "edit", "paula", "--email", "paula@example.com").out
+    assert out == "changed email of paula\n"
+    assert erin.ok("person", "show", "paula", "--json").json()["email"] == "paula@example.com"
+    assert actors(server, "person.edit")[-1] == "erin"  # not KEYWARD_ACTOR=mallory
+    result = remote(server, "alice").fails("person", "add", "quentin", "--name", "Q")
+    assert result.err == "keyward: error: only administrators may add people\n"
+
+
+def test_everyone_sees_themselves_only(server: ServerEnv) -> None:
+    alice = remote(server, "alice")
+    assert alice.ok("person", "show", "alice", "--json").json()["username"] == "alice"
+    assert "only administrators and auditors" in alice.fails("person", "show", "rita").err
+    assert "only administrators and auditors" in alice.fails("status").err
+    assert "only administrators and auditors" in alice.fails("audit", "log").err
+    # The access review: their own rows, no direct database writes.
+    out = alice.ok("report", "access").out
+    assert "Direct database writes" not in out
+    assert alice.ok("report", "access", "--format", "json").json() == [
+        r
+        for r in server.kw.ok("report", "access", "--format", "json").json()
+        if r["person"] == "alice"
+    ]
+
+
+def test_adding_your_own_key_needs_a_proof_of_possession(server: ServerEnv, tmp_path: Path) -> None:
+    alice = remote(server, "alice")
+    private, public = make_key(tmp_path, "ed25519", name="alice-new")
+    refused = alice.fails("key", "add", "alice", str(public))
+    assert "needs a proof of possession" in refused.err
+    vouched = alice.fails("key", "add", "alice", str(public), "--attest", "admin")
+    assert "nobody vouches" in vouched.err
+    statement = alice.ok("key", "statement", "alice", str(public)).out.encode()
+    sig = tmp_path / "statement.sig"
+    sig.write_bytes(ssh_sign(private, statement))
+    out = alice.ok("key", "add", "alice", str(public), "--proof", str(sig)).out
+    assert re.fullmatch(
+        r"added ssh-ed25519 key SHA256:\S+ for alice \(attestation proof, expires "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\)\n",
+        out,
+    ), out
+    # A proof made for someone else's name does not verify; nor may a member add for others.
+    assert alice.fails("key", "add", "rita", str(public), "--proof", str(sig)).code == 2
+    _, other = make_key(tmp_path, "ed25519", name="rita-new")
+    assert "only administrators" in alice.fails("key", "add", "rita", str(other)).err
+    added = remote(server, "erin").ok("key", "add", "rita", str(other), "--attest", "admin")
+    assert "attestation admin" in added.out
+    assert actors(server, "key.add")[-2:] == ["alice", "erin"]
+
+
+def test_rotate_and_revoke_your_own_key(server: ServerEnv, tmp_path: Path) -> None:
+    erin = remote(server, "erin")
+    erin.ok("person", "add", "uma", "--name", "Uma")
+    _, first = make_key(tmp_path, "ed25519", name="uma1")
+    erin.ok("key", "add", "uma", str(first), "--attest", "admin")
+    private, second = make_key(tmp_path, "ed25519", name="uma2")
+    # uma signs in with her key (added to the agent) and rotates to a key she proves.
+    uma = Keyward(
+        "sqlite:////nonexistent/no-database.db",
+        str(server.inventory),
+        env={**server.cli_env("erin"), "KEYWARD_KEY": str(tmp_path / "uma1")},
+    )
+    statement = uma.ok("key", "statement", "uma", str(second)).out.encode()
+    sig = tmp_path / "uma2.sig"
+    sig.write_bytes(ssh_sign(private, statement))
+    out = uma.ok("key", "rotate", "uma", str(second), "--proof", str(sig), "--grace", "1h").out
+    assert out.startswith("rotated uma: new key SHA256:") and "valid until" in out
+    new = uma.ok("person", "show", "uma", "--json").json()["keys"]
+    fingerprint = next(k["fingerprint"] for k in new if k["attestation"] == "proof")
+    rita_key = server.signer("rita").public.fingerprint
+    assert "only administrators" in uma.fails("key", "revoke", rita_key, "--reason", "x").err
+    out = uma.ok("key", "revoke", fingerprint, "--reason", "lost").out
+    assert out == f"revoked key {fingerprint} of uma\n"
+    assert actors(server, "key.revoke")[-1] == "uma"
+
+
+def test_roles_are_granted_by_administrators_never_to_themselves(server: ServerEnv) -> None:
+    erin = remote(server, "erin")
+    assert erin.ok("role", "grant", "dba", "alice", "--reason", "T-1").out == (
+        "granted role dba to alice\n"
+    )
+    refused = erin.fails("role", "grant", "dba", "erin", "--reason", "T-2")
+    assert refused.err == "keyward: error: a person cannot grant a role to themselves\n"
+    assert (
+        "only administrators"
+        in remote(server, "dave").fails("role", "grant", "dba", "rita", "--reason", "x").err
+    )
+    assert erin.ok("role", "revoke", "dba", "alice", "--reason", "done").out == (
+        "revoked role dba from alice\n"
+    )
+    assert actors(server, "role.grant")[-1] == "erin"
+
+
+def test_offboarding_through_the_server_is_recorded_for_the_daemon(server: ServerEnv) -> None:
+    erin = remote(server, "erin")
+    erin.ok("person", "add", "victor", "--name", "Victor")
+    result = erin("offboard", "victor", "--reason", "left")
+    # Recorded, not yet confirmed on the host: exit 1 until a round reads the file back.
+    assert result.code == 1, str(result)
+    assert f"victor revoked in the registry by {server.url}" in result.out
+    assert "UNCONFIRMED on 1 host(s): prod-web-1" in result.out
+    assert erin("offboard", "status", "victor").out == server.kw("offboard", "status", "victor").out
+    assert actors(server, "person.offboard")[-1] == "erin"
+    assert "nobody offboards themselves" in erin.fails("offboard", "erin", "--reason", "x").err
+
+
+def test_a_command_without_a_route_fails_naming_itself(server: ServerEnv) -> None:
+    before = server.head()
+    for args in (("key", "list"), ("reconcile",), ("person", "purge", "frank")):
+        result = remote(server, "erin").fails(*args)
+        name = "keyward " + " ".join(a for a in args if a != "frank")
+        assert result.err == (
+            f"keyward: error: '{name}' has no route in the keyward server's API; unset "
+            "KEYWARD_URL (and --url) to use the database directly\n"
+        )
+    assert server.head() == before
+
+
+def test_show_and_status_through_the_server_load_no_orm(server: ServerEnv, tmp_path: Path) -> None:
+    from tests.test_startup import REGISTRY, SSH, imported_by, loaded
+
+    heavy = (*REGISTRY, *SSH, "keyward.registry.store", "keyward.server")
+    for args in (("person", "show", "rita"), ("status",)):
+        modules = imported_by(tmp_path, *args, env=server.cli_env("erin"))
+        assert "keyward.auth.client" in modules, args
+        assert loaded(modules, heavy) == [], args
+
+
+# -- direct database writes ----------------------------------------------------------
+
+
+def test_local_actor_names_the_unix_user_and_keeps_the_claim() -> None:
+    from keyward.cli.context import local_actor
+
+    assert local_actor("root", "root") == "local:root"
+    assert local_actor("root", "alice") == "local:root (claims alice)"
+
+
+def test_the_access_review_flags_direct_database_writes(server: ServerEnv) -> None:
+    from keyward.cli.context import unix_user
+
+    remote(server, "erin").ok("person", "add", "wanda", "--name", "Wanda")
+    server.kw.ok("person", "add", "xavier", "--name", "Xavier", actor="bob")
+    review = server.kw.ok("report", "access").out
+    section = review.split("## Direct database writes", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    claimed = f"local:{unix_user()} (claims bob)"
+    assert any(claimed in r and "person.add" in r and "person:xavier" in r for r in rows)
+    assert not any("wanda" in r for r in rows)  # written through the server, by erin
+    assert actors(server, "person.add")[-2:] == ["erin", claimed]
+    # Through the server, administrators and auditors see the same section.
+    assert "## Direct database writes" in remote(server, "dave").ok("report", "access").out
+
+
+def test_the_agent_and_the_daemon_keep_their_own_actor(server: ServerEnv) -> None:
+    """Rounds and the daemon write with the actor as given; a command's change does not."""
+    from keyward.cli.context import AppContext, unix_user
+
+    app = AppContext(db=server.db_url, actor="keyward-agent", inventory=None)
+    try:
+        assert app.registry(agent=True).recorded_as is None
+        assert app.registry(service=True).recorded_as is None
+        assert app.registry().recorded_as == f"local:{unix_user()} (claims keyward-agent)"
+        with app.registry(agent=True).write(app.actor) as tx:
+            assert tx.recorded_as == "keyward-agent"
+    finally:
+        app.close()
