@@ -123,3 +123,76 @@ def test_a_fresh_read_is_kept_where_it_is_the_evidence() -> None:
         await conn.close()
 
     asyncio.run(scenario())
+
+
+def test_a_push_without_a_read_still_asks_the_fence_before_each_write() -> None:
+    """Several daemons: the lease check stands before every write, on this path too."""
+    host = make_host("h0")
+    fleet = fleet_of([host])
+    fake = fleet["h0"]
+    log = Events()
+    asked: list[tuple[str, bool]] = []
+
+    async def lost_lease(name: str, removal_only: bool) -> str | None:
+        asked.append((name, removal_only))
+        return "not written: this daemon no longer holds the host's lease"
+
+    async def scenario() -> HostResult:
+        conn = await fleet.open(host)
+        first = desired_for([host], ("alice",), ("alice",))
+        synced = await sync_files(conn, files_of(host, first), ctx_for(fleet, first, log))
+        before = len(fake.requests)
+        grant = desired_for([host], ("alice", "bob"), ("alice", "bob"))
+        push = await sync_known(
+            conn,
+            files_of(host, grant),
+            ctx_for(fleet, grant, log, fence=lost_lease),
+            known_after(synced),
+        )
+        assert [q.op for q in fake.requests[before:]] == []  # nothing read, nothing written
+        await conn.close()
+        return push
+
+    push = asyncio.run(scenario())
+    assert not push.ok and not any(f.written for f in push.files)
+    assert asked == [("h0", False), ("h0", False)]
+    assert fingerprints(fake, "deploy") == {KEYS["alice"].fingerprint}
+
+
+def test_a_push_without_a_read_is_held_by_the_adoption_guard() -> None:
+    """The switch from managed-block to exclusive on a scanned host: the daemon's push must
+    not remove a line nobody accounted for just because it plans from what it knew."""
+    from dataclasses import replace
+
+    from keyward.state import AdoptionGuard
+    from tests.test_fakehost import new_key
+
+    block, exclusive = make_host("h0", "managed-block"), make_host("h0")
+    fleet = fleet_of([block])
+    fake = fleet["h0"]
+    log = Events()
+    stranger = new_key()
+    fake.put(fake.path_of("deploy"), stranger.openssh().encode() + b" old laptop\n")
+    scanned = replace(
+        snapshot(),
+        adoption=AdoptionGuard(
+            sighted={"h0": frozenset({stranger.fingerprint})}, complete=frozenset({"h0"})
+        ),
+    )
+
+    async def scenario() -> HostResult:
+        conn = await fleet.open(block)
+        before = desired_for([block], ("alice",), ("alice",))
+        synced = await sync_files(conn, files_of(block, before), ctx_for(fleet, before, log))
+        assert synced.ok and stranger.fingerprint in fingerprints(fake, "deploy")
+        after = desired_for([exclusive], ("alice",), ("alice",))
+        ctx = ctx_for(fleet, after, log)
+        ctx = replace(ctx, snapshot=scanned)
+        push = await sync_known(conn, files_of(exclusive, after), ctx, known_after(synced))
+        await conn.close()
+        return push
+
+    push = asyncio.run(scenario())
+    assert not push.ok and push.error is not None and stranger.fingerprint in push.error
+    assert stranger.fingerprint in fingerprints(fake, "deploy")
+    assert not any(f.written for f in push.files)
