@@ -10,6 +10,7 @@ exclusive, reconcile, and the real ``ssh`` client proving who still gets in.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -136,6 +137,17 @@ def test_adopt_a_messy_fleet(env: AgentEnv, tmp_path: Path) -> None:
     removal = next(line for line in plan.out.splitlines() if fp["alice"] in line)
     assert "drift" in removal and "(last login 20" in removal  # claimed, not yet granted
     assert env.file(h2, "root").read_text().count(text[stranger]) == 1
+    planned = json.loads(kw("plan", "--json").out)  # the JSON says what the text says
+    removals = {
+        c["fingerprint"]: c
+        for h in planned
+        for f in h["files"]
+        for c in f["changes"]
+        if c["action"] == "remove"
+    }
+    assert removals[fp["alice"]]["last_login"].startswith("20")
+    held = next(h for h in planned if h["host"] == h2.name)
+    assert held["status"] == "error" and fp["stranger"] in held["error"]
 
     kw.ok("adopt", "remove", fp["stranger"], "--reason", "nobody knows it (SEC-9)")
 

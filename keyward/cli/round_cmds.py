@@ -35,7 +35,10 @@ LOCK_WAIT = 120.0
 # -- a round's results, for people and for programs --------------------------
 
 
-def result_json(result: HostResult) -> dict[str, Any]:
+def result_json(result: HostResult, adoption: AdoptionLogins | None = None) -> dict[str, Any]:
+    """One host's result as JSON; on a host an adoption scan has read (``adoption``),
+    each removal also carries ``last_login`` (ISO time, or null: never seen logging in)."""
+    scanned = adoption is not None and result.host.name in adoption.hosts
     files = []
     for f in result.files:
         p = f.plan
@@ -55,6 +58,11 @@ def result_json(result: HostResult) -> dict[str, Any]:
                         "owner": c.owner,
                         "reason": c.reason,
                         "options": list(c.options),
+                        **(
+                            {"last_login": _iso(adoption, c.fingerprint)}
+                            if scanned and adoption is not None and c.action == "remove"
+                            else {}
+                        ),
                     }
                     for c in p.changes
                 ],
@@ -74,6 +82,11 @@ def result_json(result: HostResult) -> dict[str, Any]:
         "warnings": list(result.warnings),
         "files": files,
     }
+
+
+def _iso(adoption: AdoptionLogins, fingerprint: str | None) -> str | None:
+    seen = adoption.last_login.get(fingerprint or "")
+    return seen.isoformat() if seen is not None else None
 
 
 def _expiry_text(value: str | None) -> str:
@@ -261,10 +274,11 @@ def plan(
     settings = RoundSettings(dry_run=True, check_sshd=True)
     results = run_round(surroundings(app), load_inputs(app, env, host), settings, progress)
     log_plan(results)
+    adoption = adoption_logins(app, results)
     if as_json:
-        emit_json([result_json(r) for r in results])
+        emit_json([result_json(r, adoption) for r in results])
     else:
-        print_plan(results, applied=False, adoption=adoption_logins(app, results))
+        print_plan(results, applied=False, adoption=adoption)
     ctx.exit(exit_code(results))
 
 
