@@ -46,6 +46,7 @@ from keyward.registry.change_log import log_changes
 from keyward.registry.models import AccessRequest, Person, Role
 from keyward.registry.store import Registry, WriteTx
 from keyward.server.authz import Caller, Forbidden, caller_for
+from keyward.server.body import BodyTooLarge, read_body
 from keyward.server.identity import RequestFacts, Verifier, authenticate
 from keyward.server.metrics import CountRequests, ServerMetrics
 
@@ -61,10 +62,6 @@ class NotFound(KeywardError):
 
 class Conflict(KeywardError):
     """The thing named is not in a state that allows this (409)."""
-
-
-class BodyTooLarge(KeywardError):
-    """A request body over ``MAX_BODY`` (413)."""
 
 
 _STATUS: tuple[tuple[type[KeywardError], int], ...] = (
@@ -333,20 +330,6 @@ def _serve(
     return handler(call)
 
 
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status_code=status)
 
@@ -364,7 +347,7 @@ def endpoint(state: ServerState, handler: Handler) -> Callable[[Request], Awaita
             facts = RequestFacts(
                 method=request.method,
                 path_query=path_query,
-                body=await _read_body(request),
+                body=await read_body(request, MAX_BODY),
                 headers={k.lower(): v for k, v in request.headers.items()},
             )
             params = {k: str(v) for k, v in request.path_params.items()}

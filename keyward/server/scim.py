@@ -52,6 +52,7 @@ from keyward.logs import get_logger
 from keyward.registry import scim_store
 from keyward.registry.change_log import log_changes
 from keyward.registry.models import ScimResource
+from keyward.server.body import BodyTooLarge, read_body
 from keyward.server.scim_protocol import (
     KINDS,
     MAX_RESULTS,
@@ -147,7 +148,7 @@ def _endpoint(scim: Scim) -> Callable[[Request], Awaitable[Response]]:
         headers: dict[str, str] = {}
         try:
             _authenticate(scim, request.headers.get("authorization", ""))
-            body = await _read_body(request)
+            body = await read_body(request, MAX_BODY)
             base = str(request.base_url).rstrip("/") + PREFIX
             answer = await run_in_threadpool(
                 dispatch,
@@ -190,24 +191,6 @@ def _authenticate(scim: Scim, header: str) -> None:
         raise ScimUnauthorized("send the identity provider's token: Authorization: Bearer ...")
     if not scim.token.matches(token.strip()):
         raise ScimUnauthorized("the bearer token is not the one in [scim] token_file")
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class BodyTooLarge(KeywardError):
-    """A body over ``MAX_BODY`` (413)."""
 
 
 class MethodNotAllowed(KeywardError):

@@ -46,6 +46,7 @@ from keyward.registry.access_rows import list_requests
 from keyward.registry.models import Person, SshKey
 from keyward.server import app as api
 from keyward.server.authz import Caller, Forbidden, caller_for
+from keyward.server.body import read_body
 from keyward.server.clients import client_address
 from keyward.server.identity import authenticate_token
 from keyward.server.pages import csrf_field, esc, layout, table
@@ -441,7 +442,7 @@ def endpoint(state: api.ServerState, handler: Handler) -> Callable[[Request], Aw
         who: list[str] = []
         secure = request.url.scheme == "https"
         try:
-            body = await api._read_body(request) if request.method == "POST" else b""
+            body = await read_body(request, api.MAX_BODY) if request.method == "POST" else b""
             facts = WebRequest(
                 method=request.method,
                 path=request.url.path,
