@@ -374,11 +374,10 @@ def test_a_second_daemon_on_sqlite_is_refused(env: AgentEnv, tmp_path: Path) -> 
         assert again.stop() == 0
 
 
-def test_postgresql_down_for_ten_seconds(
+def test_postgresql_down_for_thirty_seconds(
     pg_server: PgServer, pg_env: AgentEnv, daemons: list[Proc], tmp_path: Path
 ) -> None:
-    """The registry stops for 10 s (kept short to bound the test; the daemons' behaviour
-    does not change with the length): the daemons keep their SSH connections, a grant
+    """The registry stops for 30 s, as long as the issue asks: the daemons keep their SSH connections, a grant
     that runs out during the outage is removed from every host, and a change made once
     the registry is back reaches every host."""
     from datetime import UTC, datetime, timedelta
@@ -406,7 +405,7 @@ def test_postgresql_down_for_ten_seconds(
         )
         expired_after = time.monotonic() - halted
         assert on_every_host(env, "alice", True)
-        time.sleep(max(0.0, 10 - (time.monotonic() - halted)))
+        time.sleep(max(0.0, 30 - (time.monotonic() - halted)))
         assert all(d.alive() for d in daemons)
     finally:
         pg_server.resume()
