@@ -377,9 +377,9 @@ def test_a_second_daemon_on_sqlite_is_refused(env: AgentEnv, tmp_path: Path) -> 
 def test_postgresql_down_for_thirty_seconds(
     pg_server: PgServer, pg_env: AgentEnv, daemons: list[Proc], tmp_path: Path
 ) -> None:
-    """The registry stops for 30 s, as long as the issue asks: the daemons keep their SSH connections, a grant
-    that runs out during the outage is removed from every host, and a change made once
-    the registry is back reaches every host."""
+    """The registry stops for 30 s, as long as the issue asks: the daemons keep their SSH
+    connections, a grant that runs out during the outage is removed from every host, and a
+    change made once the registry is back reaches every host."""
     from datetime import UTC, datetime, timedelta
 
     env = pg_env
