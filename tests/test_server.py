@@ -73,6 +73,8 @@ def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, obje
         return {}, {"username": f"n{next(_FRESH)}", "full_name": "New Person"}
     if endpoint == "PATCH /api/v1/people/{username}":
         return {"username": "rita"}, {"full_name": f"Rita {next(_FRESH)}"}
+    if endpoint == "POST /api/v1/roles":
+        return {}, {"name": f"role{next(_FRESH)}", "description": "matrix"}
     if endpoint == "POST /api/v1/keys":
         return {}, {"username": "rita", "public_key": new_public_key(env), "attest": "admin"}
     if endpoint == "POST /api/v1/keys/rotate":
@@ -100,6 +102,8 @@ def _request(env: ServerEnv, endpoint: str) -> tuple[str, str, bytes]:
     params, payload = _body(env, endpoint)
     for name, value in params.items():
         path = path.replace("{" + name + "}", value)
+    if endpoint == "GET /api/v1/keys":
+        path += "?username=rita"  # someone else's keys (a member lists their own)
     body = NEW_REQUEST if endpoint == "POST /api/v1/access-requests" else b""
     if payload is not None:
         body = json.dumps(payload).encode()

@@ -52,6 +52,46 @@ def test_reads_print_what_they_print_locally(server: ServerEnv) -> None:
     assert remote(server, "dave").ok("audit", "verify").out.startswith("audit chain ok: ")
 
 
+def test_key_list_prints_what_it_prints_locally_and_members_see_their_own(
+    server: ServerEnv,
+) -> None:
+    for who in ("erin", "dave"):
+        through = remote(server, who)
+        for args in (
+            ("key", "list"),
+            ("key", "list", "--all", "--json"),
+            ("key", "list", "rita"),
+            ("key", "list", "--expiring", "400d"),
+            ("key", "list", "--expiring", "400d", "--json"),
+        ):
+            assert through.ok(*args).out == server.kw.ok(*args).out, (who, args)
+    alice = remote(server, "alice")
+    own = server.kw.ok("key", "list", "alice", "--all", "--json").json()
+    assert alice.ok("key", "list", "--all", "--json").json() == own
+    assert alice.ok("key", "list", "alice").out == server.kw.ok("key", "list", "alice").out
+    refused = alice.fails("key", "list", "rita")
+    assert refused.err == (
+        "keyward: error: only administrators and auditors may list other people's keys\n"
+    )
+    assert alice.fails("key", "list", "--expiring", "soon").code == 2
+
+
+def test_roles_are_listed_to_everyone_and_added_by_administrators(server: ServerEnv) -> None:
+    for who in ("alice", "dave"):
+        for args in (("role", "list"), ("role", "list", "--json")):
+            assert remote(server, who).ok(*args).out == server.kw.ok(*args).out, (who, args)
+    erin = remote(server, "erin")
+    assert erin.ok("role", "add", "sre", "--description", "Site reliability").out == (
+        "added role sre\n"
+    )
+    added = erin.ok("role", "add", "oncall", "--json").json()
+    assert (added["name"], added["created_by"]) == ("oncall", "erin")
+    assert "sre" in [r["name"] for r in remote(server, "alice").ok("role", "list", "--json").json()]
+    refused = remote(server, "dave").fails("role", "add", "auditors2")
+    assert refused.err == "keyward: error: only administrators may add roles\n"
+    assert actors(server, "role.add")[-2:] == ["erin", "erin"]
+
+
 def test_person_add_and_edit_record_the_proven_administrator(server: ServerEnv) -> None:
     erin = remote(server, "erin")
     assert erin.ok("person", "add", "paula", "--name", "Paula").out == "added person paula\n"
@@ -162,7 +202,7 @@ def test_offboarding_through_the_server_is_recorded_for_the_daemon(server: Serve
 
 def test_a_command_without_a_route_fails_naming_itself(server: ServerEnv) -> None:
     before = server.head()
-    for args in (("key", "list"), ("reconcile",), ("person", "purge", "frank")):
+    for args in (("plan",), ("reconcile",), ("person", "purge", "frank")):
         result = remote(server, "erin").fails(*args)
         name = "keyward " + " ".join(a for a in args if a != "frank")
         assert result.err == (

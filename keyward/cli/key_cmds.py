@@ -13,7 +13,7 @@ import click
 
 from keyward.cli.common import key_json, key_policy, log_events, read_small_file
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.output import emit_json, short_ts, table
 from keyward.clock import parse_utc
 from keyward.errors import UsageError
 from keyward.timeparse import duration, end_of_day
@@ -178,31 +178,27 @@ def key_list(
     app: AppContext, username: str | None, show_all: bool, expiring: str | None, as_json: bool
 ) -> None:
     """List keys (active ones unless --all)."""
-    from sqlmodel import col, select
+    api = app.api()
+    if api is not None:
+        from urllib.parse import urlencode
 
-    from keyward.registry import ops
-    from keyward.registry.models import Person, SshKey
+        if expiring:
+            duration(expiring, "--expiring")  # a bad DURATION is refused here, as locally
+        query = {"username": username, "all": "1" if show_all else None, "expiring": expiring}
+        wanted = urlencode({k: v for k, v in query.items() if v is not None})
+        rows = api.call("GET", "/api/v1/keys" + (f"?{wanted}" if wanted else ""))
+    else:
+        from keyward.registry import views
 
-    registry = app.registry()
-    now = registry.clock()
-    horizon = now + duration(expiring, "--expiring") if expiring else None
-    with registry.read() as session:
-        query = select(SshKey, Person).join(Person, col(Person.id) == col(SshKey.person_id))
-        if username:
-            p = ops.find_person(session, username)
-            query = query.where(SshKey.person_id == p.id)
-        rows = [
-            key_json(k, p, now)
-            for k, p in session.exec(query.order_by(col(Person.username), col(SshKey.added_at)))
-        ]
-    if not show_all:
-        rows = [r for r in rows if r["status"] == "active"]
-    if horizon is not None:
-        limit = ts(horizon)
-        rows = [r for r in rows if r["status"] == "active" and r["expires_at"] <= limit]
-        deployed = deployed_hosts(app)
-        for r in rows:
-            r["hosts"] = deployed.get(r["fingerprint"], [])
+        registry = app.registry()
+        now = registry.clock()
+        horizon = now + duration(expiring, "--expiring") if expiring else None
+        with registry.read() as session:
+            rows = views.key_rows(session, username, now, show_all, horizon)
+        if horizon is not None:
+            deployed = deployed_hosts(app)
+            for r in rows:
+                r["hosts"] = deployed.get(r["fingerprint"], [])
     if as_json:
         emit_json(rows)
         return
@@ -216,7 +212,7 @@ def key_list(
             ("expires_at", "EXPIRES"),
             ("status", "STATUS"),
         ]
-        + ([("hosts", "HOSTS")] if horizon is not None else []),
+        + ([("hosts", "HOSTS")] if expiring else []),
     )
 
 
@@ -225,20 +221,13 @@ def deployed_hosts(app: AppContext) -> dict[str, list[str]]:
     root = app.inventory_dir()
     if not root.is_dir():
         return {}
-    from keyward.desired import compute_desired
     from keyward.inventory import load_inventory
-    from keyward.registry.snapshot import load_snapshot
+    from keyward.registry import views
 
     inv = load_inventory(root)
     registry = app.registry()
     with registry.read() as session:
-        snapshot = load_snapshot(session)
-    desired = compute_desired(snapshot, inv, inv.hosts(), None, registry.clock())
-    out: dict[str, set[str]] = {}
-    for target, d in desired.items():
-        for line in d.lines:
-            out.setdefault(line.key.fingerprint, set()).add(target.host)
-    return {fp: sorted(hosts) for fp, hosts in out.items()}
+        return views.deployed_hosts(session, inv, registry.clock())
 
 
 @key.command("revoke")

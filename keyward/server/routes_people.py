@@ -26,7 +26,7 @@ from keyward.registry import key_intake, lifecycle, ops, views
 from keyward.registry.models import Person
 from keyward.server.app import Call, Handler, Result, ServerState, _field, _log_changes
 from keyward.server.authz import Caller, Forbidden
-from keyward.timeparse import end_of_day
+from keyward.timeparse import duration, end_of_day
 
 
 def _admin(caller: Caller, what: str) -> None:
@@ -143,6 +143,27 @@ def key_add(call: Call) -> Result:
     return 201, result
 
 
+def key_list(call: Call) -> Result:
+    """Administrators and auditors list anyone's keys; everyone else their own (asking
+    for nobody in particular lists their own)."""
+    caller = call.caller
+    username = call.query.get("username") or None
+    if not (caller.admin or caller.auditor):
+        if username not in (None, caller.username):
+            raise Forbidden("only administrators and auditors may list other people's keys")
+        username = caller.username
+    expiring = call.query.get("expiring")
+    horizon = call.now + duration(expiring, "--expiring") if expiring else None
+    with call.state.registry.read() as session:
+        rows = views.key_rows(session, username, call.now, bool(call.query.get("all")), horizon)
+        if horizon is not None:
+            inventory = call.state.inventory
+            deployed = views.deployed_hosts(session, inventory, call.now) if inventory else {}
+            for r in rows:
+                r["hosts"] = deployed.get(r["fingerprint"], [])
+    return 200, rows
+
+
 def key_rotate(call: Call) -> Result:
     body = call.json()
     username = _field(body, "username", str)
@@ -189,6 +210,23 @@ def key_revoke(call: Call) -> Result:
 # -- roles ------------------------------------------------------------------------
 
 
+def role_list(call: Call) -> Result:
+    """Every proven person may see the roles and who holds them (as ``role list``)."""
+    with call.state.registry.read() as session:
+        return 200, views.role_rows(session, call.now)
+
+
+def role_add(call: Call) -> Result:
+    _admin(call.caller, "add roles")
+    body = call.json()
+    with call.state.registry.write(call.caller.username) as tx:
+        result = views.role_json(
+            ops.add_role(tx, _field(body, "name", str), _field(body, "description", str, ""))
+        )
+    _log_changes(tx)
+    return 201, result
+
+
 def role_grant(call: Call) -> Result:
     _admin(call.caller, "grant roles")
     body = call.json()
@@ -232,9 +270,12 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/v1/people", person_add),
     ("GET", "/api/v1/people/{username}", person_show),
     ("PATCH", "/api/v1/people/{username}", person_edit),
+    ("GET", "/api/v1/keys", key_list),
     ("POST", "/api/v1/keys", key_add),
     ("POST", "/api/v1/keys/rotate", key_rotate),
     ("POST", "/api/v1/keys/revoke", key_revoke),
+    ("GET", "/api/v1/roles", role_list),
+    ("POST", "/api/v1/roles", role_add),
     ("POST", "/api/v1/roles/{name}/grant", role_grant),
     ("POST", "/api/v1/roles/{name}/revoke", role_revoke),
 )
