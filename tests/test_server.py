@@ -73,6 +73,8 @@ def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, obje
         return {}, {"username": f"n{next(_FRESH)}", "full_name": "New Person"}
     if endpoint == "PATCH /api/v1/people/{username}":
         return {"username": "rita"}, {"full_name": f"Rita {next(_FRESH)}"}
+    if endpoint == "POST /api/v1/alerts/{id}/clear":
+        return {}, {"reason": "matrix"}
     if endpoint == "POST /api/v1/roles":
         return {}, {"name": f"role{next(_FRESH)}", "description": "matrix"}
     if endpoint == "POST /api/v1/keys":
@@ -97,13 +99,17 @@ def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, obje
 
 def _request(env: ServerEnv, endpoint: str) -> tuple[str, str, bytes]:
     method, path = endpoint.split(" ")
-    if "{id}" in path:
+    if "/alerts/{id}" in path:
+        path = path.replace("{id}", str(env.alert_for("rita")))
+    elif "{id}" in path:
         path = path.replace("{id}", str(env.request_for("rita", "devops")))
     params, payload = _body(env, endpoint)
     for name, value in params.items():
         path = path.replace("{" + name + "}", value)
     if endpoint == "GET /api/v1/keys":
         path += "?username=rita"  # someone else's keys (a member lists their own)
+    if endpoint == "GET /api/v1/logins":
+        path += "?person=rita"  # someone else's logins (a member reads their own)
     body = NEW_REQUEST if endpoint == "POST /api/v1/access-requests" else b""
     if payload is not None:
         body = json.dumps(payload).encode()

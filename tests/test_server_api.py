@@ -92,6 +92,55 @@ def test_roles_are_listed_to_everyone_and_added_by_administrators(server: Server
     assert actors(server, "role.add")[-2:] == ["erin", "erin"]
 
 
+def test_alerts_are_read_by_auditors_and_cleared_by_administrators(server: ServerEnv) -> None:
+    first, second = server.alert_for("rita"), server.alert_for("grace", host=None)
+    for who in ("erin", "dave"):
+        for args in (
+            ("alerts",),
+            ("alerts", "--json"),
+            ("alerts", "--open", "--person", "rita"),
+            ("alerts", "--kind", "new_source", "--host", "prod-web-1", "--json"),
+        ):
+            assert remote(server, who).ok(*args).out == server.kw.ok(*args).out, (who, args)
+    assert "only administrators and auditors" in remote(server, "alice").fails("alerts").err
+    refused = remote(server, "dave").fails("alerts", "clear", str(first), "--reason", "x")
+    assert refused.err == "keyward: error: only administrators may clear alerts\n"
+    erin = remote(server, "erin")
+    assert erin.ok("alerts", "clear", str(first), "--reason", "checked").out == (
+        f"cleared alert {first}\n"
+    )
+    cleared = erin.ok("alerts", "clear", str(second), "--reason", "ok", "--json").json()
+    assert (cleared["status"], cleared["cleared_by"]) == ("cleared", "erin")
+    again = erin.fails("alerts", "clear", str(first), "--reason", "x")
+    assert again.err == server.kw.fails("alerts", "clear", str(first), "--reason", "x").err
+    assert actors(server, "alert.clear")[-2:] == ["erin", "erin"]
+
+
+def test_logins_print_what_they_print_locally_and_members_see_their_own(
+    server: ServerEnv,
+) -> None:
+    server.login_for("alice")
+    server.login_for("rita", outcome="failed")
+    server.login_for("keyward-agent")
+    for who in ("erin", "dave"):
+        for args in (
+            ("logins",),
+            ("logins", "--json"),
+            ("logins", "--all", "--json"),
+            ("logins", "--failed", "--host", "prod-web-1"),
+            ("logins", "--person", "rita", "--limit", "1", "--json"),
+            ("logins", "--since", "2000-01-01", "--customer", "acme"),
+        ):
+            assert remote(server, who).ok(*args).out == server.kw.ok(*args).out, (who, args)
+    alice = remote(server, "alice")
+    own = server.kw.ok("logins", "--person", "alice", "--json").json()
+    assert own and alice.ok("logins", "--json").json() == own
+    refused = alice.fails("logins", "--person", "rita")
+    assert refused.err == (
+        "keyward: error: only administrators and auditors may read other people's logins\n"
+    )
+
+
 def test_person_add_and_edit_record_the_proven_administrator(server: ServerEnv) -> None:
     erin = remote(server, "erin")
     assert erin.ok("person", "add", "paula", "--name", "Paula").out == "added person paula\n"

@@ -138,6 +138,9 @@ ENDPOINTS = (
     "GET /api/v1/reports/offboarding/{username}",
     "POST /api/v1/offboard",
     "GET /api/v1/offboard/{username}",
+    "GET /api/v1/logins",
+    "GET /api/v1/alerts",
+    "POST /api/v1/alerts/{id}/clear",
 )
 
 _REFUSED = {
@@ -203,6 +206,9 @@ MATRIX: dict[str, dict[str, int]] = {
     "GET /api/v1/reports/offboarding/{username}": _READERS,
     "POST /api/v1/offboard": _admins(200),
     "GET /api/v1/offboard/{username}": _READERS,
+    "GET /api/v1/logins": _READERS,
+    "GET /api/v1/alerts": _READERS,
+    "POST /api/v1/alerts/{id}/clear": _admins(200),
 }
 """Endpoint -> kind of caller -> HTTP status; the request in the approve/deny rows is a
 pending one of a third person, for the role the "approver" decides; the browser row is
