@@ -143,6 +143,19 @@ class ServerEnv:
         finally:
             registry.dispose()
 
+    def mark_offboarded(self, person: str) -> None:
+        """Mark ``person`` offboarded directly in the database (no case: nothing to confirm)."""
+        from keyward.registry import ops
+
+        registry = self.registry()
+        try:
+            with registry.write("keyward-agent") as tx:
+                row = ops.find_person(tx.session, person)
+                row.status = "offboarded"
+                tx.session.add(row)
+        finally:
+            registry.dispose()
+
     def login_for(self, person: str, host: str = "prod-web-1", outcome: str = "accepted") -> None:
         """A login event of ``person``'s key, stored directly in the database."""
         from keyward.registry.models import LoginEvent

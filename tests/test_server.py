@@ -73,6 +73,18 @@ def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, obje
         return {}, {"username": f"n{next(_FRESH)}", "full_name": "New Person"}
     if endpoint == "PATCH /api/v1/people/{username}":
         return {"username": "rita"}, {"full_name": f"Rita {next(_FRESH)}"}
+    if endpoint == "POST /api/v1/keys/attest":
+        _, public = make_key(env.base / "keys", "ed25519", name=f"a{next(_FRESH)}")
+        added = env.kw.ok("key", "add", "rita", str(public), "--json")  # unattested
+        return {}, {"fingerprint": added.json()["fingerprint"], "attest": "admin"}
+    if endpoint == "POST /api/v1/people/{username}/rehire":
+        name = fresh_person(env)
+        env.mark_offboarded(name)
+        return {"username": name}, {"reason": "matrix"}
+    if endpoint == "POST /api/v1/people/{username}/clear-alert":
+        name = fresh_person(env)
+        env.alert_for(name)
+        return {"username": name}, {"reason": "matrix"}
     if endpoint == "POST /api/v1/alerts/{id}/clear":
         return {}, {"reason": "matrix"}
     if endpoint == "POST /api/v1/roles":

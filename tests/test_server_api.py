@@ -141,6 +141,63 @@ def test_logins_print_what_they_print_locally_and_members_see_their_own(
     )
 
 
+def test_key_attest_is_for_administrators_never_on_their_own_key(
+    server: ServerEnv, tmp_path: Path
+) -> None:
+    fingerprints = []
+    for name in ("rita-a", "rita-b"):
+        _, public = make_key(tmp_path, "ed25519", name=name)
+        added = server.kw.ok("key", "add", "rita", str(public), "--json").json()
+        fingerprints.append(added["fingerprint"])
+    through, local = fingerprints
+    erin = remote(server, "erin")
+    out = erin.ok("key", "attest", through, "--attest", "admin").out
+    expected = server.kw.ok("key", "attest", local, "--attest", "admin").out
+    assert (
+        out
+        == expected.replace(local, through)
+        == (f"key {through} of rita: attestation none -> admin\n")
+    )
+    again = erin.fails("key", "attest", through, "--attest", "admin")
+    assert again.err == server.kw.fails("key", "attest", local, "--attest", "admin").err.replace(
+        local, through
+    )
+    assert actors(server, "key.attest")[-2] == "erin"
+    own = server.signer("erin").public.fingerprint
+    refused = erin.fails("key", "attest", own, "--attest", "admin")
+    assert refused.err == "keyward: error: nobody attests their own key\n"
+    dave = remote(server, "dave").fails("key", "attest", through, "--attest", "sk")
+    assert dave.err == "keyward: error: only administrators may attest keys\n"
+
+
+def test_rehire_and_clear_alert_are_for_administrators(server: ServerEnv) -> None:
+    erin = remote(server, "erin")
+    for name in ("yara", "zeno"):
+        server.kw.ok("person", "add", name, "--name", name.title())
+        server.mark_offboarded(name)
+        server.alert_for(name)
+    out = erin.ok("person", "rehire", "yara", "--reason", "HR-1").out
+    assert out == server.kw.ok("person", "rehire", "zeno", "--reason", "HR-1").out.replace(
+        "zeno", "yara"
+    )
+    assert out.startswith("rehired yara: employment period ")
+    refused = remote(server, "dave").fails("person", "clear-alert", "yara", "--reason", "x")
+    assert refused.err == "keyward: error: only administrators may clear alerts\n"
+    out = erin.ok("person", "clear-alert", "yara", "--reason", "checked").out
+    assert out == "cleared 1 alert(s) for yara\n"
+    assert out == server.kw.ok("person", "clear-alert", "zeno", "--reason", "checked").out.replace(
+        "zeno", "yara"
+    )
+    nothing = erin.fails("person", "clear-alert", "yara", "--reason", "x")
+    assert "has no open alert" in nothing.err
+    assert actors(server, "person.rehire")[-2] == "erin"
+    assert actors(server, "person.clear-alert")[-2] == "erin"
+    assert (
+        "only administrators"
+        in remote(server, "dave").fails("person", "rehire", "zeno", "--reason", "x").err
+    )
+
+
 def test_person_add_and_edit_record_the_proven_administrator(server: ServerEnv) -> None:
     erin = remote(server, "erin")
     assert erin.ok("person", "add", "paula", "--name", "Paula").out == "added person paula\n"
@@ -251,13 +308,20 @@ def test_offboarding_through_the_server_is_recorded_for_the_daemon(server: Serve
 
 def test_a_command_without_a_route_fails_naming_itself(server: ServerEnv) -> None:
     before = server.head()
-    for args in (("plan",), ("reconcile",), ("person", "purge", "frank")):
+    for args in (("person", "purge", "frank"),):
         result = remote(server, "erin").fails(*args)
         name = "keyward " + " ".join(a for a in args if a != "frank")
         assert result.err == (
             f"keyward: error: '{name}' has no route in the keyward server's API; unset "
             "KEYWARD_URL (and --url) to use the database directly\n"
         )
+    for args in (("plan",), ("reconcile",), ("audit", "checkpoint")):
+        result = remote(server, "erin").fails(*args)
+        assert result.err == (
+            f"keyward: error: 'keyward {' '.join(args)}' is machine-local and has no route in "
+            "the keyward server's API; run it on the registry machine without KEYWARD_URL "
+            "(and --url)\n"
+        ), args
     assert server.head() == before
 
 

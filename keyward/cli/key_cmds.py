@@ -410,13 +410,41 @@ def key_rotate(
 def key_attest(
     app: AppContext, fingerprint: str, proof_file: str | None, attest: str | None
 ) -> None:
-    """Raise the attestation of an already registered key (never lower it)."""
+    """Raise the attestation of an already registered key (never lower it).
+
+    Through a keyward server (KEYWARD_URL), administrators attest others' keys, never
+    their own.
+    """
+    if not proof_file and not attest:
+        raise UsageError("give --proof SIGFILE or --attest admin|sk")
+    api = app.api()
+    if api is not None:
+        import base64
+
+        if proof_file and attest:
+            raise UsageError("give either --proof or --attest, not both")
+        proof = read_small_file(proof_file, "proof file") if proof_file else None
+        body = {
+            "fingerprint": fingerprint,
+            "proof_base64": base64.b64encode(proof).decode() if proof is not None else None,
+            "attest": attest,
+        }
+        result = api.call("POST", "/api/v1/keys/attest", body)
+    else:
+        result = _attest_locally(app, fingerprint, proof_file, attest)
+    click.echo(
+        f"key {result['fingerprint']} of {result['person']}: "
+        f"attestation {result['old']} -> {result['new']}"
+    )
+
+
+def _attest_locally(
+    app: AppContext, fingerprint: str, proof_file: str | None, attest: str | None
+) -> dict[str, Any]:
     from keyward.keys import decode_key
     from keyward.registry import ops
     from keyward.registry.models import Person
 
-    if not proof_file and not attest:
-        raise UsageError("give --proof SIGFILE or --attest admin|sk")
     policy = key_policy(app)
     registry = app.registry()
     now = registry.clock()
@@ -432,7 +460,7 @@ def key_attest(
         old = ops.find_key(tx.session, fingerprint).attestation
         ops.attest_key(tx, fingerprint, claim, public)
     log_events(tx)
-    click.echo(f"key {fingerprint} of {username}: attestation {old} -> {claim.attestation}")
+    return {"fingerprint": fingerprint, "person": username, "old": old, "new": claim.attestation}
 
 
 def register(cli: click.Group) -> None:

@@ -196,3 +196,40 @@ def clear_alert(tx: WriteTx, alert_id: int, reason: str) -> dict[str, Any]:
     result = alert_json(alert)
     result["failure_mode_cleared"] = bool(modes)
     return result
+
+
+def clear_person_alerts(tx: WriteTx, username: str, reason: str) -> dict[str, Any]:
+    """End ``username``'s failure mode and close their open alerts, in ``tx``: ``person
+    clear-alert``.  The answer names the alerts closed and whether a mode ended."""
+    from keyward.registry import ops
+    from keyward.registry.subjects import Subject
+
+    reason = validate.line("reason", reason)
+    who = ops.find_person(tx.session, username)
+    modes = tx.session.exec(
+        select(FailureMode).where(
+            FailureMode.person_id == who.id, col(FailureMode.cleared_at).is_(None)
+        )
+    ).all()
+    open_alerts = tx.session.exec(
+        select(Alert).where(Alert.person == username, Alert.status == "open")
+    ).all()
+    if not modes and not open_alerts:
+        raise RegistryError(f"{username!r} has no open alert and is not in failure mode")
+    for mode in modes:
+        mode.cleared_at = tx.now
+        mode.cleared_by = tx.actor
+        tx.session.add(mode)
+    for alert in open_alerts:
+        alert.status = "cleared"
+        alert.cleared_by = tx.actor
+        alert.cleared_at = tx.now
+        alert.clear_reason = reason
+        tx.session.add(alert)
+    ids = [a.id for a in open_alerts]
+    tx.audit(
+        "person.clear-alert",
+        Subject.person(username),
+        {"reason": reason, "alerts": ids, "failure_mode_cleared": bool(modes)},
+    )
+    return {"person": username, "alerts": ids, "failure_mode_cleared": bool(modes)}
