@@ -219,6 +219,6 @@ MATRIX: dict[str, dict[str, int]] = {
 """Endpoint -> kind of caller -> HTTP status; the request in the approve/deny rows is a
 pending one of a third person, for the role the "approver" decides; the browser row is
 sent without a code (400: every proven caller may confirm one, nobody a missing one).
-The people, key, role and offboarding rows act on a third person (rita, or a person
-made for the one request), so "member" means "someone else's"; a person's own record
-and keys are in tests/test_server_api.py."""
+The people, key, role, offboarding, login and alert rows act on a third person (rita,
+or a person made for the one request), so "member" means "someone else's"; a person's
+own record, keys and logins are in tests/test_server_api.py."""
