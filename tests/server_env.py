@@ -13,6 +13,7 @@ after.  People:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -69,6 +70,9 @@ accounts = ["deploy"]
 """
 
 
+_LOGINS = itertools.count(1)
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -116,6 +120,66 @@ class ServerEnv:
             actor=person,
         )
         return int(result.json()["id"])
+
+    def alert_for(self, person: str = "rita", host: str | None = "prod-web-1") -> int:
+        """A new open alert about ``person``, raised directly in the database."""
+        from keyward.registry.models import Alert
+
+        registry = self.registry()
+        try:
+            with registry.write("keyward-agent") as tx:
+                alert = Alert(
+                    kind="new_source",
+                    person=person,
+                    host=host,
+                    summary=f"{person} logged in from a new address",
+                    details='{"addr": "127.0.0.9"}',
+                    created_at=tx.now,
+                )
+                tx.session.add(alert)
+                tx.session.flush()
+                assert alert.id is not None
+                return alert.id
+        finally:
+            registry.dispose()
+
+    def mark_offboarded(self, person: str) -> None:
+        """Mark ``person`` offboarded directly in the database (no case: nothing to confirm)."""
+        from keyward.registry import ops
+
+        registry = self.registry()
+        try:
+            with registry.write("keyward-agent") as tx:
+                row = ops.find_person(tx.session, person)
+                row.status = "offboarded"
+                tx.session.add(row)
+        finally:
+            registry.dispose()
+
+    def login_for(self, person: str, host: str = "prod-web-1", outcome: str = "accepted") -> None:
+        """A login event of ``person``'s key, stored directly in the database."""
+        from keyward.registry.models import LoginEvent
+
+        registry = self.registry()
+        try:
+            with registry.write("keyward-agent") as tx:
+                n = next(_LOGINS)
+                tx.session.add(
+                    LoginEvent(
+                        host=host,
+                        account="deploy",
+                        at=tx.now,
+                        outcome=outcome,
+                        addr="127.0.0.9",
+                        port=40000 + n,
+                        fingerprint=f"SHA256:test{n}",
+                        person=person,
+                        pos=f"test:{n}",
+                        collected_at=tx.now,
+                    )
+                )
+        finally:
+            registry.dispose()
 
     def head(self) -> tuple[int, str]:
         registry = self.registry()

@@ -73,6 +73,22 @@ def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, obje
         return {}, {"username": f"n{next(_FRESH)}", "full_name": "New Person"}
     if endpoint == "PATCH /api/v1/people/{username}":
         return {"username": "rita"}, {"full_name": f"Rita {next(_FRESH)}"}
+    if endpoint == "POST /api/v1/keys/attest":
+        _, public = make_key(env.base / "keys", "ed25519", name=f"a{next(_FRESH)}")
+        added = env.kw.ok("key", "add", "rita", str(public), "--json")  # unattested
+        return {}, {"fingerprint": added.json()["fingerprint"], "attest": "admin"}
+    if endpoint == "POST /api/v1/people/{username}/rehire":
+        name = fresh_person(env)
+        env.mark_offboarded(name)
+        return {"username": name}, {"reason": "matrix"}
+    if endpoint == "POST /api/v1/people/{username}/clear-alert":
+        name = fresh_person(env)
+        env.alert_for(name)
+        return {"username": name}, {"reason": "matrix"}
+    if endpoint == "POST /api/v1/alerts/{id}/clear":
+        return {}, {"reason": "matrix"}
+    if endpoint == "POST /api/v1/roles":
+        return {}, {"name": f"role{next(_FRESH)}", "description": "matrix"}
     if endpoint == "POST /api/v1/keys":
         return {}, {"username": "rita", "public_key": new_public_key(env), "attest": "admin"}
     if endpoint == "POST /api/v1/keys/rotate":
@@ -95,11 +111,17 @@ def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, obje
 
 def _request(env: ServerEnv, endpoint: str) -> tuple[str, str, bytes]:
     method, path = endpoint.split(" ")
-    if "{id}" in path:
+    if "/alerts/{id}" in path:
+        path = path.replace("{id}", str(env.alert_for("rita")))
+    elif "{id}" in path:
         path = path.replace("{id}", str(env.request_for("rita", "devops")))
     params, payload = _body(env, endpoint)
     for name, value in params.items():
         path = path.replace("{" + name + "}", value)
+    if endpoint == "GET /api/v1/keys":
+        path += "?username=rita"  # someone else's keys (a member lists their own)
+    if endpoint == "GET /api/v1/logins":
+        path += "?person=rita"  # someone else's logins (a member reads their own)
     body = NEW_REQUEST if endpoint == "POST /api/v1/access-requests" else b""
     if payload is not None:
         body = json.dumps(payload).encode()

@@ -52,6 +52,152 @@ def test_reads_print_what_they_print_locally(server: ServerEnv) -> None:
     assert remote(server, "dave").ok("audit", "verify").out.startswith("audit chain ok: ")
 
 
+def test_key_list_prints_what_it_prints_locally_and_members_see_their_own(
+    server: ServerEnv,
+) -> None:
+    for who in ("erin", "dave"):
+        through = remote(server, who)
+        for args in (
+            ("key", "list"),
+            ("key", "list", "--all", "--json"),
+            ("key", "list", "rita"),
+            ("key", "list", "--expiring", "400d"),
+            ("key", "list", "--expiring", "400d", "--json"),
+        ):
+            assert through.ok(*args).out == server.kw.ok(*args).out, (who, args)
+    alice = remote(server, "alice")
+    own = server.kw.ok("key", "list", "alice", "--all", "--json").json()
+    assert alice.ok("key", "list", "--all", "--json").json() == own
+    assert alice.ok("key", "list", "alice").out == server.kw.ok("key", "list", "alice").out
+    refused = alice.fails("key", "list", "rita")
+    assert refused.err == (
+        "keyward: error: only administrators and auditors may list other people's keys\n"
+    )
+    assert alice.fails("key", "list", "--expiring", "soon").code == 2
+
+
+def test_roles_are_listed_to_everyone_and_added_by_administrators(server: ServerEnv) -> None:
+    for who in ("alice", "dave"):
+        for args in (("role", "list"), ("role", "list", "--json")):
+            assert remote(server, who).ok(*args).out == server.kw.ok(*args).out, (who, args)
+    erin = remote(server, "erin")
+    assert erin.ok("role", "add", "sre", "--description", "Site reliability").out == (
+        "added role sre\n"
+    )
+    added = erin.ok("role", "add", "oncall", "--json").json()
+    assert (added["name"], added["created_by"]) == ("oncall", "erin")
+    assert "sre" in [r["name"] for r in remote(server, "alice").ok("role", "list", "--json").json()]
+    refused = remote(server, "dave").fails("role", "add", "auditors2")
+    assert refused.err == "keyward: error: only administrators may add roles\n"
+    assert actors(server, "role.add")[-2:] == ["erin", "erin"]
+
+
+def test_alerts_are_read_by_auditors_and_cleared_by_administrators(server: ServerEnv) -> None:
+    first, second = server.alert_for("rita"), server.alert_for("grace", host=None)
+    for who in ("erin", "dave"):
+        for args in (
+            ("alerts",),
+            ("alerts", "--json"),
+            ("alerts", "--open", "--person", "rita"),
+            ("alerts", "--kind", "new_source", "--host", "prod-web-1", "--json"),
+        ):
+            assert remote(server, who).ok(*args).out == server.kw.ok(*args).out, (who, args)
+    assert "only administrators and auditors" in remote(server, "alice").fails("alerts").err
+    refused = remote(server, "dave").fails("alerts", "clear", str(first), "--reason", "x")
+    assert refused.err == "keyward: error: only administrators may clear alerts\n"
+    erin = remote(server, "erin")
+    assert erin.ok("alerts", "clear", str(first), "--reason", "checked").out == (
+        f"cleared alert {first}\n"
+    )
+    cleared = erin.ok("alerts", "clear", str(second), "--reason", "ok", "--json").json()
+    assert (cleared["status"], cleared["cleared_by"]) == ("cleared", "erin")
+    again = erin.fails("alerts", "clear", str(first), "--reason", "x")
+    assert again.err == server.kw.fails("alerts", "clear", str(first), "--reason", "x").err
+    assert actors(server, "alert.clear")[-2:] == ["erin", "erin"]
+
+
+def test_logins_print_what_they_print_locally_and_members_see_their_own(
+    server: ServerEnv,
+) -> None:
+    server.login_for("alice")
+    server.login_for("rita", outcome="failed")
+    server.login_for("keyward-agent")
+    for who in ("erin", "dave"):
+        for args in (
+            ("logins",),
+            ("logins", "--json"),
+            ("logins", "--all", "--json"),
+            ("logins", "--failed", "--host", "prod-web-1"),
+            ("logins", "--person", "rita", "--limit", "1", "--json"),
+            ("logins", "--since", "2000-01-01", "--customer", "acme"),
+        ):
+            assert remote(server, who).ok(*args).out == server.kw.ok(*args).out, (who, args)
+    alice = remote(server, "alice")
+    own = server.kw.ok("logins", "--person", "alice", "--json").json()
+    assert own and alice.ok("logins", "--json").json() == own
+    refused = alice.fails("logins", "--person", "rita")
+    assert refused.err == (
+        "keyward: error: only administrators and auditors may read other people's logins\n"
+    )
+
+
+def test_key_attest_is_for_administrators_never_on_their_own_key(
+    server: ServerEnv, tmp_path: Path
+) -> None:
+    fingerprints = []
+    for name in ("rita-a", "rita-b"):
+        _, public = make_key(tmp_path, "ed25519", name=name)
+        added = server.kw.ok("key", "add", "rita", str(public), "--json").json()
+        fingerprints.append(added["fingerprint"])
+    through, local = fingerprints
+    erin = remote(server, "erin")
+    out = erin.ok("key", "attest", through, "--attest", "admin").out
+    expected = server.kw.ok("key", "attest", local, "--attest", "admin").out
+    assert (
+        out
+        == expected.replace(local, through)
+        == (f"key {through} of rita: attestation none -> admin\n")
+    )
+    again = erin.fails("key", "attest", through, "--attest", "admin")
+    assert again.err == server.kw.fails("key", "attest", local, "--attest", "admin").err.replace(
+        local, through
+    )
+    assert actors(server, "key.attest")[-2] == "erin"
+    own = server.signer("erin").public.fingerprint
+    refused = erin.fails("key", "attest", own, "--attest", "admin")
+    assert refused.err == "keyward: error: nobody attests their own key\n"
+    dave = remote(server, "dave").fails("key", "attest", through, "--attest", "sk")
+    assert dave.err == "keyward: error: only administrators may attest keys\n"
+
+
+def test_rehire_and_clear_alert_are_for_administrators(server: ServerEnv) -> None:
+    erin = remote(server, "erin")
+    for name in ("yara", "zeno"):
+        server.kw.ok("person", "add", name, "--name", name.title())
+        server.mark_offboarded(name)
+        server.alert_for(name)
+    out = erin.ok("person", "rehire", "yara", "--reason", "HR-1").out
+    assert out == server.kw.ok("person", "rehire", "zeno", "--reason", "HR-1").out.replace(
+        "zeno", "yara"
+    )
+    assert out.startswith("rehired yara: employment period ")
+    refused = remote(server, "dave").fails("person", "clear-alert", "yara", "--reason", "x")
+    assert refused.err == "keyward: error: only administrators may clear alerts\n"
+    out = erin.ok("person", "clear-alert", "yara", "--reason", "checked").out
+    assert out == "cleared 1 alert(s) for yara\n"
+    assert out == server.kw.ok("person", "clear-alert", "zeno", "--reason", "checked").out.replace(
+        "zeno", "yara"
+    )
+    nothing = erin.fails("person", "clear-alert", "yara", "--reason", "x")
+    assert "has no open alert" in nothing.err
+    assert actors(server, "person.rehire")[-2] == "erin"
+    assert actors(server, "person.clear-alert")[-2] == "erin"
+    assert (
+        "only administrators"
+        in remote(server, "dave").fails("person", "rehire", "zeno", "--reason", "x").err
+    )
+
+
 def test_person_add_and_edit_record_the_proven_administrator(server: ServerEnv) -> None:
     erin = remote(server, "erin")
     assert erin.ok("person", "add", "paula", "--name", "Paula").out == "added person paula\n"
@@ -162,13 +308,20 @@ def test_offboarding_through_the_server_is_recorded_for_the_daemon(server: Serve
 
 def test_a_command_without_a_route_fails_naming_itself(server: ServerEnv) -> None:
     before = server.head()
-    for args in (("key", "list"), ("reconcile",), ("person", "purge", "frank")):
+    for args in (("person", "purge", "frank"),):
         result = remote(server, "erin").fails(*args)
         name = "keyward " + " ".join(a for a in args if a != "frank")
         assert result.err == (
             f"keyward: error: '{name}' has no route in the keyward server's API; unset "
             "KEYWARD_URL (and --url) to use the database directly\n"
         )
+    for args in (("plan",), ("reconcile",), ("audit", "checkpoint")):
+        result = remote(server, "erin").fails(*args)
+        assert result.err == (
+            f"keyward: error: 'keyward {' '.join(args)}' is machine-local and has no route in "
+            "the keyward server's API; run it on the registry machine without KEYWARD_URL "
+            "(and --url)\n"
+        ), args
     assert server.head() == before
 
 

@@ -53,6 +53,24 @@ def default_actor(env: dict[str, str]) -> str:
         return f"uid-{os.geteuid()}"
 
 
+MACHINE_LOCAL = frozenset(
+    (
+        "reconcile",
+        "plan",
+        "hosts",
+        "backup",
+        "daemon",
+        "server",
+        "init",
+        "import",
+        "directory",
+        "audit checkpoint",
+    )
+)
+"""Commands that work on the registry machine itself (its hosts, files, database) and
+stay off the API by design; refused through a server with a hint to run them there."""
+
+
 @dataclass
 class AppContext:
     """Global options, resolved once; the registry is opened on first use."""
@@ -119,6 +137,12 @@ class AppContext:
 
             ctx = click.get_current_context(silent=True)
             name = ctx.command_path if ctx is not None else "this command"
+            words = name.split()[1:]
+            if words[:1] and (words[0] in MACHINE_LOCAL or " ".join(words[:2]) in MACHINE_LOCAL):
+                raise UsageError(
+                    f"'{name}' is machine-local and has no route in the keyward server's "
+                    "API; run it on the registry machine without KEYWARD_URL (and --url)"
+                )
             raise UsageError(
                 f"'{name}' has no route in the keyward server's API; unset KEYWARD_URL "
                 "(and --url) to use the database directly"

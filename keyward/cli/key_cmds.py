@@ -13,7 +13,7 @@ import click
 
 from keyward.cli.common import key_json, key_policy, log_events, read_small_file
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.output import emit_json, short_ts, table
 from keyward.clock import parse_utc
 from keyward.errors import UsageError
 from keyward.timeparse import duration, end_of_day
@@ -178,31 +178,27 @@ def key_list(
     app: AppContext, username: str | None, show_all: bool, expiring: str | None, as_json: bool
 ) -> None:
     """List keys (active ones unless --all)."""
-    from sqlmodel import col, select
+    api = app.api()
+    if api is not None:
+        from urllib.parse import urlencode
 
-    from keyward.registry import ops
-    from keyward.registry.models import Person, SshKey
+        if expiring:
+            duration(expiring, "--expiring")  # a bad DURATION is refused here, as locally
+        query = {"username": username, "all": "1" if show_all else None, "expiring": expiring}
+        wanted = urlencode({k: v for k, v in query.items() if v is not None})
+        rows = api.call("GET", "/api/v1/keys" + (f"?{wanted}" if wanted else ""))
+    else:
+        from keyward.registry import views
 
-    registry = app.registry()
-    now = registry.clock()
-    horizon = now + duration(expiring, "--expiring") if expiring else None
-    with registry.read() as session:
-        query = select(SshKey, Person).join(Person, col(Person.id) == col(SshKey.person_id))
-        if username:
-            p = ops.find_person(session, username)
-            query = query.where(SshKey.person_id == p.id)
-        rows = [
-            key_json(k, p, now)
-            for k, p in session.exec(query.order_by(col(Person.username), col(SshKey.added_at)))
-        ]
-    if not show_all:
-        rows = [r for r in rows if r["status"] == "active"]
-    if horizon is not None:
-        limit = ts(horizon)
-        rows = [r for r in rows if r["status"] == "active" and r["expires_at"] <= limit]
-        deployed = deployed_hosts(app)
-        for r in rows:
-            r["hosts"] = deployed.get(r["fingerprint"], [])
+        registry = app.registry()
+        now = registry.clock()
+        horizon = now + duration(expiring, "--expiring") if expiring else None
+        with registry.read() as session:
+            rows = views.key_rows(session, username, now, show_all, horizon)
+        if horizon is not None:
+            deployed = deployed_hosts(app)
+            for r in rows:
+                r["hosts"] = deployed.get(r["fingerprint"], [])
     if as_json:
         emit_json(rows)
         return
@@ -216,7 +212,7 @@ def key_list(
             ("expires_at", "EXPIRES"),
             ("status", "STATUS"),
         ]
-        + ([("hosts", "HOSTS")] if horizon is not None else []),
+        + ([("hosts", "HOSTS")] if expiring else []),
     )
 
 
@@ -225,20 +221,13 @@ def deployed_hosts(app: AppContext) -> dict[str, list[str]]:
     root = app.inventory_dir()
     if not root.is_dir():
         return {}
-    from keyward.desired import compute_desired
     from keyward.inventory import load_inventory
-    from keyward.registry.snapshot import load_snapshot
+    from keyward.registry import views
 
     inv = load_inventory(root)
     registry = app.registry()
     with registry.read() as session:
-        snapshot = load_snapshot(session)
-    desired = compute_desired(snapshot, inv, inv.hosts(), None, registry.clock())
-    out: dict[str, set[str]] = {}
-    for target, d in desired.items():
-        for line in d.lines:
-            out.setdefault(line.key.fingerprint, set()).add(target.host)
-    return {fp: sorted(hosts) for fp, hosts in out.items()}
+        return views.deployed_hosts(session, inv, registry.clock())
 
 
 @key.command("revoke")
@@ -421,13 +410,41 @@ def key_rotate(
 def key_attest(
     app: AppContext, fingerprint: str, proof_file: str | None, attest: str | None
 ) -> None:
-    """Raise the attestation of an already registered key (never lower it)."""
+    """Raise the attestation of an already registered key (never lower it).
+
+    Through a keyward server (KEYWARD_URL), administrators attest others' keys, never
+    their own.
+    """
+    if not proof_file and not attest:
+        raise UsageError("give --proof SIGFILE or --attest admin|sk")
+    api = app.api()
+    if api is not None:
+        import base64
+
+        if proof_file and attest:
+            raise UsageError("give either --proof or --attest, not both")
+        proof = read_small_file(proof_file, "proof file") if proof_file else None
+        body = {
+            "fingerprint": fingerprint,
+            "proof_base64": base64.b64encode(proof).decode() if proof is not None else None,
+            "attest": attest,
+        }
+        result = api.call("POST", "/api/v1/keys/attest", body)
+    else:
+        result = _attest_locally(app, fingerprint, proof_file, attest)
+    click.echo(
+        f"key {result['fingerprint']} of {result['person']}: "
+        f"attestation {result['old']} -> {result['new']}"
+    )
+
+
+def _attest_locally(
+    app: AppContext, fingerprint: str, proof_file: str | None, attest: str | None
+) -> dict[str, Any]:
     from keyward.keys import decode_key
     from keyward.registry import ops
     from keyward.registry.models import Person
 
-    if not proof_file and not attest:
-        raise UsageError("give --proof SIGFILE or --attest admin|sk")
     policy = key_policy(app)
     registry = app.registry()
     now = registry.clock()
@@ -443,7 +460,7 @@ def key_attest(
         old = ops.find_key(tx.session, fingerprint).attestation
         ops.attest_key(tx, fingerprint, claim, public)
     log_events(tx)
-    click.echo(f"key {fingerprint} of {username}: attestation {old} -> {claim.attestation}")
+    return {"fingerprint": fingerprint, "person": username, "old": old, "new": claim.attestation}
 
 
 def register(cli: click.Group) -> None:

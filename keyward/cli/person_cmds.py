@@ -11,7 +11,6 @@ import click
 from keyward.cli.common import key_policy_settings, log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table
-from keyward.errors import RegistryError
 from keyward.registry import views
 
 if TYPE_CHECKING:
@@ -191,13 +190,18 @@ def person_rehire(
     Their history stays; the earlier period's keys stay revoked and its roles ended:
     add keys and grant roles as for a new person.  'person show' lists both periods.
     """
-    from keyward.registry.lifecycle import employment_periods, rehire
+    api = app.api()
+    if api is not None:
+        body = {"reason": reason, "full_name": full_name, "email": email}
+        result = api.call("POST", f"{person_path(username)}/rehire", body)
+    else:
+        from keyward.registry.lifecycle import employment_periods, rehire
 
-    with app.registry().write(app.actor) as tx:
-        returned = rehire(tx, username, reason, full_name, email)
-        result = person_json(returned)
-        result["periods"] = employment_periods(tx.session, returned)
-    log_events(tx)
+        with app.registry().write(app.actor) as tx:
+            returned = rehire(tx, username, reason, full_name, email)
+            result = person_json(returned)
+            result["periods"] = employment_periods(tx.session, returned)
+        log_events(tx)
     if as_json:
         emit_json(result)
         return
@@ -213,48 +217,22 @@ def person_rehire(
 @pass_app
 def person_clear_alert(app: AppContext, username: str, reason: str) -> None:
     """End USERNAME's failure mode and close their open alerts."""
-    from sqlmodel import col, select
+    api = app.api()
+    if api is not None:
+        result = api.call("POST", f"{person_path(username)}/clear-alert", {"reason": reason})
+    else:
+        from keyward.registry import login_views
 
-    from keyward.registry import ops, validate
-    from keyward.registry.models import Alert, FailureMode
-    from keyward.registry.subjects import Subject
-
-    reason = validate.line("reason", reason)
-    with app.registry().write(app.actor) as tx:
-        who = ops.find_person(tx.session, username)
-        modes = tx.session.exec(
-            select(FailureMode).where(
-                FailureMode.person_id == who.id, col(FailureMode.cleared_at).is_(None)
-            )
-        ).all()
-        open_alerts = tx.session.exec(
-            select(Alert).where(Alert.person == username, Alert.status == "open")
-        ).all()
-        if not modes and not open_alerts:
-            raise RegistryError(f"{username!r} has no open alert and is not in failure mode")
-        for mode in modes:
-            mode.cleared_at = tx.now
-            mode.cleared_by = tx.actor
-            tx.session.add(mode)
-        for alert in open_alerts:
-            alert.status = "cleared"
-            alert.cleared_by = tx.actor
-            alert.cleared_at = tx.now
-            alert.clear_reason = reason
-            tx.session.add(alert)
-        tx.audit(
-            "person.clear-alert",
-            Subject.person(username),
-            {
-                "reason": reason,
-                "alerts": [a.id for a in open_alerts],
-                "failure_mode_cleared": bool(modes),
-            },
-        )
-    log_events(tx)
+        with app.registry().write(app.actor) as tx:
+            result = login_views.clear_person_alerts(tx, username, reason)
+        log_events(tx)
     click.echo(
-        f"cleared {len(open_alerts)} alert(s) for {username}"
-        + ("; failure mode ended (deployed at the next reconcile)" if modes else "")
+        f"cleared {len(result['alerts'])} alert(s) for {username}"
+        + (
+            "; failure mode ended (deployed at the next reconcile)"
+            if result["failure_mode_cleared"]
+            else ""
+        )
     )
 
 

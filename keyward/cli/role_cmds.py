@@ -6,7 +6,7 @@ import click
 
 from keyward.cli.common import log_events, membership_json
 from keyward.cli.context import AppContext
-from keyward.cli.output import emit_json, short_ts, table, ts
+from keyward.cli.output import emit_json, short_ts, table
 from keyward.timeparse import end_of_day
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -30,17 +30,15 @@ def role_path(name: str) -> str:
 @pass_app
 def role_add(app: AppContext, name: str, description: str, as_json: bool) -> None:
     """Create a role."""
-    from keyward.registry import ops
+    api = app.api()
+    if api is not None:
+        result = api.call("POST", "/api/v1/roles", {"name": name, "description": description})
+    else:
+        from keyward.registry import ops, views
 
-    with app.registry().write(app.actor) as tx:
-        created = ops.add_role(tx, name, description)
-        result = {
-            "name": created.name,
-            "description": created.description,
-            "created_by": created.created_by,
-            "created_at": ts(created.created_at),
-        }
-    log_events(tx)
+        with app.registry().write(app.actor) as tx:
+            result = views.role_json(ops.add_role(tx, name, description))
+        log_events(tx)
     if as_json:
         emit_json(result)
         return
@@ -113,27 +111,15 @@ def role_revoke(app: AppContext, name: str, username: str, reason: str) -> None:
 @pass_app
 def role_list(app: AppContext, as_json: bool) -> None:
     """List roles and their current members."""
-    from sqlmodel import col, select
+    api = app.api()
+    if api is not None:
+        rows = api.call("GET", "/api/v1/roles")
+    else:
+        from keyward.registry import views
 
-    from keyward.registry.models import Membership, Person, Role
-
-    registry = app.registry()
-    now = registry.clock()
-    with registry.read() as session:
-        roles = session.exec(select(Role).order_by(Role.name)).all()
-        members = session.exec(
-            select(Membership, Person)
-            .join(Person, col(Person.id) == col(Membership.person_id))
-            .where(col(Membership.ended_at).is_(None))
-        ).all()
-        rows = []
-        for r in roles:
-            current = sorted(
-                p.username
-                for m, p in members
-                if m.role_id == r.id and (m.until is None or m.until > now)
-            )
-            rows.append({"name": r.name, "description": r.description, "members": current})
+        registry = app.registry()
+        with registry.read() as session:
+            rows = views.role_rows(session, registry.clock())
     if as_json:
         emit_json(rows)
         return

@@ -452,3 +452,80 @@ def offboarding_evidence(session: Session, username: str) -> dict[str, Any]:
             for e in late_logins
         ],
     }
+
+
+def key_rows(
+    session: Session,
+    username: str | None,
+    now: datetime,
+    show_all: bool,
+    horizon: datetime | None,
+) -> list[dict[str, Any]]:
+    """``keyward key list``: keys by owner, active ones unless ``show_all``; with a
+    ``horizon``, only active keys expiring by then (the caller adds ``hosts``)."""
+    from sqlmodel import col, select
+
+    from keyward.registry import ops
+    from keyward.registry.models import Person, SshKey
+
+    query = select(SshKey, Person).join(Person, col(Person.id) == col(SshKey.person_id))
+    if username:
+        p = ops.find_person(session, username)
+        query = query.where(SshKey.person_id == p.id)
+    rows = [
+        key_json(k, p, now)
+        for k, p in session.exec(query.order_by(col(Person.username), col(SshKey.added_at)))
+    ]
+    if not show_all:
+        rows = [r for r in rows if r["status"] == "active"]
+    if horizon is not None:
+        limit = ts(horizon)
+        rows = [r for r in rows if r["status"] == "active" and r["expires_at"] <= limit]
+    return rows
+
+
+def deployed_hosts(session: Session, inventory: Any, now: datetime) -> dict[str, list[str]]:
+    """Fingerprint -> the hosts its key is deployed to under ``inventory`` (an
+    ``Inventory``), as ``key list --expiring`` shows it."""
+    from keyward.desired import compute_desired
+    from keyward.registry.snapshot import load_snapshot
+
+    desired = compute_desired(load_snapshot(session), inventory, inventory.hosts(), None, now)
+    out: dict[str, set[str]] = {}
+    for target, d in desired.items():
+        for line in d.lines:
+            out.setdefault(line.key.fingerprint, set()).add(target.host)
+    return {fp: sorted(hosts) for fp, hosts in out.items()}
+
+
+def role_rows(session: Session, now: datetime) -> list[dict[str, Any]]:
+    """``keyward role list``: every role with its current members."""
+    from sqlmodel import col, select
+
+    from keyward.registry.models import Membership, Person, Role
+
+    roles = session.exec(select(Role).order_by(Role.name)).all()
+    members = session.exec(
+        select(Membership, Person)
+        .join(Person, col(Person.id) == col(Membership.person_id))
+        .where(col(Membership.ended_at).is_(None))
+    ).all()
+    rows = []
+    for r in roles:
+        current = sorted(
+            p.username
+            for m, p in members
+            if m.role_id == r.id and (m.until is None or m.until > now)
+        )
+        rows.append({"name": r.name, "description": r.description, "members": current})
+    return rows
+
+
+def role_json(r: Role) -> dict[str, Any]:
+    """``keyward role add``'s answer."""
+    return {
+        "name": r.name,
+        "description": r.description,
+        "created_by": r.created_by,
+        "created_at": ts(r.created_at),
+    }

@@ -398,10 +398,11 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 )
 
 # The everyday commands' routes live in their own modules (imported here, after the
-# names they use are defined): people, keys and roles; reports, audit and offboarding.
-from keyward.server import routes_people, routes_reports  # noqa: E402
+# names they use are defined): people, keys and roles; reports, audit and offboarding;
+# logins and alerts.
+from keyward.server import routes_logins, routes_people, routes_reports  # noqa: E402
 
-ROUTES += routes_people.ROUTES + routes_reports.ROUTES
+ROUTES += routes_people.ROUTES + routes_reports.ROUTES + routes_logins.ROUTES
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

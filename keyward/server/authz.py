@@ -123,9 +123,15 @@ ENDPOINTS = (
     "POST /api/v1/people",
     "GET /api/v1/people/{username}",
     "PATCH /api/v1/people/{username}",
+    "POST /api/v1/people/{username}/rehire",
+    "POST /api/v1/people/{username}/clear-alert",
+    "GET /api/v1/keys",
     "POST /api/v1/keys",
     "POST /api/v1/keys/rotate",
+    "POST /api/v1/keys/attest",
     "POST /api/v1/keys/revoke",
+    "GET /api/v1/roles",
+    "POST /api/v1/roles",
     "POST /api/v1/roles/{name}/grant",
     "POST /api/v1/roles/{name}/revoke",
     "GET /api/v1/status",
@@ -135,6 +141,9 @@ ENDPOINTS = (
     "GET /api/v1/reports/offboarding/{username}",
     "POST /api/v1/offboard",
     "GET /api/v1/offboard/{username}",
+    "GET /api/v1/logins",
+    "GET /api/v1/alerts",
+    "POST /api/v1/alerts/{id}/clear",
 )
 
 _REFUSED = {
@@ -185,9 +194,15 @@ MATRIX: dict[str, dict[str, int]] = {
     "POST /api/v1/people": _admins(201),
     "GET /api/v1/people/{username}": _READERS,
     "PATCH /api/v1/people/{username}": _admins(200),
+    "POST /api/v1/people/{username}/rehire": _admins(200),
+    "POST /api/v1/people/{username}/clear-alert": _admins(200),
+    "GET /api/v1/keys": _READERS,
     "POST /api/v1/keys": _admins(201),
     "POST /api/v1/keys/rotate": _admins(200),
+    "POST /api/v1/keys/attest": _admins(200),
     "POST /api/v1/keys/revoke": _admins(200),
+    "GET /api/v1/roles": _row(member=200, other=200, approver=200, auditor=200, admin=200),
+    "POST /api/v1/roles": _admins(201),
     "POST /api/v1/roles/{name}/grant": _admins(200),
     "POST /api/v1/roles/{name}/revoke": _admins(200),
     "GET /api/v1/status": _READERS,
@@ -197,10 +212,13 @@ MATRIX: dict[str, dict[str, int]] = {
     "GET /api/v1/reports/offboarding/{username}": _READERS,
     "POST /api/v1/offboard": _admins(200),
     "GET /api/v1/offboard/{username}": _READERS,
+    "GET /api/v1/logins": _READERS,
+    "GET /api/v1/alerts": _READERS,
+    "POST /api/v1/alerts/{id}/clear": _admins(200),
 }
 """Endpoint -> kind of caller -> HTTP status; the request in the approve/deny rows is a
 pending one of a third person, for the role the "approver" decides; the browser row is
 sent without a code (400: every proven caller may confirm one, nobody a missing one).
-The people, key, role and offboarding rows act on a third person (rita, or a person
-made for the one request), so "member" means "someone else's"; a person's own record
-and keys are in tests/test_server_api.py."""
+The people, key, role, offboarding, login and alert rows act on a third person (rita,
+or a person made for the one request), so "member" means "someone else's"; a person's
+own record, keys and logins are in tests/test_server_api.py."""

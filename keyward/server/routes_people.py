@@ -2,9 +2,10 @@
 
 Who may do what (docs/server.md, ``authz.MATRIX``):
 
-- administrators add and correct people, add, rotate and revoke anyone's keys, and
-  grant and revoke roles, but never grant a role to themselves (nobody does);
-- auditors read people, never write;
+- administrators add, correct and rehire people and clear their alerts, add, rotate,
+  attest and revoke anyone's keys (never attest their own), add roles, and grant and
+  revoke roles, but never grant a role to themselves (nobody does);
+- auditors read people and keys, never write; everyone lists the roles and their own keys;
 - every person reads themselves, revokes their own keys, and adds or rotates their own
   key **with a proof of possession** (``key statement`` signed by the new key): nobody
   vouches (``attest``) for their own key, administrators included.
@@ -21,12 +22,12 @@ from datetime import timedelta
 from typing import Any
 
 from keyward.errors import UsageError
-from keyward.keys import DEFAULT_POLICY, KeyPolicy
-from keyward.registry import key_intake, lifecycle, ops, views
+from keyward.keys import DEFAULT_POLICY, KeyPolicy, decode_key
+from keyward.registry import key_intake, lifecycle, login_views, ops, views
 from keyward.registry.models import Person
 from keyward.server.app import Call, Handler, Result, ServerState, _field, _log_changes
 from keyward.server.authz import Caller, Forbidden
-from keyward.timeparse import end_of_day
+from keyward.timeparse import duration, end_of_day
 
 
 def _admin(caller: Caller, what: str) -> None:
@@ -77,6 +78,33 @@ def person_edit(call: Call) -> Result:
         )
         result = views.person_json(edited)
         result["changed"] = list(json.loads(tx.events[-1].details))
+    _log_changes(tx)
+    return 200, result
+
+
+def person_rehire(call: Call) -> Result:
+    _admin(call.caller, "rehire people")
+    body = call.json()
+    username = call.params["username"]
+    with call.state.registry.write(call.caller.username) as tx:
+        returned = lifecycle.rehire(
+            tx,
+            username,
+            _field(body, "reason", str),
+            _optional(body, "full_name"),
+            body_email(body),
+        )
+        result = views.person_json(returned)
+        result["periods"] = lifecycle.employment_periods(tx.session, returned)
+    _log_changes(tx)
+    return 200, result
+
+
+def person_clear_alert(call: Call) -> Result:
+    _admin(call.caller, "clear alerts")
+    reason = _field(call.json(), "reason", str)
+    with call.state.registry.write(call.caller.username) as tx:
+        result = login_views.clear_person_alerts(tx, call.params["username"], reason)
     _log_changes(tx)
     return 200, result
 
@@ -143,6 +171,61 @@ def key_add(call: Call) -> Result:
     return 201, result
 
 
+def key_list(call: Call) -> Result:
+    """Administrators and auditors list anyone's keys; everyone else their own (asking
+    for nobody in particular lists their own)."""
+    caller = call.caller
+    username = call.query.get("username") or None
+    if not (caller.admin or caller.auditor):
+        if username not in (None, caller.username):
+            raise Forbidden("only administrators and auditors may list other people's keys")
+        username = caller.username
+    expiring = call.query.get("expiring")
+    horizon = call.now + duration(expiring, "--expiring") if expiring else None
+    with call.state.registry.read() as session:
+        rows = views.key_rows(session, username, call.now, bool(call.query.get("all")), horizon)
+        if horizon is not None:
+            inventory = call.state.inventory
+            deployed = views.deployed_hosts(session, inventory, call.now) if inventory else {}
+            for r in rows:
+                r["hosts"] = deployed.get(r["fingerprint"], [])
+    return 200, rows
+
+
+def key_attest(call: Call) -> Result:
+    """Administrators raise the attestation of someone else's key (with the owner's proof
+    or their own word); nobody attests their own key."""
+    _admin(call.caller, "attest keys")
+    body = call.json()
+    fingerprint = _field(body, "fingerprint", str)
+    proof, attest = _proof(body), _optional(body, "attest")
+    if not proof and not attest:
+        raise UsageError("give --proof SIGFILE or --attest admin|sk")
+    policy = key_policy(call.state)
+    with call.state.registry.read() as session:
+        row = ops.find_key(session, fingerprint)
+        owner = session.get(Person, row.person_id)
+        assert owner is not None
+        username = owner.username
+        public = decode_key(row.key_type, row.blob, row.comment)
+        expires_at = row.expires_at
+    if username == call.caller.username:
+        raise Forbidden("nobody attests their own key")
+    claim = key_intake.claim(
+        username, public, policy, call.now, expires_at, proof, attest, call.caller.username
+    )
+    with call.state.registry.write(call.caller.username) as tx:
+        old = ops.find_key(tx.session, fingerprint).attestation
+        ops.attest_key(tx, fingerprint, claim, public)
+    _log_changes(tx)
+    return 200, {
+        "fingerprint": fingerprint,
+        "person": username,
+        "old": old,
+        "new": claim.attestation,
+    }
+
+
 def key_rotate(call: Call) -> Result:
     body = call.json()
     username = _field(body, "username", str)
@@ -189,6 +272,23 @@ def key_revoke(call: Call) -> Result:
 # -- roles ------------------------------------------------------------------------
 
 
+def role_list(call: Call) -> Result:
+    """Every proven person may see the roles and who holds them (as ``role list``)."""
+    with call.state.registry.read() as session:
+        return 200, views.role_rows(session, call.now)
+
+
+def role_add(call: Call) -> Result:
+    _admin(call.caller, "add roles")
+    body = call.json()
+    with call.state.registry.write(call.caller.username) as tx:
+        result = views.role_json(
+            ops.add_role(tx, _field(body, "name", str), _field(body, "description", str, ""))
+        )
+    _log_changes(tx)
+    return 201, result
+
+
 def role_grant(call: Call) -> Result:
     _admin(call.caller, "grant roles")
     body = call.json()
@@ -232,9 +332,15 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/api/v1/people", person_add),
     ("GET", "/api/v1/people/{username}", person_show),
     ("PATCH", "/api/v1/people/{username}", person_edit),
+    ("POST", "/api/v1/people/{username}/rehire", person_rehire),
+    ("POST", "/api/v1/people/{username}/clear-alert", person_clear_alert),
+    ("GET", "/api/v1/keys", key_list),
     ("POST", "/api/v1/keys", key_add),
     ("POST", "/api/v1/keys/rotate", key_rotate),
+    ("POST", "/api/v1/keys/attest", key_attest),
     ("POST", "/api/v1/keys/revoke", key_revoke),
+    ("GET", "/api/v1/roles", role_list),
+    ("POST", "/api/v1/roles", role_add),
     ("POST", "/api/v1/roles/{name}/grant", role_grant),
     ("POST", "/api/v1/roles/{name}/revoke", role_revoke),
 )
