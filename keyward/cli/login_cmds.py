@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from keyward.alert_kinds import ALERT_KINDS
 from keyward.cli.common import customer_hosts, log_events
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json, table
@@ -11,14 +12,6 @@ from keyward.errors import KeywardError
 from keyward.timeparse import start_of_day
 
 pass_app = click.make_pass_decorator(AppContext)
-
-ALERT_KINDS = (
-    "multi_source",
-    "new_source",
-    "failed_logins",
-    "login_after_offboarding",
-    "directory_guard",
-)
 
 
 @click.command()

@@ -10,16 +10,13 @@ Every answer is the JSON the CLI prints (``keyward.registry.login_views``).
 
 from __future__ import annotations
 
+from keyward.alert_kinds import ALERT_KINDS
 from keyward.errors import UsageError
 from keyward.registry import login_views
 from keyward.server.app import Call, Handler, Result, _field, _log_changes
 from keyward.server.authz import Forbidden
 from keyward.server.routes_reports import _customer_hosts, _reader
 from keyward.timeparse import start_of_day
-
-ALERT_KINDS = frozenset(
-    ("multi_source", "new_source", "failed_logins", "login_after_offboarding", "directory_guard")
-)
 
 
 def _limit(text: str | None) -> int:
