@@ -49,6 +49,9 @@ session_hours = 8
 [server.approvers]
 devops = ["role:security"]
 dba = ["person:carol"]
+
+[policy]
+purge_after_days = 0  # 'person purge' works at once (tests/test_server_api.py)
 """
 
 ENVIRONMENT = """\

@@ -85,6 +85,12 @@ def _body(env: ServerEnv, endpoint: str) -> tuple[dict[str, str], dict[str, obje
         name = fresh_person(env)
         env.alert_for(name)
         return {"username": name}, {"reason": "matrix"}
+    if endpoint == "POST /api/v1/people/{username}/purge":
+        name = fresh_person(env)
+        env.mark_offboarded(name)  # the fixture's policy keeps details 0 days
+        return {"username": name}, {}
+    if endpoint == "GET /api/v1/explain/{username}":
+        return {"username": "rita"}, None  # someone else (a person explains themselves)
     if endpoint == "POST /api/v1/alerts/{id}/clear":
         return {}, {"reason": "matrix"}
     if endpoint == "POST /api/v1/roles":

@@ -2,45 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
-
 import click
 
 from keyward.cli.context import AppContext
 from keyward.cli.output import emit_json
-from keyward.errors import KeywardError
-
-if TYPE_CHECKING:
-    from keyward.explain import HostSync
-    from keyward.keys import PublicKey
-    from keyward.registry.models import HostState
 
 pass_app = click.make_pass_decorator(AppContext)
-
-
-def host_syncs(rows: list[HostState]) -> dict[str, HostSync]:
-    """``host_state`` rows as the frozen values ``keyward.explain`` reads."""
-    from keyward.explain import HostSync, RecordedFile
-
-    out: dict[str, HostSync] = {}
-    for row in rows:
-        try:
-            files: dict[str, Any] = json.loads(row.files or "{}")
-        except ValueError:
-            files = {}
-        recorded = {
-            name: RecordedFile(
-                entry.get("sha256"),
-                frozenset(str(k[0]) for k in entry.get("keys", ()) if k and k[0]),
-            )
-            for name, entry in files.items()
-            if isinstance(entry, dict)
-        }
-        out[row.host] = HostSync(
-            row.host, row.last_success, row.last_attempt, row.last_error, recorded
-        )
-    return out
 
 
 @click.command("explain")
@@ -57,42 +24,28 @@ def explain_cmd(
     Decided by the same computation reconcile deploys. Without HOST: every host and
     account an access rule covers. Exit 0 for any answer; 2 for an unknown name.
     """
-    from sqlmodel import select
+    from urllib.parse import quote, urlencode
 
-    from keyward.engine.inputs import load_agent_key
-    from keyward.explain import describe, explain, place_json
-    from keyward.inventory import load_inventory
-    from keyward.registry.models import HostState
-    from keyward.registry.snapshot import load_snapshot
+    api = app.api()
+    if api is not None:
+        query = {k: v for k, v in (("host", host), ("account", account)) if v is not None}
+        path = f"/api/v1/explain/{quote(username, safe='')}"
+        answer = api.call("GET", path + (f"?{urlencode(query)}" if query else ""))
+        document, lines = answer["document"], answer["lines"]
+    else:
+        from keyward.inventory import load_inventory
+        from keyward.registry.explain_view import explain_report
 
-    inv = load_inventory(app.inventory_dir())
-    agent_key: PublicKey | None
-    try:
-        agent_key = load_agent_key(inv)
-    except KeywardError:
-        agent_key = None  # only makes the login account's sync check less exact
-    registry = app.registry()
-    now = registry.clock()
-    with registry.read() as session:
-        snapshot = load_snapshot(session)
-        states = host_syncs(list(session.exec(select(HostState))))
-    places = explain(snapshot, inv, username, states, now, host, account, agent_key)
+        inv = load_inventory(app.inventory_dir())
+        registry = app.registry()
+        now = registry.clock()
+        with registry.read() as session:
+            document, lines = explain_report(session, inv, username, now, host, account)
     if as_json:
-        emit_json(
-            {
-                "person": username,
-                "status": snapshot.people[username].status,
-                "places": [place_json(p) for p in places],
-            }
-        )
+        emit_json(document)
         return
-    for place in places:
-        click.echo(describe(place))
-    able = sum(1 for p in places if p.can_login)
-    if not places:
-        click.echo(f"{username}: no access rule covers any account here")
-    elif host is None or account is None:
-        click.echo(f"{username} can log in at {able} of {len(places)} places")
+    for line in lines:
+        click.echo(line)
 
 
 def register(cli: click.Group) -> None:

@@ -241,12 +241,16 @@ def person_clear_alert(app: AppContext, username: str, reason: str) -> None:
 @pass_app
 def person_purge(app: AppContext, username: str) -> None:
     """Reduce an offboarded person to what the audit chain needs (after purge_after_days)."""
-    from keyward.registry.lifecycle import purge_person
+    api = app.api()
+    if api is not None:
+        seqs = api.call("POST", f"{person_path(username)}/purge", {})["redacted"]
+    else:
+        from keyward.registry.lifecycle import purge_person
 
-    keep = key_policy_settings(app).purge_after_days
-    with app.registry().write(app.actor) as tx:
-        seqs = purge_person(tx, username, keep)
-    log_events(tx)
+        keep = key_policy_settings(app).purge_after_days
+        with app.registry().write(app.actor) as tx:
+            seqs = purge_person(tx, username, keep)
+        log_events(tx)
     click.echo(f"purged {username}: {len(seqs)} audit events redacted; the chain still verifies")
 
 

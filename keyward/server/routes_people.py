@@ -109,6 +109,42 @@ def person_clear_alert(call: Call) -> Result:
     return 200, result
 
 
+def person_purge(call: Call) -> Result:
+    """Administrators purge an offboarded person after the inventory's purge_after_days."""
+    _admin(call.caller, "purge people")
+    keep = purge_after_days(call.state)
+    with call.state.registry.write(call.caller.username) as tx:
+        seqs = lifecycle.purge_person(tx, call.params["username"], keep)
+    _log_changes(tx)
+    return 200, {"person": call.params["username"], "redacted": seqs}
+
+
+def purge_after_days(state: ServerState) -> int:
+    """The inventory's ``[policy] purge_after_days``, as ``person purge`` reads it locally."""
+    from keyward.inventory.policy import PolicySettings, load_policy
+
+    if state.inventory_dir is None:
+        return PolicySettings.purge_after_days  # the dataclass default (365)
+    return load_policy(state.inventory_dir).purge_after_days
+
+
+def explain(call: Call) -> Result:
+    """Administrators and auditors explain anyone; every other person only themselves."""
+    username = call.params["username"]
+    caller = call.caller
+    if not (caller.admin or caller.auditor) and username != caller.username:
+        raise Forbidden("only administrators and auditors may explain other people")
+    inventory = call.state.inventory
+    if inventory is None:
+        raise UsageError("this keyward server has no inventory (--inventory); explain needs one")
+    from keyward.registry.explain_view import explain_report
+
+    host, account = call.query.get("host") or None, call.query.get("account") or None
+    with call.state.registry.read() as session:
+        document, lines = explain_report(session, inventory, username, call.now, host, account)
+    return 200, {"document": document, "lines": lines}
+
+
 # -- keys -------------------------------------------------------------------------
 
 
@@ -334,6 +370,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("PATCH", "/api/v1/people/{username}", person_edit),
     ("POST", "/api/v1/people/{username}/rehire", person_rehire),
     ("POST", "/api/v1/people/{username}/clear-alert", person_clear_alert),
+    ("POST", "/api/v1/people/{username}/purge", person_purge),
+    ("GET", "/api/v1/explain/{username}", explain),
     ("GET", "/api/v1/keys", key_list),
     ("POST", "/api/v1/keys", key_add),
     ("POST", "/api/v1/keys/rotate", key_rotate),
