@@ -399,3 +399,25 @@ def test_the_agent_and_the_daemon_keep_their_own_actor(server: ServerEnv) -> Non
             assert tx.recorded_as == "keyward-agent"
     finally:
         app.close()
+
+
+def test_explain_on_a_server_without_an_inventory_is_a_one_line_400() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from keyward.errors import KeywardError
+    from keyward.server.app import Call, status_for
+    from keyward.server.routes_people import explain
+
+    call = SimpleNamespace(
+        state=SimpleNamespace(inventory=None),
+        caller=SimpleNamespace(admin=False, auditor=True, username="dave"),
+        params={"username": "rita"},
+        query={},
+    )
+    with pytest.raises(KeywardError) as refused:
+        explain(cast(Call, call))
+    assert status_for(refused.value) == 400
+    assert str(refused.value) == (
+        "this keyward server has no inventory (--inventory); explain needs one"
+    )
