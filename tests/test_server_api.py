@@ -340,7 +340,7 @@ def test_offboarding_through_the_server_is_recorded_for_the_daemon(server: Serve
 
 def test_a_command_without_a_route_fails_naming_itself(server: ServerEnv) -> None:
     before = server.head()
-    for args in (("plan",), ("reconcile",), ("audit", "checkpoint")):
+    for args in (("plan",), ("reconcile",), ("audit", "checkpoint"), ("adopt", "report")):
         result = remote(server, "erin").fails(*args)
         assert result.err == (
             f"keyward: error: 'keyward {' '.join(args)}' is machine-local and has no route in "

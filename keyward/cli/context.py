@@ -65,10 +65,14 @@ MACHINE_LOCAL = frozenset(
         "import",
         "directory",
         "audit checkpoint",
+        "adopt",
+        "notify",
     )
 )
 """Commands that work on the registry machine itself (its hosts, files, database) and
-stay off the API by design; refused through a server with a hint to run them there."""
+stay off the API by design; refused through a server with a hint to run them there.
+``adopt`` reads the hosts with the agent's key and is the day-one takeover run where the
+agent runs; ``notify`` reads the webhook secret the daemon and the server use."""
 
 
 @dataclass
