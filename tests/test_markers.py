@@ -155,3 +155,74 @@ def test_a_unit_test_that_starts_sshd_ssh_or_postgres_fails_naming_the_marker(
 )
 def test_refused_program(argv: object, refused: str | None) -> None:
     assert refused_program(argv) == refused
+
+
+SKIPPING_TESTS = {
+    "test_skips.py": """
+import pytest
+
+
+@pytest.fixture
+def sshd_binary():
+    pytest.skip("no sshd here")
+
+
+@pytest.mark.skipif(True, reason="no PostgreSQL here")
+def test_marked():
+    pass
+
+
+def test_in_body():
+    pytest.skip("no browser here")
+
+
+def test_in_fixture(sshd_binary):
+    pass
+""",
+    "test_module_skip.py": """
+import pytest
+
+pytest.skip("no sudo here", allow_module_level=True)
+
+
+def test_never_collected():
+    pass
+""",
+    "test_importorskip.py": """
+import pytest
+
+pytest.importorskip("no_such_browser_driver")
+
+
+def test_never_collected():
+    pass
+""",
+}
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_in_ci_every_kind_of_skip_is_a_failure(tmp_path: Path, ci: str) -> None:
+    """CI=true (what .ci/run sets): a missing sshd, PostgreSQL or browser cannot pass as a
+    skip, whether a test, its fixture, its marker or its whole module asks to skip."""
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "pytest.ini").write_text(INI)
+    for name, text in SKIPPING_TESTS.items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rN", "--continue-on-collection-errors"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CI": ci},
+    )
+    out = proc.stdout
+    if ci:
+        assert proc.returncode == 1, out + proc.stderr
+        assert out.count("skipped in CI, where every test must run") == 5, out
+        for reason in ("no sshd", "no PostgreSQL", "no browser", "no sudo", "no_such_browser"):
+            assert reason in out, (reason, out)
+        assert " skipped" not in out.splitlines()[-1], out
+    else:
+        assert proc.returncode == 0, out + proc.stderr
+        assert "5 skipped" in out.splitlines()[-1], out
