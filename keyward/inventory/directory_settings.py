@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from keyward.inventory.provisioning import DEFAULT_MASS_SHARE, group_roles, mass_offboard_share
 from keyward.inventory.reader import Reader, short
 
 DisabledRule = Literal["flag", "account-control", "present"]
@@ -33,7 +34,6 @@ DISABLED_RULES: tuple[DisabledRule, ...] = ("flag", "account-control", "present"
 AD_ACCOUNT_CONTROL = "userAccountControl"
 
 DEFAULT_FILTER = "(objectClass=inetOrgPerson)"
-DEFAULT_MASS_SHARE = 0.10
 DEFAULT_PAGE_SIZE = 500
 DEFAULT_TIMEOUT = 30.0
 
@@ -57,7 +57,6 @@ _FIELDS = (
 _ATTRIBUTE_FIELDS = ("username", "name", "email", "disabled", "disabled_rule", "groups")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ATTR_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
-_ROLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ def read_directory(root: Path, reader: Reader, data: Mapping[str, Any]) -> Direc
     if starttls and url.lower().startswith("ldaps://"):
         reader.add("directory.starttls", "ldaps:// is already encrypted; leave starttls out")
     ca_file = reader.string(table, where, "ca_file")
-    share = _share(reader, table)
+    share = mass_offboard_share(reader, table, "directory")
     return DirectorySettings(
         url=url,
         base_dn=base_dn,
@@ -142,7 +141,7 @@ def read_directory(root: Path, reader: Reader, data: Mapping[str, Any]) -> Direc
         page_size=reader.integer(table, where, "page_size", DEFAULT_PAGE_SIZE, 1, 10000),
         timeout=reader.number(table, where, "timeout", DEFAULT_TIMEOUT, 0, 3600),
         attributes=_attributes(reader, table),
-        roles=_roles(reader, table),
+        roles=group_roles(reader, table, "directory"),
         sync_interval=_interval(reader, table),
     )
 
@@ -164,14 +163,6 @@ def _interval(reader: Reader, table: Mapping[str, Any]) -> float | None:
         reader.add("directory.sync_interval", "must be between 5s and 24h")
         return None
     return seconds
-
-
-def _share(reader: Reader, table: Mapping[str, Any]) -> float:
-    value = table.get("mass_offboard_share", DEFAULT_MASS_SHARE)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        reader.add("directory.mass_offboard_share", "must be a share above 0 up to 1 (0.10)")
-        return DEFAULT_MASS_SHARE
-    return float(value)
 
 
 def _filter(reader: Reader, table: Mapping[str, Any]) -> str:
@@ -210,19 +201,6 @@ def _attributes(reader: Reader, parent: Mapping[str, Any]) -> DirectoryAttribute
         disabled_rule=rule,
         groups=names["groups"] or defaults.groups,
     )
-
-
-def _roles(reader: Reader, parent: Mapping[str, Any]) -> dict[str, str]:
-    table = reader.table(parent, "directory", "roles") or {}
-    roles: dict[str, str] = {}
-    for role in table:
-        if not _ROLE_RE.fullmatch(role):
-            reader.add("directory.roles", f"{short(role)} is not a valid role name")
-            continue
-        group = reader.string(table, "directory.roles", role)
-        if group:
-            roles[role] = group
-    return roles
 
 
 def _path(root: Path, value: str | None) -> Path | None:

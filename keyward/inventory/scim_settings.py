@@ -18,7 +18,6 @@ server keeps only its SHA-256.  The file may hold the hash itself
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from keyward.errors import UsageError
+from keyward.inventory.provisioning import DEFAULT_MASS_SHARE, group_roles, mass_offboard_share
 from keyward.inventory.reader import Reader, short
 from keyward.timeparse import duration
 
-DEFAULT_SHARE = 0.10
 DEFAULT_WINDOW = "1h"
 _FIELDS = ("token_file", "mass_offboard_share", "mass_offboard_window", "create_people", "roles")
-_ROLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class ScimSettings:
     """The ``[scim]`` section, checked."""
 
     token_file: Path
-    mass_offboard_share: float = DEFAULT_SHARE
+    mass_offboard_share: float = DEFAULT_MASS_SHARE
     """At most this share of the active people may be offboarded over SCIM per window."""
     mass_offboard_window: timedelta = timedelta(hours=1)
     create_people: bool = True
@@ -57,10 +55,7 @@ def read_scim(root: Path, reader: Reader, data: Mapping[str, Any]) -> ScimSettin
     reader.fields(table, "scim", _FIELDS)
     token = reader.string(table, "scim", "token_file", required=True) or "scim-token"
     path = Path(token)
-    share = table.get("mass_offboard_share", DEFAULT_SHARE)
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
-        reader.add("scim.mass_offboard_share", "must be a share above 0 up to 1 (0.10)")
-        share = DEFAULT_SHARE
+    share = mass_offboard_share(reader, table, "scim")
     text = reader.string(table, "scim", "mass_offboard_window", DEFAULT_WINDOW) or DEFAULT_WINDOW
     try:
         window = duration(text, "scim.mass_offboard_window")
@@ -71,21 +66,12 @@ def read_scim(root: Path, reader: Reader, data: Mapping[str, Any]) -> ScimSettin
         reader.add("scim.mass_offboard_window", "must be longer than 0")
     return ScimSettings(
         token_file=path if path.is_absolute() else root / path,
-        mass_offboard_share=float(share),
+        mass_offboard_share=share,
         mass_offboard_window=window,
         create_people=reader.boolean(table, "scim", "create_people", True),
-        roles=_roles(reader, table),
+        # SCIM groups are matched by displayName, lower-cased (keyward.registry.scim_store).
+        roles={
+            role: group.strip().lower()
+            for role, group in group_roles(reader, table, "scim").items()
+        },
     )
-
-
-def _roles(reader: Reader, parent: Mapping[str, Any]) -> dict[str, str]:
-    table = reader.table(parent, "scim", "roles") or {}
-    roles: dict[str, str] = {}
-    for role in table:
-        if not _ROLE_RE.fullmatch(role):
-            reader.add("scim.roles", f"{short(role)} is not a valid role name")
-            continue
-        group = reader.string(table, "scim.roles", role)
-        if group:
-            roles[role] = group.strip().lower()
-    return roles
