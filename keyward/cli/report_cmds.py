@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -30,7 +31,7 @@ def _md_escape(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     out = [
         "| " + " | ".join(h for _, h in columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
@@ -65,6 +66,8 @@ def offboarding_evidence(app: AppContext, username: str) -> dict[str, Any]:
 @pass_app
 def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
     """The evidence that USERNAME's access is gone: who asked, what was revoked, per-host proof."""
+    from keyward.registry import views
+
     data = offboarding_evidence(app, username)
     if fmt == "json":
         emit_json(data)
@@ -85,13 +88,7 @@ def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
         "",
         _md_table(
             data["keys"],
-            [
-                ("fingerprint", "Fingerprint"),
-                ("type", "Type"),
-                ("revoked_at", "Revoked at"),
-                ("revoked_by", "By"),
-                ("revoke_reason", "Reason"),
-            ],
+            views.EVIDENCE_KEY_COLUMNS,
         ),
         "",
         "## Removal confirmed per host and account",
@@ -101,15 +98,7 @@ def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
         "",
         _md_table(
             data["hosts"],
-            [
-                ("host", "Host"),
-                ("account", "Account"),
-                ("path", "File"),
-                ("had_access", "Had access"),
-                ("keys_removed", "Keys removed"),
-                ("confirmed_at", "Confirmed at"),
-                ("open_issue", "Open issue"),
-            ],
+            views.EVIDENCE_TARGET_COLUMNS,
         ),
         "",
         "## Still open",
@@ -124,15 +113,7 @@ def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
         "",
         _md_table(
             data["logins_after_offboarding"],
-            [
-                ("at", "At"),
-                ("host", "Host"),
-                ("account", "Account"),
-                ("address", "From"),
-                ("fingerprint", "Key"),
-                ("session_end", "Session ended"),
-                ("log_source", "Log"),
-            ],
+            views.EVIDENCE_LOGIN_COLUMNS,
         )
         if data["logins_after_offboarding"]
         else "None seen in the collected logs.",
@@ -141,13 +122,7 @@ def report_offboarding(app: AppContext, username: str, fmt: str) -> None:
         "",
         _md_table(
             data["audit_events"],
-            [
-                ("seq", "#"),
-                ("at", "At"),
-                ("actor", "Actor"),
-                ("action", "Action"),
-                ("hash", "Chain hash"),
-            ],
+            views.EVIDENCE_AUDIT_COLUMNS,
         ),
         "",
     ]

@@ -360,6 +360,45 @@ def offboarding_case(session: Session, username: str) -> dict[str, Any]:
     }
 
 
+Columns = tuple[tuple[str, str], ...]
+"""(field, heading) pairs: which fields of a view's rows a table shows, in order."""
+
+# The tables of the offboarding evidence (``offboarding_evidence``), the same in the
+# Markdown report and on the web page, so both show the same evidence.
+EVIDENCE_KEY_COLUMNS: Columns = (
+    ("fingerprint", "Fingerprint"),
+    ("type", "Type"),
+    ("revoked_at", "Revoked at"),
+    ("revoked_by", "By"),
+    ("revoke_reason", "Reason"),
+)
+EVIDENCE_TARGET_COLUMNS: Columns = (
+    ("host", "Host"),
+    ("account", "Account"),
+    ("path", "File"),
+    ("had_access", "Had access"),
+    ("keys_removed", "Keys removed"),
+    ("confirmed_at", "Confirmed at"),
+    ("open_issue", "Open issue"),
+)
+EVIDENCE_LOGIN_COLUMNS: Columns = (
+    ("at", "At"),
+    ("host", "Host"),
+    ("account", "Account"),
+    ("address", "From"),
+    ("fingerprint", "Key"),
+    ("session_end", "Session ended"),
+    ("log_source", "Log"),
+)
+EVIDENCE_AUDIT_COLUMNS: Columns = (
+    ("seq", "#"),
+    ("at", "At"),
+    ("actor", "Actor"),
+    ("action", "Action"),
+    ("hash", "Chain hash"),
+)
+
+
 def offboarding_evidence(session: Session, username: str) -> dict[str, Any]:
     """``report offboarding``: who asked, what was revoked, per-host proof, later logins."""
     from sqlmodel import col, select

@@ -110,52 +110,25 @@ def evidence(visit: Visit) -> Page:
         + "<h2>Keys revoked</h2>"
         + table(
             data["keys"],
-            (
-                ("fingerprint", "Fingerprint"),
-                ("type", "Type"),
-                ("revoked_at", "Revoked at"),
-                ("revoked_by", "By"),
-                ("revoke_reason", "Reason"),
-            ),
+            views.EVIDENCE_KEY_COLUMNS,
         )
         + "<h2>Removal confirmed per host and account</h2>"
         "<p>Each row was confirmed by reading the file back from the host after the change "
         "and checking that none of the fingerprints above remain.</p>"
         + table(
             [{**h, "id": f"{h['host']}-{h['account']}"} for h in data["hosts"]],
-            (
-                ("host", "Host"),
-                ("account", "Account"),
-                ("path", "File"),
-                ("had_access", "Had access"),
-                ("keys_removed", "Keys removed"),
-                ("confirmed_at", "Confirmed at"),
-                ("open_issue", "Open issue"),
-            ),
+            views.EVIDENCE_TARGET_COLUMNS,
             row_id="target",
         )
         + "<h2>Logins after the offboarding began</h2>"
         + table(
             data["logins_after_offboarding"],
-            (
-                ("at", "At"),
-                ("host", "Host"),
-                ("account", "Account"),
-                ("address", "From"),
-                ("fingerprint", "Key"),
-                ("session_end", "Session ended"),
-            ),
+            views.EVIDENCE_LOGIN_COLUMNS,
         )
         + "<h2>Audit trail</h2>"
         + table(
             data["audit_events"],
-            (
-                ("seq", "#"),
-                ("at", "At"),
-                ("actor", "Actor"),
-                ("action", "Action"),
-                ("hash", "Hash"),
-            ),
+            views.EVIDENCE_AUDIT_COLUMNS,
         )
         + '<p><a href="/web/offboarding">All offboarding cases</a></p>'
     )
