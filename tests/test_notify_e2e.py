@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from keyward.testing.fleet import FleetHost
 from keyward.testing.ssh_client import can_login
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward
@@ -35,6 +36,19 @@ HOST = "127.0.0.26"
 WINDOW = 15.0  # seconds from the server's start to the end of the approved minute
 DEPLOY_BOUND = 10.0  # seconds from the approval to a working ssh login (generous)
 SECRET = b"e2e-webhook-secret-0123456789abcdef"
+
+
+def seconds_to_login(
+    env: AgentEnv, host: FleetHost, person: str, since: float, bound: float, daemon: Daemon
+) -> float:
+    """Seconds from ``since`` (monotonic) until ``person``'s key logs in to ``host`` with the
+    real ssh client, polled every 50 ms (finer than ``wait_until``: this is a measurement);
+    fails with the daemon's log after ``bound`` seconds."""
+    while time.monotonic() - since < bound:
+        if can_login(host, env.deploy, env.key(person), env.inventory / "known_hosts"):
+            return time.monotonic() - since
+        time.sleep(0.05)
+    raise AssertionError(f"no login within {bound}s:\n{daemon.logs()}")
 
 
 def verified(post: Received) -> dict[str, Any]:
@@ -135,13 +149,7 @@ def test_request_approve_login_and_expiry_with_real_processes(
             assert told["details"]["decided_by"] == "bob"
 
             # The key arrives on the host and the real ssh client logs in.
-            deploy = None
-            while time.monotonic() - approved_at < DEPLOY_BOUND:
-                if can_login(host, env.deploy, env.key("rita"), env.inventory / "known_hosts"):
-                    deploy = time.monotonic() - approved_at
-                    break
-                time.sleep(0.05)
-            assert deploy is not None, f"no login within {DEPLOY_BOUND}s:\n{daemon.logs()}"
+            deploy = seconds_to_login(env, host, "rita", approved_at, DEPLOY_BOUND, daemon)
             print(f"\napproval -> ssh login: {deploy:.2f} s ({env.kw.db_url.split(':')[0]})")
             until = fixed + timedelta(seconds=60)
             assert datetime.now(UTC) < until, "the machine was too slow for WINDOW"

@@ -28,11 +28,11 @@ import pytest
 from keyward.clock import as_utc
 from keyward.registry.models import AccessRequest
 from keyward.registry.store import Registry
-from keyward.testing.ssh_client import can_login
 from tests.agent_env import AgentEnv
 from tests.cli_runner import Keyward
 from tests.server_env import _wait_listening, free_port, start_server, stop
 from tests.test_daemon import Daemon, wait_until
+from tests.test_notify_e2e import seconds_to_login
 from tests.test_web import chromium, click, wait_for
 
 pytestmark = pytest.mark.timeout(150)
@@ -124,13 +124,7 @@ def test_cli_request_browser_approval_ssh_login_and_refusal_after_two_hours(
             assert not bob.find_elements(By.ID, f"request-{rid}")  # decided: gone
 
         # The key arrives on the host and the real ssh client logs in.
-        login = None
-        while time.monotonic() - approved < DEPLOY_BOUND:
-            if can_login(host, env.deploy, env.key("rita"), env.inventory / "known_hosts"):
-                login = time.monotonic() - approved
-                break
-            time.sleep(0.05)
-        assert login is not None, f"no login within {DEPLOY_BOUND}s:\n{daemon.logs()}"
+        login = seconds_to_login(env, host, "rita", approved, DEPLOY_BOUND, daemon)
         print(f"\nclick {approved - clicked:.2f} s; approval -> ssh login {login:.2f} s")
 
         (row,) = [r for r in env.kw.ok("access", "list", "--json").json() if r["id"] == rid]
