@@ -2,7 +2,7 @@
 
 - **Command** (``[notify] command``): split like a shell would, run without one (argv),
   the JSON payload on stdin, ``KEYWARD_EVENT`` in its environment, at most
-  ``COMMAND_TIMEOUT`` seconds: the safety of ``[policy] alert_command``.
+  ``keyward.hook.HOOK_TIMEOUT`` seconds: the same hook runner as ``[policy] alert_command``.
 - **Webhooks** (``[notify] webhook``): a JSON POST (or Slack's ``{"text"}``), signed with
   HMAC-SHA256 when ``secret_file`` is set, ``timeout`` seconds per attempt, ``retries``
   more attempts with a short backoff for a network error, 429 or 5xx, none for another
@@ -23,8 +23,6 @@ import hashlib
 import hmac
 import json
 import os
-import shlex
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -35,11 +33,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from keyward.errors import UsageError
+from keyward.hook import run_hook
 from keyward.inventory.notify_settings import NotifySettings
 from keyward.logs import get_logger
 from keyward.notify.message import Notification
 
-COMMAND_TIMEOUT = 30.0
 BACKOFF = 0.5  # seconds before the first retry; doubles
 SIGNATURE_HEADER = "X-Keyward-Signature"
 TIMESTAMP_HEADER = "X-Keyward-Timestamp"
@@ -117,23 +115,8 @@ class Deliverer:
 
     def _run_command(self, note: Notification) -> bool:
         assert self.settings.command is not None
-        error = None
-        try:
-            proc = subprocess.run(
-                shlex.split(self.settings.command),
-                input=json.dumps(note.payload()).encode(),
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-                env={**os.environ, "KEYWARD_EVENT": note.event},
-            )
-            if proc.returncode != 0:
-                error = (
-                    f"exited {proc.returncode}: "
-                    + " ".join(proc.stderr.decode("utf-8", "replace").split())[:300]
-                )
-        except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
-            error = str(exc) or type(exc).__name__
+        env = {**os.environ, "KEYWARD_EVENT": note.event}
+        error = run_hook(self.settings.command, note.payload(), env)
         self._log(note, "command", error)
         return error is None
 

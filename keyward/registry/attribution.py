@@ -19,8 +19,6 @@ and restricts to addresses seen in the journal.
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection
 from sqlmodel import col, select
 
+from keyward.hook import run_hook
 from keyward.inventory.model import Host
 from keyward.inventory.policy import PolicySettings
 from keyward.logins import (
@@ -64,8 +63,6 @@ from keyward.state import RegistrySnapshot
 
 if TYPE_CHECKING:
     from keyward.agent.reconcile import AuthBatch, HostResult
-
-NOTIFY_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -404,21 +401,8 @@ def notify(registry: Registry, actor: str, alert_ids: tuple[int, ...], command: 
         log.warning("alert_raised", **{k: v for k, v in payload.items() if k != "details"})
         error = None
         if command:
-            try:
-                proc = subprocess.run(
-                    shlex.split(command),
-                    input=json.dumps(payload).encode(),
-                    capture_output=True,
-                    timeout=NOTIFY_TIMEOUT,
-                    check=False,
-                )
-                if proc.returncode != 0:
-                    error = (
-                        f"alert command exited {proc.returncode}: "
-                        + " ".join(proc.stderr.decode("utf-8", "replace").split())[:300]
-                    )
-            except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
-                error = f"alert command failed: {exc}"
+            failed = run_hook(command, payload)
+            error = f"alert command {failed}" if failed else None
             if error:
                 log.error("alert_notify_failed", alert_id=payload["id"], error=error)
         errors[int(payload["id"] or 0)] = error
