@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -162,6 +162,87 @@ class HostPlan:
     @property
     def errors(self) -> tuple[FilePlan, ...]:
         return tuple(f for f in self.files if f.action == "error")
+
+
+# What decides a file's plan within one round (snapshot, moment and purge fixed): the
+# desired mode and lines, and what was observed (state, content, hash, owner, replaceable).
+_MemoKey = tuple[str, int, str, bytes | None, str | None, bool, bool]
+
+
+@dataclass
+class PlanMemo:
+    """The plans already made in one round, by what decided them.
+
+    Hosts with the same access hold byte-identical files, and a push changes them the
+    same way: at ten thousand hosts, planning each file from scratch (parsing its lines,
+    comparing every one) was a sixth of the daemon's push. With a memo a round plans
+    each distinct (desired lines, observed content) pair once and gives every other
+    file the same plan under its own target and path.
+
+    A plan also depends on the registry snapshot, the moment and the purge set; the
+    memo serves one combination and starts over when it sees another, so a memo
+    carried past its round can only miss, never answer for another state.
+    """
+
+    _state: tuple[RegistrySnapshot, datetime, frozenset[str]] | None = None
+    _plans: dict[_MemoKey, tuple[tuple[object, ...], FilePlan]] = field(default_factory=dict)
+
+    def plans(
+        self, snapshot: RegistrySnapshot, now: datetime, purge: frozenset[str]
+    ) -> dict[_MemoKey, tuple[tuple[object, ...], FilePlan]]:
+        state = self._state
+        if state is None or state[0] is not snapshot or state[1] != now or state[2] != purge:
+            self._state = (snapshot, now, purge)  # the snapshot is held: its id stays its own
+            self._plans = {}
+        return self._plans
+
+
+def _memo_key(desired: DesiredFile, observed: Observed) -> _MemoKey:
+    return (
+        desired.mode,
+        id(desired.lines),
+        observed.state,
+        observed.content,
+        observed.sha256,
+        observed.owner_ok,
+        observed.replaceable,
+    )
+
+
+def plan_file_memo(
+    desired: DesiredFile,
+    observed: Observed,
+    snapshot: RegistrySnapshot,
+    now: datetime,
+    purge: frozenset[str],
+    memo: PlanMemo | None,
+) -> FilePlan:
+    """``plan_file``, answered from ``memo`` when an equal file was planned this round."""
+    if memo is None or observed.state == "error":
+        return plan_file(desired, observed, snapshot, now, purge)
+    plans = memo.plans(snapshot, now, purge)
+    key = _memo_key(desired, observed)
+    hit = plans.get(key)
+    # The lines are compared by identity (the key holds their id): the memo keeps the
+    # tuple it planned, so an id reused by another tuple can never match.
+    if hit is not None and hit[0] is desired.lines:
+        p = hit[1]
+        return FilePlan(desired.target, p.action, observed.path, p.changes, p.new_content,
+                        p.expect_sha256, p.error, p.error_code)  # fmt: skip
+    plan = plan_file(desired, observed, snapshot, now, purge)
+    plans[key] = (desired.lines, plan)
+    return plan
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprints_kept(mode: str, content: bytes) -> frozenset[str]:
+    """The fingerprints of the lines keyward owns in ``content`` (the lockout check's
+    question), once per distinct content: every host of a round asks it of the same bytes."""
+    if mode == "exclusive":
+        lines = parse_cached(content)
+    else:
+        lines = tuple(parse_authorized_keys(split_block(content)[1]))
+    return frozenset(line.key.fingerprint for line in lines if line.key is not None)
 
 
 def sha256(data: bytes) -> str:
@@ -361,10 +442,14 @@ def plan_host(
     now: datetime,
     agent_fingerprint: str | None,
     purge: frozenset[str] = frozenset(),
+    memo: PlanMemo | None = None,
 ) -> HostPlan:
-    """Plan every managed file of one host, refusing any plan that would lock the agent out."""
+    """Plan every managed file of one host, refusing any plan that would lock the agent out.
+
+    ``memo`` (one per round) lets files equal to one already planned share its plan.
+    """
     files = tuple(
-        plan_file(
+        plan_file_memo(
             d,
             observed.get(
                 d.target,
@@ -375,6 +460,7 @@ def plan_host(
             snapshot,
             now,
             purge,
+            memo,
         )
         for d in desired
     )
@@ -383,9 +469,7 @@ def plan_host(
             continue
         if d.target.pattern != _first_pattern(desired, d):
             continue
-        fingerprints = {
-            line.key.fingerprint for line in _managed_lines(d, f.new_content) if line.key
-        }
+        fingerprints = _fingerprints_kept(d.mode, f.new_content)
         if agent_fingerprint is None or agent_fingerprint not in fingerprints:
             return HostPlan(
                 host,

@@ -9,7 +9,7 @@ import pytest
 
 from keyward.desired import HEADER, DesiredFile, DesiredLine, FileTarget
 from keyward.keys import PublicKey, parse_public_key
-from keyward.plan import Observed, plan_file, plan_host, render, sha256
+from keyward.plan import Observed, PlanMemo, plan_file, plan_host, render, sha256
 from keyward.state import KeyRecord, PersonRecord, RegistrySnapshot
 from keyward.testing.keypairs import make_ed25519
 
@@ -181,3 +181,63 @@ def test_plan_without_the_agent_key_on_the_login_account_is_refused(
         "web-1", [with_agent], {T: Observed(T, "missing", "/p")}, snap, NOW, k["agent"].fingerprint
     )
     assert ok.refused is None and ok.pending
+
+
+def _memo_cases(k: dict[str, PublicKey]) -> list[tuple[DesiredFile, Observed]]:
+    """Files two hosts may share: each desired/observed pair, then the same under another
+    host's target and path."""
+    lines = (DesiredLine(k["agent"], (), "agent", "agent"), alice_line(k))
+    cases = []
+    for mode in ("exclusive", "managed-block"):
+        d = DesiredFile(T, mode, lines, is_login=True)  # type: ignore[arg-type]
+        synced = render(d, None)
+        for observed in (
+            Observed(T, "missing", "/p"),
+            present(synced),
+            present(synced, owner_ok=False),
+            present(synced + raw(k["bob"], "revoked one") + raw(k["eve"], "drift")),
+            present(raw(k["dave"], "offboarded") + raw(k["alice"], "alice", "no-pty")),
+            Observed(T, "error", "/p", error_code="hardlink", replaceable=True),
+            Observed(T, "error", "/p", error_code="symlink", error_message="is a link"),
+        ):
+            cases.append((d, observed))
+    return cases
+
+
+def test_a_memo_gives_every_equal_file_the_plan_it_would_get_alone(
+    k: dict[str, PublicKey], snap: RegistrySnapshot
+) -> None:
+    other = FileTarget("web-2", "deploy", "%h/.ssh/authorized_keys")
+    purge = frozenset({k["dave"].fingerprint})
+    for cut in (frozenset(), purge):
+        memo = PlanMemo()
+        for d, observed in _memo_cases(k):
+            for target, path in ((T, observed.path), (other, "/srv/web-2/deploy")):
+                d2 = DesiredFile(target, d.mode, d.lines, is_login=True)
+                o2 = Observed(target, observed.state, path, observed.content, observed.sha256,
+                              observed.owner_ok, observed.error_code, observed.error_message,
+                              observed.replaceable)  # fmt: skip
+                alone = plan_host("h", [d2], {target: o2}, snap, NOW, k["agent"].fingerprint, cut)
+                shared = plan_host(
+                    "h", [d2], {target: o2}, snap, NOW, k["agent"].fingerprint, cut, memo
+                )
+                assert shared == alone, (d.mode, observed.state, target)
+                assert shared.files[0].target == target and shared.files[0].path == path
+
+
+def test_a_memo_never_answers_for_another_snapshot_moment_or_lines(
+    k: dict[str, PublicKey], snap: RegistrySnapshot
+) -> None:
+    memo = PlanMemo()
+    d = desired((alice_line(k),))
+    observed = present(raw(k["carol"], "carol") + d.exclusive_content())
+    before = plan_host("h", [d], {T: observed}, snap, NOW - timedelta(days=5), None, memo=memo)
+    # Five days later carol's key has expired: the same file is planned anew, not recalled.
+    after = plan_host("h", [d], {T: observed}, snap, NOW, None, memo=memo)
+    assert [c.reason for c in before.files[0].changes] == ["drift"]
+    assert [c.reason for c in after.files[0].changes] == ["expired"]
+    # Equal lines in another tuple are planned for themselves (identity, not equality, and
+    # a tuple freed and replaced at the same address can never match the one held).
+    other = desired((alice_line(k, ("no-pty",)),))
+    again = plan_host("h", [other], {T: observed}, snap, NOW, None, memo=memo)
+    assert again == plan_host("h", [other], {T: observed}, snap, NOW, None)

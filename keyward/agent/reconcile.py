@@ -24,7 +24,15 @@ from keyward.errors import HostError
 from keyward.inventory.model import Host
 from keyward.logins import LOGIN_MARKERS, LogLine
 from keyward.logs import get_logger
-from keyward.plan import FilePlan, HostPlan, Observed, parse_cached, plan_host, sha256
+from keyward.plan import (
+    FilePlan,
+    HostPlan,
+    Observed,
+    PlanMemo,
+    parse_cached,
+    plan_host,
+    sha256,
+)
 from keyward.state import RegistrySnapshot
 
 
@@ -122,6 +130,8 @@ class RunContext:
     # Asked immediately before each write: (host, removal_only) -> None, or why not to
     # write. The daemon's lease check when several daemons share a fleet.
     fence: Callable[[str, bool], Awaitable[str | None]] | None = None
+    # Plans shared by the round's files that are equal (``keyward.plan.PlanMemo``).
+    plan_memo: PlanMemo = field(default_factory=PlanMemo)
 
     @property
     def purge(self) -> frozenset[str]:
@@ -264,7 +274,14 @@ async def sync_known(
     started = _now(ctx)
     observed = {d.target: known[d.target] for d in desired}
     plan = plan_host(
-        host.name, desired, observed, ctx.snapshot, ctx.now, ctx.agent_fingerprint, ctx.purge
+        host.name,
+        desired,
+        observed,
+        ctx.snapshot,
+        ctx.now,
+        ctx.agent_fingerprint,
+        ctx.purge,
+        ctx.plan_memo,
     )
     if (
         plan.refused
@@ -316,7 +333,14 @@ async def sync_files(
         for d, reply in zip(desired, replies, strict=True)
     }
     plan = plan_host(
-        host.name, desired, observed, ctx.snapshot, ctx.now, ctx.agent_fingerprint, ctx.purge
+        host.name,
+        desired,
+        observed,
+        ctx.snapshot,
+        ctx.now,
+        ctx.agent_fingerprint,
+        ctx.purge,
+        ctx.plan_memo,
     )
     if plan.refused:
         log.error("plan_refused", reason=plan.refused)

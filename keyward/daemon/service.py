@@ -94,6 +94,7 @@ from keyward.registry.store import Registry
 from keyward.state import RegistrySnapshot
 
 HEARTBEAT_EVERY = 5.0
+BEAT_SPACING = 1.0  # at most one early heartbeat per second
 SYNC_TIMEOUT = 120.0
 MAX_SLEEP = 3600.0
 METRICS_RETRY_START = 5.0  # seconds before binding the metrics port again; doubles
@@ -447,7 +448,22 @@ class Daemon:
         new_cases = set(watch) - set(self.watch)
         self.inputs, self.snapshot, self.desired, self.watch = inputs, snapshot, desired, watch
         self.changed_snapshot.set()
-        self.sweep_due.set()
+        try:
+            await self._push(inputs, started, new_cases, committed_at)
+        finally:
+            # After the push, not beside it: the sweep's queries in a worker thread held the
+            # interpreter against the push's event loop, at every round.
+            self.sweep_due.set()
+
+    async def _push(
+        self,
+        inputs: RoundInputs,
+        started: float,
+        new_cases: set[int],
+        committed_at: datetime | None,
+    ) -> None:
+        """Sync every file whose desired content this daemon has not confirmed."""
+        snapshot, desired = inputs.snapshot, inputs.desired
         pending: dict[str, list[DesiredFile]] = {}
         for target, d in desired.items():
             if new_cases or self.confirmed.get(target) != signature(d):
@@ -594,7 +610,8 @@ class Daemon:
 
     async def _on_connect(self, link: HostLink) -> None:
         """A (re)connected host gets every file synced: it may have missed changes."""
-        self.metrics.hosts_connected.set(sum(1 for x in self.links.values() if x.connected))
+        # The heartbeat counts the connected hosts (once per beat, not once per connect:
+        # counting at every connect was quadratic while a large fleet connected).
         self.beat.set()
         if self.snapshot is None or self.inventory is None:
             self.changed.set()
@@ -774,7 +791,15 @@ class Daemon:
             if self.metrics_error is not None:
                 state += f"; metrics unavailable: {self.metrics_error}"
             sd_notify(f"STATUS={state}")
-            await self._sleep(HEARTBEAT_EVERY, self.beat)
+            beat_at = time.monotonic()
+            if await self._sleep(HEARTBEAT_EVERY, self.beat):
+                return
+            # Woken early (a push, a connect): not more than once per BEAT_SPACING. While
+            # a large fleet connects, a beat per connect rebuilt and stored the whole host
+            # map thousands of times.
+            spacing = BEAT_SPACING - (time.monotonic() - beat_at)
+            if spacing > 0 and await self._sleep(spacing):
+                return
 
     # -- metrics --------------------------------------------------------------
 
