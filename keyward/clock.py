@@ -26,6 +26,31 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def process_clock() -> Clock:
+    """``system_clock`` with ``KEYWARD_NOW`` and ``KEYWARD_CLOCK_SKEW`` read once, now.
+
+    For one process's run, whose environment does not change: the daemon asks the time
+    several times per host in every round, and reading the two variables from
+    ``os.environ`` each time was an eighth of its push at a thousand hosts.
+    """
+    fixed = os.environ.get("KEYWARD_NOW")
+    skew = os.environ.get("KEYWARD_CLOCK_SKEW")
+    try:
+        if fixed:
+            moment = parse_utc(fixed)
+            return lambda: moment
+        if skew:
+            offset = timedelta(seconds=float(skew))
+            return lambda: datetime.now(UTC) + offset
+    except ValueError:
+        return system_clock  # a malformed value fails where the time is asked, as before
+    return _utc_now
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def parse_utc(text: str) -> datetime:
     """Parse an ISO 8601 date or timestamp; naive values are taken as UTC."""
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from keyward.clock import Clock, system_clock
+from keyward.clock import Clock, process_clock
 from keyward.errors import UsageError
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ class AppContext:
     db: str | None
     actor: str
     inventory: str | None
-    clock: Clock = system_clock
+    # The environment's clock settings, read when the command starts (see process_clock).
+    clock: Clock = field(default_factory=process_clock)
     server_url: str | None = None
     """``--url`` / ``KEYWARD_URL``: talk to ``keyward server`` instead of the database."""
     _registry: Registry | None = field(default=None, repr=False)
