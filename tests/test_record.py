@@ -16,7 +16,7 @@ from keyward.agent.reconcile import Confirmation, FileResult, HostResult
 from keyward.desired import FileTarget
 from keyward.inventory.model import Host
 from keyward.keys import ED25519, PublicKey, encode_string
-from keyward.plan import FilePlan, HostPlan
+from keyward.plan import FilePlan, HostPlan, LineChange
 from keyward.registry.lifecycle import offboard
 from keyward.registry.models import AuditEvent, HostState, OffboardingCase, OffboardingTarget
 from keyward.registry.ops import KeyClaim, add_key, add_person
@@ -195,3 +195,102 @@ def test_recorded_owners_are_the_registrys_not_the_lines_comments(db_url: str) -
         bob.fingerprint: "bob",
         stranger.fingerprint: None,
     }
+
+
+@contextmanager
+def counted_inserts(registry: Registry) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        if "INSERT INTO audit" in args[2]:
+            statements.append(args[2])
+
+    event.listen(registry.engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(registry.engine, "before_cursor_execute", count)
+
+
+def test_a_rounds_events_go_into_the_chain_in_order_in_one_insert(db_url: str) -> None:
+    """Every host's late, removed, added and fix-mode events, in the order they happened
+    per host and host after host; one insert for the batch; the chain verifies; a host
+    whose files did not change keeps the recorded text as it was."""
+    registry, _, _ = Registry.initialise(db_url, clock=lambda: NOW)
+    old, new = _key(), _key()
+    with registry.write("admin") as tx:
+        add_person(tx, "alice", "Alice", None)
+        for key in (old, new):
+            add_key(tx, "alice", key, KeyClaim("admin", NOW + timedelta(days=9)))
+
+    def text(*keys: PublicKey) -> bytes:
+        return "".join(f"{k.key_type} {k.base64} keyward:alice\n" for k in keys).encode()
+
+    def outcome(name: str, write: bool, late: bool) -> HostResult:
+        root, deploy = (FileTarget(name, a, PATTERN) for a in ACCOUNTS)
+        files = [
+            FileResult(
+                FilePlan(
+                    root,
+                    "update",
+                    "/root/ak",
+                    (
+                        LineChange("remove", old.fingerprint, "alice", "revoked"),
+                        LineChange("add", new.fingerprint, "alice", "granted"),
+                    ),
+                    text(new),
+                ),
+                written=True,
+                confirmed_sha256="x",
+            )
+            if write
+            else FileResult(FilePlan(root, "in-sync", "/root/ak", new_content=text(old)))
+        ]
+        deploy_content = text(old, new) if late else text(old)
+        files.append(
+            FileResult(FilePlan(deploy, "in-sync", "/deploy/ak", new_content=deploy_content))
+        )
+        plans = tuple(f.plan for f in files)
+        return HostResult(host(name), NOW, NOW, HostPlan(name, plans), tuple(files), None, ())
+
+    names = [f"web-{i}" for i in range(5)]
+    # First: every host holds the old key everywhere (recorded as found, late).
+    record_hosts(registry, "agent", [outcome(n, False, False) for n in names], "run0")
+    with registry.read() as session:
+        unchanged = {s.host: s.files for s in session.exec(select(HostState))}
+        head = session.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc())).first()
+        assert head is not None
+        first_seq = head.seq
+    with counted_inserts(registry) as inserts:
+        batch = [outcome(n, n != "web-4", n in ("web-1", "web-3")) for n in names]
+        record_hosts(registry, "agent", batch, "run1")
+    assert len(inserts) == 1
+    with registry.read() as session:
+        events = [
+            (
+                e.subject,
+                e.action,
+                json.loads(e.details)["reason"],
+                json.loads(e.details)["fingerprint"],
+            )
+            for e in session.exec(
+                select(AuditEvent)
+                .where(col(AuditEvent.seq) > first_seq)
+                .order_by(col(AuditEvent.seq))
+            )
+        ]
+        states = {s.host: s.files for s in session.exec(select(HostState))}
+        checked = verify_session(session)
+    assert checked is not None and checked[2] is None
+    expected = []
+    for n in names:
+        if n != "web-4":
+            expected += [
+                (f"host:{n}", "host.remove", "revoked", old.fingerprint),
+                (f"host:{n}", "host.add", "granted", new.fingerprint),
+            ]
+        if n in ("web-1", "web-3"):
+            expected.append((f"host:{n}", "host.add", "recorded-late", new.fingerprint))
+    assert events == expected
+    assert states["web-4"] == unchanged["web-4"]  # nothing changed: the same text
+    assert states["web-0"] != unchanged["web-0"]
