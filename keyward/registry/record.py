@@ -56,7 +56,7 @@ def record_hosts(
         events: list[Event] = []
         for result in results:
             name = result.host.name
-            state = states.setdefault(name, HostState(host=name))
+            state = states.get(name) or states.setdefault(name, HostState(host=name))
             _record(events, result, run_id, state, owners)
             tx.session.add(state)
         tx.audit_many(events)
@@ -77,11 +77,13 @@ def _key_owners(tx: WriteTx, results: list[HostResult]) -> dict[str, str]:
     owner recorded with a key is the registry's, never the comment's. One query per
     500 distinct fingerprints per batch, not per file.
     """
+    contents = {
+        file_result.plan.new_content or b"" for result in results for file_result in result.files
+    }  # hosts with the same access hold the same bytes: each distinct content once
     fingerprints = {
         line.key.fingerprint
-        for result in results
-        for file_result in result.files
-        for line in parse_cached(file_result.plan.new_content or b"")
+        for content in contents
+        for line in parse_cached(content)
         if line.key is not None
     }
     owners: dict[str, str] = {}
@@ -98,7 +100,7 @@ def _key_owners(tx: WriteTx, results: list[HostResult]) -> dict[str, str]:
 def _record(
     events: list[Event], result: HostResult, run_id: str, state: HostState, owners: Owners
 ) -> None:
-    state.environment = result.host.environment
+    _update(state, "environment", result.host.environment)
     state.last_attempt = result.started
     state.last_run_id = run_id
     drift = 0
@@ -107,7 +109,8 @@ def _record(
     for file_result in result.files:
         plan = file_result.plan
         key = f"{plan.target.account}:{plan.target.pattern}"
-        drift += sum(1 for c in plan.changes if c.action == "remove" and c.reason == "drift")
+        if plan.changes:
+            drift += sum(1 for c in plan.changes if c.action == "remove" and c.reason == "drift")
         if not file_result.written and plan.action == "in-sync" and plan.new_content is not None:
             _record_late(
                 events,
@@ -124,11 +127,7 @@ def _record(
             written = _keys_of(plan.new_content or b"", owners)
             if key in files:
                 _record_unexplained(events, result.host.name, plan, files[key], written, run_id)
-            files[key] = {
-                "path": plan.path,
-                "sha256": file_result.confirmed_sha256,
-                "keys": written,
-            }
+            files[key] = owners.entry(plan.path, file_result.confirmed_sha256, written)
             if plan.action == "fix-mode":
                 events.append(
                     (
@@ -156,14 +155,22 @@ def _record(
                 for change in plan.changes
             )
     if files != owners.files_memo[recorded]:  # unchanged entries compare by identity
-        state.files = json.dumps(files, sort_keys=True)
-    state.drift_found = drift
-    state.last_changes = result.changes
+        state.files = owners.serialised(files)
+    _update(state, "drift_found", drift)
+    _update(state, "last_changes", result.changes)
     if result.ok:
         state.last_success = result.finished
-        state.last_error = None
+        _update(state, "last_error", None)
     else:
         state.last_error = "; ".join(result.problems)[:2000]
+
+
+def _update(state: HostState, name: str, value: object) -> None:
+    """Set a column only when its value changes: a verification round records ten
+    thousand hosts, most of whose columns stay as they were (and each assignment to a
+    model goes through validation and change tracking)."""
+    if getattr(state, name) != value:
+        setattr(state, name, value)
 
 
 class Owners(dict[str, str]):
@@ -179,6 +186,38 @@ class Owners(dict[str, str]):
         # host_state.files as stored -> as parsed; hosts with the same files store the
         # same text. Shared: a host's changes go to a copy (``files_of``).
         self.files_memo: dict[str, dict[str, dict[str, Any]]] = {}
+        self.digests: dict[bytes, str] = {}
+        self.entries: dict[tuple[str | None, str | None, int], dict[str, Any]] = {}
+        self.texts: dict[tuple[tuple[str, int], ...], tuple[dict[str, Any], str]] = {}
+
+    def entry(
+        self, path: str | None, sha256: str | None, keys: list[list[str | None]]
+    ) -> dict[str, Any]:
+        """A file's ``host_state.files`` entry, one shared object per distinct entry (its
+        key list is already shared, see ``_keys_of``), so that equal files dicts are made
+        of the same objects and serialise once (``serialised``)."""
+        index = (path, sha256, id(keys))
+        found = self.entries.get(index)
+        if found is None or found["keys"] is not keys:
+            found = self.entries[index] = {"path": path, "sha256": sha256, "keys": keys}
+        return found
+
+    def serialised(self, files: dict[str, dict[str, Any]]) -> str:
+        """``json.dumps(files, sort_keys=True)``, once per distinct set of entry objects.
+
+        The memo holds the entries it was made from, so an id it keys on stays theirs."""
+        index = tuple(sorted((name, id(entry)) for name, entry in files.items()))
+        found = self.texts.get(index)
+        if found is None or any(files[name] is not entry for name, entry in found[0].items()):
+            found = self.texts[index] = (dict(files), json.dumps(files, sort_keys=True))
+        return found[1]
+
+    def digest(self, content: bytes) -> str:
+        """SHA-256 of ``content``, once per distinct content of the batch."""
+        found = self.digests.get(content)
+        if found is None:
+            found = self.digests[content] = hashlib.sha256(content).hexdigest()
+        return found
 
     def files_of(self, recorded: str) -> dict[str, dict[str, Any]]:
         """``json.loads(recorded)``, parsed once per distinct text; the host gets its own
@@ -230,7 +269,7 @@ def _record_late(
     changes are recorded now (reason ``recorded-late``), so no key reaches or leaves a
     host without an audit event.
     """
-    digest = hashlib.sha256(content).hexdigest()
+    digest = owners.digest(content)
     before = files.get(key, {})
     if before.get("sha256") == digest:
         return
@@ -254,7 +293,7 @@ def _record_late(
                     },
                 )
             )
-    files[key] = {"path": path, "sha256": digest, "keys": current}
+    files[key] = owners.entry(path, digest, current)
 
 
 def _record_unexplained(
