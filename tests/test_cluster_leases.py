@@ -193,3 +193,43 @@ def test_a_registry_write_left_open_by_a_paused_daemon_is_ended(
         paused.dispose()
         other.dispose()
         pg_server.drop_database(name)
+
+
+def test_daemons_started_together_divide_the_fleet_once(engine: object) -> None:
+    """The first round only registers: no daemon takes (and then hands over) the others' share."""
+    from prometheus_client import CollectorRegistry
+
+    from keyward.daemon.cluster import Cluster
+    from keyward.daemon.metrics import ClusterMetrics
+    from keyward.daemon.sharding import owner, shards_of_hosts
+
+    names = [f"h{i}" for i in range(300)]
+    held: dict[str, list[int]] = {"a": [], "b": []}
+
+    def cluster(me: str) -> Cluster:
+        async def on_hosts(hosts: set[str]) -> None:
+            held[me].append(len(hosts))
+
+        async def let_go(hosts: set[str]) -> None:
+            return None
+
+        return Cluster(
+            engine, me, lambda: names, on_hosts, let_go,
+            ClusterMetrics(CollectorRegistry(), me), Log(),
+        )  # fmt: skip
+
+    async def rounds() -> tuple[Cluster, Cluster]:
+        a, b = cluster("a"), cluster("b")
+        await a.round()  # a alone so far: it registers, takes nothing
+        await b.round()
+        assert a.held == b.held == {}
+        await a.round()
+        await b.round()
+        return a, b
+
+    a, b = asyncio.run(rounds())
+    by_shard = shards_of_hosts(names)
+    assert set(a.held) == {s for s in by_shard if owner(s, ["a", "b"]) == "a"}
+    assert set(b.held) == set(by_shard) - set(a.held)
+    assert held["a"] == [0, len(a.hosts())]  # never more than its share, nothing let go
+    assert 0 < len(a.hosts()) < len(names)

@@ -11,7 +11,9 @@ when a write found a lease lost):
    leases run out at once so the new owner need not wait;
 4. renew the leases still held; a lease the database no longer confirms is lost, and
    its hosts are dropped;
-5. take the leases of this daemon's shards that are free (or have run out);
+5. take the leases of this daemon's shards that are free (or have run out), from its
+   second round on (the first one only registers it, so that daemons started together
+   divide the fleet once instead of the first one taking all of it);
 6. tell the daemon which hosts it holds now: it connects to new ones and syncs them
    in full (they may have missed changes), and disconnects from those it let go.
 
@@ -123,6 +125,11 @@ class Cluster:
         returning, self.cut_off = self.cut_off, False
         if returning:
             self.log.info("cluster_heartbeat_restored", live=len(self.live))
+        # The first round only registers this daemon: daemons started together would
+        # otherwise each see itself alone, the first one take every shard and connect to
+        # every host, then hand two thirds over a round later. From the second round on,
+        # every daemon that beat within one heartbeat of it is counted.
+        joining = not self.ready.is_set()
         self.metrics.members_live.set(len(self.live))
         by_shard = shards_of_hosts(self.host_names())
         wanted = {s for s in by_shard if owner(s, self.live) == self.id}
@@ -131,7 +138,7 @@ class Cluster:
             if not returning:
                 await self._hand_over({s: t for s, t in self.held.items() if s not in wanted})
             await self._renew()
-            if not returning:
+            if not returning and not joining:
                 await self._acquire(wanted - set(self.held))
         except REGISTRY_FAILURES as exc:
             self.log.warning("lease_round_failed", error=first_line(exc))
