@@ -212,8 +212,7 @@ class Bench:
                 synced = sum(
                     1
                     for name in held
-                    if hosts[name]["connected"]
-                    and hosts[name]["confirmed_files"] >= FILES_PER_HOST
+                    if hosts[name]["connected"] and hosts[name]["confirmed_files"] >= FILES_PER_HOST
                 )
                 out[by_pid[pid].name] = (held, connected, synced)
         return out
