@@ -233,3 +233,43 @@ def test_daemons_started_together_divide_the_fleet_once(engine: object) -> None:
     assert set(b.held) == set(by_shard) - set(a.held)
     assert held["a"] == [0, len(a.hosts())]  # never more than its share, nothing let go
     assert 0 < len(a.hosts()) < len(names)
+
+
+def test_heartbeats_and_leases_do_not_wait_behind_the_daemons_other_threads(
+    engine: object,
+) -> None:
+    """asyncio's shared thread pool all busy (recorders waiting for the audit chain's lock):
+    the heartbeat, the lease round and the fence's confirmation still run at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import CollectorRegistry
+
+    from keyward.daemon.cluster import Cluster
+    from keyward.daemon.metrics import ClusterMetrics
+
+    release = threading.Event()
+
+    async def on_hosts(hosts: set[str]) -> None:
+        return None
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        c = Cluster(
+            engine, "a", lambda: [f"h{i}" for i in range(50)], on_hosts, on_hosts,
+            ClusterMetrics(CollectorRegistry(), "a"), Log(),
+        )  # fmt: skip
+        busy = asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+        try:
+            async with asyncio.timeout(10):
+                await c.round()
+                await c.round()
+                assert c.held
+                assert await c.fence.check("h1", removal_only=False) is None
+        finally:
+            release.set()
+            await busy
+        await c.leave()
+
+    asyncio.run(main())

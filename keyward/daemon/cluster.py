@@ -24,8 +24,10 @@ connections, and the fence decides what may still be written (see ``leases``).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line
 from keyward.daemon.leases import LEASE_TTL, Fence, LeaseStore
@@ -34,6 +36,7 @@ from keyward.daemon.metrics import ClusterMetrics
 from keyward.daemon.sharding import owner, shard_of, shards_of_hosts
 
 IDLE_IN_TRANSACTION_MS = 15_000
+T = TypeVar("T")
 
 
 def limit_idle_transactions(engine: Any, limit_ms: int = IDLE_IN_TRANSACTION_MS) -> None:
@@ -91,13 +94,26 @@ class Cluster:
         self.metrics = metrics
         self.log = log.bind(member=member_id)
         self.heartbeat_every = heartbeat_every
-        self.fence = Fence(self.leases.confirm, shard_of, self._lost_at_write, self.log)
+        # Heartbeats, leases and the fence's confirmations run on threads of their own:
+        # on asyncio's shared pool (6 threads on 2 CPUs) they waited behind the daemon's
+        # recorders, which wait in turn for the audit chain's lock while other daemons
+        # record; during a large initial sync a heartbeat was late by more than the
+        # lease, and the others took this daemon's shards and gave them back.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keyward-cluster")
+        self.fence = Fence(
+            self.leases.confirm, shard_of, self._lost_at_write, self.log, run=self._db
+        )
         self.held: dict[int, int] = {}  # shard -> fencing token
         self.live: list[str] = []
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()  # set after the first round that reached the registry
         self.cut_off = False  # the last heartbeat did not reach the registry
         self.handing_over: set[asyncio.Task[None]] = set()
+
+    async def _db(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on the coordinator's own threads (never behind the recorders)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(call, *args))
 
     def hosts(self) -> set[str]:
         """The inventory hosts whose shard's lease this daemon holds."""
@@ -113,7 +129,7 @@ class Cluster:
     async def round(self) -> None:
         """One heartbeat and lease round; registry failures are logged and outlived."""
         try:
-            self.live = await asyncio.to_thread(self.membership.beat)
+            self.live = await self._db(self.membership.beat)
         except REGISTRY_FAILURES as exc:
             self.metrics.heartbeat_failures.inc()
             if not self.cut_off:
@@ -172,7 +188,7 @@ class Cluster:
         await self.on_hosts(self.hosts())
         await self.let_go({h for h in self.host_names() if shard_of(h) in going})
         try:
-            await asyncio.to_thread(self.leases.release, going)
+            await self._db(self.leases.release, going)
         except REGISTRY_FAILURES as exc:  # they run out by themselves
             self.log.warning("lease_release_failed", shards=len(going), error=first_line(exc))
             return
@@ -181,7 +197,7 @@ class Cluster:
 
     async def _renew(self) -> None:
         asked = dict(self.held)
-        renewed = await asyncio.to_thread(self.leases.renew, asked)
+        renewed = await self._db(self.leases.renew, asked)
         for shard, token in asked.items():
             if renewed.get(shard) != token and self.held.get(shard) == token:
                 del self.held[shard]
@@ -193,7 +209,7 @@ class Cluster:
     async def _acquire(self, shards: set[int]) -> None:
         if not shards:
             return
-        got = await asyncio.to_thread(self.leases.acquire, shards)
+        got = await self._db(self.leases.acquire, shards)
         if got:
             self.held.update(got)
             self.metrics.acquired.inc(len(got))
@@ -218,9 +234,11 @@ class Cluster:
         if self.handing_over:  # the links are closed by now: these finish at once
             await asyncio.wait(self.handing_over, timeout=5)
         try:
-            await asyncio.to_thread(self.leases.release, held)
-            await asyncio.to_thread(self.membership.leave)
+            await self._db(self.leases.release, held)
+            await self._db(self.membership.leave)
         except REGISTRY_FAILURES as exc:
             self.log.warning("cluster_leave_failed", error=first_line(exc))
             return
+        finally:
+            self.executor.shutdown(wait=False)
         self.log.info("cluster_left", shards=len(held))
