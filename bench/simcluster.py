@@ -235,6 +235,14 @@ class Bench:
                 out[name] = int(count)
         return out
 
+    def registry_size(self) -> dict[str, Any]:
+        """Audit rows and the database's size: what the run leaves in PostgreSQL."""
+        assert self.registry is not None
+        with self.registry.engine.connect() as conn:
+            rows = conn.execute(text("SELECT count(*) FROM audit_event")).scalar_one()
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+        return {"audit_events": int(rows), "database_mb": round(int(size) / 2**20)}
+
     def wait_split(self, since: float, timeout: float, what: str) -> dict[str, Any]:
         """Until every host is held by exactly one live daemon and all are in sync.
 
@@ -338,6 +346,7 @@ def bench_split(b: Bench, timeout: float) -> dict[str, Any]:
     log(f"started {len(b.members)} daemons: " + ", ".join(f"{m.name}={m.pid}" for m in b.members))
     split = b.wait_split(t0, timeout, "split")
     split["churn"] = b.churn()
+    split["registry"] = patiently(b.registry_size, timeout=60)
     log(f"split: {json.dumps(split)}")
     return split
 
@@ -496,6 +505,7 @@ def main() -> int:
         if args.failover:
             results["failover"] = bench_failover(b, args.failover_timeout)
         results["simulators_rss_end_mb"] = round(b.fleet.rss())
+        results["registry_end"] = patiently(b.registry_size, timeout=60)
     finally:
         log("tearing down")
         b.teardown()
