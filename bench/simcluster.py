@@ -241,7 +241,19 @@ class Bench:
         with self.registry.engine.connect() as conn:
             rows = conn.execute(text("SELECT count(*) FROM audit_event")).scalar_one()
             size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
-        return {"audit_events": int(rows), "database_mb": round(int(size) / 2**20)}
+            # How often the daemons rewrote their status rows (each holds its whole host map).
+            updates = conn.execute(
+                text("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'daemon_status'")
+            ).scalar()
+            status_bytes = conn.execute(
+                text("SELECT coalesce(sum(length(hosts)), 0) FROM daemon_status")
+            ).scalar_one()
+        return {
+            "audit_events": int(rows),
+            "database_mb": round(int(size) / 2**20),
+            "daemon_status_updates": None if updates is None else int(updates),
+            "daemon_status_hosts_bytes": int(status_bytes),
+        }
 
     def wait_split(self, since: float, timeout: float, what: str) -> dict[str, Any]:
         """Until every host is held by exactly one live daemon and all are in sync.
@@ -495,6 +507,7 @@ def main() -> int:
     }
     t_start = time.monotonic()
     old = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # ^C also when started with &
     try:
         log(f"starting {args.hosts} simulated hosts in {procs} processes under {b.base}")
         results["setup"] = b.setup()
