@@ -193,3 +193,83 @@ def test_a_registry_write_left_open_by_a_paused_daemon_is_ended(
         paused.dispose()
         other.dispose()
         pg_server.drop_database(name)
+
+
+def test_daemons_started_together_divide_the_fleet_once(engine: object) -> None:
+    """The first round only registers: no daemon takes (and then hands over) the others' share."""
+    from prometheus_client import CollectorRegistry
+
+    from keyward.daemon.cluster import Cluster
+    from keyward.daemon.metrics import ClusterMetrics
+    from keyward.daemon.sharding import owner, shards_of_hosts
+
+    names = [f"h{i}" for i in range(300)]
+    held: dict[str, list[int]] = {"a": [], "b": []}
+
+    def cluster(me: str) -> Cluster:
+        async def on_hosts(hosts: set[str]) -> None:
+            held[me].append(len(hosts))
+
+        async def let_go(hosts: set[str]) -> None:
+            return None
+
+        return Cluster(
+            engine, me, lambda: names, on_hosts, let_go,
+            ClusterMetrics(CollectorRegistry(), me), Log(),
+        )  # fmt: skip
+
+    async def rounds() -> tuple[Cluster, Cluster]:
+        a, b = cluster("a"), cluster("b")
+        await a.round()  # a alone so far: it registers, takes nothing
+        await b.round()
+        assert a.held == b.held == {}
+        await a.round()
+        await b.round()
+        return a, b
+
+    a, b = asyncio.run(rounds())
+    by_shard = shards_of_hosts(names)
+    assert set(a.held) == {s for s in by_shard if owner(s, ["a", "b"]) == "a"}
+    assert set(b.held) == set(by_shard) - set(a.held)
+    assert held["a"] == [0, len(a.hosts())]  # never more than its share, nothing let go
+    assert 0 < len(a.hosts()) < len(names)
+
+
+def test_heartbeats_and_leases_do_not_wait_behind_the_daemons_other_threads(
+    engine: object,
+) -> None:
+    """asyncio's shared thread pool all busy (recorders waiting for the audit chain's lock):
+    the heartbeat, the lease round and the fence's confirmation still run at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import CollectorRegistry
+
+    from keyward.daemon.cluster import Cluster
+    from keyward.daemon.metrics import ClusterMetrics
+
+    release = threading.Event()
+
+    async def on_hosts(hosts: set[str]) -> None:
+        return None
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        c = Cluster(
+            engine, "a", lambda: [f"h{i}" for i in range(50)], on_hosts, on_hosts,
+            ClusterMetrics(CollectorRegistry(), "a"), Log(),
+        )  # fmt: skip
+        busy = asyncio.ensure_future(asyncio.to_thread(release.wait, 30))
+        try:
+            async with asyncio.timeout(10):
+                await c.round()
+                await c.round()
+                assert c.held
+                assert await c.fence.check("h1", removal_only=False) is None
+        finally:
+            release.set()
+            await busy
+        await c.leave()
+
+    asyncio.run(main())

@@ -11,7 +11,9 @@ when a write found a lease lost):
    leases run out at once so the new owner need not wait;
 4. renew the leases still held; a lease the database no longer confirms is lost, and
    its hosts are dropped;
-5. take the leases of this daemon's shards that are free (or have run out);
+5. take the leases of this daemon's shards that are free (or have run out), from its
+   second round on (the first one only registers it, so that daemons started together
+   divide the fleet once instead of the first one taking all of it);
 6. tell the daemon which hosts it holds now: it connects to new ones and syncs them
    in full (they may have missed changes), and disconnects from those it let go.
 
@@ -22,8 +24,10 @@ connections, and the fence decides what may still be written (see ``leases``).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line
 from keyward.daemon.leases import LEASE_TTL, Fence, LeaseStore
@@ -32,6 +36,7 @@ from keyward.daemon.metrics import ClusterMetrics
 from keyward.daemon.sharding import owner, shard_of, shards_of_hosts
 
 IDLE_IN_TRANSACTION_MS = 15_000
+T = TypeVar("T")
 
 
 def limit_idle_transactions(engine: Any, limit_ms: int = IDLE_IN_TRANSACTION_MS) -> None:
@@ -89,13 +94,26 @@ class Cluster:
         self.metrics = metrics
         self.log = log.bind(member=member_id)
         self.heartbeat_every = heartbeat_every
-        self.fence = Fence(self.leases.confirm, shard_of, self._lost_at_write, self.log)
+        # Heartbeats, leases and the fence's confirmations run on threads of their own:
+        # on asyncio's shared pool (6 threads on 2 CPUs) they waited behind the daemon's
+        # recorders, which wait in turn for the audit chain's lock while other daemons
+        # record; during a large initial sync a heartbeat was late by more than the
+        # lease, and the others took this daemon's shards and gave them back.
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keyward-cluster")
+        self.fence = Fence(
+            self.leases.confirm, shard_of, self._lost_at_write, self.log, run=self._db
+        )
         self.held: dict[int, int] = {}  # shard -> fencing token
         self.live: list[str] = []
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()  # set after the first round that reached the registry
         self.cut_off = False  # the last heartbeat did not reach the registry
         self.handing_over: set[asyncio.Task[None]] = set()
+
+    async def _db(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on the coordinator's own threads (never behind the recorders)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(call, *args))
 
     def hosts(self) -> set[str]:
         """The inventory hosts whose shard's lease this daemon holds."""
@@ -111,7 +129,7 @@ class Cluster:
     async def round(self) -> None:
         """One heartbeat and lease round; registry failures are logged and outlived."""
         try:
-            self.live = await asyncio.to_thread(self.membership.beat)
+            self.live = await self._db(self.membership.beat)
         except REGISTRY_FAILURES as exc:
             self.metrics.heartbeat_failures.inc()
             if not self.cut_off:
@@ -123,6 +141,11 @@ class Cluster:
         returning, self.cut_off = self.cut_off, False
         if returning:
             self.log.info("cluster_heartbeat_restored", live=len(self.live))
+        # The first round only registers this daemon: daemons started together would
+        # otherwise each see itself alone, the first one take every shard and connect to
+        # every host, then hand two thirds over a round later. From the second round on,
+        # every daemon that beat within one heartbeat of it is counted.
+        joining = not self.ready.is_set()
         self.metrics.members_live.set(len(self.live))
         by_shard = shards_of_hosts(self.host_names())
         wanted = {s for s in by_shard if owner(s, self.live) == self.id}
@@ -131,7 +154,7 @@ class Cluster:
             if not returning:
                 await self._hand_over({s: t for s, t in self.held.items() if s not in wanted})
             await self._renew()
-            if not returning:
+            if not returning and not joining:
                 await self._acquire(wanted - set(self.held))
         except REGISTRY_FAILURES as exc:
             self.log.warning("lease_round_failed", error=first_line(exc))
@@ -165,7 +188,7 @@ class Cluster:
         await self.on_hosts(self.hosts())
         await self.let_go({h for h in self.host_names() if shard_of(h) in going})
         try:
-            await asyncio.to_thread(self.leases.release, going)
+            await self._db(self.leases.release, going)
         except REGISTRY_FAILURES as exc:  # they run out by themselves
             self.log.warning("lease_release_failed", shards=len(going), error=first_line(exc))
             return
@@ -174,7 +197,7 @@ class Cluster:
 
     async def _renew(self) -> None:
         asked = dict(self.held)
-        renewed = await asyncio.to_thread(self.leases.renew, asked)
+        renewed = await self._db(self.leases.renew, asked)
         for shard, token in asked.items():
             if renewed.get(shard) != token and self.held.get(shard) == token:
                 del self.held[shard]
@@ -186,7 +209,7 @@ class Cluster:
     async def _acquire(self, shards: set[int]) -> None:
         if not shards:
             return
-        got = await asyncio.to_thread(self.leases.acquire, shards)
+        got = await self._db(self.leases.acquire, shards)
         if got:
             self.held.update(got)
             self.metrics.acquired.inc(len(got))
@@ -211,9 +234,11 @@ class Cluster:
         if self.handing_over:  # the links are closed by now: these finish at once
             await asyncio.wait(self.handing_over, timeout=5)
         try:
-            await asyncio.to_thread(self.leases.release, held)
-            await asyncio.to_thread(self.membership.leave)
+            await self._db(self.leases.release, held)
+            await self._db(self.membership.leave)
         except REGISTRY_FAILURES as exc:
             self.log.warning("cluster_leave_failed", error=first_line(exc))
             return
+        finally:
+            self.executor.shutdown(wait=False)
         self.log.info("cluster_left", shards=len(held))

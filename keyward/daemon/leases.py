@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -135,7 +135,8 @@ class Fence:
 
     ``held`` (shard -> token) is set by the coordinator as leases are taken and let go;
     ``confirm`` is :meth:`LeaseStore.confirm`; ``on_lost(shard, token)`` is told about a
-    lease the database no longer confirms.
+    lease the database no longer confirms; ``run(confirm, held)`` runs the confirmation
+    off the event loop (default ``asyncio.to_thread``; the coordinator's own threads).
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class Fence:
         log: Any,
         monotonic: Callable[[], float] = time.monotonic,
         max_trust: float = MAX_TRUST,
+        run: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self._confirm = confirm
         self._shard_of = shard_of
@@ -153,6 +155,7 @@ class Fence:
         self._log = log
         self._monotonic = monotonic
         self._max_trust = max_trust
+        self._run = run or asyncio.to_thread  # how ``confirm`` is run off the event loop
         self.held: dict[int, int] = {}
         self._valid_until: dict[int, float] = {}
         self._lock = asyncio.Lock()
@@ -187,7 +190,7 @@ class Fence:
             asked = self._monotonic()
             held = dict(self.held)
             try:
-                confirmed = await asyncio.to_thread(self._confirm, held)
+                confirmed = await self._run(self._confirm, held)
             except REGISTRY_FAILURES as exc:
                 if removal_only:
                     self._log.warning(
