@@ -9,7 +9,7 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
 
 ``hello``
     ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``, ``max_read_files``,
-    ``file_timeout``.
+    ``max_write_files``, ``file_timeout``.
 ``read``
     ``files: [{account, pattern}, ...]`` (at most ``MAX_READ_FILES``, else ``bad_request``),
     optional ``timeout`` (seconds per file, default ``FILE_TIMEOUT``)
@@ -29,6 +29,13 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
     mtime, ctime) just before the rename. With a hash or null, a symlink, FIFO or other
     non-regular entry is refused with its own code, a hard link, oversized or foreign-owned
     file with ``changed``; ``"*"`` replaces every replaceable entry.
+``write_many``
+    ``files: [{account, pattern, content_b64, expect_sha256, create_dir}, ...]`` (at most
+    ``MAX_WRITE_FILES``), optional ``timeout`` (seconds per file) -> ``files: [...]`` in the
+    same order, each exactly the reply ``write`` gives for that file. One request for all of
+    a host's changed files: each is still its own compare-and-swap, in order, and a file
+    refused does not stop or undo the others. Every field of every file is checked before
+    anything is written: one malformed file makes the whole request a ``bad_request``.
 ``sshd_config``
     ``sshd -T`` as ``settings: {lowercased key: value}`` (repeated keys joined by newlines);
     optional ``user`` evaluates Match blocks for that user (``-C``).
@@ -56,12 +63,12 @@ administrator puts a mount. The file itself is never a mount point (``mount_poin
 replaceable: rename(2) cannot replace one), checked again on the descriptor it is read from.
 Without ``/proc`` these checks are skipped.
 
-Deadlines. Each file of a read, and each write, runs on a worker thread that the main thread
-waits for at most ``timeout`` seconds: a thread blocked in the kernel cannot be stopped, and
-``O_NONBLOCK`` does nothing for regular or FUSE files. A file that takes longer is answered
-as failed (``timeout``) and the request goes on with the next file; the stuck worker keeps the
-path claimed, so later requests get ``busy`` for it at once, and if it ever returns it gives
-up before renaming anything. At exit the process does not wait for stuck workers.
+Deadlines. Each file of a read or a write_many, and each write, runs on a worker thread that
+the main thread waits for at most ``timeout`` seconds: a thread blocked in the kernel cannot be
+stopped, and ``O_NONBLOCK`` does nothing for regular or FUSE files. A file that takes longer is
+answered as failed (``timeout``) and the request goes on with the next file; the stuck worker
+keeps the path claimed, so later requests get ``busy`` for it at once, and if it ever returns
+it gives up before renaming anything. At exit the process does not wait for stuck workers.
 """
 
 from __future__ import annotations
@@ -97,7 +104,7 @@ else:  # the interpreter's built-in SHA-256: importing hashlib (and OpenSSL) cos
         except ImportError:  # a Python built without them
             from hashlib import sha256 as _sha256_hash
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: write_many
 MAX_FILE_SIZE = 1 << 20
 MAX_LINE = 4 << 20
 MAX_SYMLINK_HOPS = 40
@@ -106,6 +113,7 @@ STALE_TEMP_AGE = 60.0
 MAX_SWEEP_SCAN = 10_000  # directory entries looked at per stale-temp sweep
 MAX_SWEEP_UNLINK = 100  # stale temp files removed per sweep
 MAX_READ_FILES = 1_000  # files per read request
+MAX_WRITE_FILES = 1_000  # files per write_many request (the request line bounds their size)
 MOUNTINFO = "/proc/self/mountinfo"
 FDINFO = "/proc/self/fdinfo/%d"
 FILE_TIMEOUT = 10.0  # seconds one file may take in a read or write request
@@ -1152,20 +1160,67 @@ def op_write(req: dict[str, Any]) -> dict[str, Any]:
         return write_one(r, content, expect, create_dir, progress)
 
     def timed_out(r: dict[str, Any], progress: dict[str, Any], committing: bool) -> dict[str, Any]:
-        reply = _write_reply()
-        reply["path"] = progress.get("path")
-        what = progress.get("path") or f"the file of {r.get('account')!r}"
-        outcome = (
-            "the new content may be in place (the rename had begun)"
-            if committing
-            else "it was left as it was"
-        )
-        reply["error"] = Refused(
-            "timeout", f"timed out after {timeout:g} s writing {what}; {outcome}"
-        ).as_json()
-        return reply
+        return _write_timed_out(r, progress, committing, timeout)
 
     return run_with_deadline([req], work, timeout, timed_out)[0]
+
+
+def write_many_args(
+    req: dict[str, Any],
+) -> tuple[list[tuple[dict[str, Any], bytes, str | None, bool]], float]:
+    """Each file of a write_many with its checked arguments, and the per-file timeout."""
+    files = req.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise BadRequest(
+            "files must be a list of {account, pattern, content_b64, expect_sha256, create_dir}"
+            " objects"
+        )
+    if len(files) > MAX_WRITE_FILES:
+        raise BadRequest(
+            f"at most {MAX_WRITE_FILES} files per write_many request, got {len(files)}"
+        )
+    timeout = _timeout_arg(req)
+    # Every file is checked before the first is written: a bad request writes nothing.
+    items: list[tuple[dict[str, Any], bytes, str | None, bool]] = []
+    for i, f in enumerate(files):
+        try:
+            items.append((f, *_write_args(f)))
+        except BadRequest as exc:
+            raise BadRequest(f"files[{i}]: {exc}") from None
+    return items, timeout
+
+
+def op_write_many(req: dict[str, Any]) -> dict[str, Any]:
+    items, timeout = write_many_args(req)
+
+    def work(item: tuple[Any, ...], progress: dict[str, Any]) -> dict[str, Any]:
+        f, content, expect, create_dir = item
+        return write_one(f, content, expect, create_dir, progress)
+
+    def timed_out(
+        item: tuple[Any, ...], progress: dict[str, Any], committing: bool
+    ) -> dict[str, Any]:
+        return _write_timed_out(item[0], progress, committing, timeout)
+
+    return {"ok": True, "files": run_with_deadline(items, work, timeout, timed_out)}
+
+
+def _write_timed_out(
+    r: dict[str, Any], progress: dict[str, Any], committing: bool, timeout: float
+) -> dict[str, Any]:
+    """The reply for a write whose worker did not return within ``timeout`` seconds."""
+    reply = _write_reply()
+    reply["path"] = progress.get("path")
+    what = progress.get("path") or f"the file of {r.get('account')!r}"
+    outcome = (
+        "the new content may be in place (the rename had begun)"
+        if committing
+        else "it was left as it was"
+    )
+    reply["error"] = Refused(
+        "timeout", f"timed out after {timeout:g} s writing {what}; {outcome}"
+    ).as_json()
+    return reply
 
 
 def _write_reply() -> dict[str, Any]:
@@ -1297,6 +1352,7 @@ def op_hello(req: dict[str, Any]) -> dict[str, Any]:
         "euid": os.geteuid(),
         "max_file_size": MAX_FILE_SIZE,
         "max_read_files": MAX_READ_FILES,
+        "max_write_files": MAX_WRITE_FILES,
         "file_timeout": FILE_TIMEOUT,
     }
 
@@ -1585,6 +1641,7 @@ OPS = {
     "hello": op_hello,
     "read": op_read,
     "write": op_write,
+    "write_many": op_write_many,
     "sshd_config": op_sshd_config,
     "auth_log": op_auth_log,
 }
