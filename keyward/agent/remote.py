@@ -335,10 +335,13 @@ class Walker:
         finally:
             os.close(entry)
 
-    def walk(self, components: list[str]) -> None:
-        """Descend through directory ``components``, following only trusted symlinks."""
+    def walk(self, components: list[str], hops: int = 0) -> int:
+        """Descend through directory ``components``, following only trusted symlinks.
+
+        ``hops``: symlinks already followed by the walk this one continues; returns the count
+        with this walk's (``MAX_SYMLINK_HOPS`` bounds the total).
+        """
         queue = list(reversed(components))
-        hops = 0
         while queue:
             name = queue.pop()
             if name in ("", "."):
@@ -365,6 +368,7 @@ class Walker:
                 queue.extend(reversed(target.split("/")))
                 continue
             self._push(fd, path, mnt)
+        return hops
 
     def _symlink_target(self, parent: _Dir, name: str, path: str) -> str:
         """The target of the symlink ``name`` if it may be followed; else refuse."""
@@ -643,6 +647,10 @@ class Target:
         )
         self.home_ident: tuple[int, int] | None = None
         self.home_uid: int | None = None
+        # The walker ``check_home`` left in the home, for ``open_parent`` to go on from there,
+        # with the symlinks that walk followed.
+        self._at_home: Walker | None = None
+        self._hops = 0
 
     @property
     def uid(self) -> int:
@@ -652,25 +660,40 @@ class Target:
     def gid(self) -> int:
         return self.pw.pw_gid
 
-    def check_home(self) -> None:
-        """Resolve the home directory (when the file lies under it) to its inode."""
+    def check_home(self, walker: Walker | None = None) -> None:
+        """Resolve the home directory (when the file lies under it) to its inode.
+
+        Given the fresh ``walker`` that ``open_parent`` will then use, and a file whose
+        directory path starts with the home's, the home is walked in it and ``open_parent``
+        goes on from there: the walk a fresh one would make, done once per file instead of
+        twice (every directory is still entered through the same checks, and the home the
+        file's directory is compared with is the very descriptor walked through).
+        """
         if not self.under_home:
             return
-        with Walker() as walker:
+        home = self.home.split("/")
+        shared = walker is not None and self.dir_components[: len(home)] == home
+        with contextlib.ExitStack() as own:
+            w = walker if walker is not None and shared else own.enter_context(Walker())
             try:
-                walker.walk(self.home.split("/"))
+                hops = w.walk(home)
             except Missing:
                 raise Refused(
                     "home_missing",
                     f"home directory {self.home} of {self.account} does not exist",
                 ) from None
-            self.home_ident = _ident(walker.top.st)
-            self.home_uid = walker.top.st.st_uid
+            self.home_ident = _ident(w.top.st)
+            self.home_uid = w.top.st.st_uid
+            if shared:
+                self._at_home, self._hops = w, hops
 
     def open_parent(self, walker: Walker) -> None:
         if self.name in ("", ".", ".."):
             raise Refused("not_regular", f"{self.path} does not name a file")
-        walker.walk(self.dir_components)
+        if walker is self._at_home:
+            walker.walk(self.dir_components[len(self.home.split("/")) :], self._hops)
+        else:
+            walker.walk(self.dir_components)
 
     def dir_ok(self, walker: Walker) -> bool:
         """What sshd StrictModes checks: every directory up to home (or /) is safe."""
@@ -902,18 +925,17 @@ def read_one(
         result["path"] = target.path
         if progress is not None:
             progress["path"] = target.path
-        with claimed(target.path):
-            target.check_home()
-            with Walker() as walker:
-                try:
-                    target.open_parent(walker)
-                except Missing:
-                    result["state"] = "missing"
-                    return result
-                result["dir_ok"] = target.dir_ok(walker)
-                walker_parent_st = walker.top.st
-                owners = _allowed_owners(target, walker_parent_st)
-                current = inspect_file(walker.top, target.name, target.path, owners, walker)
+        with claimed(target.path), Walker() as walker:
+            target.check_home(walker)
+            try:
+                target.open_parent(walker)
+            except Missing:
+                result["state"] = "missing"
+                return result
+            result["dir_ok"] = target.dir_ok(walker)
+            walker_parent_st = walker.top.st
+            owners = _allowed_owners(target, walker_parent_st)
+            current = inspect_file(walker.top, target.name, target.path, owners, walker)
     except Refused as exc:
         result["error"] = exc.as_json()
         return result
@@ -1256,10 +1278,9 @@ def write_one(
             raise Refused(
                 "too_large", f"new content for {target.path} exceeds {MAX_FILE_SIZE} bytes"
             )
-        with claimed(target.path):
-            target.check_home()
-            with Walker() as walker:
-                _write_in(target, walker, content, expect, create_dir, reply)
+        with claimed(target.path), Walker() as walker:
+            target.check_home(walker)
+            _write_in(target, walker, content, expect, create_dir, reply)
     except Refused as exc:
         reply["error"] = exc.as_json()
         return reply
