@@ -8,6 +8,7 @@ take a few milliseconds.  What a real login proves stays in test_agent.py and fr
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import pwd
 import stat
@@ -21,11 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from keyward.agent.reconcile import HostResult, RunContext, reconcile_fleet
+from keyward.agent.transport import WriteRequest
 from keyward.authorized_keys import parse_authorized_keys
 from keyward.desired import DesiredFile, DesiredLine, FileTarget
 from keyward.inventory.model import Host, Mode
 from keyward.keys import PublicKey, parse_public_key
 from keyward.logins import LOGIN_MARKERS
+from keyward.plan import sha256
 from keyward.state import KeyRecord, PersonRecord, RegistrySnapshot
 from keyward.testing.fakehost import FakeFleet, FakeHost
 
@@ -188,7 +191,7 @@ def test_a_round_keeps_to_its_concurrency_and_a_dry_run_writes_nothing() -> None
     results, _ = run(hosts, fleet, desired, concurrency=3, dry_run=True)
     assert fleet.most_open == 3
     assert all(r.ok and r.plan is not None and r.plan.pending for r in results)
-    assert all(q.op != "write" for h in hosts for q in fleet[h.name].requests)
+    assert all(q.op not in ("write", "write_many") for h in hosts for q in fleet[h.name].requests)
     assert all(fleet[h.name].connections == [] for h in hosts)  # every one closed
 
 
@@ -281,7 +284,7 @@ def test_the_lockout_guard_holds() -> None:
     assert not any(r.ok for r in results)
     assert all("lockout" in (r.error or "") for r in results)
     assert len(log.named("plan_refused")) == 2
-    assert all(q.op != "write" for h in ("h0", "h1") for q in fleet[h].requests)
+    assert all(q.op not in ("write", "write_many") for h in ("h0", "h1") for q in fleet[h].requests)
     assert fleet["h0"].content("root") == before
 
     # The guard is what keeps the agent able to log in: the fake sshd checks the key.
@@ -481,6 +484,24 @@ def test_the_fake_answers_as_the_helper_does(
     new = KEYS["bob"].openssh().encode() + b" y\n"
     real_write = remote.write_one({"account": account, "pattern": pattern}, new, expected, True)
     assert fake.write_one(account, pattern, new, expected) == real_write
+    assert fake.read_one(account, pattern) == remote.read_one(account, pattern)
+    # The batch: a stale file refused, the right one written, each as a write answers.
+    now = remote.read_one(account, pattern)["sha256"]
+    batch = [
+        WriteRequest(account, pattern, b"stale\n", sha256(b"what was seen before\n")),
+        WriteRequest(account, pattern, new + b"z\n", now),
+        WriteRequest("kwnosuchuser", pattern, new, None),
+    ]
+    real_batch = remote.op_write_many(
+        {
+            "files": [
+                {"account": a, "pattern": p, "content_b64": base64.b64encode(c).decode(),
+                 "expect_sha256": e, "create_dir": True}
+                for a, p, c, e in batch
+            ]
+        }
+    )  # fmt: skip
+    assert fake.write_many(batch) == real_batch
     assert fake.read_one(account, pattern) == remote.read_one(account, pattern)
 
 

@@ -300,3 +300,48 @@ def test_a_read_reply_that_makes_no_sense_fails_the_host(
     conn, _ = _over_ssh({"read": reply})
     with pytest.raises(HostError, match=message):
         asyncio.run(conn.read([("root", "%h/.ssh/authorized_keys")]))
+
+
+def test_the_ssh_transport_sends_a_hosts_writes_in_one_request() -> None:
+    """``write_many``: one helper call for every file, each content encoded once, each reply
+    typed as a write's; a request refused as a whole is every file's error; a reply that
+    does not answer every file fails the host."""
+    import asyncio
+
+    from keyward.agent import connection
+    from keyward.agent.transport import HelperError, WriteRequest
+    from keyward.errors import HostProtocolError
+
+    ok = {"ok": True, "path": "/a", "sha256": "s1", "fixed_dir_mode": True, "error": None}
+    changed = {"ok": False, "path": "/b", "sha256": "s0",
+               "error": {"code": "changed", "message": "/b changed"}}  # fmt: skip
+    conn, wire = _over_ssh({"write_many": {"ok": True, "files": [ok, changed]}})
+    files = [
+        WriteRequest("root", "/a", b"same\n", "x"),
+        WriteRequest("deploy", "/b", b"same\n", None),
+    ]
+    results = asyncio.run(conn.write_many(files))
+    assert [r.error for r in results] == [None, HelperError("changed", "/b changed")]
+    assert results[0].fixed_dir_mode and results[0].sha256 == "s1"
+    assert [op for op, _ in wire.asked] == ["write_many"]
+    sent = wire.asked[0][1]["files"]
+    assert sent == [
+        {"account": "root", "pattern": "/a", "content_b64": "c2FtZQo=", "expect_sha256": "x",
+         "create_dir": True},
+        {"account": "deploy", "pattern": "/b", "content_b64": "c2FtZQo=", "expect_sha256": None,
+         "create_dir": True},
+    ]  # fmt: skip
+    assert asyncio.run(conn.write_many([])) == [] and len(wire.asked) == 1
+    refused = {"ok": False, "error": {"code": "bad_request", "message": "no"}}
+    conn, _ = _over_ssh({"write_many": refused})
+    assert [r.error for r in asyncio.run(conn.write_many(files))] == [
+        HelperError("bad_request", "no")
+    ] * 2
+    conn, _ = _over_ssh({"write_many": {"ok": True, "files": [ok]}})
+    with pytest.raises(HostProtocolError, match="h1: the answer to write_many does not list"):
+        asyncio.run(conn.write_many(files))
+    # Contents near the size limit are split so that no request line is too long.
+    big = b"k" * (connection.WRITE_BATCH_BYTES // 3)
+    batches = connection.write_batches([WriteRequest("root", "/a", big + bytes([i]), None)
+                                        for i in range(4)])  # fmt: skip
+    assert [len(b) for b in batches] == [2, 2]

@@ -251,7 +251,7 @@ def root_dir(base: Path) -> Path:
 def test_hello(agent: Agent) -> None:
     reply = agent.call("hello")
     assert reply["ok"] is True
-    assert reply["protocol"] == 1
+    assert reply["protocol"] == remote.PROTOCOL
     assert reply["euid"] == 0
     assert reply["python"].startswith("3.")
     assert isinstance(reply["hostname"], str)
@@ -352,7 +352,7 @@ def test_bootstrap_command_runs_remote(python: str, compiled: bool) -> None:
     # A host whose bytecode format differs from the agent's compiles the source instead.
     hello, read, bye = _bootstrap_session(python, None if compiled else b"\0\0\0\0")
     assert hello["ok"] is True
-    assert hello["protocol"] == 1
+    assert hello["protocol"] == remote.PROTOCOL
     assert read["files"][0]["state"] == "missing"
     assert read["files"][0]["path"] == "/nonexistent/root"
     assert bye == {"id": 3, "ok": True}

@@ -23,6 +23,7 @@ from keyward.agent.reconcile import (
 from keyward.desired import DesiredFile, FileTarget
 from keyward.testing.fakehost import FakeFleet
 from tests.test_fakehost import (
+    AK,
     KEYS,
     NOW,
     Events,
@@ -57,7 +58,9 @@ def test_a_push_writes_without_reading_and_ends_where_a_read_would() -> None:
         before = len(fake.requests)
         revoked = desired_for([host], ("alice",), ("alice",))
         push = await sync_known(conn, files_of(host, revoked), ctx_for(fleet, revoked, log), known)
-        assert [q.op for q in fake.requests[before:]] == ["write", "write"]  # no read
+        # No read, and both files in one request.
+        assert [q.op for q in fake.requests[before:]] == ["write_many"]
+        assert len(fake.requests[-1].files) == 2
         await conn.close()
         return synced, push
 
@@ -89,7 +92,9 @@ def test_a_file_changed_since_is_read_again_and_never_overwritten_blindly() -> N
             conn, files_of(host, revoked), ctx_for(fleet, revoked, log), known_after(synced)
         )
         # deploy written from what was known; root refused (changed), read, then written.
-        assert [q.op for q in fake.requests[before:]] == ["write", "write", "read", "write"]
+        ops = [q.op for q in fake.requests[before:]]
+        assert ops == ["write_many", "read", "write_many"]
+        assert [len(q.files) for q in fake.requests[before:]] == [2, 1, 1]
         await conn.close()
         return push
 
@@ -126,7 +131,8 @@ def test_a_fresh_read_is_kept_where_it_is_the_evidence() -> None:
 
 
 def test_a_push_without_a_read_still_asks_the_fence_before_each_write() -> None:
-    """Several daemons: the lease check stands before every write, on this path too."""
+    """Several daemons: the lease check stands before every write request, on this path
+    too (one request carries all of a host's files: one check covers them)."""
     host = make_host("h0")
     fleet = fleet_of([host])
     fake = fleet["h0"]
@@ -155,8 +161,50 @@ def test_a_push_without_a_read_still_asks_the_fence_before_each_write() -> None:
 
     push = asyncio.run(scenario())
     assert not push.ok and not any(f.written for f in push.files)
-    assert asked == [("h0", False), ("h0", False)]
+    assert asked == [("h0", False)]
     assert fingerprints(fake, "deploy") == {KEYS["alice"].fingerprint}
+
+
+def test_a_removal_is_not_held_back_by_an_addition_the_fence_refuses() -> None:
+    """The fence lets removals through when it cannot confirm the lease (registry down): a
+    push that removes from one file and adds to another asks again for the removal alone."""
+    host = make_host("h0")
+    fleet = fleet_of([host])
+    fake = fleet["h0"]
+    log = Events()
+    asked: list[bool] = []
+
+    async def registry_down(name: str, removal_only: bool) -> str | None:
+        asked.append(removal_only)
+        return None if removal_only else "not written: the registry cannot confirm the lease"
+
+    async def scenario() -> HostResult:
+        conn = await fleet.open(host)
+        first = desired_for([host], ("alice",), ("alice", "bob"))
+        synced = await sync_files(conn, files_of(host, first), ctx_for(fleet, first, log))
+        before = len(fake.requests)
+        mixed = desired_for([host], ("alice", "eve"), ("alice",))  # deploy -bob, root +eve
+        push = await sync_known(
+            conn,
+            files_of(host, mixed),
+            ctx_for(fleet, mixed, log, fence=registry_down),
+            known_after(synced),
+        )
+        assert [(q.op, q.files) for q in fake.requests[before:]] == [
+            ("write_many", (f"deploy:{AK}",))
+        ]
+        await conn.close()
+        return push
+
+    push = asyncio.run(scenario())
+    assert asked == [False, True]
+    assert [(f.plan.target.account, f.written) for f in push.files] == [
+        ("deploy", True),
+        ("root", False),
+    ]
+    assert push.files[1].error == "not written: the registry cannot confirm the lease"
+    assert fingerprints(fake, "deploy") == {KEYS["alice"].fingerprint}
+    assert KEYS["eve"].fingerprint not in fingerprints(fake, "root")
 
 
 def test_a_push_without_a_read_is_held_by_the_adoption_guard() -> None:

@@ -33,15 +33,18 @@ import asyncssh
 
 from keyward.agent.bootstrap import remote_command
 from keyward.agent.hostkeys import host_key_options
+from keyward.agent.remote import MAX_LINE, MAX_WRITE_FILES
 from keyward.agent.transport import (
     AuthLogRead,
     FileRead,
     SshdConfig,
+    WriteRequest,
     WriteResult,
     auth_log_read,
     file_read,
     sshd_config_read,
     write_result,
+    write_results,
 )
 from keyward.errors import HostError, HostProtocolError
 from keyward.inventory.model import Hop, Host
@@ -106,6 +109,45 @@ class Credentials:
 def read_timeout(files: int) -> float:
     """How long a read of ``files`` files may take: every file's share, and then some."""
     return max(REQUEST_TIMEOUT, FILE_TIMEOUT * files + REQUEST_TIMEOUT / 2)
+
+
+# How much of the helper's request line (``remote.MAX_LINE``) one write_many may fill: a
+# batch is split before it would not fit (only files near the size limit ever are).
+WRITE_BATCH_BYTES = MAX_LINE // 2
+
+
+@functools.lru_cache(maxsize=256)
+def content_b64(content: bytes) -> str:
+    """``content`` in base64, encoded once per distinct content.
+
+    A push sends byte-identical content to every host with the same access (and each
+    host's accounts often share it too), so the daemon encodes each distinct file once
+    per round instead of once per host and file (docs/benchmarks.md).
+    """
+    return base64.b64encode(content).decode("ascii")
+
+
+def write_batches(files: Sequence[WriteRequest]) -> list[list[dict[str, Any]]]:
+    """The ``files`` entries of the write_many requests for ``files``: one request unless
+    they would not fit the helper's line or count limits."""
+    batches: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for f in files:
+        entry: dict[str, Any] = {
+            "account": f.account,
+            "pattern": f.pattern,
+            "content_b64": content_b64(f.content),
+            "expect_sha256": f.expect_sha256,
+            "create_dir": True,
+        }
+        # JSON may escape a character of the names as six; the rest is plain ASCII.
+        cost = len(content_b64(f.content)) + 6 * (len(f.account) + len(f.pattern)) + 256
+        if batches[-1] and (size + cost > WRITE_BATCH_BYTES or len(batches[-1]) >= MAX_WRITE_FILES):
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += cost
+    return batches
 
 
 class RemoteHelper:
@@ -242,11 +284,25 @@ class HostConnection:
             "write",
             account=account,
             pattern=pattern,
-            content_b64=base64.b64encode(content).decode("ascii"),
+            content_b64=content_b64(content),
             expect_sha256=expect_sha256,
             create_dir=True,
         )
         return write_result(reply)
+
+    async def write_many(self, files: Sequence[WriteRequest]) -> list[WriteResult]:
+        results: list[WriteResult] = []
+        if not files:
+            return results
+        for batch in write_batches(files):
+            reply = await self.helper.call(
+                "write_many", timeout=read_timeout(len(batch)), files=batch
+            )
+            try:
+                results += write_results(reply, len(batch))
+            except ValueError as exc:
+                raise HostProtocolError(f"{self.host.name}: {exc}") from None
+        return results
 
     async def auth_log(
         self,

@@ -2,7 +2,8 @@
 
 For each host: one connection, one read of every managed file, a pure plan,
 then compare-and-swap writes of exactly the files that differ, each read back
-and checked.  A failing host never stops the others.  Hosts are reached through
+and checked, all sent to the host in one request (``write_many``).  A failing
+host never stops the others.  Hosts are reached through
 ``keyward.agent.transport``: over SSH in production, in memory in fast tests.
 """
 
@@ -17,7 +18,13 @@ from typing import Any
 import asyncssh
 
 from keyward.adoption import guard as adoption_guard
-from keyward.agent.transport import Connector, FileRead, HostTransport, WriteResult
+from keyward.agent.transport import (
+    Connector,
+    FileRead,
+    HostTransport,
+    WriteRequest,
+    WriteResult,
+)
 from keyward.clock import Clock
 from keyward.desired import DesiredFile, FileTarget
 from keyward.errors import HostError
@@ -169,34 +176,59 @@ def files_of(host: Host, desired: dict[FileTarget, DesiredFile]) -> list[Desired
     ]
 
 
-async def _fenced(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> FileResult | None:
-    """The fence's refusal of this write (``RunContext.fence``), or None to go ahead.
+def _removal_only(plan: FilePlan) -> bool:
+    return plan.action != "create" and all(c.action == "remove" for c in plan.changes)
 
-    Every write path asks it immediately before ``conn.write``: nothing but this check
-    may stand between it and the write.
+
+async def _fenced(
+    conn: HostTransport, plans: Sequence[FilePlan], ctx: RunContext
+) -> tuple[list[bool], str]:
+    """Which of ``plans`` the fence (``RunContext.fence``) lets be written now, and why the
+    others are not.
+
+    Every write path asks it immediately before the request that writes (``write_many``):
+    nothing but this check may stand between it and the write. One answer covers the whole
+    request, asked as removal-only when every file of it only removes keys; when it refuses
+    a request that mixes both, the removals alone are asked about again (the fence lets
+    removals through when it cannot confirm the lease: they must not wait for an addition).
     """
     if ctx.fence is None:
-        return None
-    removal_only = plan.action != "create" and all(c.action == "remove" for c in plan.changes)
-    refused = await ctx.fence(conn.host.name, removal_only)
-    return None if refused is None else FileResult(plan, error=refused)
+        return [True] * len(plans), ""
+    removal = [_removal_only(p) for p in plans]
+    refused = await ctx.fence(conn.host.name, all(removal))
+    if refused is None:
+        return [True] * len(plans), ""
+    if any(removal) and not all(removal) and await ctx.fence(conn.host.name, True) is None:
+        return removal, refused
+    return [False] * len(plans), refused
 
 
-async def _apply_file(conn: HostTransport, plan: FilePlan, ctx: RunContext) -> FileResult:
-    assert plan.new_content is not None
-    refused = await _fenced(conn, plan, ctx)
-    if refused is not None:
-        return refused
-    reply = await conn.write(
-        plan.target.account, plan.target.pattern, plan.new_content, plan.expect_sha256
-    )
-    return _written(conn, plan, reply, ctx)
+async def _write_files(
+    conn: HostTransport, plans: Sequence[FilePlan], ctx: RunContext
+) -> list[WriteResult | FileResult]:
+    """Write ``plans`` in one request, right after asking the fence: each plan's reply, or
+    the fence's refusal as its ``FileResult``."""
+    if not plans:
+        return []
+    allowed, refused = await _fenced(conn, plans, ctx)
+    requests: list[WriteRequest] = []
+    for p, ok in zip(plans, allowed, strict=True):
+        if ok:
+            assert p.new_content is not None  # every plan that writes has its content
+            requests.append(
+                WriteRequest(p.target.account, p.target.pattern, p.new_content, p.expect_sha256)
+            )
+    replies = iter(await conn.write_many(requests) if requests else [])
+    return [
+        next(replies) if ok else FileResult(plan, error=refused)
+        for plan, ok in zip(plans, allowed, strict=True)
+    ]
 
 
 def _written(
     conn: HostTransport, plan: FilePlan, reply: WriteResult, ctx: RunContext
 ) -> FileResult:
-    """The outcome of one write, logged: what ``_apply_file`` returns for its reply."""
+    """The outcome of one write, logged."""
     assert plan.new_content is not None
     log = ctx.log.bind(host=conn.host.name, account=plan.target.account, run_id=ctx.run_id)
     if reply.error is not None:
@@ -290,30 +322,36 @@ async def sync_known(
     ):
         # Refusals, errors and the switch-over guard are judged on a fresh read.
         return await sync_files(conn, desired, ctx)
+    writing = [p for p in plan.files if p.writes]
+    replies = iter(await _write_files(conn, writing, ctx))
     done: list[FileResult] = []
-    for d, file_plan in zip(desired, plan.files, strict=True):
+    redo: list[int] = []  # the files the host refused to write: read afresh below
+    for i, file_plan in enumerate(plan.files):
         if not file_plan.writes:
             done.append(FileResult(file_plan))
             continue
-        assert file_plan.new_content is not None
-        fenced = await _fenced(conn, file_plan, ctx)
-        if fenced is not None:
-            done.append(fenced)
-            continue
-        reply = await conn.write(
-            d.target.account, d.target.pattern, file_plan.new_content, file_plan.expect_sha256
-        )
-        if reply.error is not None:
+        reply = next(replies)
+        if isinstance(reply, FileResult):  # fenced
+            done.append(reply)
+        elif reply.error is not None:
             # Refused: the file is not what this connection last left there (or cannot be
-            # written as it is). Read it, and the files after it, afresh: what a read finds
-            # is then handled exactly as ``sync_files`` handles it.
-            rest = await sync_files(conn, desired[len(done) :], ctx)
-            files = (*done, *rest.files)
-            refused = rest.plan.refused if rest.plan is not None else None
-            merged = HostPlan(host.name, tuple(f.plan for f in files), refused)
-            return HostResult(host, started, rest.finished, merged, files, rest.error)
-        done.append(_written(conn, file_plan, reply, ctx))
-    return HostResult(host, started, _now(ctx), plan, tuple(done))
+            # written as it is). Read it afresh: what a read finds is then handled exactly
+            # as ``sync_files`` handles it.
+            done.append(FileResult(file_plan))  # replaced below
+            redo.append(i)
+        else:
+            done.append(_written(conn, file_plan, reply, ctx))
+    if not redo:
+        return HostResult(host, started, _now(ctx), plan, tuple(done))
+    rest = await sync_files(conn, [desired[i] for i in redo], ctx)
+    if rest.files:
+        for i, result in zip(redo, rest.files, strict=True):
+            done[i] = result
+    else:  # refused as a whole (its plan, or the adoption guard): rest.error says why
+        done = [f for i, f in enumerate(done) if i not in redo]
+    refused = rest.plan.refused if rest.plan is not None else None
+    merged = HostPlan(host.name, tuple(f.plan for f in done), refused)
+    return HostResult(host, started, rest.finished, merged, tuple(done), rest.error)
 
 
 async def sync_files(
@@ -352,6 +390,8 @@ async def sync_files(
         )
         log.error("adoption_refused", lines=len(held), fingerprints=[h.fingerprint for h in held])
         return HostResult(host, started, _now(ctx), plan, error=refusal)
+    writing = [] if ctx.dry_run else [p for p in plan.files if p.writes]
+    answers = iter(await _write_files(conn, writing, ctx))
     results: list[FileResult] = []
     for file_plan in plan.files:
         if file_plan.action == "error":
@@ -367,7 +407,11 @@ async def sync_files(
             )
             results.append(FileResult(file_plan, error=file_plan.error))
         elif file_plan.writes and not ctx.dry_run:
-            results.append(await _apply_file(conn, file_plan, ctx))
+            answer = next(answers)
+            if isinstance(answer, FileResult):  # fenced
+                results.append(answer)
+            else:
+                results.append(_written(conn, file_plan, answer, ctx))
         else:
             results.append(FileResult(file_plan))
     confirmations: tuple[Confirmation, ...] = ()
@@ -470,7 +514,7 @@ def confirm_removal(
 
     It uses what this run has already read from the host, after the revocation was
     committed: a written file was read back by the helper right after the rename
-    and found byte-identical to the content written (``_apply_file`` refuses any
+    and found byte-identical to the content written (``_written`` refuses any
     other reply), so its keys are those of that content; a file left alone is
     what the run read before planning.  A file the run could not read or write
     safely is not confirmed: nothing trustworthy is known about it.

@@ -9,7 +9,7 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
 
 ``hello``
     ``protocol``, ``python``, ``hostname``, ``euid``, ``max_file_size``, ``max_read_files``,
-    ``file_timeout``.
+    ``max_write_files``, ``file_timeout``.
 ``read``
     ``files: [{account, pattern}, ...]`` (at most ``MAX_READ_FILES``, else ``bad_request``),
     optional ``timeout`` (seconds per file, default ``FILE_TIMEOUT``)
@@ -29,6 +29,13 @@ Every reply carries ``id`` (the request's) and ``ok``. Operations:
     mtime, ctime) just before the rename. With a hash or null, a symlink, FIFO or other
     non-regular entry is refused with its own code, a hard link, oversized or foreign-owned
     file with ``changed``; ``"*"`` replaces every replaceable entry.
+``write_many``
+    ``files: [{account, pattern, content_b64, expect_sha256, create_dir}, ...]`` (at most
+    ``MAX_WRITE_FILES``), optional ``timeout`` (seconds per file) -> ``files: [...]`` in the
+    same order, each exactly the reply ``write`` gives for that file. One request for all of
+    a host's changed files: each is still its own compare-and-swap, in order, and a file
+    refused does not stop or undo the others. Every field of every file is checked before
+    anything is written: one malformed file makes the whole request a ``bad_request``.
 ``sshd_config``
     ``sshd -T`` as ``settings: {lowercased key: value}`` (repeated keys joined by newlines);
     optional ``user`` evaluates Match blocks for that user (``-C``).
@@ -56,12 +63,12 @@ administrator puts a mount. The file itself is never a mount point (``mount_poin
 replaceable: rename(2) cannot replace one), checked again on the descriptor it is read from.
 Without ``/proc`` these checks are skipped.
 
-Deadlines. Each file of a read, and each write, runs on a worker thread that the main thread
-waits for at most ``timeout`` seconds: a thread blocked in the kernel cannot be stopped, and
-``O_NONBLOCK`` does nothing for regular or FUSE files. A file that takes longer is answered
-as failed (``timeout``) and the request goes on with the next file; the stuck worker keeps the
-path claimed, so later requests get ``busy`` for it at once, and if it ever returns it gives
-up before renaming anything. At exit the process does not wait for stuck workers.
+Deadlines. Each file of a read or a write_many, and each write, runs on a worker thread that
+the main thread waits for at most ``timeout`` seconds: a thread blocked in the kernel cannot be
+stopped, and ``O_NONBLOCK`` does nothing for regular or FUSE files. A file that takes longer is
+answered as failed (``timeout``) and the request goes on with the next file; the stuck worker
+keeps the path claimed, so later requests get ``busy`` for it at once, and if it ever returns
+it gives up before renaming anything. At exit the process does not wait for stuck workers.
 """
 
 from __future__ import annotations
@@ -97,7 +104,7 @@ else:  # the interpreter's built-in SHA-256: importing hashlib (and OpenSSL) cos
         except ImportError:  # a Python built without them
             from hashlib import sha256 as _sha256_hash
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: write_many
 MAX_FILE_SIZE = 1 << 20
 MAX_LINE = 4 << 20
 MAX_SYMLINK_HOPS = 40
@@ -106,6 +113,7 @@ STALE_TEMP_AGE = 60.0
 MAX_SWEEP_SCAN = 10_000  # directory entries looked at per stale-temp sweep
 MAX_SWEEP_UNLINK = 100  # stale temp files removed per sweep
 MAX_READ_FILES = 1_000  # files per read request
+MAX_WRITE_FILES = 1_000  # files per write_many request (the request line bounds their size)
 MOUNTINFO = "/proc/self/mountinfo"
 FDINFO = "/proc/self/fdinfo/%d"
 FILE_TIMEOUT = 10.0  # seconds one file may take in a read or write request
@@ -327,10 +335,13 @@ class Walker:
         finally:
             os.close(entry)
 
-    def walk(self, components: list[str]) -> None:
-        """Descend through directory ``components``, following only trusted symlinks."""
+    def walk(self, components: list[str], hops: int = 0) -> int:
+        """Descend through directory ``components``, following only trusted symlinks.
+
+        ``hops``: symlinks already followed by the walk this one continues; returns the count
+        with this walk's (``MAX_SYMLINK_HOPS`` bounds the total).
+        """
         queue = list(reversed(components))
-        hops = 0
         while queue:
             name = queue.pop()
             if name in ("", "."):
@@ -357,6 +368,7 @@ class Walker:
                 queue.extend(reversed(target.split("/")))
                 continue
             self._push(fd, path, mnt)
+        return hops
 
     def _symlink_target(self, parent: _Dir, name: str, path: str) -> str:
         """The target of the symlink ``name`` if it may be followed; else refuse."""
@@ -635,6 +647,10 @@ class Target:
         )
         self.home_ident: tuple[int, int] | None = None
         self.home_uid: int | None = None
+        # The walker ``check_home`` left in the home, for ``open_parent`` to go on from there,
+        # with the symlinks that walk followed.
+        self._at_home: Walker | None = None
+        self._hops = 0
 
     @property
     def uid(self) -> int:
@@ -644,25 +660,40 @@ class Target:
     def gid(self) -> int:
         return self.pw.pw_gid
 
-    def check_home(self) -> None:
-        """Resolve the home directory (when the file lies under it) to its inode."""
+    def check_home(self, walker: Walker | None = None) -> None:
+        """Resolve the home directory (when the file lies under it) to its inode.
+
+        Given the fresh ``walker`` that ``open_parent`` will then use, and a file whose
+        directory path starts with the home's, the home is walked in it and ``open_parent``
+        goes on from there: the walk a fresh one would make, done once per file instead of
+        twice (every directory is still entered through the same checks, and the home the
+        file's directory is compared with is the very descriptor walked through).
+        """
         if not self.under_home:
             return
-        with Walker() as walker:
+        home = self.home.split("/")
+        shared = walker is not None and self.dir_components[: len(home)] == home
+        with contextlib.ExitStack() as own:
+            w = walker if walker is not None and shared else own.enter_context(Walker())
             try:
-                walker.walk(self.home.split("/"))
+                hops = w.walk(home)
             except Missing:
                 raise Refused(
                     "home_missing",
                     f"home directory {self.home} of {self.account} does not exist",
                 ) from None
-            self.home_ident = _ident(walker.top.st)
-            self.home_uid = walker.top.st.st_uid
+            self.home_ident = _ident(w.top.st)
+            self.home_uid = w.top.st.st_uid
+            if shared:
+                self._at_home, self._hops = w, hops
 
     def open_parent(self, walker: Walker) -> None:
         if self.name in ("", ".", ".."):
             raise Refused("not_regular", f"{self.path} does not name a file")
-        walker.walk(self.dir_components)
+        if walker is self._at_home:
+            walker.walk(self.dir_components[len(self.home.split("/")) :], self._hops)
+        else:
+            walker.walk(self.dir_components)
 
     def dir_ok(self, walker: Walker) -> bool:
         """What sshd StrictModes checks: every directory up to home (or /) is safe."""
@@ -894,18 +925,17 @@ def read_one(
         result["path"] = target.path
         if progress is not None:
             progress["path"] = target.path
-        with claimed(target.path):
-            target.check_home()
-            with Walker() as walker:
-                try:
-                    target.open_parent(walker)
-                except Missing:
-                    result["state"] = "missing"
-                    return result
-                result["dir_ok"] = target.dir_ok(walker)
-                walker_parent_st = walker.top.st
-                owners = _allowed_owners(target, walker_parent_st)
-                current = inspect_file(walker.top, target.name, target.path, owners, walker)
+        with claimed(target.path), Walker() as walker:
+            target.check_home(walker)
+            try:
+                target.open_parent(walker)
+            except Missing:
+                result["state"] = "missing"
+                return result
+            result["dir_ok"] = target.dir_ok(walker)
+            walker_parent_st = walker.top.st
+            owners = _allowed_owners(target, walker_parent_st)
+            current = inspect_file(walker.top, target.name, target.path, owners, walker)
     except Refused as exc:
         result["error"] = exc.as_json()
         return result
@@ -1152,20 +1182,67 @@ def op_write(req: dict[str, Any]) -> dict[str, Any]:
         return write_one(r, content, expect, create_dir, progress)
 
     def timed_out(r: dict[str, Any], progress: dict[str, Any], committing: bool) -> dict[str, Any]:
-        reply = _write_reply()
-        reply["path"] = progress.get("path")
-        what = progress.get("path") or f"the file of {r.get('account')!r}"
-        outcome = (
-            "the new content may be in place (the rename had begun)"
-            if committing
-            else "it was left as it was"
-        )
-        reply["error"] = Refused(
-            "timeout", f"timed out after {timeout:g} s writing {what}; {outcome}"
-        ).as_json()
-        return reply
+        return _write_timed_out(r, progress, committing, timeout)
 
     return run_with_deadline([req], work, timeout, timed_out)[0]
+
+
+def write_many_args(
+    req: dict[str, Any],
+) -> tuple[list[tuple[dict[str, Any], bytes, str | None, bool]], float]:
+    """Each file of a write_many with its checked arguments, and the per-file timeout."""
+    files = req.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise BadRequest(
+            "files must be a list of {account, pattern, content_b64, expect_sha256, create_dir}"
+            " objects"
+        )
+    if len(files) > MAX_WRITE_FILES:
+        raise BadRequest(
+            f"at most {MAX_WRITE_FILES} files per write_many request, got {len(files)}"
+        )
+    timeout = _timeout_arg(req)
+    # Every file is checked before the first is written: a bad request writes nothing.
+    items: list[tuple[dict[str, Any], bytes, str | None, bool]] = []
+    for i, f in enumerate(files):
+        try:
+            items.append((f, *_write_args(f)))
+        except BadRequest as exc:
+            raise BadRequest(f"files[{i}]: {exc}") from None
+    return items, timeout
+
+
+def op_write_many(req: dict[str, Any]) -> dict[str, Any]:
+    items, timeout = write_many_args(req)
+
+    def work(item: tuple[Any, ...], progress: dict[str, Any]) -> dict[str, Any]:
+        f, content, expect, create_dir = item
+        return write_one(f, content, expect, create_dir, progress)
+
+    def timed_out(
+        item: tuple[Any, ...], progress: dict[str, Any], committing: bool
+    ) -> dict[str, Any]:
+        return _write_timed_out(item[0], progress, committing, timeout)
+
+    return {"ok": True, "files": run_with_deadline(items, work, timeout, timed_out)}
+
+
+def _write_timed_out(
+    r: dict[str, Any], progress: dict[str, Any], committing: bool, timeout: float
+) -> dict[str, Any]:
+    """The reply for a write whose worker did not return within ``timeout`` seconds."""
+    reply = _write_reply()
+    reply["path"] = progress.get("path")
+    what = progress.get("path") or f"the file of {r.get('account')!r}"
+    outcome = (
+        "the new content may be in place (the rename had begun)"
+        if committing
+        else "it was left as it was"
+    )
+    reply["error"] = Refused(
+        "timeout", f"timed out after {timeout:g} s writing {what}; {outcome}"
+    ).as_json()
+    return reply
 
 
 def _write_reply() -> dict[str, Any]:
@@ -1201,10 +1278,9 @@ def write_one(
             raise Refused(
                 "too_large", f"new content for {target.path} exceeds {MAX_FILE_SIZE} bytes"
             )
-        with claimed(target.path):
-            target.check_home()
-            with Walker() as walker:
-                _write_in(target, walker, content, expect, create_dir, reply)
+        with claimed(target.path), Walker() as walker:
+            target.check_home(walker)
+            _write_in(target, walker, content, expect, create_dir, reply)
     except Refused as exc:
         reply["error"] = exc.as_json()
         return reply
@@ -1297,6 +1373,7 @@ def op_hello(req: dict[str, Any]) -> dict[str, Any]:
         "euid": os.geteuid(),
         "max_file_size": MAX_FILE_SIZE,
         "max_read_files": MAX_READ_FILES,
+        "max_write_files": MAX_WRITE_FILES,
         "file_timeout": FILE_TIMEOUT,
     }
 
@@ -1585,6 +1662,7 @@ OPS = {
     "hello": op_hello,
     "read": op_read,
     "write": op_write,
+    "write_many": op_write_many,
     "sshd_config": op_sshd_config,
     "auth_log": op_auth_log,
 }

@@ -1,12 +1,12 @@
 """The seam between a round and the hosts it reaches: what the agent asks of a host.
 
-A round (``keyward.agent.reconcile``) and the daemon need exactly this of a managed host:
-open a connection (which greets the helper), read a set of authorized_keys files, write
-one with compare-and-swap and read-back, read sshd's new log lines and its effective
-configuration, and close.  ``HostTransport`` says that as a protocol with typed replies, so
-that two implementations fit behind it: ``keyward.agent.connection`` over SSH to the real
-helper (``remote.py``), and ``keyward.testing.fakehost``, an in-memory host for fast tests
-of rounds and their failures.
+A round (``keyward.agent.reconcile``) and the daemon need exactly this of a managed host: open
+a connection (which greets the helper), read a set of authorized_keys files, write some with
+compare-and-swap and read-back (one request for all of a host's files), read sshd's new log
+lines and its effective configuration, and close. ``HostTransport`` says that as a protocol
+with typed replies, so that two implementations fit behind it: ``keyward.agent.connection``
+over SSH to the real helper (``remote.py``), and ``keyward.testing.fakehost``, an in-memory
+host for fast tests of rounds and their failures.
 
 Contract: a problem with one file is a reply (``error`` set); a problem with the host (it
 cannot be reached, does not answer in time, answers nonsense) raises ``HostError`` (over
@@ -82,6 +82,16 @@ class WriteResult:
         return self.error is None
 
 
+class WriteRequest(NamedTuple):
+    """One file of a ``write_many``: replace it with ``content`` if it still is
+    ``expect_sha256`` (None: absent; ``"*"``: anything)."""
+
+    account: str
+    pattern: str
+    content: bytes
+    expect_sha256: str | None
+
+
 @dataclass(frozen=True)
 class AuthLogRead:
     """sshd's log lines since the saved position (remote.py ``auth_log``).
@@ -120,6 +130,13 @@ class HostTransport(Protocol):
     ) -> WriteResult:
         """Replace the file if it still is ``expect_sha256`` (None: absent; ``"*"``: anything),
         creating its directory in the home if need be, then read it back."""
+        ...
+
+    async def write_many(self, files: Sequence[WriteRequest]) -> list[WriteResult]:
+        """``write`` for each file, in order, in one request; one reply each, in the same order.
+
+        Each file is its own compare-and-swap: one refused does not stop or undo the others.
+        A request the host refuses as a whole is every file's error."""
         ...
 
     async def auth_log(
@@ -216,6 +233,21 @@ def write_result(raw: dict[str, Any]) -> WriteResult:
         fixed_dir_mode=bool(raw.get("fixed_dir_mode", False)),
         error=error,
     )
+
+
+def write_results(raw: dict[str, Any], count: int) -> list[WriteResult]:
+    """A ``write_many`` reply for ``count`` files, typed: a refusal of the whole request is
+    each file's error; ``ValueError`` when it does not answer every file."""
+    if not raw.get("ok"):
+        return [write_result(raw)] * count
+    files = raw.get("files")
+    if (
+        not isinstance(files, list)
+        or len(files) != count
+        or not all(isinstance(f, dict) for f in files)
+    ):
+        raise ValueError("the answer to write_many does not list every file")
+    return [write_result(f) for f in files]
 
 
 def auth_log_read(raw: dict[str, Any]) -> AuthLogRead:

@@ -14,7 +14,8 @@ readers as real replies.  Modelled: accounts and their home directories; files w
 owner, mode and link count; symbolic links and FIFOs as entries that are refused (and
 replaceable); the read rules (``dir_ok``, ``owner_ok``, the owners whose file is read, size
 and hard-link limits); the write rules (compare-and-swap, the owner and mode a new file gets,
-creating ``~/.ssh``, fixing its mode, read-back); sshd's log lines in a journal or a log file;
+creating ``~/.ssh``, fixing its mode, read-back; ``write_many`` as a sequence of them);
+sshd's log lines in a journal or a log file;
 ``sshd -T`` settings; and whether sshd would let the agent in at all (its key in the login
 account's file).  Not modelled: symbolic links followed in trusted directories, mounts, stale
 temporary files, log rotation, journal size limits, per-file deadlines (a file is either
@@ -43,11 +44,13 @@ from keyward.agent.transport import (
     AuthLogRead,
     FileRead,
     SshdConfig,
+    WriteRequest,
     WriteResult,
     auth_log_read,
     file_read,
     sshd_config_read,
     write_result,
+    write_results,
 )
 from keyward.authorized_keys import parse_authorized_keys
 from keyward.errors import HostError
@@ -55,7 +58,7 @@ from keyward.inventory.model import Host
 from keyward.plan import sha256
 
 EntryKind = Literal["file", "dir", "symlink", "fifo"]
-Operation = Literal["connect", "hello", "read", "write", "auth_log", "sshd_config"]
+Operation = Literal["connect", "hello", "read", "write", "write_many", "auth_log", "sshd_config"]
 
 DEFAULT_SSHD = {"loglevel": "VERBOSE", "strictmodes": "yes", "permituserenvironment": "no"}
 
@@ -380,6 +383,11 @@ class FakeHost:
         reply["ok"] = True
         return reply
 
+    def write_many(self, files: Sequence[WriteRequest]) -> dict[str, Any]:
+        """remote.py's ``write_many``: each file written as ``write`` would, in order."""
+        replies = [self.write_one(*f) for f in files]
+        return {"ok": True, "files": replies}
+
     def _check_expected(
         self, path: str, entry: Entry | None, problem: remote.Refused | None, expect: str | None
     ) -> None:
@@ -599,6 +607,20 @@ class FakeConnection:
             self._timeout,
             (f"{account}:{pattern}",),
             lambda: write_result(self.fake.write_one(account, pattern, content, expect_sha256)),
+        )
+        return result
+
+    async def write_many(self, files: Sequence[WriteRequest]) -> list[WriteResult]:
+        if not files:
+            return []
+
+        def work() -> list[WriteResult]:
+            if len(files) > remote.MAX_WRITE_FILES:  # the SSH transport splits such a batch
+                raise HostError(f"{self.host.name}: more than {remote.MAX_WRITE_FILES} files")
+            return write_results(self.fake.write_many(files), len(files))
+
+        result: list[WriteResult] = await self._answer(
+            "write_many", self._timeout, (f"{f.account}:{f.pattern}" for f in files), work
         )
         return result
 

@@ -127,6 +127,8 @@ class Simulator:
                 reply = self._read(host, req)
             elif op == "write":
                 reply = self._write(host, req)
+            elif op == "write_many":
+                reply = self._write_many(host, req)
             elif op == "auth_log":
                 reply = self._auth_log(host, req)
             elif op == "sshd_config":
@@ -157,12 +159,25 @@ class Simulator:
         content, expect, _ = remote._write_args(req)
         remote._timeout_arg(req)
         reply = host.fake.write_one(req.get("account"), req.get("pattern"), content, expect)
+        self._written(host, reply)
+        return reply
+
+    def _write_many(self, host: SimHost, req: dict[str, Any]) -> dict[str, Any]:
+        items, _ = remote.write_many_args(req)
+        replies = []
+        for f, content, expect, _create in items:
+            reply = host.fake.write_one(f.get("account"), f.get("pattern"), content, expect)
+            self._written(host, reply)
+            replies.append(reply)
+        return {"ok": True, "files": replies}
+
+    def _written(self, host: SimHost, reply: dict[str, Any]) -> None:
+        """Tell the watches what the file written (or refused) holds now."""
         path = reply.get("path")
         if isinstance(path, str):
             now = host.fake.entries.get(path)
             for watch in self.watches:
                 watch.check(host.name, path, None if now is None else now.content)
-        return reply
 
     def _auth_log(self, host: SimHost, req: dict[str, Any]) -> dict[str, Any]:
         source = req.get("source", "auto")
