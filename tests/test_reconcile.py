@@ -201,6 +201,12 @@ class _Wire:
         self.asked.append((op, args))
         return self.replies[op]
 
+    async def call_encoded(self, op: str, fields: str, timeout: float = 0) -> dict[str, object]:
+        """The request as the helper decodes it from the line (members already encoded)."""
+        import json
+
+        return await self.call(op, timeout, **json.loads("{" + fields + "}"))
+
 
 def _over_ssh(replies: dict[str, dict[str, object]]) -> tuple[Any, _Wire]:
     """A ``HostConnection`` whose helper is ``_Wire``: the SSH transport minus SSH."""

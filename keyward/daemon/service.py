@@ -58,6 +58,7 @@ from keyward.clock import Clock
 from keyward.daemon.backlog import Backlog
 from keyward.daemon.cluster import Cluster, limit_idle_transactions
 from keyward.daemon.failures import REGISTRY_FAILURES, first_line, round_failed
+from keyward.daemon.gather import Gatherer
 from keyward.daemon.leases import FENCED
 from keyward.daemon.links import HostLink
 from keyward.daemon.membership import DbClock, new_member_id
@@ -95,6 +96,7 @@ from keyward.state import RegistrySnapshot
 
 HEARTBEAT_EVERY = 5.0
 BEAT_SPACING = 1.0  # at most one early heartbeat per second
+CONNECT_WINDOW = 0.2  # seconds a connected host waits for others to sync with
 SYNC_TIMEOUT = 120.0
 MAX_SLEEP = 3600.0
 METRICS_RETRY_START = 5.0  # seconds before binding the metrics port again; doubles
@@ -190,6 +192,10 @@ class Daemon:
         self.reload = asyncio.Event()
         self.changed_snapshot = asyncio.Event()  # wakes the expiry timer after a recompute
         self.beat = asyncio.Event()  # write the heartbeat now (after a push or a connect)
+        # Hosts that connect close together are synced together (keyward.daemon.gather).
+        self.connects: Gatherer[HostLink] = Gatherer(
+            self._sync_connected, CONNECT_WINDOW, self._track
+        )
         self.sweep_due = asyncio.Event()  # expired access and reminders, after a recompute
         self.lock = WriterLock(registry, shared=registry.backend == "postgresql")
         self.inflight: set[asyncio.Task[Any]] = set()
@@ -621,12 +627,20 @@ class Daemon:
         for account in host.managed_accounts:
             for pattern in host.authorized_keys:
                 self.confirmed.pop(FileTarget(host.name, account, pattern), None)
-        try:
-            files = files_of(link.host, self.desired)
-        except KeyError:
-            self.changed.set()  # newly held: its desired state comes with the next round
-            return
-        await self._sync_many([(link, files)], collect=True)
+        await self.connects.join(link)
+
+    async def _sync_connected(self, links: list[HostLink]) -> None:
+        """The hosts that connected within one gathering window, synced as one round."""
+        work = []
+        for link in links:
+            if link.connection is None:
+                continue  # dropped again meanwhile: its next connect syncs it
+            try:
+                work.append((link, files_of(link.host, self.desired)))
+            except KeyError:
+                self.changed.set()  # newly held: its desired state comes with the next round
+        if work:
+            await self._sync_many(work, collect=True)
 
     async def verify(self) -> None:
         """Full verification: read every managed file over the open connections."""
