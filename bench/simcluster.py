@@ -392,8 +392,9 @@ def bench_revocation(b: Bench, rounds: int, round_timeout: float) -> dict[str, A
             with b.registry.write("bench-admin") as tx:
                 add_key(tx, person, key, KeyClaim("admin", tx.now + timedelta(days=300)))
 
-        patiently(grant)
+        # Timed from before the commit: a push can finish before the writer returns.
         granted = time.monotonic()
+        patiently(grant)
         grant_s = b.fleet.wait_watch(granted, round_timeout)
         wait_push_done(b, round_timeout)  # the grant's rounds are recorded before the revoke
         time.sleep(1.0)
@@ -408,8 +409,8 @@ def bench_revocation(b: Bench, rounds: int, round_timeout: float) -> dict[str, A
             with b.registry.write("bench-admin") as tx:
                 revoke_key(tx, fingerprint, "bench round")
 
+        committed = time.monotonic()  # before the commit (see the grant)
         patiently(revoke)
-        committed = time.monotonic()
         revoke_s = b.fleet.wait_watch(committed, round_timeout)
         audit_s = None
         deadline = time.monotonic() + round_timeout

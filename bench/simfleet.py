@@ -421,8 +421,9 @@ def bench_revocation(
             with b.registry.write("bench-admin") as tx:
                 add_key(tx, person, key, KeyClaim("admin", tx.now + timedelta(days=300)))
 
-        patiently(grant)
+        # Timed from before the commit: a push can finish before the writer returns.
         granted = time.monotonic()
+        patiently(grant)
         grant_s = b.fleet.wait_watch(granted, 120)
         # The grant's round finishes recording (push_done) before the revocation.
         until = time.monotonic() + 120
@@ -440,8 +441,8 @@ def bench_revocation(
             with b.registry.write("bench-admin") as tx:
                 revoke_key(tx, fingerprint, "bench round")
 
+        committed = time.monotonic()  # before the commit (see the grant)
         patiently(revoke)
-        committed = time.monotonic()
         revoke_s = b.fleet.wait_watch(committed, 120)
         audit_s = None
         deadline = time.monotonic() + 120
