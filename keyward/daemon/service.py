@@ -62,6 +62,7 @@ from keyward.daemon.gather import Gatherer
 from keyward.daemon.leases import FENCED
 from keyward.daemon.links import HostLink
 from keyward.daemon.membership import DbClock, new_member_id
+from keyward.daemon.memory import Collector
 from keyward.daemon.metrics import (
     ClusterMetrics,
     Metrics,
@@ -96,6 +97,7 @@ from keyward.state import RegistrySnapshot
 
 HEARTBEAT_EVERY = 5.0
 BEAT_SPACING = 1.0  # at most one early heartbeat per second
+FULL_COLLECTION_EVERY = 600.0  # seconds between full collections (after a verification)
 CONNECT_WINDOW = 0.2  # seconds a connected host waits for others to sync with
 SYNC_TIMEOUT = 120.0
 MAX_SLEEP = 3600.0
@@ -192,6 +194,8 @@ class Daemon:
         self.reload = asyncio.Event()
         self.changed_snapshot = asyncio.Event()  # wakes the expiry timer after a recompute
         self.beat = asyncio.Event()  # write the heartbeat now (after a push or a connect)
+        # Frozen out of the cyclic collector's scans after each round (keyward.daemon.memory).
+        self.collector = Collector(FULL_COLLECTION_EVERY)
         # Hosts that connect close together are synced together (keyward.daemon.gather).
         self.connects: Gatherer[HostLink] = Gatherer(
             self._sync_connected, CONNECT_WINDOW, self._track
@@ -456,6 +460,7 @@ class Daemon:
         self.changed_snapshot.set()
         try:
             await self._push(inputs, started, new_cases, committed_at)
+            self.collector.settle()
         finally:
             # After the push, not beside it: the sweep's queries in a worker thread held the
             # interpreter against the push's event loop, at every round.
@@ -641,6 +646,7 @@ class Daemon:
                 self.changed.set()  # newly held: its desired state comes with the next round
         if work:
             await self._sync_many(work, collect=True)
+            self.collector.settle()
 
     async def verify(self) -> None:
         """Full verification: read every managed file over the open connections."""
@@ -678,6 +684,10 @@ class Daemon:
                 failed=sum(1 for r in results if not r.ok),
                 seconds=round(time.monotonic() - started, 3),
             )
+            del results
+            took = self.collector.maintain()
+            if took is not None:
+                self.log.info("memory_collected", seconds=round(took, 3))
 
     # -- notifications ----------------------------------------------------------
 

@@ -1,0 +1,49 @@
+"""keyward.daemon.memory: survivors frozen after a round, a full collection now and then."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from keyward.daemon.memory import Collector
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+@pytest.fixture
+def thawed() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_settle_takes_survivors_out_of_the_scans(thawed: None) -> None:
+    before = gc.get_freeze_count()
+    kept = [Node() for _ in range(100)]
+    Collector(600).settle()
+    assert gc.get_freeze_count() >= before + 100
+    assert kept
+
+
+def test_a_frozen_cycle_is_freed_by_the_next_full_collection_not_sooner(thawed: None) -> None:
+    now = [0.0]
+    collector = Collector(600, clock=lambda: now[0])
+    node = Node()
+    ref = weakref.ref(node)
+    collector.settle()
+    del node
+    gc.collect()
+    assert ref() is not None  # frozen: ordinary collections skip it
+    now[0] = 599.0
+    assert collector.maintain() is None and ref() is not None
+    now[0] = 600.0
+    took = collector.maintain()
+    assert took is not None and took >= 0
+    assert ref() is None and collector.full_collections == 1
+    assert gc.get_freeze_count() > 0  # what is alive is frozen again
