@@ -495,11 +495,12 @@ def bench_revocation(
 
 
 def bench_verification(
-    b: Bench, passes: int, interval: float, sync_timeout: float
+    b: Bench, passes: int, interval: float, sync_timeout: float, profile: Path | None = None
 ) -> dict[str, Any]:
     b.start_daemon("--verify-interval", str(interval))
     synced = b.wait_in_sync(sync_timeout)
     assert b.daemon is not None and b.tail is not None
+    profiler = start_profile(b.daemon.pid, profile)
     n = len(b.fleet.hosts)
     b.tail.events()  # passes that ran while hosts were still connecting do not count
     rows: list[dict[str, Any]] = []
@@ -528,6 +529,7 @@ def bench_verification(
             )
             log(f"verification pass: {rows[-1]}")
         time.sleep(0.1)
+    stop_profile(profiler)
     b.stop_daemon()
     walls = [r["wall_s"] for r in rows]
     return {
@@ -554,6 +556,9 @@ def main() -> int:
     parser.add_argument("--sync-timeout", type=float, default=1800.0)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output (revocations)")
+    parser.add_argument(
+        "--profile-verify", type=Path, default=None, help="py-spy output (verification passes)"
+    )
     args = parser.parse_args()
     random.seed(1)
     b = Bench(args.hosts, args.procs)
@@ -576,7 +581,7 @@ def main() -> int:
             )
         if args.verify_passes:
             results["verification"] = bench_verification(
-                b, args.verify_passes, args.verify_interval, args.sync_timeout
+                b, args.verify_passes, args.verify_interval, args.sync_timeout, args.profile_verify
             )
     finally:
         log("tearing down")

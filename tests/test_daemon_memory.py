@@ -47,3 +47,16 @@ def test_a_frozen_cycle_is_freed_by_the_next_full_collection_not_sooner(thawed: 
     assert took is not None and took >= 0
     assert ref() is None and collector.full_collections == 1
     assert gc.get_freeze_count() > 0  # what is alive is frozen again
+
+
+def test_overlapping_rounds_keep_the_collector_off_until_the_last_leaves(thawed: None) -> None:
+    collector = Collector(600)
+    assert gc.isenabled()
+    before = gc.get_freeze_count()
+    with collector.pausing():
+        assert not gc.isenabled()
+        with collector.pausing():
+            kept = [Node() for _ in range(50)]
+        assert not gc.isenabled()  # the other round is still syncing
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= before + 50 and kept

@@ -16,9 +16,10 @@ that became garbage after being frozen are freed within that time.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 class Collector:
@@ -29,6 +30,24 @@ class Collector:
         self._clock = clock
         self._last_full = clock()
         self.full_collections = 0
+        self._pauses = 0
+
+    @contextlib.contextmanager
+    def pausing(self) -> Iterator[None]:
+        """No cyclic collection while any round is inside (rounds overlap on the event
+        loop); when the last leaves, what survived is frozen and collection resumes."""
+        if self._pauses == 0:
+            self._was_enabled = gc.isenabled()
+            gc.disable()
+        self._pauses += 1
+        try:
+            yield
+        finally:
+            self._pauses -= 1
+            if self._pauses == 0:
+                self.settle()
+                if self._was_enabled:
+                    gc.enable()
 
     def settle(self) -> None:
         """After a round: what it left alive is state, not garbage; stop scanning it."""

@@ -194,7 +194,7 @@ class Daemon:
         self.reload = asyncio.Event()
         self.changed_snapshot = asyncio.Event()  # wakes the expiry timer after a recompute
         self.beat = asyncio.Event()  # write the heartbeat now (after a push or a connect)
-        # Frozen out of the cyclic collector's scans after each round (keyward.daemon.memory).
+        # No cyclic collection during a round's syncs; survivors frozen after (memory.py).
         self.collector = Collector(FULL_COLLECTION_EVERY)
         # Hosts that connect close together are synced together (keyward.daemon.gather).
         self.connects: Gatherer[HostLink] = Gatherer(
@@ -460,7 +460,6 @@ class Daemon:
         self.changed_snapshot.set()
         try:
             await self._push(inputs, started, new_cases, committed_at)
-            self.collector.settle()
         finally:
             # After the push, not beside it: the sweep's queries in a worker thread held the
             # interpreter against the push's event loop, at every round.
@@ -532,8 +531,9 @@ class Daemon:
             ctx = dataclasses.replace(ctx, fence=self.cluster.fence.check)
         await self.lock.acquire()
         try:
-            tasks = [self._track(self._sync(link, files, ctx)) for link, files in work]
-            results: list[HostResult] = list(await asyncio.gather(*tasks))
+            with self.collector.pausing():
+                tasks = [self._track(self._sync(link, files, ctx)) for link, files in work]
+                results: list[HostResult] = list(await asyncio.gather(*tasks))
         finally:
             await self.lock.release()
         self.confirmed_at = self.clock()  # every file of the round is read back by now
@@ -646,7 +646,6 @@ class Daemon:
                 self.changed.set()  # newly held: its desired state comes with the next round
         if work:
             await self._sync_many(work, collect=True)
-            self.collector.settle()
 
     async def verify(self) -> None:
         """Full verification: read every managed file over the open connections."""
