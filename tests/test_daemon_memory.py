@@ -60,3 +60,12 @@ def test_overlapping_rounds_keep_the_collector_off_until_the_last_leaves(thawed:
         assert not gc.isenabled()  # the other round is still syncing
     assert gc.isenabled()
     assert gc.get_freeze_count() >= before + 50 and kept
+
+
+def test_no_full_collection_while_a_round_syncs(thawed: None) -> None:
+    now = [0.0]
+    collector = Collector(600, clock=lambda: now[0])
+    now[0] = 600.0
+    with collector.pausing():
+        assert collector.maintain() is None  # due, but a round is syncing
+    assert collector.maintain() is not None

@@ -9,9 +9,9 @@ cyclic collector is only needed for the few cycles (an exception and its frames,
 closed connection's objects).
 
 So after each round the daemon *freezes* what survived it (``gc.freeze``: later
-collections skip those objects), and once per ``full_every`` seconds, after a
-verification pass, it unfreezes, collects everything once and freezes again, so cycles
-that became garbage after being frozen are freed within that time.
+collections skip those objects), and once per ``full_every`` seconds (checked at its
+heartbeat, never while a round syncs) it unfreezes, collects everything once and freezes
+again, so cycles that became garbage after being frozen are freed within that time.
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ class Collector:
         gc.freeze()
 
     def maintain(self) -> float | None:
-        """A full collection if the last was ``full_every`` ago; its duration, or None."""
+        """A full collection if the last was ``full_every`` ago and no round is syncing;
+        its duration, or None."""
         now = self._clock()
-        if now - self._last_full < self._full_every:
+        if now - self._last_full < self._full_every or self._pauses:
             return None
         started = time.monotonic()
         gc.unfreeze()

@@ -97,7 +97,7 @@ from keyward.state import RegistrySnapshot
 
 HEARTBEAT_EVERY = 5.0
 BEAT_SPACING = 1.0  # at most one early heartbeat per second
-FULL_COLLECTION_EVERY = 600.0  # seconds between full collections (after a verification)
+FULL_COLLECTION_EVERY = 600.0  # seconds between full collections (checked at heartbeats)
 CONNECT_WINDOW = 0.2  # seconds a connected host waits for others to sync with
 SYNC_TIMEOUT = 120.0
 MAX_SLEEP = 3600.0
@@ -683,10 +683,6 @@ class Daemon:
                 failed=sum(1 for r in results if not r.ok),
                 seconds=round(time.monotonic() - started, 3),
             )
-            del results
-            took = self.collector.maintain()
-            if took is not None:
-                self.log.info("memory_collected", seconds=round(took, 3))
 
     # -- notifications ----------------------------------------------------------
 
@@ -810,6 +806,9 @@ class Daemon:
             else:
                 if len(self.backlog):  # the registry is back: record what it missed
                     await self.backlog.flush(self._plain_recorder)
+            took = self.collector.maintain()  # when due and no round is syncing
+            if took is not None:
+                self.log.info("memory_collected", seconds=round(took, 3))
             state = f"connected {connected}/{len(self.links)} hosts"
             if self.metrics_error is not None:
                 state += f"; metrics unavailable: {self.metrics_error}"
