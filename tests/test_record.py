@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,11 +67,12 @@ def open_case(registry: Registry, hosts: list[str]) -> int:
 
 
 @contextmanager
-def counted_selects(registry: Registry) -> Iterator[list[str]]:
+def counted(registry: Registry, wanted: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The SQL statements the registry sends that ``wanted`` picks, while inside."""
     statements: list[str] = []
 
     def count(*args: Any) -> None:
-        if args[2].lstrip().upper().startswith("SELECT"):
+        if wanted(args[2]):
             statements.append(args[2])
 
     event.listen(registry.engine, "before_cursor_execute", count)
@@ -79,6 +80,10 @@ def counted_selects(registry: Registry) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(registry.engine, "before_cursor_execute", count)
+
+
+def counted_selects(registry: Registry) -> Any:
+    return counted(registry, lambda sql: sql.lstrip().upper().startswith("SELECT"))
 
 
 def test_a_batch_confirms_the_case_with_queries_independent_of_hosts(db_url: str) -> None:
@@ -197,21 +202,6 @@ def test_recorded_owners_are_the_registrys_not_the_lines_comments(db_url: str) -
     }
 
 
-@contextmanager
-def counted_inserts(registry: Registry) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(*args: Any) -> None:
-        if "INSERT INTO audit" in args[2]:
-            statements.append(args[2])
-
-    event.listen(registry.engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(registry.engine, "before_cursor_execute", count)
-
-
 def test_a_rounds_events_go_into_the_chain_in_order_in_one_insert(db_url: str) -> None:
     """Every host's late, removed, added and fix-mode events, in the order they happened
     per host and host after host; one insert for the batch; the chain verifies; a host
@@ -261,7 +251,7 @@ def test_a_rounds_events_go_into_the_chain_in_order_in_one_insert(db_url: str) -
         head = session.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc())).first()
         assert head is not None
         first_seq = head.seq
-    with counted_inserts(registry) as inserts:
+    with counted(registry, lambda sql: "INSERT INTO audit" in sql) as inserts:
         batch = [outcome(n, n != "web-4", n in ("web-1", "web-3")) for n in names]
         record_hosts(registry, "agent", batch, "run1")
     assert len(inserts) == 1

@@ -278,6 +278,22 @@ def known_after(result: HostResult) -> dict[FileTarget, Observed]:
     return known
 
 
+def _plan(
+    host: str, desired: list[DesiredFile], observed: Mapping[FileTarget, Observed], ctx: RunContext
+) -> HostPlan:
+    """The host's plan at the round's moment, sharing plans with the round's equal files."""
+    return plan_host(
+        host,
+        desired,
+        observed,
+        ctx.snapshot,
+        ctx.now,
+        ctx.agent_fingerprint,
+        ctx.purge,
+        ctx.plan_memo,
+    )
+
+
 async def sync_known(
     conn: HostTransport,
     desired: list[DesiredFile],
@@ -305,16 +321,7 @@ async def sync_known(
     host = conn.host
     started = _now(ctx)
     observed = {d.target: known[d.target] for d in desired}
-    plan = plan_host(
-        host.name,
-        desired,
-        observed,
-        ctx.snapshot,
-        ctx.now,
-        ctx.agent_fingerprint,
-        ctx.purge,
-        ctx.plan_memo,
-    )
+    plan = _plan(host.name, desired, observed, ctx)
     if (
         plan.refused
         or plan.errors
@@ -370,16 +377,7 @@ async def sync_files(
         d.target: observed_from_reply(d.target, reply)
         for d, reply in zip(desired, replies, strict=True)
     }
-    plan = plan_host(
-        host.name,
-        desired,
-        observed,
-        ctx.snapshot,
-        ctx.now,
-        ctx.agent_fingerprint,
-        ctx.purge,
-        ctx.plan_memo,
-    )
+    plan = _plan(host.name, desired, observed, ctx)
     if plan.refused:
         log.error("plan_refused", reason=plan.refused)
         return HostResult(host, started, _now(ctx), plan, error=plan.refused)
