@@ -747,6 +747,29 @@ def test_missing_home(agent: Agent, account: Account) -> None:
     assert not account.home.exists()
 
 
+def test_a_directory_left_half_made_is_finished_or_refused(agent: Agent, account: Account) -> None:
+    """Two writers sharing a home (a test fleet's hosts) can meet inside ``make_dir``: one
+    left ``~/.ssh`` root's (0700), where sshd, reading as the user, sees no key at all. An
+    empty one is handed over as make_dir would; one with something in it is refused."""
+    account.ssh.mkdir(mode=0o700)
+    os.chown(account.ssh, 0, 0)
+    os.chmod(account.ssh, 0o700)
+    reply = agent.write(account.name, KEY, None, create_dir=True)
+    assert reply["ok"] is True, reply
+    assert reply["fixed_dir_mode"] is True
+    st = account.ssh.lstat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (account.uid, account.gid, 0o700)
+    assert account.keys.read_bytes() == KEY
+    # Not empty: another writer's file is already inside. Nothing is written or handed over.
+    account.keys.unlink()
+    os.chown(account.ssh, 0, 0)
+    (account.ssh / "authorized_keys2").write_bytes(b"root's\n")
+    refused = agent.write(account.name, KEY, None, create_dir=True)
+    assert refused["error"]["code"] == "race", refused
+    assert account.ssh.lstat().st_uid == 0 and not account.keys.exists()
+    assert (account.ssh / "authorized_keys2").read_bytes() == b"root's\n"
+
+
 def test_missing_ssh_dir_created(agent: Agent, account: Account) -> None:
     got = agent.read(account.name)
     assert got["state"] == "missing"

@@ -1023,6 +1023,47 @@ def _write_args(req: dict[str, Any]) -> tuple[bytes, str | None, bool]:
     return content, expect, create_dir
 
 
+def _settle_half_made(target: Target, walker: Walker, parent: _Dir, reply: dict[str, Any]) -> None:
+    """A directory in the account's home that another writer is still creating.
+
+    ``make_dir`` creates a directory as root (mode 0700) and hands it to the account
+    right after. Two writers that share a home (hosts with one shared home, as in a test
+    fleet) can meet in between: the second found the directory there, wrote its file into
+    it, and the first, finding it no longer empty, refused to hand it over. The directory
+    stayed root's, and sshd, which reads a user's keys as that user, could read none of
+    them. So a root-owned 0700 directory right in the home of another account is
+    finished here exactly as ``make_dir`` would: handed over if it is empty (nothing of
+    anyone's can be in it), refused as a ``race`` otherwise (the next round retries).
+    """
+    if (
+        parent.st.st_uid != 0
+        or target.uid == 0
+        or stat.S_IMODE(parent.st.st_mode) != 0o700
+        or len(walker.stack) < 2
+        or target.home_ident is None
+        or _ident(walker.stack[-2].st) != target.home_ident
+        or walker.stack[-2].st.st_uid != target.uid
+    ):
+        return
+    try:
+        empty = _is_empty_dir(parent.fd)
+    except OSError as exc:
+        raise _os_refusal(exc, f"cannot inspect directory {parent.path}") from None
+    if not empty:
+        raise Refused(
+            "race",
+            f"{parent.path} is root's with mode 0700 and not empty: another writer may be "
+            f"creating it, and {target.account} could not read keys in it; not writing there",
+        )
+    try:
+        os.fchown(parent.fd, target.uid, target.gid)
+        os.fchmod(parent.fd, 0o700)
+        parent.st = os.fstat(parent.fd)
+    except OSError as exc:
+        raise _os_refusal(exc, f"cannot set up directory {parent.path}") from None
+    reply["fixed_dir_mode"] = True
+
+
 def _owner_for(target: Target, parent: _Dir) -> tuple[int, int, int]:
     """Owner and mode of the new file, from who owns the directory it lives in."""
     if parent.st.st_uid == target.uid:
@@ -1316,6 +1357,7 @@ def _write_in(
         walker.make_dir(exc.path.rsplit("/", 1)[-1], target.uid, target.gid)
         reply["created_dir"] = True
     parent = walker.top
+    _settle_half_made(target, walker, parent, reply)
     owner = _owner_for(target, parent)
     # Sweep first, so nothing slow sits between the compare-and-swap check and the rename.
     reply["removed_temps"] = remove_stale_temps(parent, target.uid)
