@@ -417,29 +417,44 @@ class Walker:
                 raise Refused("symlink", f"{path} was replaced while being created") from None
             raise _os_refusal(exc, f"cannot open directory {path}") from None
         try:
-            st = os.fstat(fd)
-            empty = _is_empty_dir(fd)
+            self._push(fd, path, mnt)  # closed with the walker from here on
         except OSError as exc:
-            os.close(fd)
             raise _os_refusal(exc, f"cannot inspect new directory {path}") from None
-        # Only what we just made may be handed over: the user can rename another directory
-        # into its place between the mkdir and the open (setgid may come from the parent).
-        if st.st_uid != 0 or st.st_mode & 0o777 != 0o700 or not empty:
-            os.close(fd)
-            raise Refused(
-                "race",
-                f"{path} was replaced while being created (found owner uid {st.st_uid}, mode "
-                f"{stat.S_IMODE(st.st_mode):04o}, {'empty' if empty else 'not empty'}); "
-                "not taking it over",
-            )
-        self._push(fd, path, mnt)
+        # The user can rename another directory into its place between the mkdir and the
+        # open (setgid may come from the parent): only what root made, empty, is handed over.
+        hand_over(self.top, uid, gid, "was replaced while being created")
         try:
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, 0o700)
-            self.top.st = os.fstat(fd)
             os.fsync(parent.fd)
         except OSError as exc:
             raise _os_refusal(exc, f"cannot set up directory {path}") from None
+
+
+def hand_over(d: _Dir, uid: int, gid: int, problem: str) -> None:
+    """Give an account the directory root made for it (mode 0700), only while it is empty.
+
+    Only what root made may be handed over, and only with nothing in it: the user can
+    rename another directory (root's, with something in it) into its place, and another
+    writer sharing the home may already have written into it (``_settle_half_made``).
+    Anything else is refused as a ``race``, with ``problem`` saying what was found.
+    """
+    try:
+        empty = _is_empty_dir(d.fd)
+    except OSError as exc:
+        raise _os_refusal(exc, f"cannot inspect directory {d.path}") from None
+    # Permission bits only: a setgid bit may come from the parent directory.
+    if d.st.st_uid != 0 or d.st.st_mode & 0o777 != 0o700 or not empty:
+        raise Refused(
+            "race",
+            f"{d.path} {problem} (found owner uid {d.st.st_uid}, mode "
+            f"{stat.S_IMODE(d.st.st_mode):04o}, {'empty' if empty else 'not empty'}); "
+            "not taking it over",
+        )
+    try:
+        os.fchown(d.fd, uid, gid)
+        os.fchmod(d.fd, 0o700)
+        d.st = os.fstat(d.fd)
+    except OSError as exc:
+        raise _os_refusal(exc, f"cannot set up directory {d.path}") from None
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -1032,35 +1047,21 @@ def _settle_half_made(target: Target, walker: Walker, parent: _Dir, reply: dict[
     it, and the first, finding it no longer empty, refused to hand it over. The directory
     stayed root's, and sshd, which reads a user's keys as that user, could read none of
     them. So a root-owned 0700 directory right in the home of another account is
-    finished here exactly as ``make_dir`` would: handed over if it is empty (nothing of
-    anyone's can be in it), refused as a ``race`` otherwise (the next round retries).
+    finished here as ``make_dir`` finishes it (``hand_over``): handed over if it is empty,
+    refused as a ``race`` otherwise (the next round retries).
     """
     if (
         parent.st.st_uid != 0
         or target.uid == 0
-        or stat.S_IMODE(parent.st.st_mode) != 0o700
+        or parent.st.st_mode & 0o777 != 0o700
         or len(walker.stack) < 2
         or target.home_ident is None
         or _ident(walker.stack[-2].st) != target.home_ident
         or walker.stack[-2].st.st_uid != target.uid
     ):
         return
-    try:
-        empty = _is_empty_dir(parent.fd)
-    except OSError as exc:
-        raise _os_refusal(exc, f"cannot inspect directory {parent.path}") from None
-    if not empty:
-        raise Refused(
-            "race",
-            f"{parent.path} is root's with mode 0700 and not empty: another writer may be "
-            f"creating it, and {target.account} could not read keys in it; not writing there",
-        )
-    try:
-        os.fchown(parent.fd, target.uid, target.gid)
-        os.fchmod(parent.fd, 0o700)
-        parent.st = os.fstat(parent.fd)
-    except OSError as exc:
-        raise _os_refusal(exc, f"cannot set up directory {parent.path}") from None
+    problem = f"is root's in {target.account}'s home: another writer may be creating it"
+    hand_over(parent, target.uid, target.gid, problem)
     reply["fixed_dir_mode"] = True
 
 
