@@ -16,14 +16,9 @@ Clock = Callable[[], datetime]
 
 def system_clock() -> datetime:
     """Now, in UTC.  ``KEYWARD_NOW`` (ISO 8601) overrides it, for tests and drills;
-    ``KEYWARD_CLOCK_SKEW`` (seconds, may be negative) plays a machine whose clock is off."""
-    fixed = os.environ.get("KEYWARD_NOW")
-    if fixed:
-        return parse_utc(fixed)
-    skew = os.environ.get("KEYWARD_CLOCK_SKEW")
-    if skew:
-        return datetime.now(UTC) + timedelta(seconds=float(skew))
-    return datetime.now(UTC)
+    ``KEYWARD_CLOCK_SKEW`` (seconds, may be negative) plays a machine whose clock is off.
+    Both are read at every call (``process_clock`` reads them once)."""
+    return _clock_from(os.environ.get("KEYWARD_NOW"), os.environ.get("KEYWARD_CLOCK_SKEW"))()
 
 
 def process_clock() -> Clock:
@@ -33,17 +28,20 @@ def process_clock() -> Clock:
     several times per host in every round, and reading the two variables from
     ``os.environ`` each time was an eighth of its push at a thousand hosts.
     """
-    fixed = os.environ.get("KEYWARD_NOW")
-    skew = os.environ.get("KEYWARD_CLOCK_SKEW")
     try:
-        if fixed:
-            moment = parse_utc(fixed)
-            return lambda: moment
-        if skew:
-            offset = timedelta(seconds=float(skew))
-            return lambda: datetime.now(UTC) + offset
+        return _clock_from(os.environ.get("KEYWARD_NOW"), os.environ.get("KEYWARD_CLOCK_SKEW"))
     except ValueError:
         return system_clock  # a malformed value fails where the time is asked, as before
+
+
+def _clock_from(fixed: str | None, skew: str | None) -> Clock:
+    """The clock the two settings describe (ValueError when one is malformed)."""
+    if fixed:
+        moment = parse_utc(fixed)
+        return lambda: moment
+    if skew:
+        offset = timedelta(seconds=float(skew))
+        return lambda: datetime.now(UTC) + offset
     return _utc_now
 
 
