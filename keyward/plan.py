@@ -238,10 +238,7 @@ def plan_file_memo(
 def _fingerprints_kept(mode: str, content: bytes) -> frozenset[str]:
     """The fingerprints of the lines keyward owns in ``content`` (the lockout check's
     question), once per distinct content: every host of a round asks it of the same bytes."""
-    if mode == "exclusive":
-        lines = parse_cached(content)
-    else:
-        lines = tuple(parse_authorized_keys(split_block(content)[1]))
+    lines = _managed_lines(mode, content)
     return frozenset(line.key.fingerprint for line in lines if line.key is not None)
 
 
@@ -315,12 +312,10 @@ def render(
 
 
 def _managed_lines(
-    desired: DesiredFile, current: bytes | None, purge: frozenset[str] = frozenset()
+    mode: str, current: bytes, purge: frozenset[str] = frozenset()
 ) -> list[AuthorizedLine]:
-    """The lines keyward owns in the file (plus purged ones outside its block)."""
-    if current is None:
-        return []
-    if desired.mode == "exclusive":
+    """The lines keyward owns in a file of ``mode`` (plus purged ones outside its block)."""
+    if mode == "exclusive":
         return list(parse_cached(current))
     before, block, after = split_block(current)
     return parse_authorized_keys(block) + _purge(before, purge)[1] + _purge(after, purge)[1]
@@ -382,7 +377,7 @@ def plan_file(
         if not observed.owner_ok:
             return FilePlan(target, "fix-mode", observed.path, (), new_content, observed.sha256)
         return FilePlan(target, "in-sync", observed.path, new_content=new_content)
-    existing = _managed_lines(desired, current, purge)
+    existing = [] if current is None else _managed_lines(desired.mode, current, purge)
     wanted = {line.identity: line for line in desired.lines}
     desired_blobs = {line.key.blob: line.owner for line in desired.lines}
     changes: list[LineChange] = []
