@@ -56,7 +56,9 @@ def record_hosts(
         events: list[Event] = []
         for result in results:
             name = result.host.name
-            state = states.get(name) or states.setdefault(name, HostState(host=name))
+            state = states.get(name)
+            if state is None:  # not ``setdefault``: it would build a HostState for every host
+                state = states[name] = HostState(host=name)
             _record(events, result, run_id, state, owners)
             tx.session.add(state)
         tx.audit_many(events)
@@ -279,21 +281,29 @@ def _record_late(
     was_set = {tuple(item) for item in previous}
     for action, items in (("host.add", now_set - was_set), ("host.remove", was_set - now_set)):
         for fingerprint, owner in sorted(items, key=lambda i: (i[0] or "", i[1] or "")):
-            events.append(
-                (
-                    action,
-                    Subject.host(host),
-                    {
-                        "account": account,
-                        "path": path,
-                        "fingerprint": fingerprint,
-                        "person": owner,
-                        "reason": "recorded-late",
-                        "run_id": run_id,
-                    },
-                )
-            )
+            events.append(_late(action, host, account, path, fingerprint, owner, run_id))
     files[key] = owners.entry(path, digest, current)
+
+
+def _late(
+    action: str,
+    host: str,
+    account: str,
+    path: str | None,
+    fingerprint: str | None,
+    owner: str | None,
+    run_id: str,
+) -> Event:
+    """A key change recorded after the fact (reason ``recorded-late``)."""
+    details = {
+        "account": account,
+        "path": path,
+        "fingerprint": fingerprint,
+        "person": owner,
+        "reason": "recorded-late",
+        "run_id": run_id,
+    }
+    return (action, Subject.host(host), details)
 
 
 def _record_unexplained(
@@ -319,18 +329,7 @@ def _record_unexplained(
     for action, items in late:
         for fingerprint, owner in items:
             events.append(
-                (
-                    action,
-                    Subject.host(host),
-                    {
-                        "account": plan.target.account,
-                        "path": plan.path,
-                        "fingerprint": fingerprint,
-                        "person": owner,
-                        "reason": "recorded-late",
-                        "run_id": run_id,
-                    },
-                )
+                _late(action, host, plan.target.account, plan.path, fingerprint, owner, run_id)
             )
 
 
