@@ -7,9 +7,12 @@ drive time without sleeping and the pure core stays pure.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+
+from keyward.errors import UsageError
 
 Clock = Callable[[], datetime]
 
@@ -30,17 +33,31 @@ def process_clock() -> Clock:
     """
     try:
         return _clock_from(os.environ.get("KEYWARD_NOW"), os.environ.get("KEYWARD_CLOCK_SKEW"))
-    except ValueError:
+    except UsageError:
         return system_clock  # a malformed value fails where the time is asked, as before
 
 
+MAX_SKEW = 10 * 366 * 86400.0  # seconds: a clock off by more is a typo, not a drill
+
+
 def _clock_from(fixed: str | None, skew: str | None) -> Clock:
-    """The clock the two settings describe (ValueError when one is malformed)."""
+    """The clock the two settings describe; a malformed one is a ``UsageError`` naming it."""
     if fixed:
-        moment = parse_utc(fixed)
+        try:
+            moment = parse_utc(fixed)
+        except ValueError:
+            raise UsageError(f"KEYWARD_NOW is not an ISO 8601 time: {fixed!r}") from None
         return lambda: moment
     if skew:
-        offset = timedelta(seconds=float(skew))
+        try:
+            seconds = float(skew)
+        except ValueError:
+            seconds = math.nan
+        if not abs(seconds) <= MAX_SKEW:  # also refuses nan
+            raise UsageError(
+                f"KEYWARD_CLOCK_SKEW must be a number of seconds within ±{MAX_SKEW:.0f}: {skew!r}"
+            )
+        offset = timedelta(seconds=seconds)
         return lambda: datetime.now(UTC) + offset
     return _utc_now
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 
 from keyward.clock import parse_utc, process_clock, system_clock
+from keyward.errors import UsageError
 
 
 @pytest.mark.parametrize(
@@ -36,14 +38,22 @@ def test_the_process_clock_holds_a_fixed_moment(monkeypatch: pytest.MonkeyPatch)
     assert clock() == parse_utc("2026-03-01T12:00:00Z")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("KEYWARD_NOW", "not a date", "KEYWARD_NOW is not an ISO 8601 time: 'not a date'"),
+        ("KEYWARD_CLOCK_SKEW", "soon", "KEYWARD_CLOCK_SKEW must be a number of seconds"),
+        ("KEYWARD_CLOCK_SKEW", "nan", "KEYWARD_CLOCK_SKEW must be a number of seconds"),
+        ("KEYWARD_CLOCK_SKEW", "1e12", "KEYWARD_CLOCK_SKEW must be a number of seconds"),
+    ],
+)
 def test_a_malformed_setting_fails_where_the_time_is_asked(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
 ) -> None:
-    monkeypatch.setenv("KEYWARD_NOW", "not a date")
+    monkeypatch.delenv("KEYWARD_NOW", raising=False)
+    monkeypatch.delenv("KEYWARD_CLOCK_SKEW", raising=False)
+    monkeypatch.setenv(variable, value)
     clock = process_clock()  # building it does not fail (a command may never ask)
-    with pytest.raises(ValueError):
-        clock()
-    monkeypatch.delenv("KEYWARD_NOW")
-    monkeypatch.setenv("KEYWARD_CLOCK_SKEW", "soon")
-    with pytest.raises(ValueError):
-        process_clock()()
+    for ask in (clock, system_clock):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            ask()
