@@ -127,42 +127,38 @@ def content_b64(content: bytes) -> str:
     return base64.b64encode(content).decode("ascii")
 
 
-def write_batches(files: Sequence[WriteRequest]) -> list[list[dict[str, Any]]]:
-    """The ``files`` entries of the write_many requests for ``files``: one request unless
-    they would not fit the helper's line or count limits."""
-    batches: list[list[dict[str, Any]]] = [[]]
+def write_batches(files: Sequence[WriteRequest]) -> list[list[WriteRequest]]:
+    """``files`` grouped into write_many requests: one request unless they would not fit
+    the helper's line or count limits."""
+    batches: list[list[WriteRequest]] = [[]]
     size = 0
     for f in files:
-        entry: dict[str, Any] = {
-            "account": f.account,
-            "pattern": f.pattern,
-            "content_b64": content_b64(f.content),
-            "expect_sha256": f.expect_sha256,
-            "create_dir": True,
-        }
         # JSON may escape a character of the names as six; the rest is plain ASCII.
         cost = len(content_b64(f.content)) + 6 * (len(f.account) + len(f.pattern)) + 256
         if batches[-1] and (size + cost > WRITE_BATCH_BYTES or len(batches[-1]) >= MAX_WRITE_FILES):
             batches.append([])
             size = 0
-        batches[-1].append(entry)
+        batches[-1].append(f)
         size += cost
     return batches
 
 
-def encode_entry(entry: dict[str, Any]) -> str:
+def encode_entry(f: WriteRequest) -> str:
     """One ``write_many`` file entry as JSON, with its base64 content placed as it is.
 
     ``json.dumps`` scans every character of a string for escapes; a round's contents are
     tens of kilobytes per host, all base64 (letters, digits, ``+/=``: nothing to escape),
-    and that scan was a sixth of the daemon's push. Only for entries ``write_batches``
-    made, whose content is ``content_b64``'s. The other fields go through
-    ``json.dumps`` as before; ``tests/test_reconcile.py`` checks the line decodes to the
-    same request.
+    and that scan was a sixth of the daemon's push. The content is ``content_b64``'s,
+    base64.b64encode's own output; the other fields go through ``json.dumps``.
+    ``tests/test_reconcile.py`` checks the line decodes to the request.
     """
-    rest = {k: v for k, v in entry.items() if k != "content_b64"}
-    # ``write_batches`` took it from ``content_b64``: base64.b64encode's own output.
-    return f'{json.dumps(rest)[:-1]}, "content_b64": "{entry["content_b64"]}"}}'
+    rest = {
+        "account": f.account,
+        "pattern": f.pattern,
+        "expect_sha256": f.expect_sha256,
+        "create_dir": True,
+    }
+    return f'{json.dumps(rest)[:-1]}, "content_b64": "{content_b64(f.content)}"}}'
 
 
 class RemoteHelper:
