@@ -176,10 +176,12 @@ def _update(state: HostState, name: str, value: object) -> None:
 
 
 class Owners(dict[str, str]):
-    """Fingerprint -> owner for one batch, remembering each distinct content's key list.
+    """Fingerprint -> owner for one batch, and what the batch works out once per distinct
+    value instead of once per file: each content's key list (``_keys_of``) and digest, each
+    stored ``host_state.files`` text parsed, each files entry and each files text.
 
-    Hosts with the same access hold the same content: ``_keys_of`` works it out once per
-    batch instead of once per file (thousands of files in a daemon round).
+    Hosts with the same access hold the same content and the same files record, and a
+    daemon round records thousands of them in one batch.
     """
 
     def __init__(self, owners: dict[str, str]) -> None:
