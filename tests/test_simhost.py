@@ -11,6 +11,9 @@ without the agent's key are refused as real hosts refuse them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -138,3 +141,49 @@ def test_a_simulated_host_is_pinned_and_admits_only_the_agent(tmp_path: Path) ->
     assert "does not match the pinned key" in errors[0]
     assert "the agent's key was refused" in errors[1]
     assert errors[2] == "connected"
+
+
+def _answer(sim: Simulator, host: SimHost, **req: object) -> dict[str, object]:
+    reply, _ = sim.answer(host, json.dumps({"id": 1, **req}).encode())
+    return reply
+
+
+def test_a_content_decoded_once_is_still_checked_and_written_whole_on_every_host() -> None:
+    """The simulator decodes each distinct content once per process; every request is still
+    checked field by field, and every host holds the full content afterwards."""
+    hosts = [
+        build_host(f"s{i}", "127.0.0.1", 0, "ssh-ed25519 AAAA agent", ("deploy",)) for i in range(2)
+    ]
+    sim = Simulator(hosts)
+    content = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBench one@example\n"
+    text = base64.b64encode(content).decode()
+
+    def entry(**over: object) -> dict[str, object]:
+        return {
+            "account": "deploy",
+            "pattern": "%h/.ssh/authorized_keys",
+            "content_b64": text,
+            "expect_sha256": "*",
+            "create_dir": True,
+            **over,
+        }
+
+    for host in hosts:
+        reply = _answer(sim, host, op="write_many", files=[entry()])
+        assert reply["ok"] and reply["files"][0]["ok"], reply  # type: ignore[index]
+        path = host.fake.path_of("deploy", "%h/.ssh/authorized_keys")
+        assert host.fake.entries[path].content == content
+    # Known content, another field wrong: refused as remote.py refuses it.
+    bad = _answer(sim, hosts[0], op="write_many", files=[entry(expect_sha256="nothex")])
+    assert bad["ok"] is False and bad["error"]["code"] == "bad_request"  # type: ignore[index]
+    bad = _answer(sim, hosts[0], op="write", **entry(create_dir="yes"))
+    assert bad["ok"] is False and bad["error"]["code"] == "bad_request"  # type: ignore[index]
+    # Text that is not base64 is never remembered: refused every time.
+    for _ in range(2):
+        bad = _answer(sim, hosts[1], op="write_many", files=[entry(content_b64="@@not base64@@")])
+        assert bad["ok"] is False and bad["error"]["code"] == "bad_request"  # type: ignore[index]
+    assert "@@not base64@@" not in sim.contents
+    # A single write of the known content, compared against what the host holds: lands whole.
+    digest = hashlib.sha256(content).hexdigest()
+    single = _answer(sim, hosts[1], op="write", **entry(expect_sha256=digest))
+    assert single["ok"] is True and single["sha256"] == digest, single

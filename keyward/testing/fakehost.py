@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import pwd
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,15 @@ from keyward.plan import sha256
 
 EntryKind = Literal["file", "dir", "symlink", "fifo"]
 Operation = Literal["connect", "hello", "read", "write", "write_many", "auth_log", "sshd_config"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _digest(content: bytes) -> str:
+    """``sha256(content)``, memoised: the simulated fleet (``simhost``) holds the same few
+    contents on thousands of hosts in one process, and hashing each again at every write
+    was the simulation's cost, not the daemon's."""
+    return sha256(content)
+
 
 DEFAULT_SSHD = {"loglevel": "VERBOSE", "strictmodes": "yes", "permituserenvironment": "no"}
 
@@ -361,7 +371,7 @@ class FakeHost:
         else:
             result["state"] = "present"
             result["content_b64"] = base64.b64encode(entry.content).decode("ascii")
-            result["sha256"] = sha256(entry.content)
+            result["sha256"] = _digest(entry.content)
         return result
 
     def write_one(
@@ -398,7 +408,7 @@ class FakeHost:
                 "changed",
                 f"{problem.message}; its content was not compared (expect_sha256 '*' replaces it)",
             )
-        found = None if entry is None else sha256(entry.content)
+        found = None if entry is None else _digest(entry.content)
         if found != expect:
             raise remote.Refused(
                 "changed",
@@ -427,7 +437,7 @@ class FakeHost:
         owner = self._owner_for(account, path)
         entry, problem = self._inspect(account, path)
         if entry is not None:
-            reply["sha256"] = None if problem is not None else sha256(entry.content)
+            reply["sha256"] = None if problem is not None else _digest(entry.content)
         if problem is not None and (
             not problem.replaceable or (expect != "*" and problem.code not in remote.UNREAD)
         ):
@@ -456,7 +466,7 @@ class FakeHost:
             raise problem
         if after is None:
             raise remote.Refused("changed", f"{path} vanished right after it was written")
-        reply["sha256"] = sha256(after.content)
+        reply["sha256"] = _digest(after.content)
         if after.content != content:
             raise remote.Refused(
                 "changed", f"{path} was changed by someone else right after the write"
