@@ -63,8 +63,7 @@ def daemon(
 
     SIGTERM finishes in-flight writes and exits; SIGHUP reloads the inventory.
     """
-    import asyncio
-
+    from keyward import event_loop
     from keyward.daemon.service import Daemon, DaemonSettings
 
     settings = DaemonSettings(
@@ -77,7 +76,7 @@ def daemon(
     service = Daemon(
         app.registry(service=True), app.inventory_dir(), app.actor, app.clock, settings
     )
-    ctx.exit(asyncio.run(service.run()))
+    ctx.exit(event_loop.run(service.run()))
 
 
 def register(cli: click.Group) -> None:

@@ -64,8 +64,7 @@ def hosts_scan(
     behind jump hosts are scanned through them (each hop must be pinned already);
     --env and --all scan those jump hosts too, and NAMES may name one.
     """
-    import asyncio
-
+    from keyward import event_loop
     from keyward.agent import scan
     from keyward.agent.connection import Credentials
     from keyward.inventory import load_inventory
@@ -97,7 +96,7 @@ def hosts_scan(
         )
 
     with progress(len(targets), "hosts scan") as advance:
-        found, failures = asyncio.run(
+        found, failures = event_loop.run(
             scan.scan_hosts(
                 targets,
                 existing,

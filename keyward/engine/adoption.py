@@ -8,13 +8,13 @@ them, with the registry snapshot and the inventory, to the pure ``keyward.adopti
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keyward import event_loop
 from keyward.engine.inputs import checked_credentials, load_agent_key
 from keyward.engine.round import Progress, Surroundings, new_run_id, no_progress
 from keyward.errors import UsageError
@@ -64,7 +64,7 @@ def scan(
             advance(result.error is not None)
 
         started = time.monotonic()
-        results = asyncio.run(scan_fleet(hosts, creds, limit, done))
+        results = event_loop.run(scan_fleet(hosts, creds, limit, done))
     read = time.monotonic() - started
     with surroundings.registry.write(surroundings.actor) as tx:
         counts = record_scan(tx, results, {"env": env, "host": host, "run_id": run_id})

@@ -127,8 +127,7 @@ def run_round(
     Raises for what stops the round as a whole (bad credentials, a registry that cannot
     record the hosts even after retries); a host's own failure is in its result.
     """
-    import asyncio
-
+    from keyward import event_loop
     from keyward.agent.limits import fds_needed, raise_fd_limit
     from keyward.agent.reconcile import reconcile_fleet
     from keyward.engine.batches import BatchRecorder
@@ -186,7 +185,7 @@ def run_round(
         concurrency=limit,
         fd_limit=fd_soft,
     )
-    results = asyncio.run(run_and_record())
+    results = event_loop.run(run_and_record())
     # A dry run writes nothing: its changes are the plan's (``plan_finished``), not a count
     # of zero that would contradict what ``keyward plan`` prints.
     log.info(

@@ -108,9 +108,9 @@ def serve(
     (``--metrics-listen``), answered on the same event loop by the daemon's bounded
     responder.
     """
-    import asyncio
-
     import uvicorn
+
+    from keyward import event_loop
 
     route_uvicorn_logs()
 
@@ -143,4 +143,4 @@ def serve(
         finally:
             await responder.close()
 
-    asyncio.run(both())
+    event_loop.run(both())

@@ -37,6 +37,7 @@ from typing import Any
 
 import asyncssh
 
+from keyward import event_loop
 from keyward.agent import remote
 from keyward.authorized_keys import parse_authorized_keys
 from keyward.testing.fakehost import FakeHost
@@ -415,7 +416,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m keyward.testing.simhost SPEC.json [MARKER...]", file=sys.stderr)
         return 2
-    return asyncio.run(serve(Path(argv[0])))
+    return event_loop.run(serve(Path(argv[0])))
 
 
 if __name__ == "__main__":
