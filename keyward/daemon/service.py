@@ -809,6 +809,14 @@ class Daemon:
             took = self.collector.maintain()  # when due and no round is syncing
             if took is not None:
                 self.log.info("memory_collected", seconds=round(took, 3))
+            trimmed = self.collector.trim()  # after rounds, when due and none is syncing
+            if trimmed is not None:
+                self.log.info(
+                    "memory_trimmed",
+                    seconds=round(trimmed.seconds, 3),
+                    resident_mb_before=trimmed.resident_mb_before,
+                    resident_mb=trimmed.resident_mb,
+                )
             state = f"connected {connected}/{len(self.links)} hosts"
             if self.metrics_error is not None:
                 state += f"; metrics unavailable: {self.metrics_error}"
