@@ -1231,8 +1231,12 @@ def op_write(req: dict[str, Any]) -> dict[str, Any]:
 
 def write_many_args(
     req: dict[str, Any],
+    file_args: Callable[[dict[str, Any]], tuple[bytes, str | None, bool]] | None = None,
 ) -> tuple[list[tuple[dict[str, Any], bytes, str | None, bool]], float]:
-    """Each file of a write_many with its checked arguments, and the per-file timeout."""
+    """Each file of a write_many with its checked arguments, and the per-file timeout.
+
+    ``file_args`` checks one file (default ``_write_args``); the simulated hosts pass one
+    that decodes each distinct content once (``keyward.testing.simhost``)."""
     files = req.get("files")
     if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
         raise BadRequest(
@@ -1248,7 +1252,7 @@ def write_many_args(
     items: list[tuple[dict[str, Any], bytes, str | None, bool]] = []
     for i, f in enumerate(files):
         try:
-            items.append((f, *_write_args(f)))
+            items.append((f, *(file_args or _write_args)(f)))
         except BadRequest as exc:
             raise BadRequest(f"files[{i}]: {exc}") from None
     return items, timeout

@@ -45,7 +45,7 @@ from keyward.testing.fakehost import FakeHost
 DEFAULT_PATTERN = "%h/.ssh/authorized_keys"
 LOGIN_TIMEOUT = 30.0
 MEMO_CONTENTS = 256
-"""Distinct file contents a simulator process keeps decoded (``Simulator._decoded_once``)."""
+"""Distinct file contents a simulator process keeps decoded (``Simulator._write_args``)."""
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Simulator:
         self.watches: list[Watch] = []
         self.requests = 0
         self.connections = 0
-        # base64 text -> content, for ``_decoded_once`` (bounded: cleared when full).
+        # base64 text -> content, for ``_write_args`` (bounded: cleared when full).
         self.contents: dict[str, bytes] = {}
 
     # -- the helper's protocol, answered from memory
@@ -161,56 +161,40 @@ class Simulator:
         }
 
     def _write(self, host: SimHost, req: dict[str, Any]) -> dict[str, Any]:
-        (checked,), known = self._decoded_once([req])
-        content, expect, _ = remote._write_args(checked)
+        content, expect, _ = self._write_args(req)
         remote._timeout_arg(req)
-        content = known[0] if known[0] is not None else self._remember(req, content)
         reply = host.fake.write_one(req.get("account"), req.get("pattern"), content, expect)
         self._written(host, reply)
         return reply
 
     def _write_many(self, host: SimHost, req: dict[str, Any]) -> dict[str, Any]:
-        files = req.get("files")
-        known: list[bytes | None] = []
-        if isinstance(files, list) and all(isinstance(f, dict) for f in files):
-            checked, known = self._decoded_once(files)
-            req = {**req, "files": checked}
-        items, _ = remote.write_many_args(req)
+        items, _ = remote.write_many_args(req, self._write_args)
         replies = []
-        for i, (f, content, expect, _create) in enumerate(items):
-            hit = known[i] if i < len(known) else None
-            content = hit if hit is not None else self._remember(f, content)
+        for f, content, expect, _create in items:
             reply = host.fake.write_one(f.get("account"), f.get("pattern"), content, expect)
             self._written(host, reply)
             replies.append(reply)
         return {"ok": True, "files": replies}
 
-    def _decoded_once(
-        self, files: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[bytes | None]]:
-        """``files`` with each content this process has decoded before taken out, and those
-        contents.
+    def _write_args(self, f: dict[str, Any]) -> tuple[bytes, str | None, bool]:
+        """``remote._write_args``, with each distinct content decoded once per process.
 
         The daemon sends the same file to thousands of hosts, and decoding (and validating)
         its base64 for every one was a fifth of a simulator's CPU: a cost of the simulation,
         which a real host pays on its own CPU, taken from the two the daemon runs on. A
-        content seen before is checked by ``remote._write_args`` as an empty one (every other
-        field as sent) and then handed back; a new one goes through it whole.
+        content seen before is checked as an empty one (every other field as sent) and then
+        handed back; a new one goes through whole, and is kept only once it passed.
         """
-        checked: list[dict[str, Any]] = []
-        known: list[bytes | None] = []
-        for f in files:
-            text = f.get("content_b64")
-            hit = self.contents.get(text) if isinstance(text, str) else None
-            known.append(hit)
-            checked.append(f if hit is None else {**f, "content_b64": ""})
-        return checked, known
-
-    def _remember(self, f: dict[str, Any], content: bytes) -> bytes:
+        text = f.get("content_b64")
+        known = self.contents.get(text) if isinstance(text, str) else None
+        if known is not None:
+            _, expect, create_dir = remote._write_args({**f, "content_b64": ""})
+            return known, expect, create_dir
+        content, expect, create_dir = remote._write_args(f)
         if len(self.contents) >= MEMO_CONTENTS:
             self.contents.clear()
         self.contents[f["content_b64"]] = content
-        return content
+        return content, expect, create_dir
 
     def _written(self, host: SimHost, reply: dict[str, Any]) -> None:
         """Tell the watches what the file written (or refused) holds now."""
