@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
 
 def give_back_heap() -> None:
     """Return the C heap's free pages to the system (glibc's ``malloc_trim(0)``); a C
@@ -50,9 +52,6 @@ def resident_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return round(pages * PAGE_BYTES / 2**20, 1)
-
-
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True)
